@@ -1,0 +1,3 @@
+"""flowbus.broker."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""flowbus.cli."""
+
+from __future__ import annotations

@@ -1,0 +1,22 @@
+"""The ``flowbus`` command line: one click group, one module per command family.
+
+Each command lives in its own module under ``flowbus.cli`` and is registered here, so that
+``flowbus --help`` lists everything while a command's heavy imports load only when it runs.
+"""
+
+from __future__ import annotations
+
+import click
+
+from flowbus import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flowbus")
+def cli() -> None:
+    """flowbus: stream processing with a built-in Kafka-protocol broker."""
+
+
+def main() -> None:
+    """Entry point for ``python -m flowbus``."""
+    cli()

@@ -1,0 +1,3 @@
+"""flowbus.log."""
+
+from __future__ import annotations

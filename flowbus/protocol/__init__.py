@@ -1,0 +1,3 @@
+"""flowbus.protocol."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""flowbus.records."""
+
+from __future__ import annotations

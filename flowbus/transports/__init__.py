@@ -1,0 +1,3 @@
+"""flowbus.transports."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Stream transforms and windowed aggregation, installed as ``flowbus.operators``."""
+
+from __future__ import annotations
