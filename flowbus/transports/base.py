@@ -1,0 +1,264 @@
+"""The transport interface: everything the worker needs from a Kafka-like system, and nothing more.
+
+The framework (app, agents, streams, operators, state) talks to a broker only through these
+classes, so the same application runs on the in-process test transport (``memory://``), on the
+embedded broker core (``embedded://DIR``) and on any Kafka-protocol cluster (``kafka://host:port``).
+
+The contract is deliberately batch-shaped: :meth:`Consumer.poll_batch` returns a list of records
+and :meth:`Producer.send` only enqueues, so the worker's hot path pays per batch, not per record.
+Delivery is reported through futures; :meth:`Producer.flush` waits for all of them.
+
+Room left for later issues:
+
+* changelog topics for RocksDB tables are ordinary compacted topics: :class:`TopicSpec` carries
+  a config mapping (``cleanup.policy=compact``) and :meth:`Consumer.assign` reads a partition
+  outside the group, which is how table recovery will replay a changelog;
+* windows that close on wall-clock time need nothing from the transport: the app's scheduler
+  drives them from its :class:`~flowbus.clock.Clock`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+Headers = tuple[tuple[str, bytes], ...]
+"""Record headers as an ordered tuple of (name, value); names may repeat, as in Kafka."""
+
+IsolationLevel = Literal["read_uncommitted", "read_committed"]
+
+OFFSET_BEGINNING = -2
+"""Sentinel for :meth:`Consumer.seek` and ``auto_offset_reset``: the earliest offset."""
+OFFSET_END = -1
+"""Sentinel for :meth:`Consumer.seek`: the offset after the last record."""
+
+
+class TopicPartition(NamedTuple):
+    """One partition of one topic; hashable, so it keys offset maps."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record as read from a partition: raw bytes plus where and when it was written."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMetadata:
+    """Where a produced record landed; the result of its delivery future."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic to create: name, partition count, replication and topic configs (e.g. compaction)."""
+
+    name: str
+    partitions: int = 1
+    replication_factor: int = 1
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicDescription:
+    """What the transport knows about an existing topic."""
+
+    name: str
+    partitions: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+OnAssigned = Callable[[list[TopicPartition]], Awaitable[None]]
+"""Called with the partitions just given to this consumer, before any of their records is polled."""
+OnRevoked = Callable[[list[TopicPartition]], Awaitable[None]]
+"""Called with the partitions about to be taken away; offsets committed inside it still count."""
+
+
+class Producer(abc.ABC):
+    """Sends records; a transactional producer also commits consumer offsets atomically with them."""
+
+    @abc.abstractmethod
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        *,
+        partition: int | None = None,
+        headers: Headers = (),
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        """Enqueue one record and return its delivery future; never blocks on the network.
+
+        ``partition=None`` lets the transport choose: by key hash when there is a key (the same
+        murmur2 partitioner as Kafka's Java client, so keyed data lands where other clients expect),
+        round robin otherwise. A failed delivery sets :class:`~flowbus.transports.errors.ProduceError`.
+        """
+
+    def send_soon(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        *,
+        partition: int | None = None,
+        headers: Headers = (),
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Like :meth:`send` without a future: the hot path of a pipeline sends thousands of records
+        per batch and only needs to know, at :meth:`flush`, that all of them arrived. A failed
+        delivery makes the next :meth:`flush` raise :class:`~flowbus.transports.errors.ProduceError`."""
+        self.send(topic, value, key, partition=partition, headers=headers, timestamp_ms=timestamp_ms)
+
+    @abc.abstractmethod
+    async def flush(self, timeout_ms: int | None = None) -> None:
+        """Wait until every record sent so far is delivered (or failed)."""
+
+    async def partitions_for(self, topic: str) -> int:
+        """The partition count of ``topic``; used by the framework to partition by key itself."""
+        raise NotImplementedError
+
+    # Transactions (exactly-once). A non-transactional producer raises TransactionError.
+    @abc.abstractmethod
+    async def init_transactions(self) -> None:
+        """Register the transactional id, fencing any older producer with the same id."""
+
+    @abc.abstractmethod
+    def begin_transaction(self) -> None:
+        """Start a transaction; every following send belongs to it."""
+
+    @abc.abstractmethod
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_metadata: object
+    ) -> None:
+        """Make committing these consumer offsets part of the current transaction.
+
+        ``offsets`` are the *next* offsets to read, as in every Kafka commit. ``group_metadata``
+        comes from :meth:`Consumer.group_metadata` so the broker can fence zombie workers (KIP-447).
+        """
+
+    @abc.abstractmethod
+    async def commit_transaction(self) -> None:
+        """Make the transaction's records visible to read_committed readers and commit its offsets."""
+
+    @abc.abstractmethod
+    async def abort_transaction(self) -> None:
+        """Discard the transaction: its records are skipped by read_committed readers."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush and release resources."""
+
+
+class Consumer(abc.ABC):
+    """A member of one consumer group (or, after :meth:`assign`, a reader outside any group)."""
+
+    @abc.abstractmethod
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        *,
+        on_assigned: OnAssigned | None = None,
+        on_revoked: OnRevoked | None = None,
+    ) -> None:
+        """Join the group for these topics; callbacks run inside :meth:`poll_batch`."""
+
+    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+        """Read these partitions directly, outside group management (changelog recovery)."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    async def poll_batch(self, max_records: int, timeout_ms: int) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most ``timeout_ms`` for the first one.
+
+        Rebalance callbacks run inside this call, before it returns records of new partitions.
+        Records of one partition come in offset order.
+        """
+
+    @abc.abstractmethod
+    def assignment(self) -> list[TopicPartition]:
+        """The partitions this member owns now."""
+
+    @abc.abstractmethod
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop fetching these partitions (backpressure) without giving them up."""
+
+    @abc.abstractmethod
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Fetch these partitions again."""
+
+    @abc.abstractmethod
+    async def commit(self, offsets: Mapping[TopicPartition, int], *, asynchronous: bool = False) -> None:
+        """Commit the next offsets to read; with ``asynchronous`` do not wait for the answer."""
+
+    @abc.abstractmethod
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Read ``partition`` from ``offset`` next (or :data:`OFFSET_BEGINNING` / :data:`OFFSET_END`)."""
+
+    @abc.abstractmethod
+    async def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets (``None`` where nothing was committed)."""
+
+    @abc.abstractmethod
+    async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """The offset after the last record of each partition (the high watermark), for lag."""
+
+    @abc.abstractmethod
+    def group_metadata(self) -> object:
+        """Opaque group metadata for :meth:`Producer.send_offsets_to_transaction`."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Leave the group (revoking partitions through the callback) and release resources."""
+
+
+class Transport(abc.ABC):
+    """A connection to a Kafka-like system; makes producers and consumers and manages topics."""
+
+    url: str
+
+    async def start(self) -> None:
+        """Connect; the default does nothing."""
+
+    async def close(self) -> None:
+        """Disconnect; the default does nothing."""
+
+    @abc.abstractmethod
+    async def create_topics(self, specs: Sequence[TopicSpec]) -> None:
+        """Create the topics that do not exist yet; existing ones are left as they are."""
+
+    @abc.abstractmethod
+    async def describe_topics(self, names: Sequence[str]) -> dict[str, TopicDescription]:
+        """Describe the named topics that exist; missing names are absent from the result."""
+
+    @abc.abstractmethod
+    def producer(self, *, transactional_id: str | None = None, linger_ms: int = 5) -> Producer:
+        """A producer; with ``transactional_id`` it is idempotent and transactional."""
+
+    @abc.abstractmethod
+    def consumer(
+        self,
+        group_id: str | None,
+        *,
+        isolation_level: IsolationLevel = "read_uncommitted",
+        auto_offset_reset: Literal["earliest", "latest"] = "earliest",
+        client_id: str | None = None,
+    ) -> Consumer:
+        """A consumer in ``group_id`` with auto-commit off: the framework decides when to commit."""

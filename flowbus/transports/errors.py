@@ -1,0 +1,33 @@
+"""Errors of the transport layer: what the framework may see go wrong in a Kafka-like system."""
+
+from __future__ import annotations
+
+from flowbus.errors import FlowbusError
+
+
+class TransportError(FlowbusError):
+    """Base class of errors raised by a transport."""
+
+
+class UnknownTransportError(TransportError):
+    """The broker URL names a scheme no transport handles (or one whose backend is missing)."""
+
+
+class TopicNotFoundError(TransportError):
+    """The topic does not exist and the transport was not allowed to create it."""
+
+
+class ProduceError(TransportError):
+    """A record could not be delivered; set on the delivery future of that record."""
+
+
+class CommitError(TransportError):
+    """Offsets could not be committed (for example the group rebalanced meanwhile)."""
+
+
+class TransactionError(TransportError):
+    """A transaction could not begin, commit or abort; the producer may have been fenced."""
+
+
+class ProducerFencedError(TransactionError):
+    """Another producer with the same transactional id took over; this one must stop."""
