@@ -19,3 +19,7 @@ class CorruptRecordError(RecordsError):
 
 class UnsupportedCompressionError(RecordsError):
     """The batch names a compression codec flowbus cannot read or write."""
+
+
+class BatchFullError(RecordsError):
+    """An append would take a batch past its builder's ``max_batch_bytes``; start a new batch."""
