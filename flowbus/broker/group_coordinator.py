@@ -1,0 +1,820 @@
+"""The classic consumer-group protocol: membership, rebalances and committed offsets.
+
+A group moves through Kafka's states (``GroupCoordinator.scala``, KIP-62, KIP-345, KIP-394):
+
+* **Empty** — no members; it may still hold committed offsets.
+* **PreparingRebalance** — a member joined, left or timed out: every member must (re)send
+  JoinGroup. The join completes when all known members have rejoined, or when the rebalance
+  timeout passes (members that did not rejoin are dropped).
+* **CompletingRebalance** — the generation is bumped and JoinGroup answered; the leader (who
+  received every member's metadata) computes assignments and sends them with SyncGroup.
+* **Stable** — assignments are handed out; members heartbeat within their session timeout.
+* **Dead** — the group is being removed; it answers nothing.
+
+Time comes from an injected clock and one periodic :meth:`GroupCoordinator.tick`: session
+timeouts, rebalance timeouts, the initial rebalance delay and MEMBER_ID_REQUIRED reservations
+expire there, so there is no per-member sleeping task and tests use a ``ManualClock``.
+
+Committed offsets are records of the compacted internal topic ``__consumer_offsets``
+(written through an :class:`OffsetStore`, replayed by :meth:`GroupCoordinator.load_record` at
+start). The encoding is flowbus's own, all integers big-endian::
+
+    key   = version int16 (= 1, "committed offset")
+            group_id  string (int16 length + UTF-8)
+            topic     string (int16 length + UTF-8)
+            partition int32
+    value = version int16 (= 1)
+            offset int64, leader_epoch int32,
+            metadata nullable string (int16 length, -1 = null),
+            commit_timestamp_ms int64
+    value absent (tombstone) = the committed offset was deleted
+
+Key versions 2 and up are reserved for group metadata and transaction records; the loader skips
+versions it does not know, so an older broker can read a newer topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Iterable, Protocol
+
+from flowbus.clock import Clock
+from flowbus.protocol.error_codes import ErrorCode
+
+from flowbus.broker.errors import InternalTopicError
+
+log = logging.getLogger(__name__)
+
+OFFSET_KEY_VERSION = 1
+OFFSET_VALUE_VERSION = 1
+_INT16 = struct.Struct(">h")
+_INT32 = struct.Struct(">i")
+_OFFSET_VALUE = struct.Struct(">hqi")
+_INT64 = struct.Struct(">q")
+
+
+class GroupState(Enum):
+    """Kafka's classic group states; the values are the names DescribeGroups reports."""
+
+    EMPTY = "Empty"
+    PREPARING_REBALANCE = "PreparingRebalance"
+    COMPLETING_REBALANCE = "CompletingRebalance"
+    STABLE = "Stable"
+    DEAD = "Dead"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    """Limits of the group coordinator (names follow Kafka's broker settings)."""
+
+    group_min_session_timeout_ms: int = 6_000
+    group_max_session_timeout_ms: int = 1_800_000
+    #: Wait this long after the first member joins an empty group, so that members starting
+    #: together land in one generation; 0 in tests.
+    group_initial_rebalance_delay_ms: int = 3_000
+    group_max_size: int = 1_000
+    offset_metadata_max_bytes: int = 4_096
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedMember:
+    """A member as the group leader sees it in the JoinGroup response."""
+
+    member_id: str
+    group_instance_id: str | None
+    metadata: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    error_code: int
+    generation_id: int = -1
+    protocol_type: str | None = None
+    protocol_name: str | None = None
+    leader: str = ""
+    member_id: str = ""
+    members: list[JoinedMember] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    error_code: int
+    protocol_type: str | None = None
+    protocol_name: str | None = None
+    assignment: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveResult:
+    error_code: int
+    #: (member_id, group_instance_id, error_code) per member asked to leave.
+    members: list[tuple[str, str | None, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberDescription:
+    member_id: str
+    group_instance_id: str | None
+    client_id: str
+    client_host: str
+    metadata: bytes
+    assignment: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDescription:
+    group_id: str
+    error_code: int
+    state: str
+    protocol_type: str
+    protocol_data: str
+    members: list[MemberDescription]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupListing:
+    group_id: str
+    protocol_type: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedOffset:
+    offset: int
+    leader_epoch: int
+    metadata: str | None
+    commit_timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetToCommit:
+    topic: str
+    partition: int
+    offset: int
+    leader_epoch: int = -1
+    metadata: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedOffset:
+    topic: str
+    partition: int
+    offset: int
+    leader_epoch: int
+    metadata: str | None
+    error_code: int
+
+
+class OffsetStore(Protocol):
+    """Where committed-offset records go: the ``__consumer_offsets`` topic in the broker."""
+
+    async def append_offsets(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> None:
+        """Append the records durably enough to survive a broker process crash."""
+        ...
+
+
+@dataclass(slots=True, eq=False)
+class _Member:
+    member_id: str
+    group_instance_id: str | None
+    client_id: str
+    client_host: str
+    session_timeout_ms: int
+    rebalance_timeout_ms: int
+    protocol_type: str
+    protocols: list[tuple[str, bytes]]
+    last_seen_ms: int
+    assignment: bytes = b""
+    join_future: asyncio.Future[JoinResult] | None = None
+    sync_future: asyncio.Future[SyncResult] | None = None
+
+    def protocol_names(self) -> list[str]:
+        return [name for name, _ in self.protocols]
+
+    def metadata_for(self, protocol_name: str | None) -> bytes:
+        for name, metadata in self.protocols:
+            if name == protocol_name:
+                return metadata
+        return b""
+
+
+@dataclass(slots=True, eq=False)
+class _Group:
+    group_id: str
+    state: GroupState = GroupState.EMPTY
+    generation_id: int = 0
+    protocol_type: str | None = None
+    protocol_name: str | None = None
+    leader_id: str | None = None
+    #: Insertion order = join order; the first member becomes leader when one is needed.
+    members: dict[str, _Member] = field(default_factory=dict)
+    #: Member ids handed out with MEMBER_ID_REQUIRED (KIP-394) → expiry (monotonic ms).
+    pending_members: dict[str, int] = field(default_factory=dict)
+    rebalance_deadline_ms: int = 0
+    initial_delay_deadline_ms: int | None = None
+    offsets: dict[tuple[str, int], CommittedOffset] = field(default_factory=dict)
+
+
+def _encode_str(value: str) -> bytes:
+    raw = value.encode()
+    return _INT16.pack(len(raw)) + raw
+
+
+def _decode_str(buf: bytes, pos: int) -> tuple[str, int]:
+    (length,) = _INT16.unpack_from(buf, pos)
+    pos += 2
+    if length < 0 or pos + length > len(buf):
+        raise InternalTopicError("string runs past the end of the record")
+    return buf[pos : pos + length].decode(), pos + length
+
+
+def encode_offset_key(group_id: str, topic: str, partition: int) -> bytes:
+    """Key of a committed-offset record (see the module doc)."""
+    return _INT16.pack(OFFSET_KEY_VERSION) + _encode_str(group_id) + _encode_str(topic) + _INT32.pack(partition)
+
+
+def encode_offset_value(committed: CommittedOffset) -> bytes:
+    """Value of a committed-offset record (see the module doc)."""
+    if committed.metadata is None:
+        metadata = _INT16.pack(-1)
+    else:
+        metadata = _encode_str(committed.metadata)
+    return (
+        _OFFSET_VALUE.pack(OFFSET_VALUE_VERSION, committed.offset, committed.leader_epoch)
+        + metadata
+        + _INT64.pack(committed.commit_timestamp_ms)
+    )
+
+
+def decode_offset_record(key: bytes, value: bytes | None) -> tuple[str, str, int, CommittedOffset | None] | None:
+    """Decode a ``__consumer_offsets`` record; None for key versions this broker does not know.
+
+    Raises:
+        InternalTopicError: the record is malformed.
+    """
+    try:
+        (version,) = _INT16.unpack_from(key, 0)
+        if version != OFFSET_KEY_VERSION:
+            return None
+        group_id, pos = _decode_str(key, 2)
+        topic, pos = _decode_str(key, pos)
+        (partition,) = _INT32.unpack_from(key, pos)
+        if value is None:
+            return group_id, topic, partition, None
+        value_version, offset, leader_epoch = _OFFSET_VALUE.unpack_from(value, 0)
+        if value_version != OFFSET_VALUE_VERSION:
+            return None
+        pos = _OFFSET_VALUE.size
+        (meta_len,) = _INT16.unpack_from(value, pos)
+        if meta_len < 0:
+            metadata, pos = None, pos + 2
+        else:
+            metadata, pos = _decode_str(value, pos)
+        (commit_timestamp_ms,) = _INT64.unpack_from(value, pos)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise InternalTopicError(f"malformed committed-offset record: {exc}") from exc
+    return group_id, topic, partition, CommittedOffset(offset, leader_epoch, metadata, commit_timestamp_ms)
+
+
+class GroupCoordinator:
+    """All consumer groups of this broker (a single broker coordinates every group).
+
+    Args:
+        clock: time source; session and rebalance timeouts use ``clock.monotonic_ms()``.
+        store: where committed offsets are appended.
+        config: limits and timeouts.
+    """
+
+    def __init__(self, *, clock: Clock, store: OffsetStore, config: GroupConfig | None = None) -> None:
+        self._clock = clock
+        self._store = store
+        self._config = config or GroupConfig()
+        self._groups: dict[str, _Group] = {}
+        #: True until :meth:`finish_loading`: group requests answer COORDINATOR_LOAD_IN_PROGRESS.
+        self.loading = True
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load_record(self, key: bytes | None, value: bytes | None) -> None:
+        """Apply one ``__consumer_offsets`` record during start-up (in log order)."""
+        if key is None:
+            return
+        try:
+            decoded = decode_offset_record(key, value)
+        except InternalTopicError as exc:
+            log.warning("skipping a malformed record in __consumer_offsets: %s", exc)
+            return
+        if decoded is None:
+            return
+        group_id, topic, partition, committed = decoded
+        group = self._groups.get(group_id)
+        if committed is None:
+            if group is not None:
+                group.offsets.pop((topic, partition), None)
+            return
+        if group is None:
+            group = self._groups[group_id] = _Group(group_id)
+        group.offsets[(topic, partition)] = committed
+
+    def finish_loading(self) -> None:
+        """Start answering group requests (all offsets are loaded)."""
+        self.loading = False
+
+    # -- membership ------------------------------------------------------------------------
+
+    async def join_group(
+        self,
+        group_id: str,
+        member_id: str,
+        protocol_type: str,
+        protocols: list[tuple[str, bytes]],
+        *,
+        session_timeout_ms: int,
+        rebalance_timeout_ms: int,
+        group_instance_id: str | None = None,
+        client_id: str = "",
+        client_host: str = "",
+        require_known_member_id: bool = True,
+    ) -> JoinResult:
+        """Join (or rejoin) a group; returns once the rebalance this join is part of completes.
+
+        ``require_known_member_id`` is true for JoinGroup v4+: a first join without a member id
+        is answered MEMBER_ID_REQUIRED with a generated id, and the client joins again with it.
+        """
+        if self.loading:
+            return JoinResult(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, member_id=member_id)
+        if not group_id:
+            return JoinResult(ErrorCode.INVALID_GROUP_ID, member_id=member_id)
+        cfg = self._config
+        if not cfg.group_min_session_timeout_ms <= session_timeout_ms <= cfg.group_max_session_timeout_ms:
+            return JoinResult(ErrorCode.INVALID_SESSION_TIMEOUT, member_id=member_id)
+        group = self._groups.get(group_id)
+        if group is None:
+            if member_id:
+                return JoinResult(ErrorCode.UNKNOWN_MEMBER_ID, member_id=member_id)
+            group = self._groups[group_id] = _Group(group_id)
+        if group.state is GroupState.DEAD:
+            return JoinResult(ErrorCode.COORDINATOR_NOT_AVAILABLE, member_id=member_id)
+        if not protocols or not self._supports(group, protocol_type, protocols):
+            return JoinResult(ErrorCode.INCONSISTENT_GROUP_PROTOCOL, member_id=member_id)
+        now_ms = self._clock.monotonic_ms()
+        rebalance_timeout_ms = rebalance_timeout_ms if rebalance_timeout_ms > 0 else session_timeout_ms
+
+        if not member_id or member_id in group.pending_members:
+            if len(group.members) >= cfg.group_max_size:
+                return JoinResult(ErrorCode.GROUP_MAX_SIZE_REACHED, member_id=member_id)
+            if not member_id:
+                member_id = f"{client_id or 'member'}-{uuid.uuid4()}"
+                if require_known_member_id:
+                    group.pending_members[member_id] = now_ms + session_timeout_ms
+                    return JoinResult(ErrorCode.MEMBER_ID_REQUIRED, member_id=member_id)
+            group.pending_members.pop(member_id, None)
+            member = _Member(
+                member_id,
+                group_instance_id,
+                client_id,
+                client_host,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                protocol_type,
+                list(protocols),
+                now_ms,
+            )
+            group.members[member_id] = member
+            if group.initial_delay_deadline_ms is not None:
+                # A new member during the initial delay extends it (bounded by the rebalance timeout).
+                group.initial_delay_deadline_ms = min(
+                    now_ms + cfg.group_initial_rebalance_delay_ms, group.rebalance_deadline_ms
+                )
+            return await self._await_join(group, member)
+
+        member = group.members.get(member_id)
+        if member is None:
+            return JoinResult(ErrorCode.UNKNOWN_MEMBER_ID, member_id=member_id)
+        member.last_seen_ms = now_ms
+        unchanged = member.protocols == list(protocols)
+        member.protocols = list(protocols)
+        member.session_timeout_ms = session_timeout_ms
+        member.rebalance_timeout_ms = rebalance_timeout_ms
+        if group.state is GroupState.COMPLETING_REBALANCE and unchanged:
+            # A retried join of this generation: answer it again (Kafka does the same).
+            return self._join_result(group, member)
+        if group.state is GroupState.STABLE and unchanged and member_id != group.leader_id:
+            return self._join_result(group, member)
+        return await self._await_join(group, member)
+
+    async def _await_join(self, group: _Group, member: _Member) -> JoinResult:
+        if member.join_future is not None and not member.join_future.done():
+            member.join_future.set_result(JoinResult(ErrorCode.REBALANCE_IN_PROGRESS, member_id=member.member_id))
+        future: asyncio.Future[JoinResult] = asyncio.get_running_loop().create_future()
+        member.join_future = future
+        if group.state is GroupState.PREPARING_REBALANCE:
+            self._maybe_complete_join(group)
+        else:
+            self._prepare_rebalance(group)
+        return await future
+
+    async def sync_group(
+        self,
+        group_id: str,
+        generation_id: int,
+        member_id: str,
+        assignments: dict[str, bytes],
+        *,
+        group_instance_id: str | None = None,
+        protocol_type: str | None = None,
+        protocol_name: str | None = None,
+    ) -> SyncResult:
+        """Send the leader's assignments, or wait for them; returns this member's assignment."""
+        if self.loading:
+            return SyncResult(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS)
+        group = self._groups.get(group_id)
+        member = group.members.get(member_id) if group is not None else None
+        if group is None or member is None:
+            return SyncResult(ErrorCode.UNKNOWN_MEMBER_ID)
+        if generation_id != group.generation_id:
+            return SyncResult(ErrorCode.ILLEGAL_GENERATION)
+        if (protocol_type is not None and protocol_type != group.protocol_type) or (
+            protocol_name is not None and protocol_name != group.protocol_name
+        ):
+            return SyncResult(ErrorCode.INCONSISTENT_GROUP_PROTOCOL)
+        member.last_seen_ms = self._clock.monotonic_ms()
+        if group.state is GroupState.PREPARING_REBALANCE:
+            return SyncResult(ErrorCode.REBALANCE_IN_PROGRESS)
+        if group.state is GroupState.STABLE:
+            return self._sync_result(group, member)
+        if group.state is not GroupState.COMPLETING_REBALANCE:
+            return SyncResult(ErrorCode.UNKNOWN_MEMBER_ID)
+        future: asyncio.Future[SyncResult] = asyncio.get_running_loop().create_future()
+        if member.sync_future is not None and not member.sync_future.done():
+            member.sync_future.set_result(SyncResult(ErrorCode.REBALANCE_IN_PROGRESS))
+        member.sync_future = future
+        if member_id == group.leader_id:
+            for m in group.members.values():
+                m.assignment = bytes(assignments.get(m.member_id, b""))
+            group.state = GroupState.STABLE
+            now_ms = self._clock.monotonic_ms()
+            for m in group.members.values():
+                m.last_seen_ms = now_ms
+                if m.sync_future is not None:
+                    if not m.sync_future.done():
+                        m.sync_future.set_result(self._sync_result(group, m))
+                    m.sync_future = None
+        return await future
+
+    def heartbeat(
+        self, group_id: str, generation_id: int, member_id: str, group_instance_id: str | None = None
+    ) -> int:
+        """Keep a member's session alive; tells it to rejoin while the group rebalances."""
+        if self.loading:
+            return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+        group = self._groups.get(group_id)
+        member = group.members.get(member_id) if group is not None else None
+        if group is None or member is None:
+            return ErrorCode.UNKNOWN_MEMBER_ID
+        if generation_id != group.generation_id:
+            return ErrorCode.ILLEGAL_GENERATION
+        member.last_seen_ms = self._clock.monotonic_ms()
+        if group.state is GroupState.PREPARING_REBALANCE:
+            return ErrorCode.REBALANCE_IN_PROGRESS
+        return ErrorCode.NONE
+
+    def leave_group(self, group_id: str, members: list[tuple[str, str | None]]) -> LeaveResult:
+        """Remove members at once (LeaveGroup; v3+ sends several); the group rebalances."""
+        if self.loading:
+            return LeaveResult(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS)
+        group = self._groups.get(group_id)
+        if group is None:
+            return LeaveResult(
+                ErrorCode.NONE, [(mid, iid, ErrorCode.UNKNOWN_MEMBER_ID) for mid, iid in members]
+            )
+        outcome: list[tuple[str, str | None, int]] = []
+        for member_id, instance_id in members:
+            member = group.members.get(member_id)
+            if member is None and instance_id is not None:
+                member = next((m for m in group.members.values() if m.group_instance_id == instance_id), None)
+            if member is None:
+                if group.pending_members.pop(member_id, None) is not None:
+                    outcome.append((member_id, instance_id, ErrorCode.NONE))
+                    self._maybe_complete_join(group)
+                else:
+                    outcome.append((member_id, instance_id, ErrorCode.UNKNOWN_MEMBER_ID))
+                continue
+            self._remove_member(group, member, "left the group")
+            outcome.append((member.member_id, instance_id, ErrorCode.NONE))
+        return LeaveResult(ErrorCode.NONE, outcome)
+
+    # -- offsets ---------------------------------------------------------------------------
+
+    async def commit_offsets(
+        self,
+        group_id: str,
+        generation_id: int,
+        member_id: str,
+        offsets: list[OffsetToCommit],
+        *,
+        partition_exists: Callable[[str, int], bool],
+    ) -> list[int]:
+        """Commit offsets for a group; returns one error code per entry of ``offsets``.
+
+        Generation -1 with no member id is a "simple" commit (a consumer that assigns
+        partitions itself); it is accepted only while the group has no members.
+        """
+        error = self._check_commit(group_id, generation_id, member_id)
+        if error != ErrorCode.NONE:
+            return [error] * len(offsets)
+        group = self._groups.get(group_id)
+        if group is None:
+            group = self._groups[group_id] = _Group(group_id)
+        now_wall_ms = self._clock.now_ms()
+        errors: list[int] = []
+        records: list[tuple[bytes, bytes | None]] = []
+        accepted: list[tuple[tuple[str, int], CommittedOffset]] = []
+        for item in offsets:
+            if item.metadata is not None and len(item.metadata.encode()) > self._config.offset_metadata_max_bytes:
+                errors.append(ErrorCode.OFFSET_METADATA_TOO_LARGE)
+                continue
+            if not partition_exists(item.topic, item.partition):
+                errors.append(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+                continue
+            committed = CommittedOffset(item.offset, item.leader_epoch, item.metadata, now_wall_ms)
+            records.append((encode_offset_key(group_id, item.topic, item.partition), encode_offset_value(committed)))
+            accepted.append(((item.topic, item.partition), committed))
+            errors.append(ErrorCode.NONE)
+        if records:
+            await self._store.append_offsets(group_id, records)
+            for key, committed in accepted:
+                group.offsets[key] = committed
+        return errors
+
+    def _check_commit(self, group_id: str, generation_id: int, member_id: str) -> int:
+        if self.loading:
+            return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+        if not group_id:
+            return ErrorCode.INVALID_GROUP_ID
+        group = self._groups.get(group_id)
+        if generation_id < 0 and not member_id:
+            if group is None or (group.state is GroupState.EMPTY and not group.members):
+                return ErrorCode.NONE
+            return ErrorCode.UNKNOWN_MEMBER_ID
+        if group is None:
+            return ErrorCode.ILLEGAL_GENERATION
+        member = group.members.get(member_id)
+        if member is None:
+            return ErrorCode.UNKNOWN_MEMBER_ID
+        if generation_id != group.generation_id:
+            return ErrorCode.ILLEGAL_GENERATION
+        if group.state is GroupState.COMPLETING_REBALANCE:
+            return ErrorCode.REBALANCE_IN_PROGRESS
+        member.last_seen_ms = self._clock.monotonic_ms()
+        return ErrorCode.NONE
+
+    def fetch_offsets(
+        self, group_id: str, partitions: list[tuple[str, int]] | None
+    ) -> tuple[int, list[FetchedOffset]]:
+        """Committed offsets of a group: the listed partitions, or all of them when None.
+
+        A partition without a commit answers offset -1 with no error, as Kafka does.
+        """
+        if self.loading:
+            return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, []
+        group = self._groups.get(group_id)
+        offsets = group.offsets if group is not None else {}
+        if partitions is None:
+            partitions = sorted(offsets)
+        result = []
+        for topic, partition in partitions:
+            committed = offsets.get((topic, partition))
+            if committed is None:
+                result.append(FetchedOffset(topic, partition, -1, -1, "", ErrorCode.NONE))
+            else:
+                result.append(
+                    FetchedOffset(
+                        topic, partition, committed.offset, committed.leader_epoch, committed.metadata, ErrorCode.NONE
+                    )
+                )
+        return ErrorCode.NONE, result
+
+    # -- inspection ------------------------------------------------------------------------
+
+    def describe_group(self, group_id: str) -> GroupDescription:
+        """State and members of a group; an unknown group is reported as Dead with no error."""
+        if self.loading:
+            return GroupDescription(group_id, ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, "", "", "", [])
+        group = self._groups.get(group_id)
+        if group is None:
+            return GroupDescription(group_id, ErrorCode.NONE, GroupState.DEAD.value, "", "", [])
+        stable = group.state is GroupState.STABLE
+        members = [
+            MemberDescription(
+                m.member_id,
+                m.group_instance_id,
+                m.client_id,
+                m.client_host,
+                m.metadata_for(group.protocol_name) if stable else b"",
+                m.assignment if stable else b"",
+            )
+            for m in group.members.values()
+        ]
+        return GroupDescription(
+            group_id,
+            ErrorCode.NONE,
+            group.state.value,
+            group.protocol_type or "",
+            (group.protocol_name or "") if stable else "",
+            members,
+        )
+
+    def list_groups(self, states: list[str] | None = None) -> tuple[int, list[GroupListing]]:
+        """Every group (optionally only those in ``states``, ListGroups v4)."""
+        if self.loading:
+            return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, []
+        wanted = {s.lower() for s in states} if states else None
+        listings = [
+            GroupListing(g.group_id, g.protocol_type or "", g.state.value)
+            for g in self._groups.values()
+            if wanted is None or g.state.value.lower() in wanted
+        ]
+        return ErrorCode.NONE, listings
+
+    def group_state(self, group_id: str) -> GroupState | None:
+        group = self._groups.get(group_id)
+        return group.state if group is not None else None
+
+    def generation(self, group_id: str) -> int:
+        group = self._groups.get(group_id)
+        return group.generation_id if group is not None else -1
+
+    # -- time ------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Expire sessions, rebalance timeouts, delays and unclaimed member ids (call every ~100 ms)."""
+        now_ms = self._clock.monotonic_ms()
+        for group in list(self._groups.values()):
+            for member_id, expiry_ms in list(group.pending_members.items()):
+                if now_ms >= expiry_ms:
+                    del group.pending_members[member_id]
+                    self._maybe_complete_join(group)
+            for member in list(group.members.values()):
+                waiting = member.join_future is not None or member.sync_future is not None
+                if not waiting and now_ms - member.last_seen_ms > member.session_timeout_ms:
+                    self._remove_member(group, member, "session timed out")
+            if group.state is GroupState.PREPARING_REBALANCE:
+                if now_ms >= group.rebalance_deadline_ms:
+                    self._maybe_complete_join(group, deadline_passed=True)
+                elif group.initial_delay_deadline_ms is not None and now_ms >= group.initial_delay_deadline_ms:
+                    group.initial_delay_deadline_ms = None
+                    self._maybe_complete_join(group)
+            if group.state is GroupState.EMPTY and not group.offsets and not group.pending_members:
+                # Nothing left to remember: Kafka marks such a group Dead and forgets it.
+                group.state = GroupState.DEAD
+                del self._groups[group.group_id]
+
+    def close(self) -> None:
+        """Answer every waiting join and sync so that no request hangs at shutdown."""
+        for group in self._groups.values():
+            for member in group.members.values():
+                self._fail_waiters(member, ErrorCode.COORDINATOR_NOT_AVAILABLE)
+
+    # -- state machine ---------------------------------------------------------------------
+
+    @staticmethod
+    def _supports(group: _Group, protocol_type: str, protocols: list[tuple[str, bytes]]) -> bool:
+        if not group.members:
+            return True
+        if any(m.protocol_type != protocol_type for m in group.members.values()):
+            return False
+        names = {name for name, _ in protocols}
+        candidates = set.intersection(*(set(m.protocol_names()) for m in group.members.values()))
+        return bool(names & candidates)
+
+    def _prepare_rebalance(self, group: _Group) -> None:
+        if group.state is GroupState.COMPLETING_REBALANCE:
+            for member in group.members.values():
+                member.assignment = b""
+                if member.sync_future is not None:
+                    if not member.sync_future.done():
+                        member.sync_future.set_result(SyncResult(ErrorCode.REBALANCE_IN_PROGRESS))
+                    member.sync_future = None
+        was_empty = group.state is GroupState.EMPTY
+        now_ms = self._clock.monotonic_ms()
+        timeout_ms = max((m.rebalance_timeout_ms for m in group.members.values()), default=0)
+        group.state = GroupState.PREPARING_REBALANCE
+        group.rebalance_deadline_ms = now_ms + timeout_ms
+        delay_ms = self._config.group_initial_rebalance_delay_ms
+        if was_empty and delay_ms > 0:
+            group.initial_delay_deadline_ms = now_ms + min(delay_ms, timeout_ms)
+        else:
+            group.initial_delay_deadline_ms = None
+        log.info("group %s is rebalancing (generation %d)", group.group_id, group.generation_id)
+        self._maybe_complete_join(group)
+
+    def _maybe_complete_join(self, group: _Group, *, deadline_passed: bool = False) -> None:
+        if group.state is not GroupState.PREPARING_REBALANCE:
+            return
+        if not deadline_passed:
+            if group.initial_delay_deadline_ms is not None:
+                return
+            if group.pending_members:
+                return
+            if any(m.join_future is None for m in group.members.values()):
+                return
+        self._complete_join(group)
+
+    def _complete_join(self, group: _Group) -> None:
+        for member in list(group.members.values()):
+            if member.join_future is None:
+                self._drop(group, member)
+        group.pending_members.clear()
+        group.initial_delay_deadline_ms = None
+        group.generation_id += 1
+        if not group.members:
+            group.state = GroupState.EMPTY
+            group.protocol_name = None
+            group.protocol_type = None
+            group.leader_id = None
+            return
+        first = next(iter(group.members.values()))
+        group.protocol_type = first.protocol_type
+        group.protocol_name = self._select_protocol(group)
+        if group.leader_id not in group.members:
+            group.leader_id = first.member_id
+        group.state = GroupState.COMPLETING_REBALANCE
+        now_ms = self._clock.monotonic_ms()
+        for member in group.members.values():
+            member.last_seen_ms = now_ms
+            future = member.join_future
+            member.join_future = None
+            if future is not None and not future.done():
+                future.set_result(self._join_result(group, member))
+        log.info(
+            "group %s formed generation %d with %d members (protocol %s)",
+            group.group_id,
+            group.generation_id,
+            len(group.members),
+            group.protocol_name,
+        )
+
+    @staticmethod
+    def _select_protocol(group: _Group) -> str:
+        """Kafka's vote: among protocols every member supports, each member votes for its favourite."""
+        members = list(group.members.values())
+        candidates = set.intersection(*(set(m.protocol_names()) for m in members))
+        votes: dict[str, int] = {}
+        for member in members:
+            choice = next(name for name in member.protocol_names() if name in candidates)
+            votes[choice] = votes.get(choice, 0) + 1
+        # Ties go to the leader-to-be's (first member's) preference order, for determinism.
+        order = {name: i for i, name in enumerate(members[0].protocol_names())}
+        return max(votes, key=lambda name: (votes[name], -order.get(name, 0)))
+
+    def _join_result(self, group: _Group, member: _Member) -> JoinResult:
+        is_leader = member.member_id == group.leader_id
+        members = (
+            [
+                JoinedMember(m.member_id, m.group_instance_id, m.metadata_for(group.protocol_name))
+                for m in group.members.values()
+            ]
+            if is_leader
+            else []
+        )
+        return JoinResult(
+            ErrorCode.NONE,
+            group.generation_id,
+            group.protocol_type,
+            group.protocol_name,
+            group.leader_id or "",
+            member.member_id,
+            members,
+        )
+
+    @staticmethod
+    def _sync_result(group: _Group, member: _Member) -> SyncResult:
+        return SyncResult(ErrorCode.NONE, group.protocol_type, group.protocol_name, member.assignment)
+
+    def _fail_waiters(self, member: _Member, error_code: int) -> None:
+        if member.join_future is not None and not member.join_future.done():
+            member.join_future.set_result(JoinResult(error_code, member_id=member.member_id))
+        if member.sync_future is not None and not member.sync_future.done():
+            member.sync_future.set_result(SyncResult(error_code))
+        member.join_future = None
+        member.sync_future = None
+
+    def _drop(self, group: _Group, member: _Member) -> None:
+        del group.members[member.member_id]
+        self._fail_waiters(member, ErrorCode.UNKNOWN_MEMBER_ID)
+        if group.leader_id == member.member_id:
+            group.leader_id = None
+
+    def _remove_member(self, group: _Group, member: _Member, reason: str) -> None:
+        log.info("member %s of group %s removed: %s", member.member_id, group.group_id, reason)
+        self._drop(group, member)
+        if group.state in (GroupState.STABLE, GroupState.COMPLETING_REBALANCE):
+            self._prepare_rebalance(group)
+        else:
+            self._maybe_complete_join(group)
