@@ -1,0 +1,250 @@
+"""Requests and responses as bytes: headers plus bodies, for the broker (decode request, encode
+response) and for clients and tests (encode request, decode response).
+
+Headers (Kafka protocol guide, "Headers"; KIP-482):
+
+* request header v1: api_key int16, api_version int16, correlation_id int32, client_id nullable
+  string (int16 length). v2 (flexible API versions) appends a tagged-field section; client_id keeps
+  its int16 length so that any broker can read the header of any ApiVersions request.
+* response header v0: correlation_id int32. v1 (flexible versions) appends tagged fields --
+  except ApiVersions, whose response always uses header v0 so that a client that sent a version the
+  broker does not know can still read the error.
+
+No I/O: :class:`~flowbus.protocol.framing.FrameDecoder` yields frames, this module turns them into
+:class:`Request` objects and response dicts into framed bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from flowbus.protocol.api import SUPPORTED_VERSIONS, ApiKey, is_flexible, is_supported
+from flowbus.protocol.error_codes import ErrorCode
+from flowbus.protocol.errors import MalformedMessageError, RemoteProtocolError, UnsupportedVersionError
+from flowbus.protocol.messages import CONSUMER_PROTOCOL_ASSIGNMENT, CONSUMER_PROTOCOL_SUBSCRIPTION, REQUESTS, RESPONSES
+from flowbus.protocol.primitives import BytesLike, Reader, Writer
+from flowbus.protocol.schema import Body, Plan, cached_plan
+
+
+class RequestHeader(NamedTuple):
+    """The fields every request starts with; the broker echoes ``correlation_id`` in the response."""
+
+    api_key: int
+    api_version: int
+    correlation_id: int
+    client_id: str | None
+
+
+class Request(NamedTuple):
+    """A decoded request: its header and its body dict (spec field names in snake_case)."""
+
+    header: RequestHeader
+    body: Body
+
+
+def request_plan(api_key: int, api_version: int) -> Plan:
+    """The compiled request plan; raises ``KeyError``/``ValueError`` for unsupported versions."""
+    return cached_plan(REQUESTS[ApiKey(api_key)], api_version)
+
+
+def response_plan(api_key: int, api_version: int) -> Plan:
+    """The compiled response plan; raises ``KeyError``/``ValueError`` for unsupported versions."""
+    return cached_plan(RESPONSES[ApiKey(api_key)], api_version)
+
+
+def _response_header_is_flexible(api_key: int, api_version: int) -> bool:
+    """Response header v1 for flexible versions, but ApiVersions always uses v0 (KIP-511)."""
+    return api_key != ApiKey.API_VERSIONS and is_flexible(api_key, api_version)
+
+
+# -------------------------------------------------------------------------------------------------
+# Broker side
+# -------------------------------------------------------------------------------------------------
+
+def decode_request_header(reader: Reader) -> RequestHeader:
+    """Read the v1 part of a request header (the part shared by v1 and v2)."""
+    api_key = reader.int16()
+    api_version = reader.int16()
+    correlation_id = reader.int32()
+    client_id = reader.nullable_string()
+    return RequestHeader(api_key, api_version, correlation_id, client_id)
+
+
+def decode_request(frame: BytesLike) -> Request:
+    """Decode one request frame (without its size prefix).
+
+    ``records`` fields in the body are zero-copy ``memoryview`` slices of ``frame``; keep ``frame``
+    alive (it is, as long as the views are) and do not mutate it.
+
+    Raises:
+        UnsupportedVersionError: unknown API key, or a version outside ``SUPPORTED_VERSIONS``. Raised
+            after the header is parsed; ``exc.header`` lets the broker answer.
+        RemoteProtocolError: the bytes are malformed (a subclass: truncated, bad lengths, ...).
+    """
+    reader = Reader(frame)
+    try:
+        header = decode_request_header(reader)
+        if not is_supported(header.api_key, header.api_version):
+            raise UnsupportedVersionError(header.api_key, header.api_version, header.correlation_id, header)
+        plan = request_plan(header.api_key, header.api_version)
+        if plan.flexible:
+            reader.skip_tagged_fields()
+        body = plan.decode(reader)
+    except (RemoteProtocolError, UnsupportedVersionError):
+        raise
+    except (IndexError, struct.error, UnicodeDecodeError, ValueError, OverflowError) as exc:
+        # Defence in depth: the Reader should have caught this. The chained cause lets tests spot it.
+        raise MalformedMessageError(f"malformed request: {exc!r}") from exc
+    return Request(header, body)
+
+
+def encode_response(header: RequestHeader, body: Body) -> bytes:
+    """Encode a response to ``header``'s request, with the 4-byte size prefix.
+
+    Raises:
+        LocalProtocolError: ``body`` holds a value the version cannot carry.
+        KeyError / ValueError: ``header`` names an unsupported API version (answer those with
+            :func:`api_versions_fallback_response` or an error response of a supported version).
+    """
+    plan = response_plan(header.api_key, header.api_version)
+    writer = Writer()
+    size_pos = writer.reserve_int32()
+    writer.int32(header.correlation_id)
+    if _response_header_is_flexible(header.api_key, header.api_version):
+        writer.empty_tagged_fields()
+    plan.encode(writer, body)
+    writer.patch_int32(size_pos, len(writer.buf) - 4)
+    return bytes(writer.buf)
+
+
+def api_versions_fallback_response(header: RequestHeader) -> bytes:
+    """The ApiVersions answer for a version the broker does not know.
+
+    Error 35 (UNSUPPORTED_VERSION) in the v0 body layout with header v0, listing ApiVersions' own
+    range: Kafka does exactly this (KIP-511) and librdkafka / kafka-python then retry with the
+    highest version both sides know. Never disconnect instead.
+    """
+    low, high = SUPPORTED_VERSIONS[ApiKey.API_VERSIONS]
+    body = {"error_code": int(ErrorCode.UNSUPPORTED_VERSION),
+            "api_keys": [{"api_key": int(ApiKey.API_VERSIONS), "min_version": low, "max_version": high}]}
+    fallback = RequestHeader(int(ApiKey.API_VERSIONS), 0, header.correlation_id, header.client_id)
+    return encode_response(fallback, body)
+
+
+def api_versions_body(throttle_time_ms: int = 0) -> Body:
+    """The ApiVersions response body advertising exactly ``SUPPORTED_VERSIONS``."""
+    return {
+        "error_code": 0,
+        "api_keys": [{"api_key": int(key), "min_version": low, "max_version": high}
+                     for key, (low, high) in sorted(SUPPORTED_VERSIONS.items())],
+        "throttle_time_ms": throttle_time_ms,
+    }
+
+
+# -------------------------------------------------------------------------------------------------
+# Client side (also used by tests and tools)
+# -------------------------------------------------------------------------------------------------
+
+def encode_request(api_key: int, api_version: int, correlation_id: int, client_id: str | None, body: Body) -> bytes:
+    """Encode a request with header v1 (or v2 for flexible versions) and the 4-byte size prefix."""
+    plan = request_plan(api_key, api_version)
+    writer = Writer()
+    size_pos = writer.reserve_int32()
+    writer.int16(api_key)
+    writer.int16(api_version)
+    writer.int32(correlation_id)
+    writer.nullable_string(client_id)
+    if plan.flexible:
+        writer.empty_tagged_fields()
+    plan.encode(writer, body)
+    writer.patch_int32(size_pos, len(writer.buf) - 4)
+    return bytes(writer.buf)
+
+
+def decode_response(api_key: int, api_version: int, frame: BytesLike) -> tuple[int, Body]:
+    """Decode a response frame (without size prefix) to ``(correlation_id, body)``.
+
+    Raises:
+        RemoteProtocolError: the bytes are malformed.
+    """
+    plan = response_plan(api_key, api_version)
+    reader = Reader(frame)
+    try:
+        correlation_id = reader.int32()
+        if _response_header_is_flexible(api_key, api_version):
+            reader.skip_tagged_fields()
+        body = plan.decode(reader)
+    except RemoteProtocolError:
+        raise
+    except (IndexError, struct.error, UnicodeDecodeError, ValueError, OverflowError) as exc:
+        raise MalformedMessageError(f"malformed response: {exc!r}") from exc
+    return correlation_id, body
+
+
+# -------------------------------------------------------------------------------------------------
+# Embedded schemas with their own int16 version prefix (consumer group member metadata)
+# -------------------------------------------------------------------------------------------------
+
+def _decode_versioned(spec_name: str, data: BytesLike) -> tuple[int, Body]:
+    spec = CONSUMER_PROTOCOL_SUBSCRIPTION if spec_name == "subscription" else CONSUMER_PROTOCOL_ASSIGNMENT
+    reader = Reader(data)
+    try:
+        version = reader.int16()
+        if version < 0:
+            raise MalformedMessageError(f"negative consumer protocol version {version}")
+        # A newer client's metadata starts with everything our highest version knows; read that
+        # much and ignore the rest, as Kafka's ConsumerProtocol does.
+        body = cached_plan(spec, min(version, spec.valid.high)).decode(reader)
+    except RemoteProtocolError:
+        raise
+    except (IndexError, struct.error, UnicodeDecodeError, ValueError, OverflowError) as exc:
+        raise MalformedMessageError(f"malformed consumer protocol {spec_name}: {exc!r}") from exc
+    return version, body
+
+
+def _encode_versioned(spec_name: str, version: int, body: Body) -> bytes:
+    spec = CONSUMER_PROTOCOL_SUBSCRIPTION if spec_name == "subscription" else CONSUMER_PROTOCOL_ASSIGNMENT
+    plan = cached_plan(spec, version)
+    writer = Writer()
+    writer.int16(version)
+    plan.encode(writer, body)
+    return bytes(writer.buf)
+
+
+def decode_consumer_subscription(data: BytesLike) -> tuple[int, Body]:
+    """JoinGroup member metadata of the ``consumer`` protocol -> ``(version, body)``.
+
+    Body keys: ``topics``, ``user_data``, ``owned_partitions`` (v1+), ``generation_id`` (v2+),
+    ``rack_id`` (v3+). Versions above 3 are read as v3.
+    """
+    return _decode_versioned("subscription", data)
+
+
+def encode_consumer_subscription(version: int, body: Body) -> bytes:
+    """Encode consumer subscription metadata at ``version`` (0-3), with its int16 version prefix."""
+    return _encode_versioned("subscription", version, body)
+
+
+def decode_consumer_assignment(data: BytesLike) -> tuple[int, Body]:
+    """SyncGroup member assignment of the ``consumer`` protocol -> ``(version, body)``.
+
+    Body keys: ``assigned_partitions`` (list of ``{"topic", "partitions"}``), ``user_data``. An empty
+    ``data`` (a member with no assignment, as Kafka sends) decodes to version 0 with no partitions.
+    """
+    if len(data) == 0:
+        return 0, {"assigned_partitions": [], "user_data": None}
+    return _decode_versioned("assignment", data)
+
+
+def encode_consumer_assignment(version: int, body: Body) -> bytes:
+    """Encode a consumer assignment at ``version`` (0-3), with its int16 version prefix."""
+    return _encode_versioned("assignment", version, body)
+
+
+__all__ = [
+    "Request", "RequestHeader", "api_versions_body", "api_versions_fallback_response", "decode_consumer_assignment",
+    "decode_consumer_subscription", "decode_request", "decode_request_header", "decode_response",
+    "encode_consumer_assignment", "encode_consumer_subscription", "encode_request", "encode_response",
+    "request_plan", "response_plan",
+]

@@ -1,0 +1,430 @@
+"""A small schema language for Kafka messages and the generic engine that encodes and decodes them.
+
+Kafka describes each request and response as a tree of fields, each with the versions it exists in,
+the versions in which it may be null, and (for flexible versions, KIP-482) an optional tag that moves
+it into the tagged-field section. :mod:`flowbus.protocol.messages` writes those facts down with the
+helpers here (:func:`f`, :func:`arr`, :func:`struct`); this module turns one message at one version
+into a flat :class:`Plan` -- a decoder and an encoder made of closures over the fields that exist in
+that version -- so the hot path never looks at version ranges again.
+
+Bodies are plain dicts keyed by snake_case field names; arrays are lists; nested structs are dicts;
+``records`` fields decode to zero-copy ``memoryview`` slices of the frame. On encode a missing key
+takes the field's default; keys of fields absent from the version are ignored.
+"""
+
+from __future__ import annotations
+
+import struct as _struct
+import uuid
+from dataclasses import dataclass, field as _dc_field
+from functools import lru_cache
+from typing import Any, Callable
+
+from flowbus.protocol.errors import LocalProtocolError, MalformedMessageError
+from flowbus.protocol.primitives import ZERO_UUID, Reader, Writer
+
+Body = dict[str, Any]
+Decoder = Callable[[Reader], Any]
+Encoder = Callable[[Writer, Any], None]
+
+#: Sanity cap on the element count of an array whose elements may encode to zero bytes (a struct
+#: whose fields all lie outside the version). Any other array is capped by the bytes left.
+MAX_EMPTY_ELEMENT_ARRAY_LENGTH = 10_000
+
+#: The highest version number a range may name; "3+" means 3..OPEN_VERSION.
+OPEN_VERSION = 0x7FFF
+
+PRIMITIVE_TYPES = frozenset({
+    "int8", "int16", "uint16", "int32", "uint32", "int64", "float64", "bool", "uuid", "string", "bytes", "records",
+})
+
+#: Fixed encoded sizes, used to bound array lengths by the bytes left.
+_FIXED_SIZE_BYTES = {"int8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "float64": 8,
+                     "bool": 1, "uuid": 16}
+
+
+class VersionRange:
+    """An inclusive version range parsed from Kafka's notation: ``"3+"``, ``"0-4"``, ``"7"``, ``"none"``."""
+
+    __slots__ = ("low", "high")
+
+    def __init__(self, spec: str) -> None:
+        spec = spec.strip()
+        if spec == "none":
+            self.low, self.high = 1, 0  # empty
+        elif spec.endswith("+"):
+            self.low, self.high = int(spec[:-1]), OPEN_VERSION
+        elif "-" in spec:
+            low, high = spec.split("-")
+            self.low, self.high = int(low), int(high)
+        else:
+            self.low = self.high = int(spec)
+
+    def __contains__(self, version: int) -> bool:
+        return self.low <= version <= self.high
+
+    def __repr__(self) -> str:
+        if self.low > self.high:
+            return "none"
+        if self.high == OPEN_VERSION:
+            return f"{self.low}+"
+        return f"{self.low}-{self.high}"
+
+
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True, eq=False)
+class Field:
+    """One field of a message.
+
+    Attributes:
+        name: snake_case name, the dict key.
+        type: a primitive name (``int32``, ``string``, ``records``...), ``"[]<primitive>"`` for an array
+            of primitives, ``"[]"`` for an array of structs or ``"struct"`` for a single nested struct
+            (both with ``fields``).
+        versions: versions the field exists in.
+        nullable: versions in which it may be null.
+        tag / tagged: for a tagged field, its tag number and the versions in which it is tagged.
+        default: value used when encoding and the key is missing; when not given, the type's zero
+            (0, "", False, [], the zero UUID) or None when nullable in every version it exists in.
+        fields: members of a struct or struct array.
+    """
+
+    name: str
+    type: str
+    versions: VersionRange
+    nullable: VersionRange
+    tag: int | None = None
+    tagged: VersionRange = _dc_field(default_factory=lambda: VersionRange("none"))
+    default: Any = _MISSING
+    fields: tuple[Field, ...] = ()
+
+
+def f(name: str, type_: str, versions: str = "0+", *, nullable: str = "none", tag: int | None = None,
+      tagged: str = "none", default: Any = _MISSING) -> Field:
+    """A primitive field or an array of primitives (``type_`` = ``"[]int32"``)."""
+    element = type_[2:] if type_.startswith("[]") else type_
+    if element not in PRIMITIVE_TYPES:
+        raise ValueError(f"field {name}: unknown type {type_!r}")
+    return Field(name, type_, VersionRange(versions), VersionRange(nullable), tag, VersionRange(tagged), default)
+
+
+def arr(name: str, fields: list[Field], versions: str = "0+", *, nullable: str = "none", tag: int | None = None,
+        tagged: str = "none", default: Any = _MISSING) -> Field:
+    """An array of structs with the given member fields."""
+    return Field(name, "[]", VersionRange(versions), VersionRange(nullable), tag, VersionRange(tagged), default,
+                 tuple(fields))
+
+
+def struct(name: str, fields: list[Field], versions: str = "0+", *, nullable: str = "none",
+           tag: int | None = None, tagged: str = "none", default: Any = _MISSING) -> Field:
+    """A single nested struct (Kafka writes it inline; nullable structs get an int8 presence marker)."""
+    return Field(name, "struct", VersionRange(versions), VersionRange(nullable), tag, VersionRange(tagged), default,
+                 tuple(fields))
+
+
+@dataclass(frozen=True, eq=False)
+class MessageSpec:
+    """A request, response or standalone schema (e.g. ConsumerProtocolSubscription)."""
+
+    name: str
+    valid: VersionRange
+    flexible: VersionRange
+    fields: tuple[Field, ...]
+
+
+def message(name: str, valid: str, flexible: str, fields: list[Field]) -> MessageSpec:
+    return MessageSpec(name, VersionRange(valid), VersionRange(flexible), tuple(fields))
+
+
+# -------------------------------------------------------------------------------------------------
+# Compilation: (spec, version) -> closures.
+# -------------------------------------------------------------------------------------------------
+
+def _zero(field: Field, version: int) -> Any:
+    """The value a missing field encodes as, and the value decode reports for an absent tag."""
+    if field.default is not _MISSING:
+        return field.default
+    if version in field.nullable:
+        return None
+    kind = field.type
+    if kind.startswith("[]"):
+        return ()
+    if kind == "struct":
+        # A struct's default is its members' defaults, so an absent tagged struct decodes to the
+        # same dict that encodes to nothing.
+        return {sub.name: _zero(sub, version) for sub in field.fields if version in sub.versions}
+    if kind == "string":
+        return ""
+    if kind in ("bytes", "records"):
+        return b""
+    if kind == "bool":
+        return False
+    if kind == "uuid":
+        return ZERO_UUID
+    if kind == "float64":
+        return 0.0
+    return 0
+
+
+def _primitive_codec(kind: str, nullable: bool, flexible: bool) -> tuple[Decoder, Encoder, int]:
+    """Reader/Writer methods for one primitive at one (nullable, flexible) combination, plus min size."""
+    R, W = Reader, Writer
+    if kind in _FIXED_SIZE_BYTES:
+        name = "boolean" if kind == "bool" else kind
+        return getattr(R, name), getattr(W, name), _FIXED_SIZE_BYTES[kind]
+    if kind == "string":
+        if flexible:
+            return ((R.compact_nullable_string, W.compact_nullable_string, 1) if nullable
+                    else (R.compact_string, W.compact_string, 1))
+        return (R.nullable_string, W.nullable_string, 2) if nullable else (R.string, W.string, 2)
+    if kind == "bytes":
+        if flexible:
+            return ((R.compact_nullable_bytes, W.compact_nullable_bytes, 1) if nullable
+                    else (R.compact_bytes, W.compact_bytes, 1))
+        return (R.nullable_bytes, W.nullable_bytes, 4) if nullable else (R.bytes, W.bytes, 4)
+    if kind == "records":
+        # Same wire form as bytes, but decoded as a zero-copy view of the frame.
+        if flexible:
+            return ((R.compact_nullable_bytes_view, W.compact_nullable_bytes, 1) if nullable
+                    else (R.compact_bytes_view, W.compact_bytes, 1))
+        return (R.nullable_bytes_view, W.nullable_bytes, 4) if nullable else (R.bytes_view, W.bytes, 4)
+    raise ValueError(f"unknown primitive {kind!r}")
+
+
+def _array_codec(element_decode: Decoder, element_encode: Encoder, element_min_bytes: int, nullable: bool,
+                 flexible: bool, name: str) -> tuple[Decoder, Encoder, int]:
+    """Decoder/encoder for an array whose elements use the given codecs."""
+    read_length = Reader.compact_array_length if flexible else Reader.array_length
+    write_length = Writer.compact_array_length if flexible else Writer.array_length
+    min_bytes = element_min_bytes
+
+    def decode_array(r: Reader) -> list[Any] | None:
+        count = read_length(r, nullable, min_bytes)
+        if count < 0:
+            return None
+        if min_bytes == 0 and count > MAX_EMPTY_ELEMENT_ARRAY_LENGTH:
+            raise MalformedMessageError(f"{name}: {count} elements exceeds the sanity limit")
+        return [element_decode(r) for _ in range(count)]
+
+    def encode_array(w: Writer, value: Any) -> None:
+        if value is None:
+            if not nullable:
+                raise LocalProtocolError(f"{name}: None given for a non-nullable array")
+            write_length(w, None)
+            return
+        write_length(w, len(value))
+        for item in value:
+            element_encode(w, item)
+
+    return decode_array, encode_array, (1 if flexible else 4)
+
+
+def _field_codec(field: Field, version: int, flexible: bool, path: str) -> tuple[Decoder, Encoder, int]:
+    """Decoder, encoder and minimum encoded size of one field at one version."""
+    nullable = version in field.nullable
+    kind = field.type
+    if kind == "[]":
+        dec, enc, size = _struct_codec(field.fields, version, flexible, path)
+        return _array_codec(dec, enc, size, nullable, flexible, path)
+    if kind == "struct":
+        dec, enc, size = _struct_codec(field.fields, version, flexible, path)
+        if not nullable:
+            return dec, enc, size
+        return _nullable_struct(dec, enc, path)
+    if kind.startswith("[]"):
+        # Elements of a primitive array are never null.
+        dec, enc, size = _primitive_codec(kind[2:], False, flexible)
+        return _array_codec(dec, enc, size, nullable, flexible, path)
+    return _primitive_codec(kind, nullable, flexible)
+
+
+def _nullable_struct(dec: Decoder, enc: Encoder, path: str) -> tuple[Decoder, Encoder, int]:
+    """A nullable struct: int8 -1 for null, 1 then the struct when present."""
+
+    def decode(r: Reader) -> Any:
+        marker = r.int8()
+        if marker < 0:
+            return None
+        return dec(r)
+
+    def encode(w: Writer, value: Any) -> None:
+        if value is None:
+            w.int8(-1)
+        else:
+            w.int8(1)
+            enc(w, value)
+
+    return decode, encode, 1
+
+
+def _struct_codec(fields: tuple[Field, ...], version: int, flexible: bool, path: str
+                  ) -> tuple[Decoder, Encoder, int]:
+    """Compile a struct (or a whole message body) at one version into a decoder and an encoder."""
+    plain: list[tuple[str, Decoder, Encoder, Any]] = []
+    tagged: list[tuple[int, str, Decoder, Encoder, Any]] = []
+    min_bytes = 1 if flexible else 0  # the tagged-field count
+    for fld in fields:
+        if version not in fld.versions:
+            continue
+        dec, enc, size = _field_codec(fld, version, flexible, f"{path}.{fld.name}")
+        default = _zero(fld, version)
+        if flexible and fld.tag is not None and version in fld.tagged:
+            tagged.append((fld.tag, fld.name, dec, enc, default))
+        else:
+            plain.append((fld.name, dec, enc, default))
+            min_bytes += size
+    tagged.sort(key=lambda item: item[0])
+    decode_plan = tuple((name, dec) for name, dec, _, _ in plain)
+    encode_plan = tuple((name, enc, default) for name, _, enc, default in plain)
+    tag_decoders = {tag: (name, dec) for tag, name, dec, _, _ in tagged}
+    tag_defaults = tuple((name, default) for _, name, _, _, default in tagged)
+    tag_encoders = tuple((tag, name, enc, default) for tag, name, _, enc, default in tagged)
+
+    if not flexible:
+        def decode(r: Reader) -> Body:
+            body: Body = {}
+            for name, dec in decode_plan:
+                body[name] = dec(r)
+            return body
+
+        def encode(w: Writer, body: Body) -> None:
+            get = body.get
+            for name, enc, default in encode_plan:
+                enc(w, get(name, default))
+
+        return decode, encode, min_bytes
+
+    def decode_flexible(r: Reader) -> Body:
+        body: Body = {}
+        for name, dec in decode_plan:
+            body[name] = dec(r)
+        for name, default in tag_defaults:
+            body[name] = _fresh(default)
+        count = r.uvarint()
+        if count:
+            _decode_tags(r, count, body, tag_decoders)
+        return body
+
+    def encode_flexible(w: Writer, body: Body) -> None:
+        get = body.get
+        for name, enc, default in encode_plan:
+            enc(w, get(name, default))
+        if not tag_encoders:
+            w.buf.append(0)
+            return
+        _encode_tags(w, body, tag_encoders)
+
+    return decode_flexible, encode_flexible, min_bytes
+
+
+def _fresh(default: Any) -> Any:
+    """A decoded copy of a default: ``()`` becomes a new list and dicts are copied, so callers may
+    mutate decoded bodies without touching the shared defaults."""
+    if isinstance(default, tuple):
+        return []
+    if isinstance(default, dict):
+        return {key: _fresh(value) for key, value in default.items()}
+    return default
+
+
+def _decode_tags(r: Reader, count: int, body: Body, tag_decoders: dict[int, tuple[str, Decoder]]) -> None:
+    """Read ``count`` tagged fields into ``body``; unknown tags are skipped (KIP-482)."""
+    if count * 2 > r.end - r.pos:
+        raise MalformedMessageError(f"{count} tagged fields cannot fit in {r.end - r.pos} bytes")
+    previous = -1
+    for _ in range(count):
+        tag = r.uvarint()
+        if tag <= previous:
+            raise MalformedMessageError(f"tagged field {tag} out of order (after {previous})")
+        previous = tag
+        size = r.uvarint()
+        if size > r.end - r.pos:
+            raise MalformedMessageError(f"tagged field {tag} of {size} bytes overruns the message")
+        start = r.pos
+        known = tag_decoders.get(tag)
+        if known is not None:
+            name, dec = known
+            sub = Reader(r.buf, start, start + size)
+            body[name] = dec(sub)
+            if sub.pos != sub.end:
+                raise MalformedMessageError(f"tagged field {tag} has {sub.end - sub.pos} trailing bytes")
+        r.pos = start + size
+
+
+def _encode_tags(w: Writer, body: Body, tag_encoders: tuple[tuple[int, str, Encoder, Any], ...]) -> None:
+    """Write the tagged fields whose values differ from their defaults (Kafka omits defaults)."""
+    present: list[tuple[int, bytearray]] = []
+    for tag, name, enc, default in tag_encoders:
+        value = body.get(name, _MISSING)
+        if value is _MISSING or value is None and default is None or _equals_default(value, default):
+            continue
+        sub = Writer()
+        enc(sub, value)
+        present.append((tag, sub.buf))
+    w.tagged_fields(present)  # type: ignore[arg-type]
+
+
+def _equals_default(value: Any, default: Any) -> bool:
+    """Whether a tagged value can be omitted; empty lists equal the () default."""
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return len(value) == 0 and len(default) == 0
+    try:
+        return bool(value == default)
+    except Exception:  # noqa: BLE001 - exotic values are simply written
+        return False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One message at one version, compiled: ``decode(reader) -> dict``, ``encode(writer, dict)``."""
+
+    name: str
+    version: int
+    flexible: bool
+    decode: Decoder
+    encode: Encoder
+
+
+def compile_plan(spec: MessageSpec, version: int) -> Plan:
+    """Compile ``spec`` at ``version``; raises ``ValueError`` for a version outside the spec."""
+    if version not in spec.valid:
+        raise ValueError(f"{spec.name} has no version {version} (valid {spec.valid!r})")
+    flexible = version in spec.flexible
+    dec, enc, _ = _struct_codec(spec.fields, version, flexible, spec.name)
+    return Plan(spec.name, version, flexible, dec, _guard_encode(enc, spec.name, version))
+
+
+def _guard_encode(enc: Encoder, name: str, version: int) -> Encoder:
+    """Turn ``struct.error``/``TypeError``/``OverflowError`` from bad values into :class:`LocalProtocolError`.
+
+    The try block costs nothing on the happy path (zero-cost exceptions in CPython 3.11).
+    """
+
+    def encode(w: Writer, body: Body) -> None:
+        try:
+            enc(w, body)
+        except LocalProtocolError as exc:
+            raise LocalProtocolError(f"{name} v{version}: {exc}") from None
+        except (_struct.error, TypeError, OverflowError, AttributeError, ValueError) as exc:
+            raise LocalProtocolError(f"{name} v{version}: cannot encode body: {exc}") from exc
+
+    return encode
+
+
+@lru_cache(maxsize=None)
+def cached_plan(spec: MessageSpec, version: int) -> Plan:
+    """:func:`compile_plan`, memoised per (spec, version); specs are immutable."""
+    return compile_plan(spec, version)
+
+
+def field_names(spec: MessageSpec, version: int) -> list[str]:
+    """Top-level field names of ``spec`` at ``version`` (for tests and docs)."""
+    return [fld.name for fld in spec.fields if version in fld.versions]
+
+
+__all__ = [
+    "Body", "Field", "MessageSpec", "Plan", "VersionRange", "arr", "cached_plan", "compile_plan", "f",
+    "field_names", "message", "struct", "uuid",
+]
