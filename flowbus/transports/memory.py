@@ -407,6 +407,18 @@ class MemoryConsumer(Consumer):
             self._positions[tp] = stop
         return out
 
+    def caught_up(self) -> bool:
+        """True when the group has settled this member's share and it has read everything readable
+        (the test harness uses this to know the worker has nothing left to do)."""
+        if not self._manual and self._topics and sorted(self._owned) != sorted(self._target()):
+            return False
+        for tp in self._owned:
+            part = self._broker.topics[tp.topic][tp.partition]
+            end = part.stable_end() if self._read_committed else len(part.records)
+            if self._positions.get(tp, end) < end:
+                return False
+        return True
+
     def assignment(self) -> list[TopicPartition]:
         return list(self._owned)
 

@@ -1,0 +1,302 @@
+"""The :class:`App`: where topics, agents, dataflows, timers and tasks are declared."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import signal
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from flowbus.agent import Agent, AgentFun, Sink
+from flowbus.app_errors import ConfigurationError
+from flowbus.clock import SYSTEM_CLOCK, Clock
+from flowbus.operators.dataflow import Dataflow
+from flowbus.serializers import Serializer
+from flowbus.stream import DEFAULT_MAX_BUFFERED_EVENTS
+from flowbus.timers import CronSpec, Scheduler, TimerSpec, parse_timezone
+from flowbus.topic import Topic
+from flowbus.transports import transport_from_url
+from flowbus.transports.base import Producer, Transport
+
+if TYPE_CHECKING:
+    from flowbus.testing import TestContext
+    from flowbus.worker import Worker
+
+log = logging.getLogger("flowbus.app")
+
+ProcessingGuarantee = Literal["at_least_once", "at_most_once", "exactly_once"]
+ErrorPolicy = Literal["log", "skip", "dead_letter", "stop"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+_GUARANTEES = ("at_least_once", "at_most_once", "exactly_once")
+_POLICIES = ("log", "skip", "dead_letter", "stop")
+
+
+class App:
+    """A stream-processing application; one consumer group (``group.id == id``) per app.
+
+    Args:
+        id: the app's name; the consumer group id and the prefix of its internal topics.
+        broker: ``embedded://DIR`` (default), ``kafka://host:port`` or ``memory://`` (tests).
+        processing_guarantee: ``at_least_once`` (default), ``at_most_once`` or ``exactly_once``.
+        error_policy: what happens to an event that cannot be decoded or whose processing raises:
+            ``log`` (alias ``skip``: log it with topic/partition/offset and go on),
+            ``dead_letter`` (send its original bytes with error headers to ``dead_letter_topic``)
+            or ``stop`` (stop the worker without committing that event).
+        dead_letter_topic: defaults to ``<id>-dead-letters``.
+        clock: every timer, ``take(within_s)`` and commit interval reads this clock.
+        topic_partitions: partitions of topics the app creates without an explicit count.
+        commit_interval_ms: defaults to 1000 (100 under exactly-once, where it bounds latency).
+        transactional_id: for exactly-once; stable across restarts so a restarted worker fences
+            its predecessor and aborts its open transaction. Defaults to ``<id>-<hostname>``: run
+            several workers of one app on a host with distinct ids.
+
+    Example:
+        >>> app = App("clicks", broker="memory://")
+        >>> clicks = app.topic("clicks")
+        >>> @app.agent(clicks)
+        ... async def count(stream):
+        ...     async for click in stream:
+        ...         ...
+    """
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        broker: str = "embedded://./flowbus-data",
+        processing_guarantee: ProcessingGuarantee = "at_least_once",
+        error_policy: ErrorPolicy = "log",
+        dead_letter_topic: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        topic_partitions: int = 1,
+        commit_interval_ms: int | None = None,
+        transactional_id: str | None = None,
+        max_poll_records: int = 2_000,
+    ) -> None:
+        if processing_guarantee not in _GUARANTEES:
+            raise ConfigurationError(f"processing_guarantee must be one of {_GUARANTEES}, not {processing_guarantee!r}")
+        if error_policy not in _POLICIES:
+            raise ConfigurationError(f"error_policy must be one of {_POLICIES}, not {error_policy!r}")
+        self.id = id
+        self.broker = broker
+        self.processing_guarantee: ProcessingGuarantee = processing_guarantee
+        self.error_policy: ErrorPolicy = error_policy
+        self.clock = clock
+        self.topic_partitions = topic_partitions
+        if commit_interval_ms is None:
+            commit_interval_ms = 100 if processing_guarantee == "exactly_once" else 1_000
+        self.commit_interval_ms = commit_interval_ms
+        self.transactional_id = transactional_id or f"{id}-{socket.gethostname()}"
+        self.max_poll_records = max_poll_records
+        self.topics: dict[str, Topic] = {}
+        self.agents: list[Agent] = []
+        self.dataflows: list[Dataflow] = []
+        self.timers: list[TimerSpec] = []
+        self.crontabs: list[CronSpec] = []
+        self.startup_tasks: list[Callable[[], Any]] = []
+        self.dead_letter_topic = self.topic(dead_letter_topic or f"{id}-dead-letters", value_serializer="raw", key_serializer="raw", internal=True)
+        self._transport: Transport | None = None
+        self._scheduler: Scheduler | None = None
+        self._producer: Producer | None = None
+        self._own_producer = False
+        self.worker: Worker | None = None
+
+    def __repr__(self) -> str:
+        return f"<App {self.id!r} broker={self.broker!r} {self.processing_guarantee}>"
+
+    # -- declarations -----------------------------------------------------------------------
+    def topic(
+        self,
+        name: str,
+        *,
+        key_type: Any = None,
+        value_type: Any = None,
+        partitions: int | None = None,
+        key_serializer: str | Serializer | None = None,
+        value_serializer: str | Serializer = "json",
+        config: Mapping[str, str] | None = None,
+        internal: bool = False,
+    ) -> Topic:
+        """Declare a topic (created at worker start if missing); declaring a name twice returns
+        the first declaration, so modules can share topics by name."""
+        existing = self.topics.get(name)
+        if existing is not None:
+            return existing
+        topic = Topic(
+            self,
+            name,
+            key_type=key_type,
+            value_type=value_type,
+            partitions=partitions,
+            key_serializer=key_serializer,
+            value_serializer=value_serializer,
+            config=config,
+            internal=internal,
+        )
+        self.topics[name] = topic
+        return topic
+
+    def agent(
+        self,
+        topic: Topic | str,
+        *,
+        name: str | None = None,
+        concurrency: int = 1,
+        sink: Sequence[Sink] | None = None,
+        max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS,
+    ) -> Callable[[AgentFun], Agent]:
+        """Decorate ``async def agent(stream)``; values it ``yield``s go to every sink."""
+        source = self._as_topic(topic)
+
+        def decorate(fn: AgentFun) -> Agent:
+            agent = Agent(
+                self,
+                fn,
+                source,
+                name=name or f"{fn.__module__}.{fn.__qualname__}",
+                concurrency=concurrency,
+                sinks=list(sink or ()),
+                max_buffered_events=max_buffered_events,
+            )
+            self.agents.append(agent)
+            return agent
+
+        return decorate
+
+    def stream(self, topic: Topic | str) -> Dataflow:
+        """A declarative dataflow reading ``topic``: ``app.stream(src).filter(f).map(g).to(dst)``."""
+        root = Dataflow(self, self._as_topic(topic))
+        self.dataflows.append(root)
+        return root
+
+    def _dataflow_source(self, node: Dataflow) -> Topic | None:
+        """The source topic of the dataflow tree ``node`` belongs to (for group_by's codecs)."""
+        for root in self.dataflows:
+            stack = [root]
+            while stack:
+                current = stack.pop()
+                if current is node:
+                    return root.source
+                stack.extend(current.children)
+        return None
+
+    def timer(self, interval_s: float, *, on_leader: bool = False) -> Callable[[F], F]:
+        """Run the decorated function (sync or async) every ``interval_s`` seconds of the app clock;
+        with ``on_leader`` only on one worker of the group."""
+        if interval_s <= 0:
+            raise ConfigurationError("a timer interval must be positive")
+
+        def decorate(fn: F) -> F:
+            self.timers.append(TimerSpec(fn, int(interval_s * 1000), on_leader))
+            return fn
+
+        return decorate
+
+    def crontab(self, expression: str, *, timezone: str | dt.tzinfo | None = None, on_leader: bool = False) -> Callable[[F], F]:
+        """Run the decorated function on a cron schedule (croniter syntax) in ``timezone`` (UTC default)."""
+        from croniter import croniter
+
+        if not croniter.is_valid(expression):
+            raise ConfigurationError(f"invalid cron expression {expression!r}")
+        tz = parse_timezone(timezone)
+
+        def decorate(fn: F) -> F:
+            self.crontabs.append(CronSpec(fn, expression, tz, on_leader))
+            return fn
+
+        return decorate
+
+    def task(self, fn: F) -> F:
+        """Run the decorated function once when the worker starts (after agents are running)."""
+        self.startup_tasks.append(fn)
+        return fn
+
+    def _as_topic(self, topic: Topic | str) -> Topic:
+        return self.topic(topic) if isinstance(topic, str) else topic
+
+    # -- runtime ----------------------------------------------------------------------------
+    @property
+    def transport(self) -> Transport:
+        """The transport for ``broker``, made on first use."""
+        if self._transport is None:
+            self._transport = transport_from_url(self.broker, clock=self.clock)
+        return self._transport
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            self._scheduler = Scheduler(self.clock)
+        return self._scheduler
+
+    @property
+    def producer(self) -> Producer:
+        """The producer of the running worker (or of :meth:`ensure_producer`)."""
+        if self._producer is None:
+            raise ConfigurationError(f"app {self.id!r} is not running: start a worker or await app.ensure_producer()")
+        return self._producer
+
+    async def ensure_producer(self) -> Producer:
+        """A producer for sending outside a worker (scripts, tests); the worker's one if running."""
+        if self._producer is None:
+            await self.transport.start()
+            self._producer = self.transport.producer()
+            self._own_producer = True
+        return self._producer
+
+    def _attach_producer(self, producer: Producer) -> None:
+        self._producer = producer
+        self._own_producer = False
+
+    def _detach_producer(self, producer: Producer | None) -> None:
+        if self._producer is producer:
+            self._producer = None
+
+    def make_worker(self, transport: Transport | None = None) -> Worker:
+        from flowbus.worker import Worker
+
+        self.worker = Worker(self, transport)
+        return self.worker
+
+    async def run(self) -> None:
+        """Run a worker until :meth:`stop` is called (or SIGTERM/SIGINT when started by :meth:`main`)."""
+        worker = self.make_worker()
+        await worker.run()
+
+    def stop(self) -> None:
+        """Ask the running worker to shut down cleanly."""
+        if self.worker is not None:
+            self.worker.stop()
+
+    async def close(self) -> None:
+        """Flush and close a producer made by :meth:`ensure_producer`."""
+        if self._own_producer and self._producer is not None:
+            await self._producer.close()
+            self._producer = None
+            self._own_producer = False
+
+    def main(self) -> None:
+        """Run a worker in this process with SIGTERM and SIGINT mapped to a clean shutdown."""
+
+        async def _main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+            await self.run()
+
+        asyncio.run(_main())
+
+    def test_context(self, clock: Any = None) -> TestContext:
+        """A test harness: memory transport, manual clock, no broker, no sleeping.
+
+        Example:
+            >>> async with app.test_context() as t:          # doctest: +SKIP
+            ...     await t.send(clicks, {"user": "u1"})
+            ...     assert t.values(enriched) == [...]
+        """
+        from flowbus.testing import TestContext
+
+        return TestContext(self, clock=clock)

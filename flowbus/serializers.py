@@ -1,0 +1,174 @@
+"""Serializers turn Python objects into bytes and back: ``json``, ``raw`` and ``msgpack``.
+
+A serializer only knows bytes and plain data (dicts, lists, numbers, strings); typed records
+are built on top by :class:`Codec`, which validates decoded data against a dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgpack
+
+from flowbus.app_errors import ConfigurationError, DecodeError
+from flowbus.models import record_decoder
+
+
+class Serializer(Protocol):
+    """Plain data to bytes and back; ``loads`` raises any exception on bad input."""
+
+    name: str
+
+    def dumps(self, obj: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+class JSONSerializer:
+    """Compact UTF-8 JSON; dataclasses are written as objects."""
+
+    name = "json"
+
+    def __init__(self) -> None:
+        self._encoder = json.JSONEncoder(separators=(",", ":"), default=_default).encode
+        self.loads: Callable[[bytes], Any] = json.loads
+
+    def dumps(self, obj: Any) -> bytes:
+        return self._encoder(obj).encode()
+
+
+class RawSerializer:
+    """Bytes as they are; ``str`` is written as UTF-8. Decoding returns bytes."""
+
+    name = "raw"
+
+    def dumps(self, obj: Any) -> bytes:
+        if isinstance(obj, bytes):
+            return obj
+        if isinstance(obj, str):
+            return obj.encode()
+        if isinstance(obj, (bytearray, memoryview)):
+            return bytes(obj)
+        raise TypeError(f"the raw serializer writes bytes or str, not {type(obj).__name__}")
+
+    def loads(self, data: bytes) -> Any:
+        return data
+
+
+class MsgpackSerializer:
+    """MessagePack: smaller and faster than JSON, and it keeps bytes as bytes."""
+
+    name = "msgpack"
+
+    def dumps(self, obj: Any) -> bytes:
+        return msgpack.packb(obj, default=_default, use_bin_type=True)
+
+    def loads(self, data: bytes) -> Any:
+        return msgpack.unpackb(data, raw=False)
+
+
+def _default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"{type(obj).__name__} is not serializable")
+
+
+SERIALIZERS: dict[str, Serializer] = {
+    "json": JSONSerializer(),
+    "raw": RawSerializer(),
+    "msgpack": MsgpackSerializer(),
+}
+
+
+def get_serializer(spec: str | Serializer) -> Serializer:
+    """The serializer named ``spec`` (json, raw, msgpack) or ``spec`` itself if it is one."""
+    if isinstance(spec, str):
+        try:
+            return SERIALIZERS[spec]
+        except KeyError:
+            raise ConfigurationError(f"unknown serializer {spec!r}; known: {sorted(SERIALIZERS)}") from None
+    return spec
+
+
+class Codec:
+    """A serializer plus an optional declared type: encodes objects, decodes and validates bytes.
+
+    ``type_`` may be a dataclass (decoded data is checked field by field and built into it),
+    ``str`` (raw bytes are decoded as UTF-8), a plain type (``int``, ``dict``...) checked with
+    ``isinstance``, or ``None``/``Any`` for no check. Every decode failure is a :class:`DecodeError`
+    so the worker can hand the record to the error policy with its original bytes.
+    """
+
+    __slots__ = ("serializer", "type_", "encode", "decode")
+
+    def __init__(self, serializer: str | Serializer, type_: Any = None) -> None:
+        self.serializer = get_serializer(serializer)
+        self.type_ = type_
+        self.encode: Callable[[Any], bytes | None] = self._make_encoder()
+        self.decode: Callable[[bytes | None], Any] = self._make_decoder()
+
+    def _make_encoder(self) -> Callable[[Any], bytes | None]:
+        dumps = self.serializer.dumps
+
+        def encode(obj: Any) -> bytes | None:
+            return None if obj is None else dumps(obj)
+
+        return encode
+
+    def _make_decoder(self) -> Callable[[bytes | None], Any]:
+        loads = self.serializer.loads
+        type_ = self.type_
+        if type_ is str and self.serializer.name == "raw":
+            def decode_text(data: bytes | None) -> Any:
+                if data is None:
+                    return None
+                try:
+                    return data.decode()
+                except UnicodeDecodeError as exc:
+                    raise DecodeError(f"not UTF-8: {exc}") from exc
+
+            return decode_text
+        check: Callable[[Any], Any] | None = None
+        if type_ is not None and type_ is not Any:
+            if dataclasses.is_dataclass(type_):
+                check = record_decoder(type_)
+            elif isinstance(type_, type) and type_ is not bytes:
+                check = _isinstance_check(type_)
+
+        if check is None:
+            def decode_plain(data: bytes | None) -> Any:
+                if data is None:
+                    return None
+                try:
+                    return loads(data)
+                except Exception as exc:
+                    raise DecodeError(f"{self.serializer.name} decode failed: {exc}") from exc
+
+            return decode_plain
+
+        def decode_checked(data: bytes | None) -> Any:
+            if data is None:
+                return None
+            try:
+                obj = loads(data)
+            except Exception as exc:
+                raise DecodeError(f"{self.serializer.name} decode failed: {exc}") from exc
+            return check(obj)
+
+        return decode_checked
+
+
+def _isinstance_check(type_: type) -> Callable[[Any], Any]:
+    from flowbus.app_errors import ValidationError
+
+    def check(obj: Any) -> Any:
+        if type_ is float and isinstance(obj, int) and not isinstance(obj, bool):
+            return float(obj)
+        if not isinstance(obj, type_):
+            raise ValidationError(f"expected {type_.__name__}, got {type(obj).__name__}")
+        return obj
+
+    return check

@@ -1,0 +1,233 @@
+"""What an agent iterates: a :class:`Stream` over one :class:`Channel` of raw records.
+
+The worker puts polled records into a channel (one per agent instance); the stream decodes them
+and hands them to the agent one at a time. An event counts as processed — and its offset as
+committable — when the agent asks for the next one, so a crash or an exception in the middle of
+an event never commits it. The worker can close a channel's *gate* to bring every agent to an
+event boundary (for a commit under exactly-once, or before a partition is revoked); agents then
+finish the event in hand and wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from flowbus.app_errors import DecodeError
+from flowbus.transports.base import Headers, Record, TopicPartition
+
+if TYPE_CHECKING:
+    from flowbus.timers import Scheduler
+    from flowbus.topic import Topic
+
+DEFAULT_MAX_BUFFERED_EVENTS = 10_000
+"""Default limit of a channel's buffer; above it the worker pauses the partitions feeding it."""
+
+
+class Event:
+    """One decoded record with where it came from; what ``stream.events()`` yields."""
+
+    __slots__ = ("topic", "partition", "offset", "timestamp_ms", "headers", "key", "value", "record")
+
+    def __init__(self, record: Record, key: Any, value: Any) -> None:
+        self.topic = record.topic
+        self.partition = record.partition
+        self.offset = record.offset
+        self.timestamp_ms = record.timestamp_ms
+        self.headers: Headers = record.headers
+        self.key = key
+        self.value = value
+        self.record = record
+
+    def __repr__(self) -> str:
+        return f"<Event {self.topic}[{self.partition}]@{self.offset} key={self.key!r} value={self.value!r}>"
+
+
+class Channel:
+    """The bounded buffer between the worker's poll loop and one agent instance.
+
+    Offsets: ``outstanding[tp]`` counts records put but not yet acknowledged; ``acked_next[tp]``
+    is the offset to commit for ``tp`` while any are outstanding (the offset after the last
+    processed record, or the first record's offset if none was processed yet).
+    """
+
+    def __init__(self, name: str, max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS) -> None:
+        self.name = name
+        self.max_buffered_events = max_buffered_events
+        self.low_watermark_events = max_buffered_events // 2
+        self.pending: collections.deque[Record] = collections.deque()
+        self.outstanding: dict[TopicPartition, int] = {}
+        self.acked_next: dict[TopicPartition, int] = {}
+        self.in_flight: list[Record] = []
+        self.gate_open = True
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.on_drained: Callable[[], None] | None = None
+        self.processed_events = 0
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    @property
+    def full(self) -> bool:
+        return len(self.pending) >= self.max_buffered_events
+
+    def put(self, tp: TopicPartition, records: list[Record]) -> None:
+        """Append records of one partition, in offset order (the worker never drops any)."""
+        if not records:
+            return
+        count = self.outstanding.get(tp, 0)
+        if count == 0:
+            self.acked_next[tp] = records[0].offset
+        self.outstanding[tp] = count + len(records)
+        self.pending.extend(records)
+        self.wake.set()
+
+    def ack(self, record: Record) -> None:
+        """Mark ``record`` processed; its offset + 1 becomes committable for its partition."""
+        tp = TopicPartition(record.topic, record.partition)
+        self.acked_next[tp] = record.offset + 1
+        self.outstanding[tp] -= 1
+        self.processed_events += 1
+
+    def purge(self, partitions: Iterable[TopicPartition]) -> None:
+        """Forget buffered records of revoked partitions; their new owner will read them again."""
+        gone = set(partitions)
+        if not gone:
+            return
+        self.pending = collections.deque(r for r in self.pending if (r.topic, r.partition) not in gone)
+        for tp in gone:
+            self.outstanding.pop(tp, None)
+            self.acked_next.pop(tp, None)
+
+    def open_gate(self) -> None:
+        self.gate_open = True
+        self.wake.set()
+
+    def close_gate(self) -> None:
+        self.gate_open = False
+        self.wake.set()
+
+    async def next_record(self) -> Record:
+        """The next record once one is buffered and the gate is open; idle while waiting."""
+        while not (self.pending and self.gate_open):
+            self.idle.set()
+            self.wake.clear()
+            await self.wake.wait()
+        self.idle.clear()
+        return self.pop()
+
+    def pop(self) -> Record:
+        """Take the oldest buffered record; tells the worker when the buffer drains to half."""
+        record = self.pending.popleft()
+        if len(self.pending) == self.low_watermark_events and self.on_drained is not None:
+            self.on_drained()
+        return record
+
+
+ErrorHook = Callable[[BaseException, list[Record]], None]
+
+
+class Stream:
+    """An agent's input: ``async for value in stream``, ``stream.items()``, ``stream.events()``,
+    ``stream.take(n, within_s=...)``.
+
+    Every iterator reads the same channel, so an agent restarted after an error continues
+    with the event after the one that failed.
+    """
+
+    def __init__(
+        self,
+        topic: Topic,
+        channel: Channel,
+        scheduler: Scheduler,
+        on_decode_error: ErrorHook,
+    ) -> None:
+        self.topic = topic
+        self.channel = channel
+        self._scheduler = scheduler
+        self._on_decode_error = on_decode_error
+        self.current_event: Event | None = None
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate(lambda record, key, value: value, decode_key=False)
+
+    def items(self) -> AsyncIterator[tuple[Any, Any]]:
+        """(key, value) pairs."""
+        return self._iterate(lambda record, key, value: (key, value), decode_key=True)
+
+    def events(self) -> AsyncIterator[Event]:
+        """:class:`Event` objects with topic, partition, offset, timestamp and headers."""
+        return self._iterate(Event, decode_key=True)
+
+    def _decode(self, record: Record, decode_key: bool) -> tuple[Any, Any]:
+        key = self.topic.key_codec.decode(record.key) if decode_key else None
+        return key, self.topic.value_codec.decode(record.value)
+
+    async def _iterate(self, make: Callable[[Record, Any, Any], Any], decode_key: bool) -> AsyncIterator[Any]:
+        channel = self.channel
+        decode_value = self.topic.value_codec.decode
+        decode_key_fn = self.topic.key_codec.decode
+        while True:
+            record = await channel.next_record()
+            channel.in_flight.append(record)
+            try:
+                key = decode_key_fn(record.key) if decode_key else None
+                value = decode_value(record.value)
+            except DecodeError as exc:
+                # The hook raises to stop the app; otherwise the record is dead-lettered or logged.
+                self._on_decode_error(exc, [record])
+                channel.in_flight.clear()
+                channel.ack(record)
+                continue
+            item = make(record, key, value)
+            yield item
+            channel.in_flight.clear()
+            channel.ack(record)
+
+    async def take(self, max_events: int, within_s: float) -> AsyncIterator[list[Any]]:
+        """Lists of up to ``max_events`` values, each list emitted at most ``within_s`` (app clock)
+        after its first value arrived. The events of a list are processed together: their offsets
+        become committable when the agent asks for the next list.
+
+        A list is also emitted early when the worker needs an event boundary (a commit under
+        exactly-once, a revocation), because holding events back would block it.
+        """
+        channel = self.channel
+        scheduler = self._scheduler
+        clock = scheduler.clock
+        within_ms = int(within_s * 1000)
+        decode_value = self.topic.value_codec.decode
+        while True:
+            records: list[Record] = []
+            values: list[Any] = []
+            deadline_ms: int | None = None
+            while len(records) < max_events:
+                if channel.pending and channel.gate_open:
+                    channel.idle.clear()
+                    record = channel.pop()
+                    records.append(record)
+                    channel.in_flight.append(record)
+                    try:
+                        values.append(decode_value(record.value))
+                    except DecodeError as exc:
+                        self._on_decode_error(exc, [record])
+                        channel.in_flight.remove(record)
+                    if deadline_ms is None:
+                        deadline_ms = clock.monotonic_ms() + within_ms
+                        scheduler.call_at(deadline_ms, channel.wake.set)
+                    continue
+                if records and (not channel.gate_open or clock.monotonic_ms() >= (deadline_ms or 0)):
+                    break
+                if not records:
+                    channel.idle.set()
+                channel.wake.clear()
+                await channel.wake.wait()
+            if values:
+                yield values
+            channel.in_flight.clear()
+            for record in records:
+                channel.ack(record)

@@ -1,0 +1,463 @@
+"""The worker: one consumer-group member running every agent, dataflow and timer of an app.
+
+Flow of one loop turn: commit if the commit interval passed, resume partitions whose channels
+drained, poll a batch, and dispatch it — dataflows run synchronously on the batch (a compiled
+chain of function calls per record), agents get the records through their bounded channels.
+
+Delivery guarantees:
+
+* ``at_least_once`` — offsets are committed after the events are processed and the producer is
+  flushed, so a crash replays, never loses;
+* ``at_most_once`` — a polled batch's offsets are committed before it is dispatched, so a crash
+  loses, never replays;
+* ``exactly_once`` — outputs and input offsets go in one transaction; inputs are read
+  ``read_committed``; before each commit every agent is brought to an event boundary so no
+  half-processed event's output is committed without its offset or the other way round.
+
+Revocation: agents finish the event in hand (the channels' gates close and the worker waits for
+each to be idle), offsets are committed, and the buffered records of the revoked partitions are
+dropped from the channels — they were not committed, so their new owner reads them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from flowbus.app_errors import AgentError, DecodeError
+from flowbus.operators import compile_dataflows
+from flowbus.operators.steps import Emit, fan_out
+from flowbus.stream import Channel, Stream
+from flowbus.timers import run_crontab, run_timer
+from flowbus.transports.base import Consumer, Producer, Record, TopicPartition, TopicSpec, Transport
+
+if TYPE_CHECKING:
+    from flowbus.agent import Agent
+    from flowbus.app import App
+    from flowbus.topic import Topic
+
+log = logging.getLogger("flowbus.worker")
+
+MAX_POLL_RECORDS = 2_000
+"""Records per poll; also the most a full channel can overshoot its limit by, since a polled
+batch is always delivered whole (pausing stops the *next* fetch, nothing is ever dropped)."""
+POLL_TIMEOUT_MS = 100
+AGENT_RESTARTS_WITHOUT_PROGRESS_MAX = 10
+"""An agent that keeps failing outside any event is stopped after this many restarts in a row."""
+
+
+class Worker:
+    """Runs an :class:`~flowbus.app.App` on a transport until stopped."""
+
+    def __init__(self, app: App, transport: Transport | None = None) -> None:
+        self.app = app
+        self.transport = transport if transport is not None else app.transport
+        self.clock = app.clock
+        self.scheduler = app.scheduler
+        self.guarantee = app.processing_guarantee
+        self.exactly_once = self.guarantee == "exactly_once"
+        self.at_most_once = self.guarantee == "at_most_once"
+        self.commit_interval_ms = app.commit_interval_ms
+        self.max_poll_records = app.max_poll_records
+        self.producer: Producer | None = None
+        self.consumer: Consumer | None = None
+        self.channels: list[Channel] = []
+        self.routes: dict[str, list[list[Channel]]] = {}
+        self.heads: dict[str, list[Emit]] = {}
+        self.runners: dict[str, Callable[[list[Record]], None]] = {}
+        self.dispatched_next: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+        self.paused: dict[TopicPartition, list[Channel]] = {}
+        self.assigned: set[TopicPartition] = set()
+        self.before_commit_hooks: list[Callable[[], None]] = []
+        self.stopping = asyncio.Event()
+        self.drained = asyncio.Event()
+        self.failure: BaseException | None = None
+        self.started = False
+        self.closing = False
+        self.next_commit_ms = 0
+        self.events_in = 0
+        self.leader_topic: str | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._agent_tasks: list[asyncio.Task[Any]] = []
+        self._senders: dict[str, Emit] = {}
+
+    # -- start ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Create topics, start the producer (and its first transaction), agents, timers and tasks."""
+        app = self.app
+        await self.transport.start()
+        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="flowbus-scheduler"))
+        if any(t.on_leader for t in app.timers) or any(c.on_leader for c in app.crontabs):
+            self.leader_topic = f"{app.id}-__leader"
+        compile_dataflows(app.dataflows, self)
+        specs = [t.spec(app.topic_partitions) for t in app.topics.values()]
+        if self.leader_topic:
+            specs.append(TopicSpec(self.leader_topic, 1))
+        await self.transport.create_topics(specs)
+        if self.exactly_once:
+            self.producer = self.transport.producer(transactional_id=app.transactional_id)
+            await self.producer.init_transactions()
+            self.producer.begin_transaction()
+        else:
+            self.producer = self.transport.producer()
+        app._attach_producer(self.producer)
+        self._build_runners()
+        for agent in app.agents:
+            self._start_agent(agent)
+        sources = sorted(set(self.runners) | set(self.routes) | ({self.leader_topic} if self.leader_topic else set()))
+        self.consumer = self.transport.consumer(
+            app.id,
+            isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
+            client_id=f"{app.id}-{socket.gethostname()}-{os.getpid()}",
+        )
+        if sources:
+            self.consumer.subscribe(sources, on_assigned=self._on_assigned, on_revoked=self._on_revoked)
+        for spec in app.timers:
+            self._tasks.append(asyncio.create_task(run_timer(spec, self.scheduler, self.is_leader)))
+        for cron in app.crontabs:
+            self._tasks.append(asyncio.create_task(run_crontab(cron, self.scheduler, self.is_leader)))
+        for fn in app.startup_tasks:
+            self._tasks.append(asyncio.create_task(self._run_task(fn)))
+        self.next_commit_ms = self.clock.monotonic_ms() + self.commit_interval_ms
+        self.started = True
+
+    async def _run_task(self, fn: Callable[[], Any]) -> None:
+        try:
+            result = fn()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("task %s failed", getattr(fn, "__qualname__", fn))
+
+    def is_leader(self) -> bool:
+        """True when this worker owns the app's leader partition (always, without leader timers)."""
+        if self.leader_topic is None:
+            return True
+        return TopicPartition(self.leader_topic, 0) in self.assigned
+
+    # -- dataflow runtime (flowbus.operators.steps.Runtime) ----------------------------------
+    def sender(self, topic: Topic) -> Emit:
+        producer_ref = self
+        name = topic.name
+        encode_value = topic.value_codec.encode
+        encode_key = topic.key_codec.encode
+
+        def send(key: Any, value: Any) -> None:
+            producer_ref.producer.send_soon(  # type: ignore[union-attr]
+                name, encode_value(value), None if key is None else encode_key(key)
+            )
+
+        return send
+
+    def call_at_ms(self, delay_ms: int, callback: Callable[[], None]) -> None:
+        self.scheduler.call_at(self.clock.monotonic_ms() + delay_ms, callback)
+
+    def before_commit(self, callback: Callable[[], None]) -> None:
+        self.before_commit_hooks.append(callback)
+
+    def add_source(self, topic: Topic, head: Emit) -> None:
+        self.heads.setdefault(topic.name, []).append(head)
+
+    def _build_runners(self) -> None:
+        for name, heads in self.heads.items():
+            self.runners[name] = self._make_runner(self.app.topics[name], fan_out(heads))
+
+    def _make_runner(self, topic: Topic, head: Emit) -> Callable[[list[Record]], None]:
+        decode_key = topic.key_codec.decode
+        decode_value = topic.value_codec.decode
+        handle = self.handle_error
+
+        def run(records: list[Record]) -> None:
+            for record in records:
+                try:
+                    key = record.key
+                    head(None if key is None else decode_key(key), decode_value(record.value))
+                except Exception as exc:  # noqa: BLE001 - every failure goes to the error policy
+                    handle(exc, [record], f"dataflow on {topic.name}")
+
+        return run
+
+    # -- agents -----------------------------------------------------------------------------
+    def _start_agent(self, agent: Agent) -> None:
+        channels = []
+        for index in range(agent.concurrency):
+            channel = Channel(f"{agent.name}#{index}", agent.max_buffered_events)
+            channel.on_drained = self.drained.set
+            channels.append(channel)
+            self.channels.append(channel)
+            self._agent_tasks.append(
+                asyncio.create_task(self._supervise(agent, channel), name=f"flowbus-agent-{channel.name}")
+            )
+        self.routes.setdefault(agent.topic.name, []).append(channels)
+
+    async def _supervise(self, agent: Agent, channel: Channel) -> None:
+        """Run one agent instance; on an exception apply the error policy and restart it."""
+        restarts = 0
+        try:
+            while True:
+                stream = Stream(agent.topic, channel, self.scheduler, lambda exc, recs: self.handle_error(exc, recs, agent.name))
+                processed_before = channel.processed_events
+                try:
+                    result = agent.fn(stream)
+                    if inspect.isasyncgen(result):
+                        async for out in result:
+                            await agent.emit(out)
+                    else:
+                        await result
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except AgentError:
+                    return  # the error policy already stopped the worker
+                except Exception as exc:  # noqa: BLE001
+                    records = list(channel.in_flight)
+                    channel.in_flight.clear()
+                    try:
+                        self.handle_error(exc, records, agent.name)
+                    except AgentError:
+                        return
+                    for record in records:
+                        channel.ack(record)
+                    restarts = 0 if channel.processed_events > processed_before or records else restarts + 1
+                    if restarts >= AGENT_RESTARTS_WITHOUT_PROGRESS_MAX:
+                        self.fail(exc)
+                        return
+        finally:
+            channel.idle.set()
+
+    # -- errors -----------------------------------------------------------------------------
+    def handle_error(self, exc: BaseException, records: list[Record], where: str) -> None:
+        """Apply the app's error policy to a failure while processing ``records``.
+
+        ``stop`` stops the worker and raises :class:`AgentError`; ``dead_letter`` sends each
+        record's original bytes to the dead-letter topic with error headers; ``log`` (or ``skip``)
+        only logs. Every failure is logged with topic, partition and offset.
+        """
+        policy = self.app.error_policy
+        if not records:
+            log.error("%s failed outside any event: %r", where, exc, exc_info=exc)
+        for record in records:
+            log.error(
+                "%s failed on %s[%d]@%d (policy %s): %r",
+                where, record.topic, record.partition, record.offset, policy, exc,
+                exc_info=None if isinstance(exc, DecodeError) else exc,
+            )
+        if policy == "stop":
+            self.fail(exc)
+            raise AgentError(f"{where} failed and the error policy is 'stop': {exc!r}") from exc
+        if policy == "dead_letter" and self.producer is not None:
+            topic = self.app.dead_letter_topic
+            for record in records:
+                headers = record.headers + (
+                    ("flowbus.error.type", type(exc).__name__.encode()),
+                    ("flowbus.error.message", str(exc).encode(errors="replace")[:4096]),
+                    ("flowbus.error.where", where.encode()),
+                    ("flowbus.source.topic", record.topic.encode()),
+                    ("flowbus.source.partition", str(record.partition).encode()),
+                    ("flowbus.source.offset", str(record.offset).encode()),
+                )
+                self.producer.send_soon(topic.name, record.value, record.key, headers=headers)
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the worker because of ``exc``; :meth:`run` raises it as an :class:`AgentError`."""
+        if self.failure is None:
+            self.failure = exc
+        self.stopping.set()
+
+    def stop(self) -> None:
+        """Ask the worker to shut down cleanly (what SIGTERM does)."""
+        self.stopping.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Start, loop until :meth:`stop` (or a ``stop``-policy failure), then shut down cleanly."""
+        try:
+            if not self.started:
+                await self.start()
+            while not self.stopping.is_set():
+                await self.step(POLL_TIMEOUT_MS)
+        except AgentError:
+            pass
+        finally:
+            await self.shutdown()
+        if self.failure is not None:
+            raise AgentError(f"worker stopped: {self.failure!r}") from self.failure
+
+    async def step(self, timeout_ms: int) -> int:
+        """One turn of the loop; returns how many records were polled."""
+        assert self.consumer is not None
+        if self.clock.monotonic_ms() >= self.next_commit_ms:
+            await self.commit()
+        if self.paused:
+            self._resume_drained()
+            if self.paused and self.assigned and all(tp in self.paused for tp in self.assigned):
+                self.drained.clear()
+                try:
+                    await asyncio.wait_for(self.drained.wait(), timeout_ms / 1000)
+                except asyncio.TimeoutError:
+                    pass
+                return 0
+        records = await self.consumer.poll_batch(self.max_poll_records, timeout_ms)
+        if records:
+            if self.at_most_once:
+                await self._commit_before(records)
+            self.dispatch(records)
+        return len(records)
+
+    def dispatch(self, records: list[Record]) -> None:
+        """Hand a polled batch to dataflows (synchronously) and agents (through their channels)."""
+        self.events_in += len(records)
+        count = len(records)
+        start = 0
+        while start < count:
+            first = records[start]
+            topic, partition = first.topic, first.partition
+            end = start + 1
+            while end < count and records[end].partition == partition and records[end].topic == topic:
+                end += 1
+            run = records if start == 0 and end == count else records[start:end]
+            tp = TopicPartition(topic, partition)
+            runner = self.runners.get(topic)
+            if runner is not None:
+                runner(run)
+            for channels in self.routes.get(topic, ()):
+                channel = channels[partition % len(channels)]
+                channel.put(tp, run)
+                if channel.full:
+                    self._pause(tp, channel)
+            self.dispatched_next[tp] = run[-1].offset + 1
+            start = end
+
+    def _pause(self, tp: TopicPartition, channel: Channel) -> None:
+        blockers = self.paused.setdefault(tp, [])
+        if channel not in blockers:
+            blockers.append(channel)
+        assert self.consumer is not None
+        self.consumer.pause([tp])
+        log.debug("paused %s: %s holds %d events", tp, channel.name, len(channel))
+
+    def _resume_drained(self) -> None:
+        ready = [tp for tp, chans in self.paused.items() if all(len(c) <= c.low_watermark_events for c in chans)]
+        if ready:
+            for tp in ready:
+                del self.paused[tp]
+            assert self.consumer is not None
+            self.consumer.resume(ready)
+
+    # -- commits ----------------------------------------------------------------------------
+    def committable(self) -> dict[TopicPartition, int]:
+        """Offsets (next to read) that are safe to commit now and differ from the last commit."""
+        out: dict[TopicPartition, int] = {}
+        for tp, next_offset in self.dispatched_next.items():
+            offset = next_offset
+            for channel in self.channels:
+                if channel.outstanding.get(tp):
+                    offset = min(offset, channel.acked_next[tp])
+            if self.committed.get(tp) != offset:
+                out[tp] = offset
+        return out
+
+    async def _barrier(self) -> None:
+        """Bring every agent to an event boundary: close the gates and wait until all are idle."""
+        for channel in self.channels:
+            channel.close_gate()
+        for channel in self.channels:
+            await channel.idle.wait()
+
+    def _open_gates(self) -> None:
+        for channel in self.channels:
+            channel.open_gate()
+
+    async def commit(self, *, barrier: bool = False) -> None:
+        """Flush outputs and commit processed offsets (in the transaction under exactly-once)."""
+        assert self.producer is not None and self.consumer is not None
+        self.next_commit_ms = self.clock.monotonic_ms() + self.commit_interval_ms
+        if barrier or self.exactly_once:
+            await self._barrier()
+        try:
+            for hook in self.before_commit_hooks:
+                hook()
+            offsets = self.committable()
+            if self.exactly_once:
+                await self.producer.flush()
+                if offsets:
+                    await self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+                await self.producer.commit_transaction()
+                self.producer.begin_transaction()
+            else:
+                await self.producer.flush()
+                if offsets and not self.at_most_once:
+                    await self.consumer.commit(offsets)
+            self.committed.update(offsets)
+        finally:
+            self._open_gates()
+
+    async def _commit_before(self, records: list[Record]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        await self.consumer.commit(offsets)  # type: ignore[union-attr]
+        self.committed.update(offsets)
+
+    # -- rebalance --------------------------------------------------------------------------
+    async def _on_assigned(self, partitions: list[TopicPartition]) -> None:
+        self.assigned.update(partitions)
+        log.info("assigned %s", sorted(partitions))
+
+    async def _on_revoked(self, partitions: list[TopicPartition]) -> None:
+        log.info("revoking %s", sorted(partitions))
+        if not self.closing and self.failure is None:
+            await self.commit(barrier=True)
+        gone = set(partitions)
+        for channel in self.channels:
+            channel.purge(gone)
+        for tp in gone:
+            self.assigned.discard(tp)
+            self.dispatched_next.pop(tp, None)
+            self.committed.pop(tp, None)
+            self.paused.pop(tp, None)
+
+    # -- shutdown ---------------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """Commit what was processed, leave the group, close producer and transport."""
+        if self.closing:
+            return
+        self.closing = True
+        for task in self._tasks:
+            if task.get_name() != "flowbus-scheduler":
+                task.cancel()
+        try:
+            if self.started and self.producer is not None and self.consumer is not None:
+                if self.failure is not None and self.exactly_once:
+                    await self.producer.abort_transaction()
+                else:
+                    try:
+                        await self.commit(barrier=True)
+                    except Exception:
+                        log.exception("final commit failed")
+                        if self.exactly_once:
+                            await self.producer.abort_transaction()
+        finally:
+            for task in self._agent_tasks:
+                task.cancel()
+            await asyncio.gather(*self._agent_tasks, return_exceptions=True)
+            if self.consumer is not None:
+                await self.consumer.close()
+            if self.producer is not None:
+                if self.exactly_once and self.started:
+                    try:
+                        await self.producer.abort_transaction()
+                    except Exception:
+                        log.debug("aborting the empty last transaction failed", exc_info=True)
+                await self.producer.close()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.app._detach_producer(self.producer)
+            await self.transport.close()

@@ -1,0 +1,237 @@
+"""The steps of a declarative dataflow, each compiled once into a plain closure.
+
+A step receives the already-compiled function of everything after it (``nxt``) and returns the
+function for itself; calling a compiled chain is therefore a chain of Python calls with no
+coroutine, no queue and no per-event allocation beyond what the user's functions make. Steps
+that need time (``take``) or that leave the chain (``group_by``, ``through``) ask the
+:class:`Runtime` for it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from flowbus.topic import Topic
+
+Emit = Callable[[Any, Any], None]
+"""A compiled step: called with (key, value)."""
+
+
+def _drop(key: Any, value: Any) -> None:
+    """Where values go after the last step of a branch that sends nowhere."""
+
+
+class Runtime(Protocol):
+    """What compiled steps may ask of the worker."""
+
+    def sender(self, topic: Topic) -> Emit:
+        """A function (key, value) that encodes with the topic's codecs and enqueues the record
+        (no waiting; delivery is checked at commit). Made once per step, at compile time."""
+
+    def call_at_ms(self, delay_ms: int, callback: Callable[[], None]) -> None:
+        """Run ``callback`` after ``delay_ms`` on the app clock."""
+
+    def before_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` before every commit, so buffered steps emit what they hold."""
+
+    def add_source(self, topic: Topic, head: Emit) -> None:
+        """Feed records of ``topic`` into ``head`` (how group_by and through continue a chain)."""
+
+
+def fan_out(targets: list[Emit]) -> Emit:
+    """One function calling every target; the common single-target case adds no layer."""
+    if not targets:
+        return _drop
+    if len(targets) == 1:
+        return targets[0]
+    frozen = tuple(targets)
+
+    def each(key: Any, value: Any) -> None:
+        for target in frozen:
+            target(key, value)
+
+    return each
+
+
+class Step(abc.ABC):
+    """One node of a dataflow."""
+
+    name: str = "step"
+
+    @abc.abstractmethod
+    def compile(self, nxt: Emit, runtime: Runtime) -> Emit:
+        """The function for this step, calling ``nxt`` with what it passes on."""
+
+
+class MapStep(Step):
+    name = "map"
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def compile(self, nxt: Emit, runtime: Runtime) -> Emit:
+        fn = self.fn
+
+        def map_step(key: Any, value: Any) -> None:
+            nxt(key, fn(value))
+
+        return map_step
+
+
+class FilterStep(Step):
+    name = "filter"
+
+    def __init__(self, predicate: Callable[[Any], Any]) -> None:
+        self.predicate = predicate
+
+    def compile(self, nxt: Emit, runtime: Runtime) -> Emit:
+        predicate = self.predicate
+
+        def filter_step(key: Any, value: Any) -> None:
+            if predicate(value):
+                nxt(key, value)
+
+        return filter_step
+
+
+class FlatMapStep(Step):
+    name = "flat_map"
+
+    def __init__(self, fn: Callable[[Any], Iterable[Any]]) -> None:
+        self.fn = fn
+
+    def compile(self, nxt: Emit, runtime: Runtime) -> Emit:
+        fn = self.fn
+
+        def flat_map_step(key: Any, value: Any) -> None:
+            for item in fn(value):
+                nxt(key, item)
+
+        return flat_map_step
+
+
+class BranchStep(Step):
+    """Routes each value to the first branch whose predicate holds; values matching none are dropped.
+
+    Compiled specially by the dataflow (one child per predicate), so ``compile`` gets the
+    children through :meth:`compile_branches`.
+    """
+
+    name = "branch"
+
+    def __init__(self, predicates: list[Callable[[Any], Any]]) -> None:
+        self.predicates = predicates
+
+    def compile(self, nxt: Emit, runtime: Runtime) -> Emit:  # pragma: no cover - see compile_branches
+        raise TypeError("BranchStep is compiled with compile_branches")
+
+    def compile_branches(self, branches: list[Emit]) -> Emit:
+        pairs = tuple(zip(self.predicates, branches, strict=True))
+
+        def branch_step(key: Any, value: Any) -> None:
+            for predicate, target in pairs:
+                if predicate(value):
+                    target(key, value)
+                    return
+
+        return branch_step
+
+
+class ToStep(Step):
+    """Sends every value to a topic and passes it on unchanged (so a chain can continue)."""
+
+    name = "to"
+
+    def __init__(self, topic: Topic, key: Callable[[Any], Any] | None = None) -> None:
+        self.topic = topic
+        self.key = key
+
+    def compile(self, nxt: Emit, runtime: Runtime) -> Emit:
+        key_fn, send = self.key, runtime.sender(self.topic)
+        if key_fn is None and nxt is _drop:
+            return send
+
+        def to_step_and_continue(key: Any, value: Any) -> None:
+            send(key if key_fn is None else key_fn(value), value)
+            nxt(key, value)
+
+        return to_step_and_continue
+
+
+class ThroughStep(Step):
+    """Sends to a topic and continues from that topic: the rest of the chain reads it back,
+    possibly on another worker (the partition decides)."""
+
+    name = "through"
+
+    def __init__(self, topic: Topic, key: Callable[[Any], Any] | None = None) -> None:
+        self.topic = topic
+        self.key = key
+
+    def compile(self, nxt: Emit, runtime: Runtime) -> Emit:
+        runtime.add_source(self.topic, nxt)
+        key_fn, send = self.key, runtime.sender(self.topic)
+        if key_fn is None:
+            return send
+
+        def through_step(key: Any, value: Any) -> None:
+            send(key_fn(value), value)
+
+        return through_step
+
+
+class GroupByStep(ThroughStep):
+    """Re-keys values and repartitions them through an internal topic keyed by the new key, so
+    all values with one key meet on one partition (and one worker) downstream."""
+
+    name = "group_by"
+
+    def __init__(self, topic: Topic, key: Callable[[Any], Any]) -> None:
+        super().__init__(topic, key)
+
+
+class TakeStep(Step):
+    """Passes on lists of up to ``max_events`` values, each list at most ``within_ms`` after its first
+    value arrived (app clock). Lists are also emitted at each commit, so no committed offset ever
+    points past a value still held here."""
+
+    name = "take"
+
+    def __init__(self, max_events: int, within_ms: int) -> None:
+        if max_events < 1:
+            raise ValueError("take needs max_events >= 1")
+        self.max_events = max_events
+        self.within_ms = within_ms
+
+    def compile(self, nxt: Emit, runtime: Runtime) -> Emit:
+        max_events, within_ms = self.max_events, self.within_ms
+        buffer: list[Any] = []
+        generation = [0]
+
+        def flush() -> None:
+            if buffer:
+                chunk = buffer[:]
+                buffer.clear()
+                generation[0] += 1
+                nxt(None, chunk)
+
+        def flush_if_same(expected: int) -> Callable[[], None]:
+            def on_deadline() -> None:
+                if generation[0] == expected:
+                    flush()
+
+            return on_deadline
+
+        runtime.before_commit(flush)
+
+        def take_step(key: Any, value: Any) -> None:
+            buffer.append(value)
+            if len(buffer) == 1:
+                runtime.call_at_ms(within_ms, flush_if_same(generation[0]))
+            if len(buffer) >= max_events:
+                flush()
+
+        return take_step
