@@ -35,7 +35,9 @@ from flowbus.records.header import (
     _UINT32,
     compute_crc,
 )
-from flowbus.records.varint import INT32_MAX, encode_varint, encode_varlong
+from flowbus.records.varint import INT32_MAX, SMALL_VARINT_LIMIT, SMALL_VARINTS, encode_varint, encode_varlong
+
+_SMALL = SMALL_VARINT_LIMIT
 
 _NULL = encode_varint(-1)
 _ZERO = encode_varint(0)
@@ -175,20 +177,32 @@ class BatchBuilder:
             raise ValueError(f"offset delta {offset_delta} does not fit the batch's int32 last_offset_delta")
         if self._count == 0 and self.delete_horizon_ms is None:
             self._base_timestamp = timestamp_ms
-        parts = [_ATTRIBUTES_ZERO, encode_varlong(timestamp_ms - self._base_timestamp), encode_varint(offset_delta)]
+        # Table lookups instead of encode_varint calls: this runs once per produced record.
+        small = SMALL_VARINTS
+        timestamp_delta = timestamp_ms - self._base_timestamp
+        parts = [
+            _ATTRIBUTES_ZERO,
+            small[timestamp_delta + _SMALL]
+            if -_SMALL <= timestamp_delta < _SMALL
+            else encode_varlong(timestamp_delta),
+            small[offset_delta + _SMALL] if offset_delta < _SMALL else encode_varint(offset_delta),
+        ]
         if key is None:
             parts.append(_NULL)
         else:
-            parts.append(encode_varint(len(key)))
+            size = len(key)
+            parts.append(small[size + _SMALL] if size < _SMALL else encode_varint(size))
             parts.append(key)  # type: ignore[arg-type]
         if value is None:
             parts.append(_NULL)
         else:
-            parts.append(encode_varint(len(value)))
+            size = len(value)
+            parts.append(small[size + _SMALL] if size < _SMALL else encode_varint(size))
             parts.append(value)  # type: ignore[arg-type]
         parts.append(_encode_headers(headers) if headers else _ZERO)
         record = b"".join(parts)
-        length_prefix = encode_varint(len(record))
+        size = len(record)
+        length_prefix = small[size + _SMALL] if size < _SMALL else encode_varint(size)
         if HEADER_SIZE + len(self._body) + len(length_prefix) + len(record) > self.max_batch_bytes:
             raise BatchFullError(
                 f"a record of {len(record)} bytes would take the batch past {self.max_batch_bytes} bytes"
@@ -198,7 +212,7 @@ class BatchBuilder:
         body += record
         self._count += 1
         self._last_offset_delta = offset_delta
-        if timestamp_ms > self._max_timestamp:
+        if timestamp_ms > self._max_timestamp or self._count == 1:
             self._max_timestamp = timestamp_ms
 
     def has_room_for(

@@ -17,8 +17,8 @@ of the batch attributes name the codec (protocol guide, "Record Batch"). Wire fo
 
 Decompression is where a 1 MiB produce request can turn into gigabytes (a "zip bomb"), so
 :func:`decompress` never produces more than ``max_bytes`` and sizes its output buffer from
-what the stream itself declares (snappy's length prefix, the LZ4 block sizes, zstd's frame
-content size) instead of trusting the codec to allocate. Every codec failure is reported as
+what the stream itself declares (snappy's length prefix; the block headers of LZ4 and zstd
+frames, walked without decompressing) instead of trusting the codec to allocate. Every codec failure is reported as
 :class:`CorruptRecordError`, the same as any other malformed batch.
 """
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import struct
 import zlib
 from enum import IntEnum
+from typing import Callable
 
 import cramjam
 
@@ -82,13 +83,10 @@ _LZ4_END_MARK = b"\x00\x00\x00\x00"
 _LZ4_WRITE_BLOCK_BYTES = 64 << 10
 
 # --- zstd frame (RFC 8878, section 3.1.1) -----------------------------------------------------
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # 0xFD2FB528 little-endian
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_SKIPPABLE_MAGIC = 0x184D2A50  # low four bits free
+_ZSTD_BLOCK_MAX_BYTES = 128 << 10
 
-#: First output buffer for a stream that does not declare its size: 8x the input covers
-#: typical record data; a buffer that is too small is retried at 4x until the limit.
-_GUESS_RATIO = 8
-_GUESS_MIN_BYTES = 64 << 10
-_GROWTH_FACTOR = 4
 
 
 def _xxh32(data: bytes, seed: int = 0) -> int:
@@ -314,65 +312,109 @@ def _lz4_frame_bound(view: memoryview) -> int:
 def _lz4_decompress(data: bytes | bytearray | memoryview, max_bytes: int) -> bytes:
     view = memoryview(data)
     bound = _lz4_frame_bound(view)
-    return _decompress_into(cramjam.lz4.decompress_into, "LZ4", view, bound, True, max_bytes)
+    return _decompress_into(cramjam.lz4.decompress_into, "LZ4", view, bound, max_bytes)
 
 
 # --- zstd ------------------------------------------------------------------------------------
 
 
-def _zstd_content_size(view: memoryview) -> int | None:
-    """Frame_Content_Size of the first zstd frame, or None when the frame does not declare it."""
-    if len(view) < 5 or view[:4] != _ZSTD_MAGIC:
-        raise CorruptRecordError("ZSTD records blob does not start with a zstd frame magic")
-    descriptor = view[4]
-    fcs_flag = descriptor >> 6
-    single_segment = (descriptor >> 5) & 1
-    dict_id_bytes = (0, 1, 2, 4)[descriptor & 3]
-    fcs_bytes = (single_segment, 2, 4, 8)[fcs_flag]
-    if fcs_bytes == 0:
-        return None
-    pos = 5 + (0 if single_segment else 1) + dict_id_bytes
-    if len(view) < pos + fcs_bytes:
-        raise CorruptRecordError("ZSTD frame header is truncated")
-    size = int.from_bytes(view[pos : pos + fcs_bytes], "little")
-    return size + 256 if fcs_bytes == 2 else size
+def _zstd_bound(view: memoryview) -> int:
+    """Walk the frames and block headers (not their bytes): validate the layout, bound the output.
+
+    RFC 8878: a frame is a header, blocks with 3-byte headers (last-block bit, type, size),
+    and an optional 4-byte checksum. A raw or RLE block regenerates exactly its size field,
+    a compressed block at most 128 KiB; a declared Frame_Content_Size is tighter still.
+    Skippable frames (magic 0x184D2A5?) are stepped over.
+    """
+    bound = 0
+    pos = 0
+    end = len(view)
+    # Every frame and block consumes at least 3 bytes, so these loops end.
+    while pos < end:
+        if end - pos < 8:
+            raise CorruptRecordError(f"ZSTD frame header truncated at {pos}")
+        (magic,) = _U32_LE.unpack_from(view, pos)
+        if magic & 0xFFFFFFF0 == _ZSTD_SKIPPABLE_MAGIC:
+            (skip_bytes,) = _U32_LE.unpack_from(view, pos + 4)
+            pos += 8 + skip_bytes
+            continue
+        if magic != _ZSTD_MAGIC:
+            raise CorruptRecordError(f"ZSTD records blob has no zstd frame magic at {pos}")
+        descriptor = view[pos + 4]
+        if descriptor & 0x08:
+            raise CorruptRecordError("ZSTD frame header sets its reserved bit")
+        single_segment = (descriptor >> 5) & 1
+        fcs_bytes = (single_segment, 2, 4, 8)[descriptor >> 6]
+        pos += 5 + (1 - single_segment) + (0, 1, 2, 4)[descriptor & 3]
+        if end - pos < fcs_bytes:
+            raise CorruptRecordError("ZSTD frame header is truncated")
+        content_bytes: int | None = None
+        if fcs_bytes:
+            content_bytes = int.from_bytes(view[pos : pos + fcs_bytes], "little") + (256 if fcs_bytes == 2 else 0)
+            pos += fcs_bytes
+        frame_bound = 0
+        while True:
+            if end - pos < 3:
+                raise CorruptRecordError("ZSTD block header is truncated")
+            block_header = view[pos] | (view[pos + 1] << 8) | (view[pos + 2] << 16)
+            pos += 3
+            block_type = (block_header >> 1) & 3
+            block_bytes = block_header >> 3
+            if block_type == 0:  # raw
+                frame_bound += block_bytes
+                pos += block_bytes
+            elif block_type == 1:  # RLE: one byte repeated block_bytes times
+                frame_bound += block_bytes
+                pos += 1
+            elif block_type == 2:  # compressed
+                frame_bound += _ZSTD_BLOCK_MAX_BYTES
+                pos += block_bytes
+            else:
+                raise CorruptRecordError("ZSTD block uses the reserved block type")
+            if pos > end:
+                raise CorruptRecordError("ZSTD frame is truncated inside a block")
+            if block_header & 1:
+                break
+        if descriptor & 0x04:
+            pos += 4  # content checksum, verified by the codec
+        bound += frame_bound if content_bytes is None else min(frame_bound, content_bytes)
+    if pos != end:
+        raise CorruptRecordError("ZSTD frame is truncated")
+    return bound
 
 
 def _zstd_decompress(data: bytes | bytearray | memoryview, max_bytes: int) -> bytes:
     view = memoryview(data)
-    declared = _zstd_content_size(view)
-    if declared is not None and declared > max_bytes:
-        raise _too_large("ZSTD", max_bytes)
-    # The first frame's size is exact for the usual single frame; more frames fall back to growing.
-    guess = declared if declared is not None else max(_GUESS_MIN_BYTES, _GUESS_RATIO * len(view))
-    return _decompress_into(cramjam.zstd.decompress_into, "ZSTD", view, guess, False, max_bytes)
+    if not view:
+        raise CorruptRecordError("ZSTD records blob is empty")
+    bound = _zstd_bound(view)
+    return _decompress_into(cramjam.zstd.decompress_into, "ZSTD", view, bound, max_bytes)
 
 
 def _decompress_into(
-    decode_into: object, codec_name: str, view: memoryview, guess_bytes: int, guess_is_bound: bool, max_bytes: int
+    decode_into: Callable[[memoryview, bytearray], int],
+    codec_name: str,
+    view: memoryview,
+    bound_bytes: int,
+    max_bytes: int,
 ) -> bytes:
-    """Decompress into a preallocated buffer, the only way cramjam lets us cap the output.
+    """Decompress into a buffer of ``min(bound_bytes, max_bytes + 1)`` bytes.
 
-    Starts at ``guess_bytes`` and, unless the guess is a proven upper bound, retries at
-    ``_GROWTH_FACTOR`` times the size until the buffer holds ``max_bytes`` + 1 bytes; a
-    stream that still does not fit (or is garbage) is corrupt.
+    A preallocated output is the only way cramjam lets us cap what it produces. The bound
+    comes from walking the stream's block headers, so one attempt suffices: a stream that
+    does not fit is either corrupt or over the limit.
     """
-    cap_bytes = max_bytes + 1
-    capacity = max(1, min(guess_bytes, cap_bytes))
-    while True:
-        out = bytearray(capacity)
-        try:
-            written = decode_into(view, out)  # type: ignore[operator]
-        except _CODEC_ERRORS as exc:
-            if guess_is_bound or capacity >= cap_bytes:
-                if capacity >= cap_bytes:
-                    raise CorruptRecordError(
-                        f"{codec_name} records blob is malformed or expands beyond the {max_bytes}-byte limit: {exc}"
-                    ) from None
-                raise CorruptRecordError(f"{codec_name} records blob is malformed: {exc}") from None
-            capacity = min(capacity * _GROWTH_FACTOR, cap_bytes)
-            continue
-        if written > max_bytes:
-            raise _too_large(codec_name, max_bytes)
-        del out[written:]
-        return bytes(out)
+    capacity = max(1, min(bound_bytes, max_bytes + 1))
+    out = bytearray(capacity)
+    try:
+        written = decode_into(view, out)
+    except _CODEC_ERRORS as exc:
+        if bound_bytes > max_bytes:
+            raise CorruptRecordError(
+                f"{codec_name} records blob is malformed or expands beyond the {max_bytes}-byte limit: {exc}"
+            ) from None
+        raise CorruptRecordError(f"{codec_name} records blob is malformed: {exc}") from None
+    if written > max_bytes:
+        raise _too_large(codec_name, max_bytes)
+    del out[written:]
+    return bytes(out)

@@ -21,8 +21,10 @@ blob exactly, that their number matches the header, and that their offsets incre
 raise ``IndexError``, ``struct.error`` or ``UnicodeDecodeError``, or loop for longer than the
 input is long.
 
-The hot loop inlines the one-byte case of every varint (small deltas, short keys and
-header counts) and calls :mod:`flowbus.records.varint` otherwise.
+The hot loop inlines the one- and two-byte cases of every varint (values up to +-8191:
+deltas within a batch, lengths of ordinary keys and values) and calls
+:mod:`flowbus.records.varint` only for longer ones; a function call per field would cost
+more than the rest of the record's decoding.
 """
 
 from __future__ import annotations
@@ -141,6 +143,10 @@ def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | 
             if b < 0x80:
                 length = (b >> 1) ^ -(b & 1)
                 pos += 1
+            elif data[pos + 1] < 0x80:
+                b = (b & 0x7F) | (data[pos + 1] << 7)
+                length = (b >> 1) ^ -(b & 1)
+                pos += 2
             else:
                 length, pos = decode_varint(data, pos)
             record_end = pos + length
@@ -152,6 +158,10 @@ def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | 
             if b < 0x80:
                 timestamp_delta = (b >> 1) ^ -(b & 1)
                 pos += 1
+            elif data[pos + 1] < 0x80:
+                b = (b & 0x7F) | (data[pos + 1] << 7)
+                timestamp_delta = (b >> 1) ^ -(b & 1)
+                pos += 2
             else:
                 timestamp_delta, pos = decode_varlong(data, pos)
             # offsetDelta
@@ -159,6 +169,10 @@ def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | 
             if b < 0x80:
                 offset_delta = (b >> 1) ^ -(b & 1)
                 pos += 1
+            elif data[pos + 1] < 0x80:
+                b = (b & 0x7F) | (data[pos + 1] << 7)
+                offset_delta = (b >> 1) ^ -(b & 1)
+                pos += 2
             else:
                 offset_delta, pos = decode_varint(data, pos)
             if offset_delta <= prev_offset_delta or offset_delta > last_offset_delta:
@@ -172,6 +186,10 @@ def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | 
             if b < 0x80:
                 size = (b >> 1) ^ -(b & 1)
                 pos += 1
+            elif data[pos + 1] < 0x80:
+                b = (b & 0x7F) | (data[pos + 1] << 7)
+                size = (b >> 1) ^ -(b & 1)
+                pos += 2
             else:
                 size, pos = decode_varint(data, pos)
             if size >= 0:
@@ -186,6 +204,10 @@ def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | 
             if b < 0x80:
                 size = (b >> 1) ^ -(b & 1)
                 pos += 1
+            elif data[pos + 1] < 0x80:
+                b = (b & 0x7F) | (data[pos + 1] << 7)
+                size = (b >> 1) ^ -(b & 1)
+                pos += 2
             else:
                 size, pos = decode_varint(data, pos)
             if size >= 0:
