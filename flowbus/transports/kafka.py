@@ -1,0 +1,395 @@
+"""``kafka://host:port[,host:port...]``: any Kafka-protocol cluster through confluent-kafka.
+
+librdkafka's calls block, so each blocking call runs in a thread (``asyncio.to_thread``) and
+never on the event loop. Rebalance callbacks fire inside ``consume`` on that thread; they hand
+the framework's async ``on_assigned``/``on_revoked`` to the loop and block until they finish, so
+agents finish their event and offsets are committed *before* librdkafka gives the partitions up.
+Delivery reports are served by one poller thread per producer and resolve asyncio futures with
+``call_soon_threadsafe``.
+
+The producer uses the ``murmur2_random`` partitioner, Kafka's Java default, so keyed records land
+on the same partitions as with the Java client and flowbus's other transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import confluent_kafka
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from flowbus.clock import SYSTEM_CLOCK, Clock
+from flowbus.transports.base import (
+    Consumer,
+    Headers,
+    IsolationLevel,
+    OnAssigned,
+    OnRevoked,
+    Producer,
+    Record,
+    RecordMetadata,
+    TopicDescription,
+    TopicPartition,
+    TopicSpec,
+    Transport,
+)
+from flowbus.transports.errors import (
+    CommitError,
+    ProduceError,
+    ProducerFencedError,
+    TransactionError,
+    TransportError,
+)
+
+REQUEST_TIMEOUT_S = 30.0
+PRODUCER_QUEUE_MESSAGES_MAX = 1_000_000
+"""librdkafka's local queue limit; when full, send_soon serves delivery reports until there is room."""
+PRODUCE_ERRORS_KEPT_MAX = 100
+
+
+def _bootstrap(url: str) -> str:
+    servers = url.removeprefix("kafka://").strip("/")
+    if not servers:
+        raise TransportError(f"{url!r} names no broker; use kafka://host:port")
+    return servers
+
+
+def _transaction_error(exc: KafkaException) -> TransactionError:
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, KafkaError) and err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
+        return ProducerFencedError(str(err))
+    return TransactionError(str(exc))
+
+
+class KafkaProducer(Producer):
+    """confluent-kafka's Producer with asyncio delivery futures."""
+
+    def __init__(self, config: dict[str, Any], transactional: bool) -> None:
+        self._producer = confluent_kafka.Producer(config)
+        self._transactional = transactional
+        self._errors: list[KafkaError] = []
+        self._closed = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._poller = threading.Thread(target=self._serve_reports, name="flowbus-kafka-delivery", daemon=True)
+        self._poller.start()
+
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    def _on_error_only(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None and len(self._errors) < PRODUCE_ERRORS_KEPT_MAX:
+            self._errors.append(err)
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, partition: int | None,
+                 headers: Headers, timestamp_ms: int | None, callback: Any) -> None:
+        kwargs: dict[str, Any] = {"on_delivery": callback}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = list(headers)
+        if timestamp_ms is not None:
+            kwargs["timestamp"] = timestamp_ms
+        while True:
+            try:
+                self._producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:
+                # The local queue is full: wait for deliveries rather than drop anything.
+                self._producer.poll(0.01)
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        *,
+        partition: int | None = None,
+        headers: Headers = (),
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        loop = self._loop
+        fut: asyncio.Future[RecordMetadata] = loop.create_future()
+
+        def resolve(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                loop.call_soon_threadsafe(_set_exception, fut, ProduceError(str(err)))
+            else:
+                meta = RecordMetadata(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1])
+                loop.call_soon_threadsafe(_set_result, fut, meta)
+
+        self._produce(topic, value, key, partition, headers, timestamp_ms, resolve)
+        return fut
+
+    def send_soon(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        *,
+        partition: int | None = None,
+        headers: Headers = (),
+        timestamp_ms: int | None = None,
+    ) -> None:
+        self._produce(topic, value, key, partition, headers, timestamp_ms, self._on_error_only)
+
+    async def flush(self, timeout_ms: int | None = None) -> None:
+        timeout_s = REQUEST_TIMEOUT_S if timeout_ms is None else timeout_ms / 1000
+        left = await asyncio.to_thread(self._producer.flush, timeout_s)
+        if left:
+            raise ProduceError(f"{left} records still undelivered after {timeout_s}s")
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise ProduceError(f"{len(errors)} records failed, first: {errors[0]}")
+
+    async def partitions_for(self, topic: str) -> int:
+        meta = await asyncio.to_thread(self._producer.list_topics, topic, REQUEST_TIMEOUT_S)
+        return len(meta.topics[topic].partitions)
+
+    async def init_transactions(self) -> None:
+        if not self._transactional:
+            raise TransactionError("init_transactions needs a transactional_id")
+        try:
+            await asyncio.to_thread(self._producer.init_transactions, REQUEST_TIMEOUT_S)
+        except KafkaException as exc:
+            raise _transaction_error(exc) from exc
+
+    def begin_transaction(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise _transaction_error(exc) from exc
+
+    async def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], group_metadata: object) -> None:
+        parts = [KafkaTopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+        try:
+            await asyncio.to_thread(self._producer.send_offsets_to_transaction, parts, group_metadata, REQUEST_TIMEOUT_S)
+        except KafkaException as exc:
+            raise _transaction_error(exc) from exc
+
+    async def commit_transaction(self) -> None:
+        try:
+            await asyncio.to_thread(self._producer.commit_transaction, REQUEST_TIMEOUT_S)
+        except KafkaException as exc:
+            raise _transaction_error(exc) from exc
+
+    async def abort_transaction(self) -> None:
+        try:
+            await asyncio.to_thread(self._producer.abort_transaction, REQUEST_TIMEOUT_S)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError._STATE:
+                return  # no transaction open
+            raise _transaction_error(exc) from exc
+
+    async def close(self) -> None:
+        try:
+            await asyncio.to_thread(self._producer.flush, REQUEST_TIMEOUT_S)
+        finally:
+            self._closed.set()
+            await asyncio.to_thread(self._poller.join)
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+class KafkaConsumer(Consumer):
+    """confluent-kafka's Consumer; auto-commit and auto offset store are off."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._consumer = confluent_kafka.Consumer(config)
+        self._loop = asyncio.get_running_loop()
+        self._on_assigned: OnAssigned | None = None
+        self._on_revoked: OnRevoked | None = None
+        self._assignment: list[TopicPartition] = []
+        self._closed = False
+
+    def _run_on_loop(self, coro: Any) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _assign_cb(self, consumer: Any, partitions: list[KafkaTopicPartition]) -> None:
+        tps = [TopicPartition(p.topic, p.partition) for p in partitions]
+        self._assignment.extend(tp for tp in tps if tp not in self._assignment)
+        if self._on_assigned is not None:
+            self._run_on_loop(self._on_assigned(tps))
+
+    def _revoke_cb(self, consumer: Any, partitions: list[KafkaTopicPartition]) -> None:
+        tps = [TopicPartition(p.topic, p.partition) for p in partitions]
+        if self._on_revoked is not None:
+            self._run_on_loop(self._on_revoked(tps))
+        self._assignment = [tp for tp in self._assignment if tp not in tps]
+
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        *,
+        on_assigned: OnAssigned | None = None,
+        on_revoked: OnRevoked | None = None,
+    ) -> None:
+        self._on_assigned, self._on_revoked = on_assigned, on_revoked
+        self._consumer.subscribe(list(topics), on_assign=self._assign_cb, on_revoke=self._revoke_cb, on_lost=self._revoke_cb)
+
+    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+        self._consumer.assign([KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions])
+        self._assignment = list(partitions)
+
+    async def poll_batch(self, max_records: int, timeout_ms: int) -> list[Record]:
+        messages = await asyncio.to_thread(self._consumer.consume, max_records, timeout_ms / 1000)
+        out: list[Record] = []
+        append = out.append
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise TransportError(f"consume failed: {err}")
+            headers = m.headers()
+            append(Record(
+                m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
+                tuple((k, v if v is not None else b"") for k, v in headers) if headers else (),
+            ))
+        return out
+
+    def assignment(self) -> list[TopicPartition]:
+        return list(self._assignment)
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.pause([KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions])
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.resume([KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions])
+
+    async def commit(self, offsets: Mapping[TopicPartition, int], *, asynchronous: bool = False) -> None:
+        parts = [KafkaTopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+        if not parts:
+            return
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=parts, asynchronous=True)
+            else:
+                await asyncio.to_thread(self._consumer.commit, offsets=parts, asynchronous=False)
+        except KafkaException as exc:
+            raise CommitError(str(exc)) from exc
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._consumer.seek(KafkaTopicPartition(partition.topic, partition.partition, offset))
+
+    async def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        parts = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
+        found = await asyncio.to_thread(self._consumer.committed, parts, REQUEST_TIMEOUT_S)
+        return {TopicPartition(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in found}
+
+    async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        def fetch() -> dict[TopicPartition, int]:
+            out = {}
+            for tp in partitions:
+                _, high = self._consumer.get_watermark_offsets(KafkaTopicPartition(tp.topic, tp.partition), REQUEST_TIMEOUT_S)
+                out[tp] = high
+            return out
+
+        return await asyncio.to_thread(fetch)
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await asyncio.to_thread(self._consumer.close)
+
+
+class KafkaTransport(Transport):
+    """A Kafka-protocol cluster (``flowbus broker`` or Apache Kafka) reached through librdkafka."""
+
+    def __init__(self, url: str, *, clock: Clock = SYSTEM_CLOCK, config: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.bootstrap = _bootstrap(url)
+        self.extra = dict(config or {})
+        self._admin: AdminClient | None = None
+
+    def _base(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap, **self.extra}
+
+    @property
+    def admin(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(self._base())
+        return self._admin
+
+    async def create_topics(self, specs: Sequence[TopicSpec]) -> None:
+        if not specs:
+            return
+        existing = await self.describe_topics([s.name for s in specs])
+        wanted = [
+            NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=dict(s.config))
+            for s in specs
+            if s.name not in existing
+        ]
+        if not wanted:
+            return
+        futures = self.admin.create_topics(wanted, request_timeout=REQUEST_TIMEOUT_S)
+
+        def wait() -> None:
+            for name, fut in futures.items():
+                try:
+                    fut.result(REQUEST_TIMEOUT_S)
+                except KafkaException as exc:
+                    err = exc.args[0] if exc.args else None
+                    if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                        continue
+                    raise TransportError(f"creating topic {name!r} failed: {exc}") from exc
+
+        await asyncio.to_thread(wait)
+
+    async def describe_topics(self, names: Sequence[str]) -> dict[str, TopicDescription]:
+        meta = await asyncio.to_thread(self.admin.list_topics, None, REQUEST_TIMEOUT_S)
+        return {
+            n: TopicDescription(n, len(meta.topics[n].partitions))
+            for n in names
+            if n in meta.topics and meta.topics[n].error is None
+        }
+
+    def producer(self, *, transactional_id: str | None = None, linger_ms: int = 5) -> KafkaProducer:
+        config = {
+            **self._base(),
+            "linger.ms": linger_ms,
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",
+            "queue.buffering.max.messages": PRODUCER_QUEUE_MESSAGES_MAX,
+        }
+        if transactional_id is not None:
+            config["transactional.id"] = transactional_id
+        return KafkaProducer(config, transactional_id is not None)
+
+    def consumer(
+        self,
+        group_id: str | None,
+        *,
+        isolation_level: IsolationLevel = "read_uncommitted",
+        auto_offset_reset: Literal["earliest", "latest"] = "earliest",
+        client_id: str | None = None,
+    ) -> KafkaConsumer:
+        config = {
+            **self._base(),
+            "group.id": group_id or "flowbus-unmanaged",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": auto_offset_reset,
+            "isolation.level": isolation_level,
+            "enable.partition.eof": False,
+        }
+        if client_id:
+            config["client.id"] = client_id
+        return KafkaConsumer(config)
