@@ -17,6 +17,10 @@ def cli() -> None:
     """flowbus: stream processing with a built-in Kafka-protocol broker."""
 
 
+from flowbus.cli.broker import broker as _broker  # noqa: E402
+cli.add_command(_broker)
+
+
 def main() -> None:
     """Entry point for ``python -m flowbus``."""
     cli()

@@ -1,0 +1,51 @@
+"""Settings of one broker, with Kafka's names and defaults where Kafka has them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flowbus.broker.errors import BrokerConfigError
+from flowbus.broker.group_coordinator import GroupConfig
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (IPv6 hosts in brackets).
+
+    Raises:
+        BrokerConfigError: no port, or a port outside 0..65535.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise BrokerConfigError(f"expected HOST:PORT, got {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise BrokerConfigError(f"port {port} is out of range")
+    return host.strip("[]") or "127.0.0.1", port
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Everything :class:`flowbus.broker.core.BrokerCore` and the server need to know.
+
+    ``advertised_host``/``advertised_port`` are what Metadata and FindCoordinator tell clients
+    to connect to; the server fills them from the listen address unless ``--advertise`` is given.
+    """
+
+    data_dir: Path
+    node_id: int = 0
+    cluster_id: str = "flowbus-cluster"
+    advertised_host: str = "127.0.0.1"
+    advertised_port: int = 9092
+    auto_create_topics_enable: bool = True
+    auto_create_topics_partitions: int = 1
+    #: Partitions of ``__consumer_offsets``; one is plenty for a single broker.
+    offsets_topic_num_partitions: int = 1
+    groups: GroupConfig = field(default_factory=GroupConfig)
+    #: How often the log (flush, roll, retention, compaction) and the groups are ticked.
+    tick_interval_ms: int = 100
+    #: Upper bound of a Fetch long poll, whatever the client asks (it must end before the
+    #: client's own request timeout).
+    fetch_max_wait_ms_max: int = 30_000
+    #: Cap on one Fetch response's records, whatever the client asks.
+    fetch_response_max_bytes: int = 64 * 1024 * 1024

@@ -1,0 +1,731 @@
+"""The broker without sockets: typed async methods over the log, the groups and producer state.
+
+``BrokerCore`` is what every Kafka API does, with Python arguments and results instead of wire
+bytes. The socket server (``server.py``) decodes requests and calls it through ``handlers.py``;
+the embedded transport (issue 5) calls it directly in-process. Nothing here knows about API
+versions or encodings.
+
+Ordering guarantee: :meth:`BrokerCore.produce` appends before its first ``await``, so requests
+started in order (one connection's pipeline, or one embedded producer) are appended in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from flowbus.clock import SYSTEM_CLOCK, Clock
+from flowbus.log import LogManager, PartitionLog, TopicConfig
+from flowbus.log.errors import (
+    InvalidConfigError,
+    LogError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    UnknownTopicError,
+)
+from flowbus.protocol.error_codes import ErrorCode
+from flowbus.records.builder import BatchBuilder
+from flowbus.records.errors import CorruptRecordError
+from flowbus.records.header import BatchHeader, read_header
+from flowbus.records.record import decode_batch
+
+from flowbus.broker.config import BrokerConfig
+from flowbus.broker.group_coordinator import GroupCoordinator, OffsetToCommit
+from flowbus.broker.producer_state import PartitionProducerState, ProducerIdManager, Verdict
+
+log = logging.getLogger(__name__)
+
+OFFSETS_TOPIC = "__consumer_offsets"
+INTERNAL_TOPICS = frozenset({OFFSETS_TOPIC})
+
+ISOLATION_READ_UNCOMMITTED = 0
+ISOLATION_READ_COMMITTED = 1
+
+#: ListOffsets special timestamps (Kafka's ListOffsetsRequest).
+LATEST_TIMESTAMP = -1
+EARLIEST_TIMESTAMP = -2
+MAX_TIMESTAMP = -3
+
+COORDINATOR_KEY_GROUP = 0
+COORDINATOR_KEY_TRANSACTION = 1
+
+#: Kafka's legal topic names: at most 249 characters of ASCII letters, digits, '.', '_', '-'.
+_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+#: Batches replayed per event-loop turn while loading offsets, so loading never blocks serving.
+LOAD_BATCHES_PER_TURN = 200
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerNode:
+    node_id: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    name: str
+    error_code: int
+    partitions: int = 0
+    is_internal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataResult:
+    brokers: list[BrokerNode]
+    controller_id: int
+    cluster_id: str
+    topics: list[TopicInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class ProduceResult:
+    error_code: int
+    base_offset: int = -1
+    log_append_time_ms: int = -1
+    log_start_offset: int = -1
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequestPartition:
+    topic: str
+    partition: int
+    fetch_offset: int
+    partition_max_bytes: int
+    current_leader_epoch: int = -1
+
+
+@dataclass(slots=True)
+class FetchResultPartition:
+    topic: str
+    partition: int
+    error_code: int
+    high_watermark: int = -1
+    last_stable_offset: int = -1
+    log_start_offset: int = -1
+    records: bytes | memoryview = b""
+    #: None for read_uncommitted (clients misbehave on an empty list there); a list for read_committed.
+    aborted_transactions: list[tuple[int, int]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListOffsetsResult:
+    error_code: int
+    timestamp: int = -1
+    offset: int = -1
+    leader_epoch: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class NewTopic:
+    name: str
+    num_partitions: int = -1
+    replication_factor: int = -1
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigValue:
+    name: str
+    value: str | None
+    read_only: bool
+    is_default: bool
+    #: Kafka's ConfigSource: 1 dynamic topic config, 4 static broker config, 5 default.
+    source: int
+    is_sensitive: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTopicResult:
+    name: str
+    error_code: int
+    error_message: str | None = None
+    num_partitions: int = -1
+    replication_factor: int = -1
+    configs: list[ConfigValue] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeConfigsResult:
+    resource_type: int
+    resource_name: str
+    error_code: int
+    error_message: str | None = None
+    configs: list[ConfigValue] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorResult:
+    error_code: int
+    node: BrokerNode | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InitProducerIdResult:
+    error_code: int
+    producer_id: int = -1
+    producer_epoch: int = -1
+
+
+RESOURCE_TOPIC = 2
+RESOURCE_BROKER = 4
+CONFIG_SOURCE_DYNAMIC_TOPIC = 1
+CONFIG_SOURCE_STATIC_BROKER = 4
+CONFIG_SOURCE_DEFAULT = 5
+
+
+def valid_topic_name(name: str) -> bool:
+    return bool(_TOPIC_NAME.match(name)) and name not in (".", "..")
+
+
+class _FetchWaiters:
+    """Fetch long polls waiting for data, woken by appends (no polling loop)."""
+
+    def __init__(self) -> None:
+        self._by_partition: dict[tuple[str, int], set[asyncio.Future[None]]] = {}
+
+    def register(self, keys: Iterable[tuple[str, int]]) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in keys:
+            self._by_partition.setdefault(key, set()).add(future)
+        return future
+
+    def unregister(self, keys: Iterable[tuple[str, int]], future: asyncio.Future[None]) -> None:
+        for key in keys:
+            waiting = self._by_partition.get(key)
+            if waiting is not None:
+                waiting.discard(future)
+                if not waiting:
+                    del self._by_partition[key]
+
+    def wake(self, key: tuple[str, int]) -> None:
+        waiting = self._by_partition.pop(key, None)
+        if waiting:
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+
+    def wake_all(self) -> None:
+        for key in list(self._by_partition):
+            self.wake(key)
+
+
+class BrokerCore:
+    """One broker's behaviour, independent of the wire format.
+
+    Args:
+        config: broker settings (``config.data_dir`` holds the logs and the producer-id file).
+        clock: time source for timestamps and timeouts (a ``ManualClock`` in tests).
+        log_manager: an already-open LogManager; created from ``config.data_dir`` when None.
+
+    Call :meth:`start` before use (it loads committed offsets in the background: group requests
+    answer COORDINATOR_LOAD_IN_PROGRESS until then) and :meth:`close` at the end.
+    """
+
+    def __init__(self, config: BrokerConfig, *, clock: Clock = SYSTEM_CLOCK, log_manager: LogManager | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logs = log_manager if log_manager is not None else LogManager(config.data_dir, clock=clock)
+        self.groups = GroupCoordinator(clock=clock, store=self, config=config.groups)
+        self._producer_ids = ProducerIdManager(config.data_dir / "producer_ids")
+        self._producer_states: dict[tuple[str, int], PartitionProducerState] = {}
+        self._waiters = _FetchWaiters()
+        self._flushing: set[PartitionLog] = set()
+        self._flush_due_future: asyncio.Future[int] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self.node = BrokerNode(config.node_id, config.advertised_host, config.advertised_port)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create internal topics, start loading offsets, start the periodic tick."""
+        if OFFSETS_TOPIC not in self.logs.topics():
+            self.logs.create_topic(
+                OFFSETS_TOPIC,
+                self.config.offsets_topic_num_partitions,
+                {"cleanup.policy": "compact", "segment.bytes": str(100 * 1024 * 1024)},
+            )
+        self._tasks.append(asyncio.create_task(self._load_offsets(), name="flowbus-load-offsets"))
+        self._tasks.append(asyncio.create_task(self._tick_forever(), name="flowbus-broker-tick"))
+
+    async def wait_loaded(self) -> None:
+        """Return once committed offsets are loaded (tests and the embedded transport)."""
+        while self.groups.loading and not self._closed:
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        """Stop ticking, answer every waiter, flush and close the logs (clean shutdown)."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.groups.close()
+        self._waiters.wake_all()
+        if self._flush_due_future is not None:
+            with contextlib.suppress(Exception):
+                await self._flush_due_future
+        self.logs.flush()
+        self.logs.close()
+
+    async def _tick_forever(self) -> None:
+        interval_s = self.config.tick_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            self.tick()
+
+    def tick(self) -> None:
+        """Periodic work: the log's roll/retention/compaction, due fsyncs, group timeouts.
+
+        fsyncs run on a worker thread (one at a time) so they never stall the event loop.
+        """
+        try:
+            self.logs.tick(flush=False)
+        except LogError:
+            log.exception("log maintenance failed; will retry on the next tick")
+        if self._flush_due_future is None or self._flush_due_future.done():
+            self._flush_due_future = asyncio.get_running_loop().run_in_executor(None, self.logs.flush_due)
+        self.groups.tick()
+
+    async def _load_offsets(self) -> None:
+        """Replay ``__consumer_offsets`` into the group coordinator, yielding between chunks."""
+        replayed = 0
+        for partition in range(self.logs.topic(OFFSETS_TOPIC).partitions):
+            plog = self.logs.get_log(OFFSETS_TOPIC, partition)
+            for i, (header, raw) in enumerate(plog.iter_batches(plog.log_start_offset)):
+                if header.is_control:
+                    continue
+                try:
+                    _, records = decode_batch(raw)
+                except CorruptRecordError as exc:
+                    log.warning("skipping a corrupt batch at offset %d of %s: %s", header.base_offset, OFFSETS_TOPIC, exc)
+                    continue
+                for record in records:
+                    self.groups.load_record(record.key, record.value)
+                    replayed += 1
+                if i % LOAD_BATCHES_PER_TURN == LOAD_BATCHES_PER_TURN - 1:
+                    await asyncio.sleep(0)
+        self.groups.finish_loading()
+        log.info("loaded %d committed-offset records", replayed)
+
+    # -- offsets store (used by the group coordinator) -------------------------------------
+
+    def offsets_partition_for(self, group_id: str) -> int:
+        return zlib.crc32(group_id.encode()) % self.config.offsets_topic_num_partitions
+
+    async def append_offsets(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> None:
+        builder = BatchBuilder()
+        now_ms = self.clock.now_ms()
+        for key, value in records:
+            builder.append(key, value, timestamp_ms=now_ms)
+        partition = self.offsets_partition_for(group_id)
+        plog = self.logs.get_log(OFFSETS_TOPIC, partition)
+        result = plog.append(builder.build(), defer_flush=True)
+        self._waiters.wake((OFFSETS_TOPIC, partition))
+        if result.flush_required:
+            self._flush_in_background(plog)
+
+    # -- metadata and topics ---------------------------------------------------------------
+
+    async def metadata(self, topics: list[str] | None, *, allow_auto_create: bool = True) -> MetadataResult:
+        """Brokers and topics; ``topics`` None means every topic.
+
+        Missing topics are created when both the client and the broker allow it.
+        """
+        existing = self.logs.topics()
+        infos: list[TopicInfo] = []
+        if topics is None:
+            names = sorted(existing)
+        else:
+            names = list(dict.fromkeys(topics))
+        for name in names:
+            meta = existing.get(name)
+            if meta is None:
+                if not valid_topic_name(name):
+                    infos.append(TopicInfo(name, ErrorCode.INVALID_TOPIC_EXCEPTION))
+                    continue
+                if not (allow_auto_create and self.config.auto_create_topics_enable):
+                    infos.append(TopicInfo(name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))
+                    continue
+                try:
+                    self.logs.create_topic(name, self.config.auto_create_topics_partitions, {})
+                    log.info("auto-created topic %s with %d partitions", name, self.config.auto_create_topics_partitions)
+                except LogError as exc:
+                    if exc.errno != ErrorCode.TOPIC_ALREADY_EXISTS:
+                        infos.append(TopicInfo(name, exc.errno))
+                        continue
+                meta = self.logs.topic(name)
+            infos.append(TopicInfo(name, ErrorCode.NONE, meta.partitions, name in INTERNAL_TOPICS))
+        return MetadataResult([self.node], self.node.node_id, self.config.cluster_id, infos)
+
+    def partition_exists(self, topic: str, partition: int) -> bool:
+        meta = self.logs.topics().get(topic)
+        return meta is not None and 0 <= partition < meta.partitions
+
+    async def create_topics(self, topics: list[NewTopic], *, validate_only: bool = False) -> list[CreateTopicResult]:
+        results = []
+        for topic in topics:
+            results.append(self._create_topic(topic, validate_only))
+        return results
+
+    def _create_topic(self, topic: NewTopic, validate_only: bool) -> CreateTopicResult:
+        name = topic.name
+        if not valid_topic_name(name):
+            return CreateTopicResult(name, ErrorCode.INVALID_TOPIC_EXCEPTION, f"illegal topic name {name!r}")
+        if name in self.logs.topics():
+            return CreateTopicResult(name, ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
+        partitions = topic.num_partitions if topic.num_partitions != -1 else self.config.auto_create_topics_partitions
+        if partitions < 1:
+            return CreateTopicResult(name, ErrorCode.INVALID_PARTITIONS, "the number of partitions must be at least 1")
+        if topic.replication_factor not in (-1, 1):
+            return CreateTopicResult(
+                name, ErrorCode.INVALID_REPLICATION_FACTOR, "this broker is alone: the replication factor must be 1"
+            )
+        try:
+            config = TopicConfig.from_overrides(topic.configs)
+        except InvalidConfigError as exc:
+            return CreateTopicResult(name, ErrorCode.INVALID_CONFIG, f"invalid config {exc.key}: {exc}")
+        if not validate_only:
+            try:
+                self.logs.create_topic(name, partitions, dict(topic.configs))
+            except LogError as exc:
+                return CreateTopicResult(name, exc.errno if exc.errno > 0 else ErrorCode.UNKNOWN_SERVER_ERROR, str(exc))
+            log.info("created topic %s with %d partitions", name, partitions)
+        return CreateTopicResult(name, ErrorCode.NONE, None, partitions, 1, self._topic_config_values(config))
+
+    async def delete_topics(self, names: list[str]) -> list[tuple[str, int]]:
+        results = []
+        for name in names:
+            if name in INTERNAL_TOPICS:
+                results.append((name, ErrorCode.INVALID_TOPIC_EXCEPTION))
+                continue
+            try:
+                meta = self.logs.topic(name)
+                self.logs.delete_topic(name)
+            except UnknownTopicError:
+                results.append((name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))
+                continue
+            for partition in range(meta.partitions):
+                self._producer_states.pop((name, partition), None)
+                self._waiters.wake((name, partition))
+            log.info("deleted topic %s", name)
+            results.append((name, ErrorCode.NONE))
+        return results
+
+    @staticmethod
+    def _topic_config_values(config: TopicConfig) -> list[ConfigValue]:
+        return [
+            ConfigValue(
+                e.name,
+                e.value,
+                False,
+                e.is_default,
+                CONFIG_SOURCE_DEFAULT if e.is_default else CONFIG_SOURCE_DYNAMIC_TOPIC,
+            )
+            for e in config.describe()
+        ]
+
+    def _broker_config_values(self) -> list[ConfigValue]:
+        cfg = self.config
+        entries = {
+            "broker.id": str(cfg.node_id),
+            "auto.create.topics.enable": str(cfg.auto_create_topics_enable).lower(),
+            "num.partitions": str(cfg.auto_create_topics_partitions),
+            "offsets.topic.num.partitions": str(cfg.offsets_topic_num_partitions),
+            "group.initial.rebalance.delay.ms": str(cfg.groups.group_initial_rebalance_delay_ms),
+            "group.min.session.timeout.ms": str(cfg.groups.group_min_session_timeout_ms),
+            "group.max.session.timeout.ms": str(cfg.groups.group_max_session_timeout_ms),
+            "log.dirs": str(cfg.data_dir),
+        }
+        return [ConfigValue(k, v, True, False, CONFIG_SOURCE_STATIC_BROKER) for k, v in entries.items()]
+
+    async def describe_configs(
+        self, resources: list[tuple[int, str, list[str] | None]]
+    ) -> list[DescribeConfigsResult]:
+        """Configs of topics (type 2) and of this broker (type 4); ``None`` keys means all."""
+        results = []
+        for resource_type, name, keys in resources:
+            if resource_type == RESOURCE_TOPIC:
+                meta = self.logs.topics().get(name)
+                if meta is None:
+                    results.append(
+                        DescribeConfigsResult(resource_type, name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+                    )
+                    continue
+                values = self._topic_config_values(meta.config)
+            elif resource_type == RESOURCE_BROKER:
+                if name not in ("", str(self.config.node_id)):
+                    results.append(DescribeConfigsResult(resource_type, name, ErrorCode.INVALID_REQUEST, "unknown broker"))
+                    continue
+                values = self._broker_config_values()
+            else:
+                results.append(
+                    DescribeConfigsResult(resource_type, name, ErrorCode.INVALID_REQUEST, "unsupported resource type")
+                )
+                continue
+            if keys is not None:
+                wanted = set(keys)
+                values = [v for v in values if v.name in wanted]
+            results.append(DescribeConfigsResult(resource_type, name, ErrorCode.NONE, None, values))
+        return results
+
+    # -- produce ---------------------------------------------------------------------------
+
+    def _producer_state(self, topic: str, partition: int, plog: PartitionLog) -> PartitionProducerState:
+        """The partition's producer state, rebuilt from the log the first time it is needed."""
+        key = (topic, partition)
+        state = self._producer_states.get(key)
+        if state is None:
+            state = PartitionProducerState()
+            replayed = state.rebuild(h for h, _ in plog.iter_batches(plog.log_start_offset))
+            if replayed:
+                log.info("rebuilt producer state of %s-%d from %d batches", topic, partition, replayed)
+            self._producer_states[key] = state
+        return state
+
+    async def produce(self, topic: str, partition: int, records: bytes | bytearray | memoryview) -> ProduceResult:
+        """Append the batches of one partition, with CRC and idempotence checks.
+
+        Every check and the append happen before the first ``await``, so concurrent calls
+        started in order are appended in order. A retried idempotent batch is answered with
+        its original offsets and not appended again.
+        """
+        if topic in INTERNAL_TOPICS:
+            return ProduceResult(ErrorCode.INVALID_TOPIC_EXCEPTION, error_message="internal topic")
+        try:
+            plog = self.logs.get_log(topic, partition)
+        except UnknownTopicError:
+            return ProduceResult(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+        view = memoryview(records)
+        headers: list[BatchHeader] = []
+        try:
+            # Headers only: the log verifies every CRC when it appends (CORRUPT_MESSAGE below),
+            # so the hot path computes each CRC once.
+            pos = 0
+            while pos < len(view):
+                header = read_header(view, pos)
+                if pos + header.size_bytes > len(view):
+                    raise CorruptRecordError("record batch truncated")
+                headers.append(header)
+                pos += header.size_bytes
+        except CorruptRecordError as exc:
+            return ProduceResult(ErrorCode.CORRUPT_MESSAGE, error_message=str(exc))
+        if not headers:
+            return ProduceResult(ErrorCode.INVALID_RECORD, error_message="no record batch")
+        idempotent = headers[0].producer_id >= 0
+        state = self._producer_state(topic, partition, plog) if idempotent else None
+        if state is not None:
+            if len(headers) != 1:
+                # Kafka's rule for idempotent produce requests: one batch per partition.
+                return ProduceResult(ErrorCode.INVALID_RECORD, error_message="idempotent produce needs one batch")
+            verdict = state.check(headers[0])
+            if verdict.verdict is Verdict.DUPLICATE and verdict.original is not None:
+                return ProduceResult(
+                    ErrorCode.NONE, verdict.original.base_offset, verdict.original.log_append_time_ms, plog.log_start_offset
+                )
+            if verdict.verdict is Verdict.REJECT:
+                return ProduceResult(verdict.error_code, log_start_offset=plog.log_start_offset)
+        try:
+            result = plog.append(records, log_append_time_ms=self.clock.now_ms(), defer_flush=True)
+        except RecordTooLargeError as exc:
+            return ProduceResult(ErrorCode.MESSAGE_TOO_LARGE, error_message=str(exc))
+        except CorruptRecordError as exc:
+            return ProduceResult(ErrorCode.CORRUPT_MESSAGE, error_message=str(exc))
+        except LogError as exc:
+            log.error("append to %s-%d failed: %s", topic, partition, exc)
+            return ProduceResult(exc.errno, error_message=str(exc))
+        if state is not None:
+            state.record(headers[0], result.base_offset, result.log_append_time_ms)
+        self._waiters.wake((topic, partition))
+        if result.flush_required:
+            self._flush_in_background(plog)
+        return ProduceResult(ErrorCode.NONE, result.base_offset, result.log_append_time_ms, plog.log_start_offset)
+
+    def _flush_in_background(self, plog: PartitionLog) -> None:
+        """fsync on a worker thread, so a flush never stalls the event loop (one at a time per log)."""
+        if plog in self._flushing:
+            return
+        self._flushing.add(plog)
+
+        def done(_: asyncio.Future[None]) -> None:
+            self._flushing.discard(plog)
+
+        future = asyncio.get_running_loop().run_in_executor(None, plog.flush)
+        future.add_done_callback(done)
+
+    # -- fetch -----------------------------------------------------------------------------
+
+    def _read_partition(
+        self, request: FetchRequestPartition, max_bytes: int, first: bool, isolation_level: int
+    ) -> FetchResultPartition:
+        topic, partition = request.topic, request.partition
+        try:
+            plog = self.logs.get_log(topic, partition)
+        except UnknownTopicError:
+            return FetchResultPartition(topic, partition, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+        high_watermark = plog.high_watermark
+        stable = self._last_stable_offset(topic, partition, high_watermark)
+        upper = stable if isolation_level == ISOLATION_READ_COMMITTED else high_watermark
+        result = FetchResultPartition(
+            topic,
+            partition,
+            ErrorCode.NONE,
+            high_watermark,
+            stable,
+            plog.log_start_offset,
+            b"",
+            [] if isolation_level == ISOLATION_READ_COMMITTED else None,
+        )
+        if request.current_leader_epoch > 0:
+            result.error_code = ErrorCode.UNKNOWN_LEADER_EPOCH
+            return result
+        offset = request.fetch_offset
+        if offset < plog.log_start_offset or offset > plog.log_end_offset:
+            result.error_code = ErrorCode.OFFSET_OUT_OF_RANGE
+            return result
+        if offset >= upper or max_bytes <= 0 and not first:
+            return result
+        try:
+            result.records = plog.read(offset, max_bytes, max_offset=upper, min_one_batch=first)
+        except OffsetOutOfRangeError:
+            result.error_code = ErrorCode.OFFSET_OUT_OF_RANGE
+        return result
+
+    def _last_stable_offset(self, topic: str, partition: int, high_watermark: int) -> int:
+        state = self._producer_states.get((topic, partition))
+        first_open = state.first_unstable_offset() if state is not None else None
+        return high_watermark if first_open is None else min(first_open, high_watermark)
+
+    def _read_all(
+        self, partitions: list[FetchRequestPartition], max_bytes: int, isolation_level: int
+    ) -> tuple[list[FetchResultPartition], int, bool]:
+        """Read every partition within the response budget (KIP-74: the first non-empty
+        partition may exceed it by one batch so that a consumer always makes progress)."""
+        results = []
+        remaining = max_bytes
+        total = 0
+        any_error = False
+        for request in partitions:
+            limit = min(request.partition_max_bytes, remaining)
+            result = self._read_partition(request, limit, total == 0, isolation_level)
+            size = len(result.records)
+            total += size
+            remaining = max(0, remaining - size)
+            any_error = any_error or result.error_code != ErrorCode.NONE
+            results.append(result)
+        return results, total, any_error
+
+    async def fetch(
+        self,
+        partitions: list[FetchRequestPartition],
+        *,
+        max_wait_ms: int,
+        min_bytes: int,
+        max_bytes: int,
+        isolation_level: int = ISOLATION_READ_UNCOMMITTED,
+    ) -> list[FetchResultPartition]:
+        """Read raw batches; wait up to ``max_wait_ms`` for ``min_bytes`` to arrive (long poll).
+
+        The wait is woken by appends to the partitions asked for, never by polling.
+        """
+        max_bytes = min(max_bytes if max_bytes > 0 else self.config.fetch_response_max_bytes, self.config.fetch_response_max_bytes)
+        results, total, any_error = self._read_all(partitions, max_bytes, isolation_level)
+        if total >= min_bytes or any_error or max_wait_ms <= 0 or self._closed:
+            return results
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max_wait_ms, self.config.fetch_max_wait_ms_max) / 1000
+        keys = [(p.topic, p.partition) for p in partitions]
+        while True:
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0 or self._closed:
+                return results
+            future = self._waiters.register(keys)
+            try:
+                await asyncio.wait_for(future, remaining_s)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._waiters.unregister(keys, future)
+            results, total, any_error = self._read_all(partitions, max_bytes, isolation_level)
+            if total >= min_bytes or any_error:
+                return results
+
+    # -- offsets ---------------------------------------------------------------------------
+
+    async def list_offsets(
+        self, topic: str, partition: int, timestamp: int, *, isolation_level: int = ISOLATION_READ_UNCOMMITTED
+    ) -> ListOffsetsResult:
+        """Earliest (-2), latest (-1), max-timestamp (-3) or first offset at/after a timestamp."""
+        try:
+            plog = self.logs.get_log(topic, partition)
+        except UnknownTopicError:
+            return ListOffsetsResult(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+        if timestamp == EARLIEST_TIMESTAMP:
+            return ListOffsetsResult(ErrorCode.NONE, -1, plog.log_start_offset, 0)
+        if timestamp == LATEST_TIMESTAMP:
+            end = plog.high_watermark
+            if isolation_level == ISOLATION_READ_COMMITTED:
+                end = self._last_stable_offset(topic, partition, end)
+            return ListOffsetsResult(ErrorCode.NONE, -1, end, 0)
+        if timestamp == MAX_TIMESTAMP:
+            best: tuple[int, int] | None = None
+            for header, _ in plog.iter_batches(plog.log_start_offset):
+                if not header.is_control and (best is None or header.max_timestamp > best[0]):
+                    best = (header.max_timestamp, header.last_offset)
+            if best is None:
+                return ListOffsetsResult(ErrorCode.NONE, -1, -1, -1)
+            return ListOffsetsResult(ErrorCode.NONE, best[0], best[1], 0)
+        if timestamp < 0:
+            return ListOffsetsResult(ErrorCode.INVALID_REQUEST)
+        found = plog.offset_for_timestamp(timestamp)
+        if found is None:
+            return ListOffsetsResult(ErrorCode.NONE, -1, -1, -1)
+        offset, found_timestamp = found
+        return ListOffsetsResult(ErrorCode.NONE, found_timestamp, offset, 0)
+
+    async def offset_for_leader_epoch(self, topic: str, partition: int, leader_epoch: int) -> tuple[int, int, int]:
+        """(error, leader epoch, end offset): this broker has only ever had epoch 0."""
+        try:
+            plog = self.logs.get_log(topic, partition)
+        except UnknownTopicError:
+            return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, -1, -1
+        if leader_epoch > 0:
+            return ErrorCode.NONE, -1, -1
+        return ErrorCode.NONE, 0, plog.log_end_offset
+
+    # -- coordinators, producers -----------------------------------------------------------
+
+    async def find_coordinator(self, key: str, key_type: int) -> CoordinatorResult:
+        """This broker coordinates every group and (issue 4) every transactional id."""
+        if key_type not in (COORDINATOR_KEY_GROUP, COORDINATOR_KEY_TRANSACTION):
+            return CoordinatorResult(ErrorCode.INVALID_REQUEST, error_message=f"unknown key type {key_type}")
+        return CoordinatorResult(ErrorCode.NONE, self.node)
+
+    async def init_producer_id(
+        self,
+        transactional_id: str | None,
+        transaction_timeout_ms: int,
+        producer_id: int = -1,
+        producer_epoch: int = -1,
+    ) -> InitProducerIdResult:
+        """A new producer id with epoch 0 (idempotent producers); transactions are issue 4."""
+        if transactional_id:
+            return InitProducerIdResult(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+        return InitProducerIdResult(ErrorCode.NONE, self._producer_ids.allocate(), 0)
+
+    async def commit_offsets(self, group_id: str, generation_id: int, member_id: str, offsets: list[OffsetToCommit]) -> list[int]:
+        return await self.groups.commit_offsets(
+            group_id, generation_id, member_id, offsets, partition_exists=self.partition_exists
+        )

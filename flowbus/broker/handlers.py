@@ -1,0 +1,534 @@
+"""Kafka API handlers: decoded request dicts → :class:`BrokerCore` calls → response dicts.
+
+This is the only module that knows request and response field names (the snake_case names of
+Kafka's JSON message specs, as ``flowbus.protocol`` decodes them) and how versions differ. The
+core stays wire-independent; the server stays byte-only.
+
+A handler returns the response body, or None when no response must be sent (Produce acks=0).
+Versions advertised for client compatibility but not implemented (Produce < 3, Fetch < 4)
+are answered with UNSUPPORTED_VERSION: clients pick the highest common version, so they never
+send them (KAFKA-PROTOCOL.md, "advertise" column).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from flowbus.protocol.api import ApiKey
+from flowbus.protocol.codec import RequestHeader, api_versions_body
+from flowbus.protocol.error_codes import ErrorCode
+
+from flowbus.broker.core import (
+    BrokerCore,
+    FetchRequestPartition,
+    ISOLATION_READ_COMMITTED,
+    NewTopic,
+)
+from flowbus.broker.group_coordinator import OffsetToCommit
+
+log = logging.getLogger(__name__)
+
+Body = dict[str, Any]
+ZERO_UUID = b"\x00" * 16
+PRODUCE_MIN_IMPLEMENTED_VERSION = 3
+FETCH_MIN_IMPLEMENTED_VERSION = 4
+#: Authorized-operations value meaning "not requested / not provided" (KIP-430).
+AUTHORIZED_OPERATIONS_OMITTED = -(1 << 31)
+#: SASL/PLAIN is accepted for client compatibility; any credentials pass (no authentication).
+SASL_MECHANISMS = ["PLAIN"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """Who sent a request: used for group member descriptions and log lines."""
+
+    client_host: str
+
+
+Handler = Callable[[RequestHeader, Body, ConnectionInfo], Awaitable[Body | None]]
+
+
+class Handlers:
+    """Dispatch table from API key to the adapter of that API."""
+
+    def __init__(self, core: BrokerCore) -> None:
+        self.core = core
+        self._table: dict[int, Handler] = {
+            ApiKey.API_VERSIONS: self.api_versions,
+            ApiKey.METADATA: self.metadata,
+            ApiKey.PRODUCE: self.produce,
+            ApiKey.FETCH: self.fetch,
+            ApiKey.LIST_OFFSETS: self.list_offsets,
+            ApiKey.CREATE_TOPICS: self.create_topics,
+            ApiKey.DELETE_TOPICS: self.delete_topics,
+            ApiKey.DESCRIBE_CONFIGS: self.describe_configs,
+            ApiKey.OFFSET_FOR_LEADER_EPOCH: self.offset_for_leader_epoch,
+            ApiKey.FIND_COORDINATOR: self.find_coordinator,
+            ApiKey.JOIN_GROUP: self.join_group,
+            ApiKey.SYNC_GROUP: self.sync_group,
+            ApiKey.HEARTBEAT: self.heartbeat,
+            ApiKey.LEAVE_GROUP: self.leave_group,
+            ApiKey.OFFSET_COMMIT: self.offset_commit,
+            ApiKey.OFFSET_FETCH: self.offset_fetch,
+            ApiKey.DESCRIBE_GROUPS: self.describe_groups,
+            ApiKey.LIST_GROUPS: self.list_groups,
+            ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
+            ApiKey.SASL_HANDSHAKE: self.sasl_handshake,
+            ApiKey.SASL_AUTHENTICATE: self.sasl_authenticate,
+        }
+
+    def register(self, api_key: int, handler: Handler) -> None:
+        """Install or replace a handler (issue 4 plugs in the transaction APIs this way)."""
+        self._table[api_key] = handler
+
+    def is_produce_without_response(self, header: RequestHeader, body: Body) -> bool:
+        """Produce with acks=0 gets no response at all (the client does not read one)."""
+        return header.api_key == ApiKey.PRODUCE and body.get("acks") == 0
+
+    async def handle(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body | None:
+        handler = self._table.get(header.api_key)
+        if handler is None:
+            return {"error_code": ErrorCode.UNSUPPORTED_VERSION}
+        return await handler(header, body, conn)
+
+    # -- cluster ---------------------------------------------------------------------------
+
+    async def api_versions(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        return api_versions_body()
+
+    async def metadata(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        requested = body.get("topics")
+        if requested is None or (header.api_version == 0 and not requested):
+            names = None
+        else:
+            names = [t["name"] for t in requested if t.get("name") is not None]
+        allow = bool(body.get("allow_auto_topic_creation", True))
+        result = await self.core.metadata(names, allow_auto_create=allow)
+        node_id = result.controller_id
+        return {
+            "throttle_time_ms": 0,
+            "brokers": [{"node_id": b.node_id, "host": b.host, "port": b.port, "rack": None} for b in result.brokers],
+            "cluster_id": result.cluster_id,
+            "controller_id": node_id,
+            "topics": [
+                {
+                    "error_code": t.error_code,
+                    "name": t.name,
+                    "topic_id": ZERO_UUID,
+                    "is_internal": t.is_internal,
+                    "partitions": [
+                        {
+                            "error_code": 0,
+                            "partition_index": p,
+                            "leader_id": node_id,
+                            "leader_epoch": 0,
+                            "replica_nodes": [node_id],
+                            "isr_nodes": [node_id],
+                            "offline_replicas": [],
+                        }
+                        for p in range(t.partitions)
+                    ],
+                    "topic_authorized_operations": AUTHORIZED_OPERATIONS_OMITTED,
+                }
+                for t in result.topics
+            ],
+            "cluster_authorized_operations": AUTHORIZED_OPERATIONS_OMITTED,
+        }
+
+    # -- produce / fetch -------------------------------------------------------------------
+
+    async def produce(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body | None:
+        acks = body.get("acks", 1)
+        old = header.api_version < PRODUCE_MIN_IMPLEMENTED_VERSION
+        responses = []
+        for topic in body["topic_data"]:
+            name = topic["name"]
+            partitions = []
+            for part in topic["partition_data"]:
+                records = part.get("records")
+                if old:
+                    partitions.append({"index": part["index"], "error_code": ErrorCode.UNSUPPORTED_VERSION, "base_offset": -1})
+                    continue
+                if acks not in (0, 1, -1):
+                    partitions.append({"index": part["index"], "error_code": ErrorCode.INVALID_REQUIRED_ACKS, "base_offset": -1})
+                    continue
+                if records is None:
+                    partitions.append({"index": part["index"], "error_code": ErrorCode.INVALID_RECORD, "base_offset": -1})
+                    continue
+                result = await self.core.produce(name, part["index"], records)
+                partitions.append(
+                    {
+                        "index": part["index"],
+                        "error_code": result.error_code,
+                        "base_offset": result.base_offset,
+                        "log_append_time_ms": result.log_append_time_ms,
+                        "log_start_offset": result.log_start_offset,
+                        "record_errors": [],
+                        "error_message": result.error_message,
+                    }
+                )
+            responses.append({"name": name, "partition_responses": partitions})
+        if acks == 0:
+            return None
+        return {"responses": responses, "throttle_time_ms": 0}
+
+    async def fetch(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        if header.api_version < FETCH_MIN_IMPLEMENTED_VERSION:
+            return {
+                "throttle_time_ms": 0,
+                "error_code": ErrorCode.UNSUPPORTED_VERSION,
+                "responses": [
+                    {
+                        "topic": t["topic"],
+                        "partitions": [
+                            {"partition_index": p["partition"], "error_code": ErrorCode.UNSUPPORTED_VERSION, "high_watermark": -1, "records": None}
+                            for p in t["partitions"]
+                        ],
+                    }
+                    for t in body["topics"]
+                ],
+            }
+        requests = [
+            FetchRequestPartition(
+                t["topic"], p["partition"], p["fetch_offset"], p["partition_max_bytes"], p.get("current_leader_epoch", -1)
+            )
+            for t in body["topics"]
+            for p in t["partitions"]
+        ]
+        results = await self.core.fetch(
+            requests,
+            max_wait_ms=body["max_wait_ms"],
+            min_bytes=body["min_bytes"],
+            max_bytes=body.get("max_bytes", 0x7FFFFFFF),
+            isolation_level=body.get("isolation_level", 0),
+        )
+        responses: list[Body] = []
+        by_topic: dict[str, list[Body]] = {}
+        for r in results:
+            partitions = by_topic.get(r.topic)
+            if partitions is None:
+                partitions = by_topic[r.topic] = []
+                responses.append({"topic": r.topic, "partitions": partitions})
+            partitions.append(
+                {
+                    "partition_index": r.partition,
+                    "error_code": r.error_code,
+                    "high_watermark": r.high_watermark,
+                    "last_stable_offset": r.last_stable_offset,
+                    "log_start_offset": r.log_start_offset,
+                    "aborted_transactions": (
+                        None
+                        if r.aborted_transactions is None
+                        else [{"producer_id": pid, "first_offset": off} for pid, off in r.aborted_transactions]
+                    ),
+                    "preferred_read_replica": -1,
+                    "records": r.records,
+                }
+            )
+        return {"throttle_time_ms": 0, "error_code": 0, "session_id": 0, "responses": responses}
+
+    async def list_offsets(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        isolation = body.get("isolation_level", 0)
+        topics = []
+        for topic in body["topics"]:
+            partitions = []
+            for p in topic["partitions"]:
+                r = await self.core.list_offsets(topic["name"], p["partition_index"], p["timestamp"], isolation_level=isolation)
+                partitions.append(
+                    {
+                        "partition_index": p["partition_index"],
+                        "error_code": r.error_code,
+                        "old_style_offsets": [r.offset] if r.offset >= 0 else [],
+                        "timestamp": r.timestamp,
+                        "offset": r.offset,
+                        "leader_epoch": r.leader_epoch,
+                    }
+                )
+            topics.append({"name": topic["name"], "partitions": partitions})
+        return {"throttle_time_ms": 0, "topics": topics}
+
+    async def offset_for_leader_epoch(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        topics = []
+        for topic in body["topics"]:
+            partitions = []
+            for p in topic["partitions"]:
+                error, epoch, end = await self.core.offset_for_leader_epoch(topic["topic"], p["partition"], p["leader_epoch"])
+                partitions.append({"error_code": error, "partition": p["partition"], "leader_epoch": epoch, "end_offset": end})
+            topics.append({"topic": topic["topic"], "partitions": partitions})
+        return {"throttle_time_ms": 0, "topics": topics}
+
+    # -- topics and configs ----------------------------------------------------------------
+
+    async def create_topics(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        new_topics = []
+        bad_assignments = set()
+        for t in body["topics"]:
+            if t.get("assignments"):
+                bad_assignments.add(t["name"])
+            configs = {c["name"]: c["value"] for c in t.get("configs", []) if c.get("value") is not None}
+            new_topics.append(NewTopic(t["name"], t["num_partitions"], t["replication_factor"], configs))
+        results = await self.core.create_topics(
+            [t for t in new_topics if t.name not in bad_assignments], validate_only=bool(body.get("validate_only", False))
+        )
+        by_name = {r.name: r for r in results}
+        topics = []
+        for t in new_topics:
+            r = by_name.get(t.name)
+            if r is None:
+                topics.append(
+                    {"name": t.name, "error_code": ErrorCode.INVALID_REPLICA_ASSIGNMENT,
+                     "error_message": "manual replica assignment is not supported", "configs": None}
+                )
+                continue
+            topics.append(
+                {
+                    "name": r.name,
+                    "error_code": r.error_code,
+                    "error_message": r.error_message,
+                    "topic_config_error_code": 0,
+                    "num_partitions": r.num_partitions,
+                    "replication_factor": r.replication_factor,
+                    "configs": [
+                        {"name": c.name, "value": c.value, "read_only": c.read_only, "config_source": c.source, "is_sensitive": c.is_sensitive}
+                        for c in r.configs
+                    ]
+                    if r.error_code == 0
+                    else None,
+                }
+            )
+        return {"throttle_time_ms": 0, "topics": topics}
+
+    async def delete_topics(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        results = await self.core.delete_topics(list(body["topic_names"]))
+        return {
+            "throttle_time_ms": 0,
+            "responses": [{"name": name, "error_code": error, "error_message": None} for name, error in results],
+        }
+
+    async def describe_configs(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        resources = [(r["resource_type"], r["resource_name"], r.get("configuration_keys")) for r in body["resources"]]
+        results = await self.core.describe_configs(resources)
+        return {
+            "throttle_time_ms": 0,
+            "results": [
+                {
+                    "error_code": r.error_code,
+                    "error_message": r.error_message,
+                    "resource_type": r.resource_type,
+                    "resource_name": r.resource_name,
+                    "configs": [
+                        {
+                            "name": c.name,
+                            "value": c.value,
+                            "read_only": c.read_only,
+                            "config_source": c.source,
+                            "is_default": c.is_default,
+                            "is_sensitive": c.is_sensitive,
+                            "synonyms": [],
+                            "config_type": 0,
+                            "documentation": None,
+                        }
+                        for c in r.configs
+                    ],
+                }
+                for r in results
+            ],
+        }
+
+    # -- groups ----------------------------------------------------------------------------
+
+    async def find_coordinator(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        result = await self.core.find_coordinator(body["key"], body.get("key_type", 0))
+        node = result.node
+        return {
+            "throttle_time_ms": 0,
+            "error_code": result.error_code,
+            "error_message": result.error_message,
+            "node_id": node.node_id if node else -1,
+            "host": node.host if node else "",
+            "port": node.port if node else -1,
+        }
+
+    async def join_group(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        result = await self.core.groups.join_group(
+            body["group_id"],
+            body["member_id"],
+            body["protocol_type"],
+            [(p["name"], bytes(p["metadata"])) for p in body["protocols"]],
+            session_timeout_ms=body["session_timeout_ms"],
+            rebalance_timeout_ms=body.get("rebalance_timeout_ms", -1),
+            group_instance_id=body.get("group_instance_id"),
+            client_id=header.client_id or "",
+            client_host=conn.client_host,
+            require_known_member_id=header.api_version >= 4,
+        )
+        return {
+            "throttle_time_ms": 0,
+            "error_code": result.error_code,
+            "generation_id": result.generation_id,
+            "protocol_type": result.protocol_type,
+            # Versions before 7 cannot carry a null protocol name.
+            "protocol_name": result.protocol_name if result.protocol_name is not None or header.api_version >= 7 else "",
+            "leader": result.leader,
+            "member_id": result.member_id,
+            "members": [
+                {"member_id": m.member_id, "group_instance_id": m.group_instance_id, "metadata": m.metadata}
+                for m in result.members
+            ],
+        }
+
+    async def sync_group(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        result = await self.core.groups.sync_group(
+            body["group_id"],
+            body["generation_id"],
+            body["member_id"],
+            {a["member_id"]: bytes(a["assignment"]) for a in body.get("assignments", [])},
+            group_instance_id=body.get("group_instance_id"),
+            protocol_type=body.get("protocol_type"),
+            protocol_name=body.get("protocol_name"),
+        )
+        return {
+            "throttle_time_ms": 0,
+            "error_code": result.error_code,
+            "protocol_type": result.protocol_type,
+            "protocol_name": result.protocol_name,
+            "assignment": result.assignment,
+        }
+
+    async def heartbeat(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        error = self.core.groups.heartbeat(
+            body["group_id"], body["generation_id"], body["member_id"], body.get("group_instance_id")
+        )
+        return {"throttle_time_ms": 0, "error_code": error}
+
+    async def leave_group(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        if header.api_version < 3:
+            members = [(body["member_id"], None)]
+        else:
+            members = [(m["member_id"], m.get("group_instance_id")) for m in body.get("members", [])]
+        result = self.core.groups.leave_group(body["group_id"], members)
+        error = result.error_code
+        if header.api_version < 3 and error == ErrorCode.NONE and result.members:
+            error = result.members[0][2]
+        return {
+            "throttle_time_ms": 0,
+            "error_code": error,
+            "members": [
+                {"member_id": mid, "group_instance_id": iid, "error_code": code} for mid, iid, code in result.members
+            ],
+        }
+
+    async def offset_commit(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        offsets = [
+            OffsetToCommit(
+                t["name"], p["partition_index"], p["committed_offset"], p.get("committed_leader_epoch", -1), p.get("committed_metadata")
+            )
+            for t in body["topics"]
+            for p in t["partitions"]
+        ]
+        errors = await self.core.commit_offsets(
+            body["group_id"], body.get("generation_id_or_member_epoch", -1), body.get("member_id", ""), offsets
+        )
+        topics: list[Body] = []
+        by_topic: dict[str, list[Body]] = {}
+        for item, error in zip(offsets, errors):
+            partitions = by_topic.get(item.topic)
+            if partitions is None:
+                partitions = by_topic[item.topic] = []
+                topics.append({"name": item.topic, "partitions": partitions})
+            partitions.append({"partition_index": item.partition, "error_code": error})
+        return {"throttle_time_ms": 0, "topics": topics}
+
+    async def offset_fetch(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        requested = body.get("topics")
+        wanted = None if requested is None else [(t["name"], p) for t in requested for p in t["partition_indexes"]]
+        error, fetched = self.core.groups.fetch_offsets(body["group_id"], wanted)
+        if error != ErrorCode.NONE and wanted is not None and header.api_version < 2:
+            # v0-1 have no top-level error: report it on every partition.
+            topics = self._group_fetched([(t, p, -1, -1, "", error) for t, p in wanted])
+        else:
+            topics = self._group_fetched(
+                [(f.topic, f.partition, f.offset, f.leader_epoch, f.metadata, f.error_code) for f in fetched]
+            )
+        return {"throttle_time_ms": 0, "topics": topics, "error_code": error}
+
+    @staticmethod
+    def _group_fetched(rows: list[tuple[str, int, int, int, str | None, int]]) -> list[Body]:
+        topics: list[Body] = []
+        by_topic: dict[str, list[Body]] = {}
+        for topic, partition, offset, epoch, metadata, error in rows:
+            partitions = by_topic.get(topic)
+            if partitions is None:
+                partitions = by_topic[topic] = []
+                topics.append({"name": topic, "partitions": partitions})
+            partitions.append(
+                {
+                    "partition_index": partition,
+                    "committed_offset": offset,
+                    "committed_leader_epoch": epoch,
+                    "metadata": metadata,
+                    "error_code": error,
+                }
+            )
+        return topics
+
+    async def describe_groups(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        groups = []
+        for group_id in body["groups"]:
+            d = self.core.groups.describe_group(group_id)
+            groups.append(
+                {
+                    "error_code": d.error_code,
+                    "group_id": d.group_id,
+                    "group_state": d.state,
+                    "protocol_type": d.protocol_type,
+                    "protocol_data": d.protocol_data,
+                    "members": [
+                        {
+                            "member_id": m.member_id,
+                            "group_instance_id": m.group_instance_id,
+                            "client_id": m.client_id,
+                            "client_host": m.client_host,
+                            "member_metadata": m.metadata,
+                            "member_assignment": m.assignment,
+                        }
+                        for m in d.members
+                    ],
+                    "authorized_operations": AUTHORIZED_OPERATIONS_OMITTED,
+                }
+            )
+        return {"throttle_time_ms": 0, "groups": groups}
+
+    async def list_groups(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        error, listings = self.core.groups.list_groups(body.get("states_filter") or None)
+        return {
+            "throttle_time_ms": 0,
+            "error_code": error,
+            "groups": [{"group_id": g.group_id, "protocol_type": g.protocol_type, "group_state": g.state} for g in listings],
+        }
+
+    # -- producers and SASL ----------------------------------------------------------------
+
+    async def init_producer_id(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        result = await self.core.init_producer_id(
+            body.get("transactional_id"),
+            body.get("transaction_timeout_ms", 60_000),
+            body.get("producer_id", -1),
+            body.get("producer_epoch", -1),
+        )
+        return {
+            "throttle_time_ms": 0,
+            "error_code": result.error_code,
+            "producer_id": result.producer_id,
+            "producer_epoch": result.producer_epoch,
+        }
+
+    async def sasl_handshake(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        ok = body.get("mechanism") in SASL_MECHANISMS
+        return {"error_code": 0 if ok else ErrorCode.UNSUPPORTED_SASL_MECHANISM, "mechanisms": SASL_MECHANISMS}
+
+    async def sasl_authenticate(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+        # Success carries empty auth bytes (KAFKA-PROTOCOL.md: other brokers broke clients here).
+        return {"error_code": 0, "error_message": None, "auth_bytes": b"", "session_lifetime_ms": 0}

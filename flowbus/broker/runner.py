@@ -1,0 +1,57 @@
+"""Run a broker until told to stop: the body of ``flowbus broker``.
+
+Shutdown order on SIGTERM/SIGINT: stop accepting and close connections, then let the core flush
+and close the logs (which writes the clean-shutdown marker), then return so the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from flowbus.clock import SYSTEM_CLOCK, Clock
+
+from flowbus.broker.config import BrokerConfig
+from flowbus.broker.core import BrokerCore
+from flowbus.broker.server import BrokerServer, ServerLimits
+
+log = logging.getLogger("flowbus.broker")
+
+READY_MESSAGE = "flowbus broker ready on %s:%d"
+
+
+async def run_broker(
+    config: BrokerConfig,
+    *,
+    listen_host: str,
+    listen_port: int,
+    limits: ServerLimits | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives.
+
+    When the listen port is 0 and no port is advertised, the bound port is advertised.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            pass
+    core = BrokerCore(config, clock=clock)
+    await core.start()
+    server = BrokerServer(core, host=listen_host, port=listen_port, limits=limits, clock=clock)
+    try:
+        await server.start()
+        if config.advertised_port == 0:
+            core.node = type(core.node)(core.node.node_id, core.node.host, server.port)
+        log.info(READY_MESSAGE, listen_host, server.port)
+        await stop.wait()
+        log.info("flowbus broker shutting down")
+    finally:
+        await server.close()
+        await core.close()
+        log.info("flowbus broker stopped cleanly")

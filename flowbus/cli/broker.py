@@ -1,0 +1,82 @@
+"""``flowbus broker``: run the Kafka-protocol broker in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+
+from flowbus.broker.config import BrokerConfig, parse_host_port
+from flowbus.broker.errors import BrokerConfigError
+
+
+def _host_port(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    try:
+        return parse_host_port(value)
+    except BrokerConfigError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@click.command("broker")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("./flowbus-data"),
+              show_default=True, help="Directory of the logs and broker state.")
+@click.option("--listen", default="127.0.0.1:9092", show_default=True, callback=_host_port,
+              help="HOST:PORT to accept connections on (port 0 picks a free port).")
+@click.option("--advertise", default=None, callback=_host_port,
+              help="HOST:PORT clients are told to connect to (default: the listen address).")
+@click.option("-l", "--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--no-auto-create", is_flag=True, help="Do not create topics on first use (Metadata).")
+@click.option("--auto-create-topics-partitions", "auto_create_partitions", type=click.IntRange(1), default=1,
+              show_default=True, help="Partitions of auto-created topics and CreateTopics with -1.")
+@click.option("--group-initial-rebalance-delay-ms", type=click.IntRange(0), default=3000, show_default=True,
+              help="Wait after the first member joins an empty group (0 in tests).")
+@click.option("--group-min-session-timeout-ms", type=click.IntRange(1), default=6000, show_default=True)
+@click.option("--group-max-session-timeout-ms", type=click.IntRange(1), default=1_800_000, show_default=True)
+@click.option("--connections-max-idle-ms", type=click.IntRange(1), default=600_000, show_default=True,
+              help="Close connections idle for longer than this.")
+@click.option("--max-frame-bytes", type=click.IntRange(1024), default=100 * 1024 * 1024, show_default=True,
+              help="Largest request accepted; larger ones close the connection.")
+def broker(
+    data_dir: Path,
+    listen: tuple[str, int],
+    advertise: tuple[str, int] | None,
+    log_level: str,
+    no_auto_create: bool,
+    auto_create_partitions: int,
+    group_initial_rebalance_delay_ms: int,
+    group_min_session_timeout_ms: int,
+    group_max_session_timeout_ms: int,
+    connections_max_idle_ms: int,
+    max_frame_bytes: int,
+) -> None:
+    """Run the Kafka-protocol broker until SIGTERM or Ctrl-C."""
+    # Imported here so that other commands do not pay for loading the broker.
+    from flowbus.broker.group_coordinator import GroupConfig
+    from flowbus.broker.runner import run_broker
+    from flowbus.broker.server import ServerLimits
+
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    host, port = listen
+    adv_host, adv_port = advertise if advertise is not None else (host if host not in ("0.0.0.0", "::", "") else "127.0.0.1", port)
+    config = BrokerConfig(
+        data_dir=data_dir,
+        advertised_host=adv_host,
+        advertised_port=adv_port,
+        auto_create_topics_enable=not no_auto_create,
+        auto_create_topics_partitions=auto_create_partitions,
+        groups=GroupConfig(
+            group_initial_rebalance_delay_ms=group_initial_rebalance_delay_ms,
+            group_min_session_timeout_ms=group_min_session_timeout_ms,
+            group_max_session_timeout_ms=group_max_session_timeout_ms,
+        ),
+    )
+    limits = ServerLimits(max_frame_bytes=max_frame_bytes, connections_max_idle_ms=connections_max_idle_ms)
+    asyncio.run(run_broker(config, listen_host=host, listen_port=port, limits=limits))
