@@ -65,6 +65,8 @@ class Channel:
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
+        self.waiting = False
+        """True while the agent is blocked on this channel (the test harness's notion of "done")."""
         self.on_drained: Callable[[], None] | None = None
         self.processed_events = 0
 
@@ -115,10 +117,18 @@ class Channel:
         """The next record once one is buffered and the gate is open; idle while waiting."""
         while not (self.pending and self.gate_open):
             self.idle.set()
-            self.wake.clear()
-            await self.wake.wait()
+            await self.wait()
         self.idle.clear()
         return self.pop()
+
+    async def wait(self) -> None:
+        """Block until something changes (records put, gate opened or closed, a deadline passed)."""
+        self.wake.clear()
+        self.waiting = True
+        try:
+            await self.wake.wait()
+        finally:
+            self.waiting = False
 
     def pop(self) -> Record:
         """Take the oldest buffered record; tells the worker when the buffer drains to half."""
@@ -224,8 +234,7 @@ class Stream:
                     break
                 if not records:
                     channel.idle.set()
-                channel.wake.clear()
-                await channel.wake.wait()
+                await channel.wait()
             if values:
                 yield values
             channel.in_flight.clear()

@@ -173,8 +173,13 @@ class TestContext:
         if consumer is not None and not consumer.caught_up():
             return False
         for channel in worker.channels:
-            if channel.pending or not channel.idle.is_set():
+            if channel.pending and channel.gate_open:
                 return False
+            if not (channel.waiting or channel.idle.is_set()):
+                return False
+        for channels in worker.paused.values():
+            if all(len(c) <= c.low_watermark_events for c in channels):
+                return False  # the worker is about to resume this partition
         deadline = scheduler.next_deadline_ms()
         return deadline is None or deadline > self.clock.monotonic_ms()
 

@@ -295,9 +295,9 @@ class Worker:
         if self.clock.monotonic_ms() >= self.next_commit_ms:
             await self.commit()
         if self.paused:
+            self.drained.clear()  # before checking, so a drain that happens next is not missed
             self._resume_drained()
             if self.paused and self.assigned and all(tp in self.paused for tp in self.assigned):
-                self.drained.clear()
                 try:
                     await asyncio.wait_for(self.drained.wait(), timeout_ms / 1000)
                 except asyncio.TimeoutError:

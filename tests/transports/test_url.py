@@ -1,0 +1,36 @@
+"""transport_from_url dispatches on the scheme and fails clearly on anything else."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowbus.transports import transport_from_url
+from flowbus.transports.errors import TransportError, UnknownTransportError
+from flowbus.transports.kafka import KafkaTransport
+from flowbus.transports.memory import MemoryTransport
+
+
+def test_memory_and_kafka_schemes() -> None:
+    assert isinstance(transport_from_url("memory://"), MemoryTransport)
+    kafka = transport_from_url("kafka://127.0.0.1:9092,127.0.0.1:9093")
+    assert isinstance(kafka, KafkaTransport)
+    assert kafka.bootstrap == "127.0.0.1:9092,127.0.0.1:9093"
+
+
+def test_named_memory_transports_share_a_broker() -> None:
+    a = transport_from_url("memory://shared-test")
+    b = transport_from_url("memory://shared-test")
+    assert isinstance(a, MemoryTransport) and isinstance(b, MemoryTransport)
+    assert a.broker is b.broker
+    assert transport_from_url("memory://").broker is not a.broker  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("url", ["nats://x", "127.0.0.1:9092"])
+def test_unknown_scheme(url: str) -> None:
+    with pytest.raises(UnknownTransportError):
+        transport_from_url(url)
+
+
+def test_kafka_without_host() -> None:
+    with pytest.raises(TransportError):
+        transport_from_url("kafka://")
