@@ -123,7 +123,11 @@ def _build_classes() -> dict[int, type[KafkaError]]:
         if code == ErrorCode.UNKNOWN_SERVER_ERROR:
             cls: type[KafkaError] = type("UnknownServerError", (KafkaError,), {"__doc__": description})
         else:
-            cls = type(_class_name(code), (KafkaError,), {
+            name = _class_name(code)
+            if name in globals():
+                # UNSUPPORTED_VERSION would shadow the codec's UnsupportedVersionError.
+                name = name[: -len("Error")] + "KafkaError"
+            cls = type(name, (KafkaError,), {
                 "errno": int(code), "retriable": retriable, "description": description, "__doc__": description,
             })
         cls.__module__ = __name__

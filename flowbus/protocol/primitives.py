@@ -302,25 +302,46 @@ class Writer:
 
     # -- fixed width -------------------------------------------------------------------------
     def int8(self, value: int) -> None:
-        self.buf += _I8.pack(value)
+        try:
+            self.buf += _I8.pack(value)
+        except struct.error as exc:
+            raise LocalProtocolError(f"int8: cannot encode {value!r}: {exc}") from None
 
     def int16(self, value: int) -> None:
-        self.buf += _I16.pack(value)
+        try:
+            self.buf += _I16.pack(value)
+        except struct.error as exc:
+            raise LocalProtocolError(f"int16: cannot encode {value!r}: {exc}") from None
 
     def uint16(self, value: int) -> None:
-        self.buf += _U16.pack(value)
+        try:
+            self.buf += _U16.pack(value)
+        except struct.error as exc:
+            raise LocalProtocolError(f"uint16: cannot encode {value!r}: {exc}") from None
 
     def int32(self, value: int) -> None:
-        self.buf += _I32.pack(value)
+        try:
+            self.buf += _I32.pack(value)
+        except struct.error as exc:
+            raise LocalProtocolError(f"int32: cannot encode {value!r}: {exc}") from None
 
     def uint32(self, value: int) -> None:
-        self.buf += _U32.pack(value)
+        try:
+            self.buf += _U32.pack(value)
+        except struct.error as exc:
+            raise LocalProtocolError(f"uint32: cannot encode {value!r}: {exc}") from None
 
     def int64(self, value: int) -> None:
-        self.buf += _I64.pack(value)
+        try:
+            self.buf += _I64.pack(value)
+        except struct.error as exc:
+            raise LocalProtocolError(f"int64: cannot encode {value!r}: {exc}") from None
 
     def float64(self, value: float) -> None:
-        self.buf += _F64.pack(value)
+        try:
+            self.buf += _F64.pack(value)
+        except struct.error as exc:
+            raise LocalProtocolError(f"float64: cannot encode {value!r}: {exc}") from None
 
     def boolean(self, value: bool) -> None:
         if not isinstance(value, (bool, int)):
