@@ -101,8 +101,12 @@ def decode_batch(
         raise CorruptRecordError(
             f"record_count {header.record_count} cannot fit in a records blob of {len(data)} bytes"
         )
-    timestamp_override = header.max_timestamp if header.is_log_append_time else None
-    records = _decode_records(data, header, timestamp_override)
+    records = _decode_records(data, header)
+    if header.is_log_append_time:
+        # Consumers report the broker's append time (max_timestamp) for every record of a
+        # LogAppendTime batch; rare enough to fix up after the hot loop rather than in it.
+        max_timestamp = header.max_timestamp
+        records = [record._replace(timestamp_ms=max_timestamp) for record in records]
     return header, records
 
 
@@ -124,7 +128,7 @@ def iter_records(buf: bytes | bytearray | memoryview, *, max_bytes: int = MAX_DE
         pos += header.size_bytes
 
 
-def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | None) -> list[Record]:
+def _decode_records(data: bytes, header: BatchHeader) -> list[Record]:
     """The hot loop: decode ``header.record_count`` records filling ``data`` exactly."""
     base_offset = header.base_offset
     base_timestamp = header.base_timestamp
@@ -136,6 +140,7 @@ def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | 
     end = len(data)
     pos = 0
     prev_offset_delta = -1
+    min_length = MIN_RECORD_BYTES - 1  # the length varint itself is not counted
     try:
         for _ in range(header.record_count):
             # length
@@ -143,14 +148,14 @@ def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | 
             if b < 0x80:
                 length = (b >> 1) ^ -(b & 1)
                 pos += 1
-            elif data[pos + 1] < 0x80:
-                b = (b & 0x7F) | (data[pos + 1] << 7)
+            elif (b2 := data[pos + 1]) < 0x80:
+                b = (b & 0x7F) | (b2 << 7)
                 length = (b >> 1) ^ -(b & 1)
                 pos += 2
             else:
                 length, pos = decode_varint(data, pos)
             record_end = pos + length
-            if length < MIN_RECORD_BYTES - 1 or record_end > end:
+            if length < min_length or record_end > end:
                 raise CorruptRecordError(f"record length {length} at {pos} does not fit the records blob")
             pos += 1  # attributes: no record-level attribute is defined
             # timestampDelta
@@ -158,8 +163,8 @@ def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | 
             if b < 0x80:
                 timestamp_delta = (b >> 1) ^ -(b & 1)
                 pos += 1
-            elif data[pos + 1] < 0x80:
-                b = (b & 0x7F) | (data[pos + 1] << 7)
+            elif (b2 := data[pos + 1]) < 0x80:
+                b = (b & 0x7F) | (b2 << 7)
                 timestamp_delta = (b >> 1) ^ -(b & 1)
                 pos += 2
             else:
@@ -169,8 +174,8 @@ def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | 
             if b < 0x80:
                 offset_delta = (b >> 1) ^ -(b & 1)
                 pos += 1
-            elif data[pos + 1] < 0x80:
-                b = (b & 0x7F) | (data[pos + 1] << 7)
+            elif (b2 := data[pos + 1]) < 0x80:
+                b = (b & 0x7F) | (b2 << 7)
                 offset_delta = (b >> 1) ^ -(b & 1)
                 pos += 2
             else:
@@ -186,8 +191,8 @@ def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | 
             if b < 0x80:
                 size = (b >> 1) ^ -(b & 1)
                 pos += 1
-            elif data[pos + 1] < 0x80:
-                b = (b & 0x7F) | (data[pos + 1] << 7)
+            elif (b2 := data[pos + 1]) < 0x80:
+                b = (b & 0x7F) | (b2 << 7)
                 size = (b >> 1) ^ -(b & 1)
                 pos += 2
             else:
@@ -204,8 +209,8 @@ def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | 
             if b < 0x80:
                 size = (b >> 1) ^ -(b & 1)
                 pos += 1
-            elif data[pos + 1] < 0x80:
-                b = (b & 0x7F) | (data[pos + 1] << 7)
+            elif (b2 := data[pos + 1]) < 0x80:
+                b = (b & 0x7F) | (b2 << 7)
                 size = (b >> 1) ^ -(b & 1)
                 pos += 2
             else:
@@ -231,7 +236,7 @@ def _decode_records(data: bytes, header: BatchHeader, timestamp_override: int | 
                     cls,
                     (
                         base_offset + offset_delta,
-                        base_timestamp + timestamp_delta if timestamp_override is None else timestamp_override,
+                        base_timestamp + timestamp_delta,
                         key,
                         value,
                         headers,

@@ -174,3 +174,14 @@ def test_flipped_bytes_raise_only_corrupt_record_error(codec: Codec, payload: by
         decompress(codec, bytes(blob), max_bytes=1 << 20)
     except CorruptRecordError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("data", "digest"),
+    [(b"", 0x02CC5D05), (b"a", 0x550D7456), (b"abc", 0x32D153FF)],
+)
+def test_xxh32_known_values(data: bytes, digest: int) -> None:
+    """The LZ4 frame header checksum is the second byte of XXH32 over the descriptor."""
+    from flowbus.records.compression import _xxh32
+
+    assert _xxh32(data) == digest
