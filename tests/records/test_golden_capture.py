@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -76,8 +75,8 @@ class CapturingProxy:
                 except OSError:
                     pass
 
-    def produce_batches(self) -> list[bytes]:
-        """Every record batch inside every Produce request captured so far."""
+    def produce_batches(self, topic_name: str) -> list[bytes]:
+        """Every record batch for ``topic_name`` inside every Produce request captured so far."""
         with self._lock:
             streams = [bytes(stream) for stream in self._streams]
         batches: list[bytes] = []
@@ -87,6 +86,8 @@ class CapturingProxy:
                 if request.header.api_key != ApiKey.PRODUCE:
                     continue
                 for topic in request.body["topic_data"]:
+                    if topic["name"] != topic_name:
+                        continue
                     for partition in topic["partition_data"]:
                         records = partition["records"]
                         if records:
@@ -104,12 +105,17 @@ class CapturingProxy:
 
 
 @pytest.fixture(scope="module")
-def proxied_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrokerProcess, int]]:
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CapturingProxy]:
+    """One broker advertising one proxy's address; tests tell their captures apart by topic."""
     proxy_port = free_port()
     base = tmp_path_factory.mktemp("golden")
     extra = ("--group-initial-rebalance-delay-ms", "0", "--advertise", f"127.0.0.1:{proxy_port}")
     with BrokerProcess(base / "data", extra_args=extra) as broker:
-        yield broker, proxy_port
+        capturing = CapturingProxy(proxy_port, broker.port)
+        try:
+            yield capturing
+        finally:
+            capturing.close()
 
 
 def _expected(i: int) -> tuple[bytes, bytes, list[tuple[str, bytes]], int]:
@@ -149,28 +155,23 @@ CONFLUENT_CODECS = {
 
 
 @pytest.mark.parametrize("codec", list(CONFLUENT_CODECS), ids=lambda c: c.name.lower())
-def test_decodes_what_librdkafka_sends(proxied_broker: tuple[BrokerProcess, int], codec: Codec) -> None:
+def test_decodes_what_librdkafka_sends(proxy: CapturingProxy, codec: Codec) -> None:
     import confluent_kafka
 
-    broker, proxy_port = proxied_broker
-    proxy = CapturingProxy(proxy_port, broker.port)
-    try:
-        producer = confluent_kafka.Producer(
-            {
-                "bootstrap.servers": f"127.0.0.1:{proxy_port}",
-                "compression.type": CONFLUENT_CODECS[codec],
-                "enable.idempotence": True,
-                "linger.ms": 20,
-            }
-        )
-        topic = f"golden-librdkafka-{codec.name.lower()}"
-        for i in range(MESSAGE_COUNT):
-            key, value, headers, timestamp_ms = _expected(i)
-            producer.produce(topic, value=value, key=key, headers=headers, timestamp=timestamp_ms, partition=0)
-        assert producer.flush(30) == 0
-        batches = proxy.produce_batches()
-    finally:
-        proxy.close()
+    topic = f"golden-librdkafka-{codec.name.lower()}"
+    producer = confluent_kafka.Producer(
+        {
+            "bootstrap.servers": f"127.0.0.1:{proxy.port}",
+            "compression.type": CONFLUENT_CODECS[codec],
+            "enable.idempotence": True,
+            "linger.ms": 20,
+        }
+    )
+    for i in range(MESSAGE_COUNT):
+        key, value, headers, timestamp_ms = _expected(i)
+        producer.produce(topic, value=value, key=key, headers=headers, timestamp=timestamp_ms, partition=0)
+    assert producer.flush(30) == 0
+    batches = proxy.produce_batches(topic)
     _check(_decoded_records(batches), codec, batches)
     # librdkafka's idempotent producer stamps a producer id and sequence into every batch.
     headers = [decode_batch(batch)[0] for batch in batches]
@@ -187,28 +188,23 @@ KAFKA_PYTHON_CODECS = {
 
 
 @pytest.mark.parametrize("codec", list(KAFKA_PYTHON_CODECS), ids=lambda c: c.name.lower())
-def test_decodes_what_kafka_python_sends(proxied_broker: tuple[BrokerProcess, int], codec: Codec) -> None:
+def test_decodes_what_kafka_python_sends(proxy: CapturingProxy, codec: Codec) -> None:
     import kafka
 
-    broker, proxy_port = proxied_broker
-    proxy = CapturingProxy(proxy_port, broker.port)
-    try:
-        producer = kafka.KafkaProducer(
-            bootstrap_servers=f"127.0.0.1:{proxy_port}",
-            compression_type=KAFKA_PYTHON_CODECS[codec],
-            linger_ms=20,
+    topic = f"golden-kafka-python-{codec.name.lower()}"
+    producer = kafka.KafkaProducer(
+        bootstrap_servers=f"127.0.0.1:{proxy.port}",
+        compression_type=KAFKA_PYTHON_CODECS[codec],
+        linger_ms=20,
+    )
+    futures = []
+    for i in range(MESSAGE_COUNT):
+        key, value, headers, timestamp_ms = _expected(i)
+        futures.append(
+            producer.send(topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms, partition=0)
         )
-        topic = f"golden-kafka-python-{codec.name.lower()}"
-        futures = []
-        for i in range(MESSAGE_COUNT):
-            key, value, headers, timestamp_ms = _expected(i)
-            futures.append(
-                producer.send(topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms, partition=0)
-            )
-        for future in futures:
-            future.get(timeout=30)
-        producer.close(timeout=10)
-        batches = proxy.produce_batches()
-    finally:
-        proxy.close()
+    for future in futures:
+        future.get(timeout=30)
+    producer.close(timeout=10)
+    batches = proxy.produce_batches(topic)
     _check(_decoded_records(batches), codec, batches)
