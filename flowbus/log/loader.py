@@ -71,6 +71,10 @@ def load_partition(directory: Path, limits: SegmentLimits, *, clean_shutdown: bo
     segments = LogSegments()
     bytes_cut = 0
     for i, base in enumerate(bases):
+        if segments and base < segments.active.next_offset:
+            # Left over from a cleaner swap cut short: the swapped-in segment covers it.
+            _delete_later(directory, [base], reason="overlapped by the cleaned segment before it")
+            continue
         validate_from, trusted_next = _validation_start(base, checkpoint, trust_all, directory)
         segment, cut = LogSegment.open_existing(
             directory, base, limits, validate_from_position=validate_from, trusted_next_offset=trusted_next
@@ -125,8 +129,8 @@ def _recovery_point(
     return first.base_offset, first.base_offset, 0
 
 
-def _delete_later(directory: Path, bases: list[int]) -> int:
-    """Delete segments after a corrupt one (their offsets would no longer follow on)."""
+def _delete_later(directory: Path, bases: list[int], reason: str = "after a corrupt earlier segment") -> int:
+    """Delete whole segments: after a corrupt one (their offsets would no longer follow on), or overlapped."""
     cut = 0
     for base in bases:
         for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX):
@@ -136,7 +140,7 @@ def _delete_later(directory: Path, bases: list[int]) -> int:
             if suffix == LOG_SUFFIX:
                 size = path.stat().st_size
                 cut += size
-                log.warning("deleted %s: cut %d bytes after a corrupt earlier segment", path, size)
+                log.warning("deleted %s: cut %d bytes %s", path, size, reason)
             path.unlink()
     return cut
 

@@ -96,6 +96,8 @@ class PartitionLog:
         loaded = load_partition(directory, segment_limits(config), clean_shutdown=clean_shutdown)
         self.bytes_cut_on_open = loaded.bytes_cut
         self._segments: LogSegments = loaded.segments
+        for segment in self._segments:
+            segment.created_ms = clock.now_ms()
         self._log_start_offset = loaded.log_start_offset
         self._recovery = (loaded.recovery_offset, loaded.recovery_segment, loaded.recovery_position)
         self._cleaner_offset = loaded.cleaner_offset
@@ -221,7 +223,7 @@ class PartitionLog:
                 record_count += header.record_count
                 offset = header.next_offset
             first, last = headers[0][1], headers[-1][1]
-            self._maybe_roll(len(buffer), last.last_offset, now_ms)
+            self._maybe_roll(len(buffer), last.last_offset, max(h.max_timestamp for _, h in headers), now_ms)
             segment = self._segments.active
             segment.append(buffer, headers)
             assert segment.next_offset == offset == last.next_offset
@@ -236,7 +238,7 @@ class PartitionLog:
             self.flush()
         return result
 
-    def _maybe_roll(self, size_bytes: int, last_offset: int, now_ms: int) -> None:
+    def _maybe_roll(self, size_bytes: int, last_offset: int, max_timestamp_ms: int, now_ms: int) -> None:
         """Start a new segment when the active one is too big, too old, or its index is full."""
         segment = self._segments.active
         if segment.is_empty:
@@ -244,7 +246,7 @@ class PartitionLog:
         config = self._config
         if (
             segment.size_bytes + size_bytes > config.segment_bytes
-            or segment.age_ms(now_ms) > config.segment_ms
+            or segment.age_ms(now_ms, max_timestamp_ms) > config.segment_ms
             or segment.indexes_full
             or last_offset - segment.base_offset > MAX_RELATIVE_OFFSET
         ):
@@ -254,6 +256,7 @@ class PartitionLog:
         old = self._segments.active
         old.on_become_inactive()
         new = LogSegment.create(self.directory, old.next_offset, segment_limits(self._config))
+        new.created_ms = self.clock.now_ms()
         self._segments.add(new)
         self._directory_dirty = True
         log.debug("rolled %s-%d to a new segment at offset %d", self.topic, self.partition, new.base_offset)
@@ -461,23 +464,30 @@ class PartitionLog:
             _delete_segment_files(segment)
         return len(due)
 
-    def replace_segment(self, old: LogSegment, new: LogSegment) -> None:
-        """Swap a cleaned segment in for ``old`` (same base offset); ``new`` carries the ``.swap`` suffix.
+    def replace_segments(self, old: list[LogSegment], new: LogSegment) -> None:
+        """Swap a cleaned segment in for the consecutive segments ``old``; ``new`` has the ``.swap`` suffix.
 
         Rename order makes a crash at any point recoverable: the old files become ``.deleted``
-        (the loader deletes them), then the complete ``.swap`` files take the final names (the
-        loader finishes the swap if it stops in between).
+        (the loader deletes them), then the complete ``.swap`` files take the final names. If the
+        process stops in between, the loader finishes the swap and drops whatever old segment
+        overlaps the swapped one.
         """
-        assert old.base_offset == new.base_offset and new.suffix.endswith(".swap")
+        assert old and old[0].base_offset == new.base_offset and new.suffix.endswith(".swap")
         with self._lock:
             self._require_open()
-            assert self._segments.get(old.base_offset) is old, "segment changed under the cleaner"
-            assert old is not self._segments.active
-            old.change_suffix(DELETED_SUFFIX)
+            for segment in old:
+                assert self._segments.get(segment.base_offset) is segment, "segment changed under the cleaner"
+                assert segment is not self._segments.active
+            assert new.next_offset <= self._segments.higher(old[-1]).base_offset  # type: ignore[union-attr]
+            due_ms = self.clock.monotonic_ms() + self._config.file_delete_delay_ms
+            for segment in reversed(old):
+                self._segments.remove(segment)
+                segment.change_suffix(DELETED_SUFFIX)
+                self._pending_deletes.append((due_ms, segment))
             new.change_suffix("")
+            new.created_ms = self.clock.now_ms()
             self._segments.add(new)
             self._directory_dirty = True
-            self._pending_deletes.append((self.clock.monotonic_ms() + self._config.file_delete_delay_ms, old))
         self._enforce_pending_limit()
 
     def set_cleaner_offset(self, offset: int) -> None:

@@ -107,6 +107,8 @@ class LogSegment:
         #: max_timestamp of the first batch: the segment's age for segment.ms is measured from it.
         self.first_batch_timestamp_ms: int | None = None
         self.batch_count_hint = 0
+        #: Wall-clock time the owner created or opened this segment (set by the owner, who has the clock).
+        self.created_ms = 0
         self._bytes_since_index_entry = 0
         self._records_dirty = False
 
@@ -252,11 +254,18 @@ class LogSegment:
     def indexes_full(self) -> bool:
         return self.offset_index.is_full or self.time_index.is_full
 
-    def age_ms(self, now_ms: int) -> int:
-        """How long the segment has been open for segment.ms: now minus its first batch's timestamp."""
-        if self.first_batch_timestamp_ms is None:
-            return 0
-        return max(0, now_ms - self.first_batch_timestamp_ms)
+    def age_ms(self, now_ms: int, new_timestamp_ms: int | None = None) -> int:
+        """The segment's age for segment.ms.
+
+        On append (``new_timestamp_ms`` given) it is measured as Kafka does, in record time:
+        the incoming batch's max timestamp minus the first batch's, so producers replaying old
+        data do not roll a segment per batch. Otherwise (the periodic check, or batches without
+        timestamps) it is wall-clock time since the segment was created or opened.
+        """
+        first = self.first_batch_timestamp_ms
+        if new_timestamp_ms is not None and first is not None and first >= 0 and new_timestamp_ms >= 0:
+            return max(0, new_timestamp_ms - first)
+        return max(0, now_ms - self.created_ms)
 
     # -- append ------------------------------------------------------------------------------
 

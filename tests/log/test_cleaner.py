@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from flowbus.log.cleaner import LogCleaner
+from flowbus.log.partition_log import PartitionLog
+from flowbus.records import ATTR_DELETE_HORIZON_MASK, Codec, decode_batch, iter_batches
+from tests.log.conftest import START_MS, make_batch
+
+DAY_MS = 86_400_000
+
+
+def _records(plog: PartitionLog) -> list[tuple[int, bytes | None, bytes | None]]:
+    out = []
+    for _, data in plog.iter_batches():
+        _, records = decode_batch(data)
+        out.extend((r.offset, r.key, r.value) for r in records)
+    return out
+
+
+def _fill(plog: PartitionLog, rounds: int, keys: int, *, codec: Codec = Codec.NONE) -> None:
+    for r in range(rounds):
+        plog.append(
+            make_batch(
+                keys,
+                keys=[b"k%d" % k for k in range(keys)],
+                values=[b"v%d-%d" % (k, r) for k in range(keys)],
+                codec=codec,
+                timestamp_ms=START_MS,
+            )
+        )
+
+
+def _compact(open_log, **overrides: str) -> PartitionLog:
+    settings = {"cleanup_policy": "compact", "segment_bytes": "400", "min_cleanable_dirty_ratio": "0.01"}
+    settings.update(overrides)
+    return open_log(**settings)
+
+
+def test_keeps_latest_value_per_key_at_original_offsets(open_log, clock) -> None:
+    plog = _compact(open_log)
+    _fill(plog, rounds=12, keys=3)
+    plog.roll()
+    plog.flush()
+    before = _records(plog)
+    end = plog.log_end_offset
+    cleaner = LogCleaner(clock)
+    assert cleaner.clean_all([plog]) > 0
+    after = _records(plog)
+    assert plog.log_end_offset == end
+    assert [v for _, _, v in after] == [b"v0-11", b"v1-11", b"v2-11"]
+    assert [o for o, _, _ in after] == [o for o, _, _ in before[-3:]]
+    offsets = [h.base_offset for h, _ in plog.iter_batches()]
+    assert offsets == sorted(offsets)
+    assert cleaner.stats.records_removed == 33
+    # Nothing left to do until new dirty data arrives.
+    assert cleaner.clean_some([plog]) is False
+
+
+def test_only_inactive_segments_below_recovery_point_are_cleaned(open_log, clock) -> None:
+    plog = _compact(open_log, segment_bytes="100000")
+    _fill(plog, rounds=5, keys=2)
+    LogCleaner(clock).clean_all([plog])
+    assert len(_records(plog)) == 10  # all in the active segment
+    plog.roll()
+    LogCleaner(clock).clean_all([plog])
+    assert len(_records(plog)) == 10  # rolled but not yet flushed
+    plog.flush()
+    LogCleaner(clock).clean_all([plog])
+    assert len(_records(plog)) == 2
+
+
+def test_tombstones_removed_after_delete_retention(open_log, clock) -> None:
+    plog = _compact(open_log, delete_retention_ms=str(DAY_MS))
+    _fill(plog, rounds=3, keys=2)
+    plog.append(make_batch(1, keys=[b"k0"], values=[None], timestamp_ms=START_MS))
+    plog.roll()
+    plog.flush()
+    cleaner = LogCleaner(clock)
+    cleaner.clean_all([plog])
+    assert [(k, v) for _, k, v in _records(plog)] == [(b"k1", b"v1-2"), (b"k0", None)]
+    horizons = [h for h, _ in plog.iter_batches() if h.attributes & ATTR_DELETE_HORIZON_MASK]
+    assert len(horizons) == 1 and horizons[0].base_timestamp == clock.now_ms() + DAY_MS
+    # More dirty data triggers another pass, but the tombstone stays until its horizon.
+    plog.append(make_batch(1, keys=[b"k9"], values=[b"x"]))
+    plog.roll()
+    plog.flush()
+    cleaner.clean_all([plog])
+    assert (b"k0", None) in [(k, v) for _, k, v in _records(plog)]
+    clock.advance(DAY_MS)
+    plog.append(make_batch(1, keys=[b"k8"], values=[b"y"]))
+    plog.roll()
+    plog.flush()
+    cleaner.clean_all([plog])
+    assert [k for _, k, _ in _records(plog)] == [b"k1", b"k9", b"k8"]
+
+
+def test_emptied_batch_kept_only_as_last_batch_of_its_producer(open_log, clock) -> None:
+    plog = _compact(open_log, segment_bytes="100000")
+    plog.append(make_batch(2, keys=[b"a", b"b"], values=[b"1", b"1"], producer_id=7, producer_epoch=0, base_sequence=0))
+    plog.append(make_batch(1, keys=[b"c"], values=[b"1"], producer_id=8, producer_epoch=0, base_sequence=0))
+    plog.append(make_batch(2, keys=[b"a", b"b"], values=[b"2", b"2"], producer_id=7, producer_epoch=0, base_sequence=2))
+    plog.append(make_batch(1, keys=[b"c"], values=[b"2"]))  # no producer id
+    plog.roll()
+    plog.flush()
+    LogCleaner(clock).clean_all([plog])
+    batches = [(h.base_offset, h.last_offset, h.producer_id, h.record_count) for h, _ in plog.iter_batches()]
+    # pid 7's first batch is emptied and not its last: dropped. pid 8's only batch is emptied
+    # but is its last: kept empty with its offsets.
+    assert batches == [(2, 2, 8, 0), (3, 4, 7, 2), (5, 5, -1, 1)]
+    empty = next(h for h, _ in plog.iter_batches() if h.producer_id == 8)
+    assert empty.base_sequence == 0 and empty.last_sequence == 0
+
+
+def test_partially_kept_batch_keeps_original_last_offset_and_codec(open_log, clock) -> None:
+    plog = _compact(open_log, segment_bytes="100000")
+    plog.append(make_batch(3, keys=[b"a", b"b", b"c"], values=[b"1", b"1", b"1"], codec=Codec.GZIP))
+    plog.append(make_batch(1, keys=[b"c"], values=[b"2"]))
+    plog.roll()
+    plog.flush()
+    LogCleaner(clock).clean_all([plog])
+    headers = [h for h, _ in plog.iter_batches()]
+    assert (headers[0].base_offset, headers[0].last_offset, headers[0].record_count) == (0, 2, 2)
+    assert headers[0].compression == Codec.GZIP
+    assert [(o, k) for o, k, _ in _records(plog)] == [(0, b"a"), (1, b"b"), (3, b"c")]
+
+
+def test_control_and_transactional_batches_are_kept(open_log, clock) -> None:
+    plog = _compact(open_log, segment_bytes="100000")
+    plog.append(make_batch(1, keys=[b"a"], values=[b"1"], producer_id=3, producer_epoch=0, base_sequence=0, is_transactional=True))
+    plog.append(make_batch(1, keys=[b"a"], values=[b"2"]))
+    plog.roll()
+    plog.flush()
+    LogCleaner(clock).clean_all([plog])
+    assert [v for _, _, v in _records(plog)] == [b"1", b"2"]
+
+
+def test_reads_are_consistent_during_and_after_cleaning(open_log, clock) -> None:
+    plog = _compact(open_log, segment_bytes="300")
+    _fill(plog, rounds=30, keys=2)
+    plog.roll()
+    plog.flush()
+    cleaner = LogCleaner(clock)
+    latest: dict[bytes, bytes | None] = {}
+    for _, key, value in _records(plog):
+        latest[key] = value  # type: ignore[index]
+    while True:
+        more = cleaner.clean_some([plog])
+        # Between steps every read sees increasing offsets and the latest value of every key.
+        seen: dict[bytes, bytes | None] = {}
+        previous = -1
+        offset = plog.log_start_offset
+        while offset < plog.log_end_offset:
+            data = plog.read(offset, 1 << 20)
+            for _, header in iter_batches(data):
+                assert header.base_offset > previous
+                previous = header.last_offset
+                offset = header.next_offset
+            for _, key, value in [(r.offset, r.key, r.value) for _, h in iter_batches(data) for r in decode_batch(data, _)[1]]:
+                seen[key] = value  # type: ignore[index]
+        assert seen == latest
+        if not more:
+            break
+    assert len(_records(plog)) == 2
+
+
+def test_cleaned_log_survives_reopen(open_log, clock, tmp_path: Path) -> None:
+    plog = _compact(open_log)
+    _fill(plog, rounds=10, keys=3)
+    plog.roll()
+    plog.flush()
+    LogCleaner(clock).clean_all([plog])
+    expected = _records(plog)
+    cleaner_offset = plog.cleaner_offset
+    plog.close()
+    reopened = _compact(open_log)
+    assert _records(reopened) == expected
+    assert reopened.cleaner_offset == cleaner_offset
