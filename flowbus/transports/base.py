@@ -43,9 +43,12 @@ class TopicPartition(NamedTuple):
     partition: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One record as read from a partition: raw bytes plus where and when it was written."""
+class Record(NamedTuple):
+    """One record as read from a partition: raw bytes plus where and when it was written.
+
+    A NamedTuple rather than a dataclass: transports build one per record on the hot path,
+    and a tuple is the cheapest immutable object Python can make.
+    """
 
     topic: str
     partition: int

@@ -1,0 +1,572 @@
+"""``embedded://DIR``: the flowbus broker core inside the worker process, no sockets.
+
+Producers build RecordBatch v2 bytes and hand them to :meth:`BrokerCore.produce`; consumers call
+:meth:`BrokerCore.fetch` and decode batches; group membership goes through the broker's group
+coordinator with the standard ``consumer`` protocol encoding, so a worker that also listens
+(``listen="host:port"``) shares its group with workers and Kafka clients connecting over TCP.
+
+Batching: :meth:`EmbeddedProducer.send_soon` appends to a per-partition batch builder; builders
+are shipped once per event-loop turn (or when a batch reaches :data:`BATCH_BYTES_MAX`), so a
+dataflow's whole output for one polled batch becomes one append per partition.
+
+Not yet: transactions — the broker core answers transactional ids with an error until it
+implements them (exactly_once needs ``memory://`` for now).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from flowbus.broker.config import BrokerConfig
+from flowbus.broker.core import (
+    EARLIEST_TIMESTAMP,
+    ISOLATION_READ_COMMITTED,
+    ISOLATION_READ_UNCOMMITTED,
+    LATEST_TIMESTAMP,
+    BrokerCore,
+    FetchRequestPartition,
+)
+from flowbus.broker.core import NewTopic as CoreNewTopic
+from flowbus.broker.group_coordinator import OffsetToCommit
+from flowbus.clock import SYSTEM_CLOCK, Clock
+from flowbus.protocol.error_codes import ErrorCode
+from flowbus.records.builder import BatchBuilder
+from flowbus.records.header import read_header
+from flowbus.records.record import decode_batch
+from flowbus.transports.base import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    Headers,
+    IsolationLevel,
+    OnAssigned,
+    OnRevoked,
+    Producer,
+    Record,
+    RecordMetadata,
+    TopicDescription,
+    TopicPartition,
+    TopicSpec,
+    Transport,
+)
+from flowbus.transports.errors import CommitError, ProduceError, TransactionError, TransportError
+from flowbus.transports.partitioner import partition_for_key
+
+log = logging.getLogger("flowbus.transports.embedded")
+
+BATCH_BYTES_MAX = 1024 * 1024
+"""A partition's pending batch is shipped when it reaches this size, without waiting for the turn."""
+FETCH_PARTITION_BYTES_MAX = 1024 * 1024
+FETCH_RESPONSE_BYTES_MAX = 8 * 1024 * 1024
+SESSION_TIMEOUT_MS = 10_000
+REBALANCE_TIMEOUT_MS = 30_000
+HEARTBEAT_INTERVAL_MS = 1_000
+JOIN_ATTEMPTS_MAX = 50
+
+
+# -- the consumer protocol's subscription and assignment bytes (KIP-429 layout, version 0) ------
+
+def _string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">h", len(raw)) + raw
+
+
+def encode_subscription(topics: Sequence[str]) -> bytes:
+    return struct.pack(">hi", 0, len(topics)) + b"".join(_string(t) for t in topics) + struct.pack(">i", -1)
+
+
+def decode_subscription(data: bytes) -> list[str]:
+    """The topics of a subscription of any version (later versions only append fields)."""
+    _, count = struct.unpack_from(">hi", data, 0)
+    pos, topics = 6, []
+    for _ in range(count):
+        (size,) = struct.unpack_from(">h", data, pos)
+        topics.append(data[pos + 2 : pos + 2 + size].decode())
+        pos += 2 + size
+    return topics
+
+
+def encode_assignment(partitions: Sequence[TopicPartition]) -> bytes:
+    by_topic: dict[str, list[int]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    out = [struct.pack(">hi", 0, len(by_topic))]
+    for topic, parts in sorted(by_topic.items()):
+        out.append(_string(topic) + struct.pack(">i", len(parts)) + b"".join(struct.pack(">i", p) for p in sorted(parts)))
+    out.append(struct.pack(">i", -1))
+    return b"".join(out)
+
+
+def decode_assignment(data: bytes) -> list[TopicPartition]:
+    if not data:
+        return []
+    _, count = struct.unpack_from(">hi", data, 0)
+    pos, out = 6, []
+    for _ in range(count):
+        (size,) = struct.unpack_from(">h", data, pos)
+        topic = data[pos + 2 : pos + 2 + size].decode()
+        pos += 2 + size
+        (n,) = struct.unpack_from(">i", data, pos)
+        pos += 4
+        for _ in range(n):
+            (p,) = struct.unpack_from(">i", data, pos)
+            pos += 4
+            out.append(TopicPartition(topic, p))
+    return out
+
+
+# -- shared broker cores ----------------------------------------------------------------------
+
+class _CoreHandle:
+    def __init__(self, core: BrokerCore) -> None:
+        self.core = core
+        self.users = 0
+        self.server: Any = None
+
+
+_CORES: dict[Path, _CoreHandle] = {}
+
+
+class EmbeddedProducer(Producer):
+    """Batches per partition and appends through the broker core."""
+
+    def __init__(self, transport: EmbeddedTransport, transactional_id: str | None) -> None:
+        self._t = transport
+        self._core = transport.core
+        self._clock = transport.clock
+        self._transactional_id = transactional_id
+        self._builders: dict[tuple[str, int], BatchBuilder] = {}
+        self._futures: dict[tuple[str, int], list[tuple[int, asyncio.Future[RecordMetadata]]]] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._errors: list[str] = []
+        self._scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self._round_robin = itertools.count()
+
+    def _partition(self, topic: str, key: bytes | None) -> int:
+        count = self._t.partition_count(topic)
+        if key is not None:
+            return partition_for_key(key, count)
+        return next(self._round_robin) % count
+
+    def _append(self, topic: str, value: bytes | None, key: bytes | None, partition: int | None,
+                headers: Headers, timestamp_ms: int | None, fut: asyncio.Future[RecordMetadata] | None) -> None:
+        if partition is None:
+            partition = self._partition(topic, key)
+        tp = (topic, partition)
+        builder = self._builders.get(tp)
+        if builder is None:
+            builder = self._builders[tp] = BatchBuilder()
+        if fut is not None:
+            self._futures.setdefault(tp, []).append((len(builder), fut))
+        builder.append(key, value, timestamp_ms=self._clock.now_ms() if timestamp_ms is None else timestamp_ms, headers=headers)
+        if builder.size_estimate_bytes >= BATCH_BYTES_MAX:
+            self._ship(tp)
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._ship_all)
+
+    def send_soon(self, topic: str, value: bytes | None, key: bytes | None = None, *, partition: int | None = None,
+                  headers: Headers = (), timestamp_ms: int | None = None) -> None:
+        self._append(topic, value, key, partition, headers, timestamp_ms, None)
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, *, partition: int | None = None,
+             headers: Headers = (), timestamp_ms: int | None = None) -> asyncio.Future[RecordMetadata]:
+        fut: asyncio.Future[RecordMetadata] = self._loop.create_future()
+        self._append(topic, value, key, partition, headers, timestamp_ms, fut)
+        return fut
+
+    def _ship_all(self) -> None:
+        self._scheduled = False
+        for tp in list(self._builders):
+            self._ship(tp)
+
+    def _ship(self, tp: tuple[str, int]) -> None:
+        builder = self._builders.pop(tp)
+        futures = self._futures.pop(tp, [])
+        task = self._loop.create_task(self._produce(tp, builder.build(), futures))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _produce(self, tp: tuple[str, int], batch: bytes, futures: list[tuple[int, asyncio.Future[RecordMetadata]]]) -> None:
+        result = await self._core.produce(tp[0], tp[1], batch)
+        if result.error_code != ErrorCode.NONE:
+            message = f"produce to {tp[0]}[{tp[1]}] failed with error {result.error_code}: {result.error_message}"
+            self._errors.append(message)
+            for _, fut in futures:
+                if not fut.done():
+                    fut.set_exception(ProduceError(message))
+            return
+        for index, fut in futures:
+            if not fut.done():
+                fut.set_result(RecordMetadata(tp[0], tp[1], result.base_offset + index, result.log_append_time_ms))
+
+    async def flush(self, timeout_ms: int | None = None) -> None:
+        self._ship_all()
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise ProduceError(f"{len(errors)} batches failed, first: {errors[0]}")
+
+    async def partitions_for(self, topic: str) -> int:
+        return self._t.partition_count(topic)
+
+    def _no_transactions(self) -> TransactionError:
+        return TransactionError(
+            "the embedded broker core does not implement transactions yet; exactly_once needs them"
+        )
+
+    async def init_transactions(self) -> None:
+        raise self._no_transactions()
+
+    def begin_transaction(self) -> None:
+        raise self._no_transactions()
+
+    async def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], group_metadata: object) -> None:
+        raise self._no_transactions()
+
+    async def commit_transaction(self) -> None:
+        raise self._no_transactions()
+
+    async def abort_transaction(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.flush()
+
+
+class EmbeddedConsumer(Consumer):
+    """A consumer-group member talking to the in-process group coordinator (eager rebalancing)."""
+
+    def __init__(self, transport: EmbeddedTransport, group_id: str | None, isolation_level: IsolationLevel,
+                 auto_offset_reset: Literal["earliest", "latest"], client_id: str) -> None:
+        self._t = transport
+        self._core = transport.core
+        self._group_id = group_id
+        self._isolation = ISOLATION_READ_COMMITTED if isolation_level == "read_committed" else ISOLATION_READ_UNCOMMITTED
+        self._reset = EARLIEST_TIMESTAMP if auto_offset_reset == "earliest" else LATEST_TIMESTAMP
+        self._client_id = client_id
+        self._topics: list[str] = []
+        self._on_assigned: OnAssigned | None = None
+        self._on_revoked: OnRevoked | None = None
+        self._member_id = ""
+        self._generation = -1
+        self._owned: list[TopicPartition] = []
+        self._positions: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
+        self._rejoin = False
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- membership -----------------------------------------------------------------------
+    def subscribe(self, topics: Sequence[str], *, on_assigned: OnAssigned | None = None,
+                  on_revoked: OnRevoked | None = None) -> None:
+        if self._group_id is None:
+            raise TransportError("subscribe needs a group id; use assign() outside a group")
+        self._topics = list(topics)
+        self._on_assigned, self._on_revoked = on_assigned, on_revoked
+        self._rejoin = True
+
+    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+        self._owned = list(partitions)
+        for tp in self._owned:
+            self._positions.setdefault(tp, OFFSET_BEGINNING if self._reset == EARLIEST_TIMESTAMP else OFFSET_END)
+
+    async def _join(self) -> None:
+        groups = self._core.groups
+        if self._owned and self._on_revoked is not None:
+            await self._on_revoked(list(self._owned))
+        self._owned, self._positions = [], {}
+        meta = encode_subscription(self._topics)
+        for _ in range(JOIN_ATTEMPTS_MAX):
+            joined = await groups.join_group(
+                self._group_id, self._member_id, "consumer", [("range", meta), ("roundrobin", meta)],
+                session_timeout_ms=SESSION_TIMEOUT_MS, rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
+                client_id=self._client_id, client_host="embedded",
+            )
+            code = joined.error_code
+            if code == ErrorCode.MEMBER_ID_REQUIRED:
+                self._member_id = joined.member_id
+                continue
+            if code == ErrorCode.COORDINATOR_LOAD_IN_PROGRESS:
+                await self._core.wait_loaded()
+                continue
+            if code == ErrorCode.UNKNOWN_MEMBER_ID:
+                self._member_id = ""
+                continue
+            if code == ErrorCode.REBALANCE_IN_PROGRESS:
+                continue
+            if code != ErrorCode.NONE:
+                raise TransportError(f"joining group {self._group_id!r} failed with error {code}")
+            self._member_id, self._generation = joined.member_id, joined.generation_id
+            plan: dict[str, bytes] = {}
+            if joined.leader == self._member_id:
+                plan = self._plan({m.member_id: decode_subscription(m.metadata) for m in joined.members})
+            synced = await groups.sync_group(
+                self._group_id, self._generation, self._member_id, plan,
+                protocol_type="consumer", protocol_name=joined.protocol_name,
+            )
+            if synced.error_code in (ErrorCode.REBALANCE_IN_PROGRESS, ErrorCode.ILLEGAL_GENERATION):
+                continue
+            if synced.error_code == ErrorCode.UNKNOWN_MEMBER_ID:
+                self._member_id = ""
+                continue
+            if synced.error_code != ErrorCode.NONE:
+                raise TransportError(f"syncing group {self._group_id!r} failed with error {synced.error_code}")
+            self._rejoin = False
+            owned = [tp for tp in decode_assignment(synced.assignment) if tp.topic in self._topics]
+            await self._start_positions(owned)
+            self._owned = owned
+            if self._heartbeat is None:
+                self._heartbeat = asyncio.create_task(self._heartbeats(), name="flowbus-embedded-heartbeat")
+            if self._on_assigned is not None:
+                await self._on_assigned(list(owned))
+            return
+        raise TransportError(f"could not join group {self._group_id!r} after {JOIN_ATTEMPTS_MAX} attempts")
+
+    def _plan(self, subscriptions: dict[str, list[str]]) -> dict[str, bytes]:
+        """Deal every subscribed partition round robin over the members subscribed to its topic."""
+        members = sorted(subscriptions)
+        shares: dict[str, list[TopicPartition]] = {m: [] for m in members}
+        topics = sorted({t for ts in subscriptions.values() for t in ts})
+        turn = 0
+        for topic in topics:
+            takers = [m for m in members if topic in subscriptions[m]]
+            for partition in range(self._t.partition_count(topic)):
+                shares[takers[turn % len(takers)]].append(TopicPartition(topic, partition))
+                turn += 1
+        return {m: encode_assignment(parts) for m, parts in shares.items()}
+
+    async def _start_positions(self, partitions: list[TopicPartition]) -> None:
+        _, fetched = self._core.groups.fetch_offsets(self._group_id, [(tp.topic, tp.partition) for tp in partitions])
+        committed = {TopicPartition(f.topic, f.partition): f.offset for f in fetched}
+        for tp in partitions:
+            offset = committed.get(tp, -1)
+            self._positions[tp] = offset if offset >= 0 else await self._list_offset(tp, self._reset)
+
+    async def _list_offset(self, tp: TopicPartition, which: int) -> int:
+        result = await self._core.list_offsets(tp.topic, tp.partition, which, isolation_level=self._isolation)
+        return max(result.offset, 0)
+
+    async def _heartbeats(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(HEARTBEAT_INTERVAL_MS / 1000)
+            if self._rejoin or self._group_id is None:
+                continue
+            code = self._core.groups.heartbeat(self._group_id, self._generation, self._member_id)
+            if code in (ErrorCode.REBALANCE_IN_PROGRESS, ErrorCode.ILLEGAL_GENERATION, ErrorCode.UNKNOWN_MEMBER_ID):
+                self._rejoin = True
+
+    # -- reading --------------------------------------------------------------------------
+    async def poll_batch(self, max_records: int, timeout_ms: int) -> list[Record]:
+        if self._rejoin and self._topics:
+            await self._join()
+        wanted = []
+        for tp in self._owned:
+            if tp in self._paused:
+                continue
+            position = self._positions[tp]
+            if position < 0:
+                position = self._positions[tp] = await self._list_offset(
+                    tp, EARLIEST_TIMESTAMP if position == OFFSET_BEGINNING else LATEST_TIMESTAMP)
+            wanted.append(FetchRequestPartition(tp.topic, tp.partition, position, FETCH_PARTITION_BYTES_MAX))
+        if not wanted:
+            if timeout_ms > 0:
+                await asyncio.sleep(min(timeout_ms, 50) / 1000)
+            return []
+        results = await self._core.fetch(
+            wanted, max_wait_ms=timeout_ms, min_bytes=1, max_bytes=FETCH_RESPONSE_BYTES_MAX,
+            isolation_level=self._isolation,
+        )
+        out: list[Record] = []
+        for res in results:
+            tp = TopicPartition(res.topic, res.partition)
+            if tp not in self._positions:
+                continue  # revoked while fetching
+            if res.error_code == ErrorCode.OFFSET_OUT_OF_RANGE:
+                self._positions[tp] = await self._list_offset(tp, self._reset)
+                continue
+            if res.error_code != ErrorCode.NONE or not res.records:
+                continue
+            self._decode_into(tp, res.records, out, max_records)
+        return out
+
+    def _decode_into(self, tp: TopicPartition, buf: bytes | memoryview, out: list[Record], max_records: int) -> None:
+        position = self._positions[tp]
+        topic, partition = tp
+        pos, end = 0, len(buf)
+        new = tuple.__new__
+        while pos < end and len(out) < max_records:
+            if end - pos < 61:
+                break  # a partial header at the end of the fetch
+            header = read_header(buf, pos)
+            if pos + header.size_bytes > end:
+                break  # a partial batch cut by the byte limit; fetched again next time
+            if header.is_control:
+                position = max(position, header.base_offset + header.last_offset_delta + 1)
+                pos += header.size_bytes
+                continue
+            _, records = decode_batch(buf, pos)
+            pos += header.size_bytes
+            for r in records:
+                if r.offset < position:
+                    continue
+                out.append(new(Record, (topic, partition, r.offset, r.timestamp_ms, r.key, r.value,
+                                        tuple((k, v if v is not None else b"") for k, v in r.headers) if r.headers else ())))
+                position = r.offset + 1
+                if len(out) >= max_records:
+                    break
+        self._positions[tp] = position
+
+    def assignment(self) -> list[TopicPartition]:
+        return list(self._owned)
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self._paused.update(partitions)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._paused.difference_update(partitions)
+
+    async def commit(self, offsets: Mapping[TopicPartition, int], *, asynchronous: bool = False) -> None:
+        if not offsets:
+            return
+        if self._group_id is None:
+            raise CommitError("a consumer outside a group cannot commit")
+        codes = await self._core.commit_offsets(
+            self._group_id, self._generation, self._member_id,
+            [OffsetToCommit(tp.topic, tp.partition, offset) for tp, offset in offsets.items()],
+        )
+        failed = [c for c in codes if c != ErrorCode.NONE]
+        if failed:
+            raise CommitError(f"commit to group {self._group_id!r} failed with errors {sorted(set(failed))}")
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._positions[partition] = offset
+
+    async def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        if self._group_id is None:
+            return {tp: None for tp in partitions}
+        _, fetched = self._core.groups.fetch_offsets(self._group_id, [(tp.topic, tp.partition) for tp in partitions])
+        return {TopicPartition(f.topic, f.partition): (f.offset if f.offset >= 0 else None) for f in fetched}
+
+    async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        out = {}
+        for tp in partitions:
+            result = await self._core.list_offsets(tp.topic, tp.partition, LATEST_TIMESTAMP)
+            out[tp] = result.offset
+        return out
+
+    def group_metadata(self) -> object:
+        return (self._group_id, self._generation, self._member_id)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self._owned and self._on_revoked is not None and self._topics:
+            await self._on_revoked(list(self._owned))
+        self._owned = []
+        if self._group_id is not None and self._member_id:
+            self._core.groups.leave_group(self._group_id, [(self._member_id, None)])
+
+
+class EmbeddedTransport(Transport):
+    """The broker core of ``DIR``, shared by every embedded transport of this process.
+
+    Args:
+        url: ``embedded://DIR`` (relative paths are relative to the working directory).
+        listen: also serve the Kafka protocol on ``host:port`` so other workers and any Kafka
+            tool can connect to this broker.
+    """
+
+    def __init__(self, url: str, *, clock: Clock = SYSTEM_CLOCK, listen: str | None = None) -> None:
+        self.url = url
+        self.clock = clock
+        self.data_dir = Path(url.removeprefix("embedded://") or "./flowbus-data").resolve()
+        self.listen = listen
+        self._handle: _CoreHandle | None = None
+        self._started = False
+        self._partition_counts: dict[str, int] = {}
+
+    @property
+    def core(self) -> BrokerCore:
+        if self._handle is None:
+            raise TransportError("the embedded transport is not started")
+        return self._handle.core
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        handle = _CORES.get(self.data_dir)
+        if handle is None:
+            host, port = "127.0.0.1", 9092
+            if self.listen:
+                from flowbus.broker.config import parse_host_port
+
+                host, port = parse_host_port(self.listen)
+            config = BrokerConfig(data_dir=self.data_dir, advertised_host=host, advertised_port=port)
+            handle = _CORES[self.data_dir] = _CoreHandle(BrokerCore(config, clock=self.clock))
+            await handle.core.start()
+            await handle.core.wait_loaded()
+            if self.listen:
+                from flowbus.broker.server import BrokerServer
+
+                handle.server = BrokerServer(handle.core, host=host, port=port, clock=self.clock)
+                await handle.server.start()
+                log.info("embedded broker listening on %s:%d", host, handle.server.port)
+        handle.users += 1
+        self._handle = handle
+        self._started = True
+
+    async def close(self) -> None:
+        if not self._started or self._handle is None:
+            return
+        self._started = False
+        handle = self._handle
+        handle.users -= 1
+        if handle.users == 0:
+            _CORES.pop(self.data_dir, None)
+            if handle.server is not None:
+                await handle.server.close()
+            await handle.core.close()
+
+    def partition_count(self, topic: str) -> int:
+        """Partitions of ``topic``, cached (partition counts never change here); auto-creates it."""
+        count = self._partition_counts.get(topic)
+        if count is None:
+            meta = self.core.logs.topics().get(topic)
+            if meta is None:
+                # Auto-create on first use, as the broker does for Metadata requests.
+                meta = self.core.logs.create_topic(topic, self.core.config.auto_create_topics_partitions, {})
+            count = self._partition_counts[topic] = meta.partitions
+        return count
+
+    async def create_topics(self, specs: Sequence[TopicSpec]) -> None:
+        await self.start()
+        results = await self.core.create_topics(
+            [CoreNewTopic(s.name, s.partitions, s.replication_factor, dict(s.config)) for s in specs]
+        )
+        for result in results:
+            if result.error_code not in (ErrorCode.NONE, ErrorCode.TOPIC_ALREADY_EXISTS):
+                raise TransportError(f"creating topic {result.name!r} failed: {result.error_message}")
+
+    async def describe_topics(self, names: Sequence[str]) -> dict[str, TopicDescription]:
+        await self.start()
+        topics = self.core.logs.topics()
+        return {n: TopicDescription(n, topics[n].partitions) for n in names if n in topics}
+
+    def producer(self, *, transactional_id: str | None = None, linger_ms: int = 5) -> EmbeddedProducer:
+        return EmbeddedProducer(self, transactional_id)
+
+    def consumer(self, group_id: str | None, *, isolation_level: IsolationLevel = "read_uncommitted",
+                 auto_offset_reset: Literal["earliest", "latest"] = "earliest", client_id: str | None = None) -> EmbeddedConsumer:
+        return EmbeddedConsumer(self, group_id, isolation_level, auto_offset_reset, client_id or "flowbus-embedded")
