@@ -87,7 +87,6 @@ def test_three_consumers_each_message_exactly_once_and_rebalance_on_leave(
     topic, group = unique("six"), unique("grp")
     create_topic(broker.bootstrap, topic, 6)
     total = 6000
-    produce(broker.bootstrap, topic, total)
     seen: dict[int, set[bytes]] = {0: set(), 1: set(), 2: set()}
     assigned: dict[int, int] = {}
     stop = threading.Event()
@@ -111,13 +110,19 @@ def test_three_consumers_each_message_exactly_once_and_rebalance_on_leave(
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(3)]
     for t in threads:
         t.start()
+    # Produce once the group is stable with two partitions each, so every consumer gets a share.
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and not (len(assigned) == 3 and all(v == 2 for v in assigned.values())):
+        time.sleep(0.1)
+    assert sorted(assigned.values()) == [2, 2, 2], (assigned, broker.log_tail())
+    produce(broker.bootstrap, topic, total)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with lock:
             union = set().union(*seen.values())
-        if len(union) == total and sum(assigned.values()) == 6 and all(v == 2 for v in assigned.values()):
+        if len(union) == total:
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     stop.set()
     for t in threads:
         t.join(30)
