@@ -37,7 +37,7 @@ from flowbus.records.header import (
     set_leader_epoch,
     set_log_append_time,
 )
-from flowbus.records.record import Header, Record, decode_batch, iter_records
+from flowbus.records.record import Record, RecordHeader, decode_batch, iter_records
 
 __all__ = [
     "ATTR_COMPRESSION_MASK",
@@ -54,8 +54,8 @@ __all__ = [
     "Codec",
     "ControlType",
     "CorruptRecordError",
-    "Header",
     "Record",
+    "RecordHeader",
     "RecordsError",
     "UnsupportedCompressionError",
     "build_control_batch",

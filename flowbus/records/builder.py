@@ -247,8 +247,17 @@ class BatchBuilder:
                 f"last_offset_delta {last_offset_delta} is below the last record's delta {self._last_offset_delta}"
                 " or outside int32"
             )
-        blob = compress(self.codec, self._body) if self.codec != Codec.NONE else self._body
-        attributes = int(self.codec)
+        if self._count == 0:
+            # An empty batch (all records compacted away) has no records blob and, as Kafka's
+            # cleaner writes it, no codec: some readers decompress whenever the bits say so.
+            blob: bytes | bytearray = b""
+            attributes = 0
+        elif self.codec == Codec.NONE:
+            blob = self._body
+            attributes = 0
+        else:
+            blob = compress(self.codec, self._body)
+            attributes = int(self.codec)
         if self.is_transactional:
             attributes |= ATTR_TRANSACTIONAL_MASK
         if self.is_control:

@@ -43,8 +43,8 @@ MIN_RECORD_BYTES = 7
 #: Smallest encoded header: an empty key and a null value, one length byte each.
 MIN_HEADER_BYTES = 2
 
-#: A record header: UTF-8 key and bytes value (None when null).
-Header = tuple[str, bytes | None]
+#: A record header (KIP-82): UTF-8 key and bytes value (None when null).
+RecordHeader = tuple[str, bytes | None]
 
 
 class Record(NamedTuple):
@@ -60,7 +60,7 @@ class Record(NamedTuple):
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[Header, ...] = ()
+    headers: tuple[RecordHeader, ...] = ()
 
 
 _new_record = tuple.__new__  # skips NamedTuple's Python-level __new__: 3x faster in the hot loop
@@ -89,6 +89,10 @@ def decode_batch(
     start = pos + HEADER_SIZE
     end = pos + header.size_bytes
     codec = header.attributes & 0x07
+    if header.record_count == 0 and start == end:
+        # An empty batch kept only for its producer state (Kafka's cleaner writes them); Kafka
+        # never decompresses an empty batch, whatever its codec bits say.
+        return header, []
     if codec == Codec.NONE:
         if end - start > max_bytes:
             raise CorruptRecordError(f"records blob of {end - start} bytes exceeds the {max_bytes}-byte limit")
@@ -225,7 +229,7 @@ def _decode_records(data: bytes, header: BatchHeader) -> list[Record]:
             # headers
             b = data[pos]
             if b == 0:
-                headers: tuple[Header, ...] = ()
+                headers: tuple[RecordHeader, ...] = ()
                 pos += 1
             else:
                 headers, pos = _decode_headers(data, pos, record_end)
@@ -250,12 +254,12 @@ def _decode_records(data: bytes, header: BatchHeader) -> list[Record]:
     return records
 
 
-def _decode_headers(data: bytes, pos: int, record_end: int) -> tuple[tuple[Header, ...], int]:
+def _decode_headers(data: bytes, pos: int, record_end: int) -> tuple[tuple[RecordHeader, ...], int]:
     """Decode a header count and the headers of one record; ``record_end`` bounds the count."""
     count, pos = decode_varint(data, pos)
     if count < 0 or count * MIN_HEADER_BYTES > record_end - pos:
         raise CorruptRecordError(f"record header count {count} does not fit the record")
-    headers: list[Header] = []
+    headers: list[RecordHeader] = []
     for _ in range(count):
         size, pos = decode_varint(data, pos)
         if size < 0 or pos + size > record_end:

@@ -139,6 +139,16 @@ def test_our_control_batches_decode_with_kafka_python(control_type: ControlType)
     assert marker.commit == (control_type == ControlType.COMMIT)
 
 
+@pytest.mark.parametrize("codec", list(Codec))
+def test_our_empty_batches_decode_with_kafka_python(codec: Codec) -> None:
+    """A compacted-away batch keeps its producer state and must not make readers decompress b''."""
+    builder = BatchBuilder(codec, base_offset=10, producer_id=3, producer_epoch=0, base_sequence=5)
+    their_batch = DefaultRecordBatch(builder.build(last_offset_delta=4))
+    assert their_batch.validate_crc()
+    assert list(their_batch) == []
+    assert (their_batch.last_offset_delta, their_batch.producer_id, their_batch.base_sequence) == (4, 3, 5)
+
+
 def test_log_append_time_agrees_with_kafka_python() -> None:
     builder = BatchBuilder(Codec.SNAPPY)
     for i in range(3):

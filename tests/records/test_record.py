@@ -67,7 +67,7 @@ def test_batch_round_trip(
 
     header, records = decode_batch(batch)
     assert records == expected
-    assert header.compression == codec
+    assert header.compression == (codec if rows else Codec.NONE)
     assert header.record_count == len(rows)
     assert header.base_offset == base_offset
     assert header.last_offset_delta == last_offset_delta
@@ -80,6 +80,15 @@ def test_batch_round_trip(
         assert header.base_timestamp == header.max_timestamp == -1
     if codec == Codec.NONE:
         assert builder.size_estimate_bytes == len(batch)
+
+
+@pytest.mark.parametrize("codec", [c for c in Codec if c != Codec.NONE])
+def test_empty_batch_with_codec_bits_is_not_decompressed(codec: Codec) -> None:
+    """Kafka never decompresses a batch with no records, so an empty blob is fine whatever the codec."""
+    header, records = decode_batch(forge_batch(b"", record_count=0, attributes=int(codec)))
+    assert records == [] and header.compression == codec
+    with pytest.raises(CorruptRecordError):
+        decode_batch(forge_batch(b"", record_count=1, attributes=int(codec)))
 
 
 def test_decode_at_position_and_from_memoryview() -> None:
