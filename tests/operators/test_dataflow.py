@@ -1,0 +1,166 @@
+"""Declarative dataflows: each operator in a few lines — source, run, assert."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from flowbus import App, ManualClock
+from flowbus.operators import Dataflow, compile_dataflows
+from flowbus.operators.steps import Emit
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def through_harness(app: App, src: str, values: list[Any], *outputs: str, advance_s: float = 0) -> dict[str, list[Any]]:
+    async def main() -> dict[str, list[Any]]:
+        async with app.test_context() as t:
+            await t.send_many(src, values)
+            if advance_s:
+                await t.advance(advance_s)
+            return {name: t.values(name) for name in outputs}
+
+    return run(main())
+
+
+def test_filter_map_to() -> None:
+    app = App("ops", broker="memory://")
+    app.stream("in").filter(lambda v: v % 2 == 0).map(lambda v: v * 10).to(app.topic("out"))
+    assert through_harness(app, "in", list(range(6)), "out") == {"out": [0, 20, 40]}
+
+
+def test_flat_map_and_continue_after_to() -> None:
+    app = App("ops", broker="memory://")
+    app.stream("in").flat_map(lambda s: s.split()).to(app.topic("words")).map(len).to(app.topic("lengths"))
+    got = through_harness(app, "in", ["a bb", "ccc"], "words", "lengths")
+    assert got == {"words": ["a", "bb", "ccc"], "lengths": [1, 2, 3]}
+
+
+def test_branch_sends_each_value_to_the_first_match() -> None:
+    app = App("ops", broker="memory://")
+    big, small, _rest = app.stream("in").branch(lambda v: v > 100, lambda v: v > 10, lambda v: True)
+    big.to(app.topic("big"))
+    small.map(lambda v: -v).to(app.topic("small"))
+    got = through_harness(app, "in", [5, 50, 500, 20], "big", "small")
+    assert got == {"big": [500], "small": [-50, -20]}
+
+
+def test_fan_out_from_one_node() -> None:
+    app = App("ops", broker="memory://")
+    root = app.stream("in")
+    root.map(str.upper).to(app.topic("upper"))
+    root.map(str.lower).to(app.topic("lower"))
+    assert through_harness(app, "in", ["Ab"], "upper", "lower") == {"upper": ["AB"], "lower": ["ab"]}
+
+
+def test_group_by_repartitions_by_the_new_key() -> None:
+    app = App("shop", broker="memory://", topic_partitions=3)
+    (
+        app.stream("orders")
+        .group_by(lambda o: o["user"], name="by-user")
+        .map(lambda o: o["amount"])
+        .to(app.topic("amounts"))
+    )
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            orders = [{"user": f"u{i % 4}", "amount": i} for i in range(20)]
+            await t.send_many("orders", orders)
+            repartitioned = t.events("shop-by-user-repartition")
+            assert len(repartitioned) == 20
+            partitions_of: dict[str, set[int]] = {}
+            for e in repartitioned:
+                partitions_of.setdefault(e.key, set()).add(e.partition)
+                assert e.key == e.value["user"]
+            assert all(len(p) == 1 for p in partitions_of.values())
+            assert sorted(t.values("amounts")) == list(range(20))
+
+    run(main())
+
+
+def test_through_continues_from_the_topic() -> None:
+    app = App("ops", broker="memory://")
+    mid = app.topic("mid")
+    app.stream("in").map(lambda v: v + 1).through(mid).map(lambda v: v * 2).to(app.topic("out"))
+    got = through_harness(app, "in", [1, 2], "mid", "out")
+    assert got == {"mid": [2, 3], "out": [4, 6]}
+
+
+def test_take_by_count_and_by_clock() -> None:
+    app = App("ops", broker="memory://", clock=ManualClock())
+    app.stream("in").take(2, within_s=5).map(sum).to(app.topic("sums"))
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            await t.send_many("in", [1, 2, 3])
+            assert t.values("sums") == [3]
+            await t.advance(4.9)
+            assert t.values("sums") == [3]
+            await t.advance(0.1)
+            assert t.values("sums") == [3, 3]
+
+    run(main())
+
+
+def test_take_emits_what_it_holds_at_a_commit() -> None:
+    app = App("ops", broker="memory://")
+    app.stream("in").take(100, within_s=60).map(len).to(app.topic("sizes"))
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            await t.send_many("in", [1, 2, 3])
+            await t.commit()
+            assert t.values("sizes") == [3]
+            assert t.committed_offsets()[("in", 0)] == 3
+
+    run(main())
+
+
+def test_user_errors_follow_the_error_policy() -> None:
+    app = App("ops", broker="memory://", error_policy="dead_letter")
+    app.stream("in").map(lambda v: 10 // v).to(app.topic("out"))
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            await t.send_many("in", [1, 0, 2])
+            assert t.values("out") == [10, 5]
+            dead = t.records(app.dead_letter_topic)
+            assert [r.value for r in dead] == [b"0"]
+            assert dict(dead[0].headers)["flowbus.error.type"] == b"ZeroDivisionError"
+
+    run(main())
+
+
+class _Collect:
+    """A minimal Runtime: the compiled chain is a plain function, callable without a worker."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any, Any]] = []
+        self.heads: dict[str, Emit] = {}
+
+    def sender(self, topic: Any) -> Emit:
+        return lambda key, value: self.sent.append((topic.name, key, value))
+
+    def call_at_ms(self, delay_ms: int, callback: Any) -> None:
+        pass
+
+    def before_commit(self, callback: Any) -> None:
+        pass
+
+    def add_source(self, topic: Any, head: Emit) -> None:
+        self.heads[topic.name] = head
+
+
+def test_compiled_chain_is_plain_function_calls() -> None:
+    app = App("ops", broker="memory://")
+    flow: Dataflow = app.stream("in")
+    flow.filter(lambda v: v > 0).map(lambda v: v * 2).to(app.topic("out"))
+    runtime = _Collect()
+    compile_dataflows(app.dataflows, runtime)
+    head = runtime.heads["in"]
+    assert not asyncio.iscoroutinefunction(head)
+    for v in (-1, 1, 2):
+        head(None, v)
+    assert runtime.sent == [("out", None, 2), ("out", None, 4)]
