@@ -19,9 +19,10 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from flowbus.protocol.api import SUPPORTED_VERSIONS, ApiKey, is_flexible, is_supported
+from flowbus.protocol.api import SUPPORTED_VERSIONS, ApiKey
 from flowbus.protocol.error_codes import ErrorCode
-from flowbus.protocol.errors import MalformedMessageError, RemoteProtocolError, UnsupportedVersionError
+from flowbus.protocol.errors import (MalformedMessageError, RemoteProtocolError, TruncatedMessageError,
+                                     UnsupportedVersionError)
 from flowbus.protocol.messages import CONSUMER_PROTOCOL_ASSIGNMENT, CONSUMER_PROTOCOL_SUBSCRIPTION, REQUESTS, RESPONSES
 from flowbus.protocol.primitives import BytesLike, Reader, Writer
 from flowbus.protocol.schema import Body, Plan, cached_plan
@@ -43,32 +44,54 @@ class Request(NamedTuple):
     body: Body
 
 
+#: (api key, version) -> compiled plan, filled on first use; plain int keys keep the lookup cheap.
+_REQUEST_PLANS: dict[tuple[int, int], Plan] = {}
+_RESPONSE_PLANS: dict[tuple[int, int], Plan] = {}
+
+
 def request_plan(api_key: int, api_version: int) -> Plan:
     """The compiled request plan; raises ``KeyError``/``ValueError`` for unsupported versions."""
-    return cached_plan(REQUESTS[ApiKey(api_key)], api_version)
+    plan = _REQUEST_PLANS.get((api_key, api_version))
+    if plan is None:
+        plan = _REQUEST_PLANS[(int(api_key), api_version)] = cached_plan(REQUESTS[ApiKey(api_key)], api_version)
+    return plan
 
 
 def response_plan(api_key: int, api_version: int) -> Plan:
     """The compiled response plan; raises ``KeyError``/``ValueError`` for unsupported versions."""
-    return cached_plan(RESPONSES[ApiKey(api_key)], api_version)
+    plan = _RESPONSE_PLANS.get((api_key, api_version))
+    if plan is None:
+        plan = _RESPONSE_PLANS[(int(api_key), api_version)] = cached_plan(RESPONSES[ApiKey(api_key)], api_version)
+    return plan
 
 
-def _response_header_is_flexible(api_key: int, api_version: int) -> bool:
+_API_VERSIONS_KEY = int(ApiKey.API_VERSIONS)
+
+
+def _response_header_is_flexible(api_key: int, plan: Plan) -> bool:
     """Response header v1 for flexible versions, but ApiVersions always uses v0 (KIP-511)."""
-    return api_key != ApiKey.API_VERSIONS and is_flexible(api_key, api_version)
+    return plan.flexible and api_key != _API_VERSIONS_KEY
 
 
 # -------------------------------------------------------------------------------------------------
 # Broker side
 # -------------------------------------------------------------------------------------------------
 
+_HEADER_FIXED = struct.Struct(">hhi")
+
+#: Supported (api key, version) pairs as plain ints, for a cheap check on every request.
+_SUPPORTED_PAIRS: frozenset[tuple[int, int]] = frozenset(
+    (int(key), version) for key, (low, high) in SUPPORTED_VERSIONS.items() for version in range(low, high + 1))
+
+
 def decode_request_header(reader: Reader) -> RequestHeader:
     """Read the v1 part of a request header (the part shared by v1 and v2)."""
-    api_key = reader.int16()
-    api_version = reader.int16()
-    correlation_id = reader.int32()
-    client_id = reader.nullable_string()
-    return RequestHeader(api_key, api_version, correlation_id, client_id)
+    start = reader.pos
+    if start + _HEADER_FIXED.size > reader.end:
+        raise TruncatedMessageError(f"request header needs {_HEADER_FIXED.size} bytes, {reader.remaining} left")
+    api_key, api_version, correlation_id = _HEADER_FIXED.unpack_from(reader.buf, start)
+    reader.pos = start + _HEADER_FIXED.size
+    return RequestHeader(api_key, api_version, correlation_id, reader.nullable_string())
 
 
 def decode_request(frame: BytesLike) -> Request:
@@ -85,7 +108,7 @@ def decode_request(frame: BytesLike) -> Request:
     reader = Reader(frame)
     try:
         header = decode_request_header(reader)
-        if not is_supported(header.api_key, header.api_version):
+        if (header.api_key, header.api_version) not in _SUPPORTED_PAIRS:
             raise UnsupportedVersionError(header.api_key, header.api_version, header.correlation_id, header)
         plan = request_plan(header.api_key, header.api_version)
         if plan.flexible:
@@ -111,7 +134,7 @@ def encode_response(header: RequestHeader, body: Body) -> bytes:
     writer = Writer()
     size_pos = writer.reserve_int32()
     writer.int32(header.correlation_id)
-    if _response_header_is_flexible(header.api_key, header.api_version):
+    if _response_header_is_flexible(header.api_key, plan):
         writer.empty_tagged_fields()
     plan.encode(writer, body)
     writer.patch_int32(size_pos, len(writer.buf) - 4)
@@ -172,7 +195,7 @@ def decode_response(api_key: int, api_version: int, frame: BytesLike) -> tuple[i
     reader = Reader(frame)
     try:
         correlation_id = reader.int32()
-        if _response_header_is_flexible(api_key, api_version):
+        if _response_header_is_flexible(api_key, plan):
             reader.skip_tagged_fields()
         body = plan.decode(reader)
     except RemoteProtocolError:

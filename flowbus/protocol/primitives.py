@@ -140,6 +140,12 @@ class Reader:
 
     def uvarint(self) -> int:
         """Unsigned varint (32-bit): compact lengths, tag numbers, tagged-field sizes."""
+        pos = self.pos
+        if pos < self.end:
+            byte = self.buf[pos]
+            if byte < 0x80:  # fast path: almost every length and tag count fits one byte
+                self.pos = pos + 1
+                return byte
         value = self._unsigned_varint(MAX_VARINT_BYTES)
         if value > UINT32_MAX:
             raise MalformedMessageError(f"unsigned varint {value} does not fit 32 bits")
@@ -210,11 +216,30 @@ class Reader:
 
     def compact_string(self) -> str:
         """Unsigned varint ``length + 1`` + UTF-8 (non-nullable; 0 is an error)."""
-        return self._utf8(self._length(self.uvarint() - 1, False, "compact string"))
+        size = self.uvarint() - 1
+        start = self.pos
+        stop = start + size
+        if size < 0 or stop > self.end:
+            self._length(size, False, "compact string")  # raises the precise error
+        self.pos = stop
+        try:
+            return str(self.buf[start:stop], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedMessageError(f"string at offset {start} is not UTF-8: {exc.reason}") from None
 
     def compact_nullable_string(self) -> str | None:
-        size = self._length(self.uvarint() - 1, True, "compact nullable string")
-        return None if size < 0 else self._utf8(size)
+        size = self.uvarint() - 1
+        if size < 0:
+            return None
+        start = self.pos
+        stop = start + size
+        if stop > self.end:
+            self._length(size, True, "compact nullable string")
+        self.pos = stop
+        try:
+            return str(self.buf[start:stop], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedMessageError(f"string at offset {start} is not UTF-8: {exc.reason}") from None
 
     # -- bytes -------------------------------------------------------------------------------
     def _view(self, size: int) -> memoryview:
@@ -233,8 +258,15 @@ class Reader:
         return self._view(self._length(self.uvarint() - 1, False, "compact bytes"))
 
     def compact_nullable_bytes_view(self) -> memoryview | None:
-        size = self._length(self.uvarint() - 1, True, "compact nullable bytes")
-        return None if size < 0 else self._view(size)
+        size = self.uvarint() - 1
+        if size < 0:
+            return None
+        start = self.pos
+        stop = start + size
+        if stop > self.end:
+            self._length(size, True, "compact nullable bytes")
+        self.pos = stop
+        return self.buf[start:stop]
 
     def bytes(self) -> bytes:
         """int32 length + bytes, copied (for small values handlers keep, e.g. group metadata)."""
@@ -417,10 +449,16 @@ class Writer:
             self.string(value)
 
     def compact_string(self, value: str) -> None:
-        if value is None:
-            raise LocalProtocolError("None given for a non-nullable compact string")
-        raw = self._encode_str(value)
-        self.uvarint(len(raw) + 1)
+        if value.__class__ is not str:
+            if value is None:
+                raise LocalProtocolError("None given for a non-nullable compact string")
+            value = self._encode_str(value).decode("utf-8")
+        raw = value.encode("utf-8")
+        size = len(raw) + 1
+        if size < 0x80:
+            self.buf.append(size)
+        else:
+            self.uvarint(size)
         self.buf += raw
 
     def compact_nullable_string(self, value: str | None) -> None:
@@ -460,8 +498,12 @@ class Writer:
     def compact_nullable_bytes(self, value: BytesLike | None) -> None:
         if value is None:
             self.buf.append(0)
-        else:
-            self.compact_bytes(value)
+            return
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise LocalProtocolError(f"bytes expected, got {type(value).__name__}")
+        size = value.nbytes if isinstance(value, memoryview) else len(value)
+        self.uvarint(size + 1)
+        self.buf += value
 
     # -- tagged fields -----------------------------------------------------------------------
     def tagged_fields(self, fields: list[tuple[int, BytesLike]]) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field as _dc_field
 from functools import lru_cache
 from typing import Any, Callable
 
-from flowbus.protocol.errors import LocalProtocolError, MalformedMessageError
+from flowbus.protocol.errors import LocalProtocolError, MalformedMessageError, TruncatedMessageError
 from flowbus.protocol.primitives import ZERO_UUID, Reader, Writer
 
 Body = dict[str, Any]
@@ -259,10 +259,25 @@ def _nullable_struct(dec: Decoder, enc: Encoder, path: str) -> tuple[Decoder, En
     return decode, encode, 1
 
 
+#: struct format characters of the fixed-width types that can be merged into one unpack/pack.
+_FIXED_FORMAT = {"int8": "b", "int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q",
+                 "float64": "d", "bool": "?"}
+
+
+def _truncated(r: Reader, stop: int) -> None:
+    raise TruncatedMessageError(f"need bytes up to offset {stop}, the message ends at {r.end}")
+
+
 def _struct_codec(fields: tuple[Field, ...], version: int, flexible: bool, path: str
                   ) -> tuple[Decoder, Encoder, int]:
-    """Compile a struct (or a whole message body) at one version into a decoder and an encoder."""
-    plain: list[tuple[str, Decoder, Encoder, Any]] = []
+    """Compile a struct (or a whole message body) at one version into a decoder and an encoder.
+
+    The two functions are generated as Python source and compiled once per (message, version), so
+    the hot path is straight-line code: consecutive fixed-width fields (e.g. a Fetch partition's
+    index, error code and three offsets) become a single ``struct`` unpack or pack, the body dict
+    is built as one literal, and every other field is one call to a precompiled codec.
+    """
+    plain: list[tuple[Field, Decoder, Encoder, Any]] = []
     tagged: list[tuple[int, str, Decoder, Encoder, Any]] = []
     min_bytes = 1 if flexible else 0  # the tagged-field count
     for fld in fields:
@@ -273,50 +288,78 @@ def _struct_codec(fields: tuple[Field, ...], version: int, flexible: bool, path:
         if flexible and fld.tag is not None and version in fld.tagged:
             tagged.append((fld.tag, fld.name, dec, enc, default))
         else:
-            plain.append((fld.name, dec, enc, default))
+            plain.append((fld, dec, enc, default))
             min_bytes += size
     tagged.sort(key=lambda item: item[0])
-    decode_plan = tuple((name, dec) for name, dec, _, _ in plain)
-    encode_plan = tuple((name, enc, default) for name, _, enc, default in plain)
-    tag_decoders = {tag: (name, dec) for tag, name, dec, _, _ in tagged}
-    tag_defaults = tuple((name, default) for _, name, _, _, default in tagged)
-    tag_encoders = tuple((tag, name, enc, default) for tag, name, _, enc, default in tagged)
 
-    if not flexible:
-        def decode(r: Reader) -> Body:
-            body: Body = {}
-            for name, dec in decode_plan:
-                body[name] = dec(r)
-            return body
+    namespace: dict[str, Any] = {"_truncated": _truncated, "_decode_tags": _decode_tags,
+                                 "_encode_tags": _encode_tags, "_fresh": _fresh}
+    decode_lines = ["def decode(r):"]
+    encode_lines = ["def encode(w, body):", "    get = body.get", "    buf = w.buf"]
+    entries: list[str] = []  # "'name': var" pieces of the decoded dict literal
 
-        def encode(w: Writer, body: Body) -> None:
-            get = body.get
-            for name, enc, default in encode_plan:
-                enc(w, get(name, default))
+    # Group consecutive fixed-width, non-nullable fields into runs.
+    groups: list[list[tuple[Field, Decoder, Encoder, Any]]] = []
+    for item in plain:
+        fld = item[0]
+        fixed = fld.type in _FIXED_FORMAT
+        if fixed and groups and groups[-1][0][0].type in _FIXED_FORMAT:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
 
-        return decode, encode, min_bytes
+    for index, group in enumerate(groups):
+        first = group[0][0]
+        if first.type in _FIXED_FORMAT:
+            packer = _struct.Struct(">" + "".join(_FIXED_FORMAT[fld.type] for fld, _, _, _ in group))
+            namespace[f"S{index}"] = packer
+            names = [f"v{index}_{n}" for n in range(len(group))]
+            decode_lines += [
+                "    p = r.pos",
+                f"    q = p + {packer.size}",
+                "    if q > r.end:",
+                "        _truncated(r, q)",
+                "    r.pos = q",
+                f"    {', '.join(names)}, = S{index}.unpack_from(r.buf, p)",
+            ]
+            arguments = []
+            for n, (fld, _, _, default) in enumerate(group):
+                namespace[f"d{index}_{n}"] = default
+                entries.append(f"{fld.name!r}: {names[n]}")
+                arguments.append(f"get({fld.name!r}, d{index}_{n})")
+            encode_lines.append(f"    buf += S{index}.pack({', '.join(arguments)})")
+        else:
+            fld, dec, enc, default = group[0]
+            namespace[f"D{index}"] = dec
+            namespace[f"E{index}"] = enc
+            namespace[f"d{index}"] = default
+            decode_lines.append(f"    v{index} = D{index}(r)")
+            entries.append(f"{fld.name!r}: v{index}")
+            encode_lines.append(f"    E{index}(w, get({fld.name!r}, d{index}))")
 
-    def decode_flexible(r: Reader) -> Body:
-        body: Body = {}
-        for name, dec in decode_plan:
-            body[name] = dec(r)
-        for name, default in tag_defaults:
-            body[name] = _fresh(default)
-        count = r.uvarint()
-        if count:
-            _decode_tags(r, count, body, tag_decoders)
-        return body
+    for number, (_, name, _, _, default) in enumerate(tagged):
+        namespace[f"t{number}"] = default
+        fresh = isinstance(default, (tuple, dict))
+        entries.append(f"{name!r}: _fresh(t{number})" if fresh else f"{name!r}: t{number}")
+    decode_lines.append("    body = {" + ", ".join(entries) + "}")
+    if flexible:
+        namespace["TAG_DECODERS"] = {tag: (name, dec) for tag, name, dec, _, _ in tagged}
+        namespace["TAG_ENCODERS"] = tuple((tag, name, enc, default) for tag, name, _, enc, default in tagged)
+        decode_lines += ["    n = r.uvarint()", "    if n:", "        _decode_tags(r, n, body, TAG_DECODERS)"]
+        if tagged:
+            # Handlers rarely set tagged fields: test key presence inline before the general path.
+            present = " or ".join(f"{name!r} in body" for _, name, _, _, _ in tagged)
+            encode_lines += [f"    if {present}:", "        _encode_tags(w, body, TAG_ENCODERS)",
+                             "    else:", "        buf.append(0)"]
+        else:
+            encode_lines.append("    buf.append(0)")
+    decode_lines.append("    return body")
+    if len(encode_lines) == 3:
+        encode_lines.append("    pass")
 
-    def encode_flexible(w: Writer, body: Body) -> None:
-        get = body.get
-        for name, enc, default in encode_plan:
-            enc(w, get(name, default))
-        if not tag_encoders:
-            w.buf.append(0)
-            return
-        _encode_tags(w, body, tag_encoders)
-
-    return decode_flexible, encode_flexible, min_bytes
+    source = "\n".join(decode_lines) + "\n\n" + "\n".join(encode_lines) + "\n"
+    exec(compile(source, f"<flowbus.protocol plan {path} v{version}>", "exec"), namespace)  # noqa: S102
+    return namespace["decode"], namespace["encode"], min_bytes
 
 
 def _fresh(default: Any) -> Any:
@@ -356,14 +399,18 @@ def _decode_tags(r: Reader, count: int, body: Body, tag_decoders: dict[int, tupl
 def _encode_tags(w: Writer, body: Body, tag_encoders: tuple[tuple[int, str, Encoder, Any], ...]) -> None:
     """Write the tagged fields whose values differ from their defaults (Kafka omits defaults)."""
     present: list[tuple[int, bytearray]] = []
+    get = body.get
     for tag, name, enc, default in tag_encoders:
-        value = body.get(name, _MISSING)
+        value = get(name, _MISSING)
         if value is _MISSING or value is None and default is None or _equals_default(value, default):
             continue
         sub = Writer()
         enc(sub, value)
         present.append((tag, sub.buf))
-    w.tagged_fields(present)  # type: ignore[arg-type]
+    if present:
+        w.tagged_fields(present)  # type: ignore[arg-type]
+    else:
+        w.buf.append(0)
 
 
 def _equals_default(value: Any, default: Any) -> bool:
