@@ -12,9 +12,10 @@ Figures on a shared machine are noisy: take the best of ``--repeat`` runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from flowbus.records import BatchBuilder, Codec, decode_batch
 
@@ -28,7 +29,7 @@ def make_values(count: int, value_bytes: int, seed: int) -> list[bytes]:
 
 def build_batch(codec: Codec, keys: list[bytes], values: list[bytes], base_timestamp_ms: int) -> bytes:
     builder = BatchBuilder(codec)
-    for i, (key, value) in enumerate(zip(keys, values)):
+    for i, (key, value) in enumerate(zip(keys, values, strict=True)):
         builder.append(key, value, timestamp_ms=base_timestamp_ms + i)
     return builder.build()
 
@@ -68,14 +69,16 @@ def main() -> None:
         f"{args.batch_records} records/batch, {args.value_bytes}-byte values, "
         f"{payload_bytes / args.batch_records:.0f} payload bytes/record; best of {args.repeat} x {args.seconds}s"
     )
-    print(f"{'codec':<7} {'batch B':>8} {'encode rec/s':>13} {'encode MB/s':>12} {'decode rec/s':>13} {'decode MB/s':>12}")
+    columns = ("batch B", "encode rec/s", "encode MB/s", "decode rec/s", "decode MB/s")
+    print(f"{'codec':<7} {columns[0]:>8} {columns[1]:>13} {columns[2]:>12} {columns[3]:>13} {columns[4]:>12}")
     for name in args.codecs.split(","):
         codec = Codec[name.strip().upper()]
         batch = build_batch(codec, keys, values, timestamp_ms)
         _, records = decode_batch(batch)
         assert [r.value for r in records] == values, "round trip failed"
-        encode_batches_s = best_rate(lambda: build_batch(codec, keys, values, timestamp_ms), args.seconds, args.repeat)
-        decode_batches_s = best_rate(lambda: decode_batch(batch), args.seconds, args.repeat)
+        encode = functools.partial(build_batch, codec, keys, values, timestamp_ms)
+        encode_batches_s = best_rate(encode, args.seconds, args.repeat)
+        decode_batches_s = best_rate(functools.partial(decode_batch, batch), args.seconds, args.repeat)
         print(
             f"{codec.name.lower():<7} {len(batch):>8} "
             f"{encode_batches_s * args.batch_records:>13,.0f} {encode_batches_s * payload_bytes / 1e6:>12.1f} "

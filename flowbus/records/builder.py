@@ -18,7 +18,8 @@ for its producer state) has both set to -1.
 
 from __future__ import annotations
 
-from typing import Iterable
+import struct
+from collections.abc import Iterable
 
 from flowbus.records.compression import MAX_DECOMPRESSED_BYTES, Codec, compress
 from flowbus.records.errors import BatchFullError
@@ -28,16 +29,16 @@ from flowbus.records.header import (
     ATTR_TRANSACTIONAL_MASK,
     CRC_POS,
     HEADER_SIZE,
+    HEADER_STRUCT,
     LOG_OVERHEAD,
     MAGIC_V2,
     NO_TIMESTAMP,
-    _HEADER,
-    _UINT32,
     compute_crc,
 )
 from flowbus.records.varint import INT32_MAX, SMALL_VARINT_LIMIT, SMALL_VARINTS, encode_varint, encode_varlong
 
 _SMALL = SMALL_VARINT_LIMIT
+_CRC = struct.Struct(">I")
 
 _NULL = encode_varint(-1)
 _ZERO = encode_varint(0)
@@ -84,21 +85,21 @@ class BatchBuilder:
     """
 
     __slots__ = (
-        "codec",
-        "producer_id",
-        "producer_epoch",
-        "base_sequence",
-        "is_transactional",
-        "is_control",
-        "base_offset",
-        "partition_leader_epoch",
-        "max_batch_bytes",
-        "delete_horizon_ms",
+        "_base_timestamp",
         "_body",
         "_count",
         "_last_offset_delta",
-        "_base_timestamp",
         "_max_timestamp",
+        "base_offset",
+        "base_sequence",
+        "codec",
+        "delete_horizon_ms",
+        "is_control",
+        "is_transactional",
+        "max_batch_bytes",
+        "partition_leader_epoch",
+        "producer_epoch",
+        "producer_id",
     )
 
     def __init__(
@@ -266,7 +267,7 @@ class BatchBuilder:
             attributes |= ATTR_DELETE_HORIZON_MASK
         size_bytes = HEADER_SIZE + len(blob)
         out = bytearray(size_bytes)
-        _HEADER.pack_into(
+        HEADER_STRUCT.pack_into(
             out,
             0,
             self.base_offset,
@@ -284,5 +285,5 @@ class BatchBuilder:
             self._count,
         )
         out[HEADER_SIZE:] = blob
-        _UINT32.pack_into(out, CRC_POS, compute_crc(out, 0, size_bytes))
+        _CRC.pack_into(out, CRC_POS, compute_crc(out, 0, size_bytes))
         return bytes(out)

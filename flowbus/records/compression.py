@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from enum import IntEnum
-from typing import Callable
 
 import cramjam
 

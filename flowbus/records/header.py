@@ -73,6 +73,10 @@ _INT64 = struct.Struct(">q")
 _INT32 = struct.Struct(">i")
 _UINT32 = struct.Struct(">I")
 
+#: The fixed header as one struct, in the field order of :class:`BatchHeader`; writers (the
+#: batch builder) pack it in one call.
+HEADER_STRUCT = _HEADER
+
 
 @dataclass(frozen=True, slots=True)
 class BatchHeader:
@@ -207,7 +211,7 @@ def peek_batch_size(buf: bytes | bytearray | memoryview, pos: int = 0) -> int | 
     if len(buf) - pos < LOG_OVERHEAD:
         return None
     _, batch_length = _PREFIX.unpack_from(buf, pos)
-    return LOG_OVERHEAD + batch_length
+    return LOG_OVERHEAD + int(batch_length)
 
 
 def set_base_offset(buf: bytearray | memoryview, pos: int, base_offset: int) -> None:

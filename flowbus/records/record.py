@@ -29,7 +29,8 @@ more than the rest of the record's decoding.
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 from flowbus.records.compression import MAX_DECOMPRESSED_BYTES, Codec, decompress
 from flowbus.records.errors import CorruptRecordError, UnsupportedCompressionError

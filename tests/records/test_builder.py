@@ -145,7 +145,7 @@ def test_accepts_bytearray_and_memoryview() -> None:
 
 def test_long_keys_values_and_many_headers() -> None:
     """Lengths past the two-byte varint table take the general encoder."""
-    headers = [("h%d" % i, b"x" * i) for i in range(300)]
+    headers = [(f"h{i}", b"x" * i) for i in range(300)]
     builder = BatchBuilder(Codec.LZ4)
     builder.append(b"k" * 20_000, b"v" * 1_000_000, timestamp_ms=1, headers=headers)
     builder.append(None, b"", timestamp_ms=1 + (1 << 40), offset=1 << 20)

@@ -21,10 +21,10 @@ from flowbus.records import (
     Codec,
     ControlType,
     Record,
+    RecordHeader,
     build_control_batch,
     decode_batch,
     iter_records,
-    parse_control_record,
     set_log_append_time,
 )
 
@@ -44,7 +44,7 @@ def sample_rows(count: int) -> list[tuple[bytes | None, bytes | None, list[tuple
     return rows
 
 
-def kafka_python_fields(record: Any) -> tuple[int, int, bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...]]:
+def kafka_python_fields(record: Any) -> tuple[int, int, bytes | None, bytes | None, tuple[RecordHeader, ...]]:
     return (record.offset, record.timestamp, record.key, record.value, tuple(tuple(h) for h in record.headers))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
@@ -60,7 +61,8 @@ def test_batch_round_trip(
     for key, value, headers, timestamp_shift, gap in rows:
         offset = offset + gap if explicit_offsets else offset + 1
         timestamp_ms = first_timestamp_ms + timestamp_shift
-        builder.append(key, value, timestamp_ms=timestamp_ms, headers=headers, offset=offset if explicit_offsets else None)
+        explicit = offset if explicit_offsets else None
+        builder.append(key, value, timestamp_ms=timestamp_ms, headers=headers, offset=explicit)
         expected.append(Record(offset, timestamp_ms, key, value, tuple(headers)))
     last_offset_delta = offset - base_offset + extra_last_offset_delta if rows else extra_last_offset_delta
     batch = builder.build(last_offset_delta=last_offset_delta)
@@ -96,7 +98,7 @@ def test_decode_at_position_and_from_memoryview() -> None:
     builder.append(b"a", b"b", timestamp_ms=7, headers=[("h", b"1")])
     batch = builder.build()
     buf = memoryview(bytearray(b"junk" + batch))
-    header, records = decode_batch(buf, 4)
+    _, records = decode_batch(buf, 4)
     assert records == [Record(5, 7, b"a", b"b", (("h", b"1"),))]
     assert type(records[0].value) is bytes
 
@@ -299,10 +301,8 @@ def test_records_blob_garbage_with_a_valid_crc_raises_only_corrupt_record_error(
         batch[data.draw(st.integers(61, len(batch) - 1))] = data.draw(st.integers(0, 255))
     if data.draw(st.booleans()):
         struct.pack_into(">i", batch, RECORD_COUNT_POS, data.draw(st.integers(-5, 40)))
-    try:
+    with contextlib.suppress(CorruptRecordError):
         decode_batch(refresh_crc(batch))
-    except CorruptRecordError:
-        pass
 
 
 @settings(max_examples=200, deadline=None)
@@ -310,10 +310,8 @@ def test_records_blob_garbage_with_a_valid_crc_raises_only_corrupt_record_error(
 def test_random_records_blobs_raise_only_corrupt_record_error(
     blob: bytes, record_count: int, last_offset_delta: int
 ) -> None:
-    try:
+    with contextlib.suppress(CorruptRecordError):
         decode_batch(forge_batch(blob, record_count=record_count, last_offset_delta=last_offset_delta))
-    except CorruptRecordError:
-        pass
 
 
 def test_attributes_position_constant() -> None:
