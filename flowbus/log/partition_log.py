@@ -259,6 +259,11 @@ class PartitionLog:
         new.created_ms = self.clock.now_ms()
         self._segments.add(new)
         self._directory_dirty = True
+        if self._unflushed_since_ms is None:
+            # The new file and the old segment's final index entry need an fsync too; until
+            # then the old segment stays at or after the recovery point, out of the cleaner's
+            # and retention's reach.
+            self._unflushed_since_ms = self.clock.monotonic_ms()
         log.debug("rolled %s-%d to a new segment at offset %d", self.topic, self.partition, new.base_offset)
         return new
 
