@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from flowbus.protocol.api import ApiKey
-from flowbus.protocol.codec import RequestHeader, decode_request, encode_request, encode_response
+from flowbus.protocol.codec import (
+    RequestHeader,
+    decode_request,
+    encode_request,
+    encode_response,
+)
 
 BATCH_BYTES = 16 * 1024
 FETCH_PARTITIONS = 6

@@ -21,9 +21,18 @@ from typing import NamedTuple
 
 from flowbus.protocol.api import SUPPORTED_VERSIONS, ApiKey
 from flowbus.protocol.error_codes import ErrorCode
-from flowbus.protocol.errors import (MalformedMessageError, RemoteProtocolError, TruncatedMessageError,
-                                     UnsupportedVersionError)
-from flowbus.protocol.messages import CONSUMER_PROTOCOL_ASSIGNMENT, CONSUMER_PROTOCOL_SUBSCRIPTION, REQUESTS, RESPONSES
+from flowbus.protocol.errors import (
+    MalformedMessageError,
+    RemoteProtocolError,
+    TruncatedMessageError,
+    UnsupportedVersionError,
+)
+from flowbus.protocol.messages import (
+    CONSUMER_PROTOCOL_ASSIGNMENT,
+    CONSUMER_PROTOCOL_SUBSCRIPTION,
+    REQUESTS,
+    RESPONSES,
+)
 from flowbus.protocol.primitives import BytesLike, Reader, Writer
 from flowbus.protocol.schema import Body, Plan, cached_plan
 

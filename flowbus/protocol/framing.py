@@ -36,7 +36,7 @@ class FrameDecoder:
     :meth:`feed` raises the same error and the connection must be closed.
     """
 
-    __slots__ = ("max_frame_bytes", "_buffer", "_error")
+    __slots__ = ("_buffer", "_error", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         if max_frame_bytes < 0:

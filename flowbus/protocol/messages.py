@@ -19,8 +19,6 @@ from __future__ import annotations
 from flowbus.protocol.api import ApiKey
 from flowbus.protocol.schema import MessageSpec, arr, f, message, struct
 
-# ruff: noqa: E501
-
 PRODUCE_REQUEST = message("ProduceRequest", "0-9", "9+", [
     f("transactional_id", "string", "3+", nullable="3+", default=None),
     f("acks", "int16"),

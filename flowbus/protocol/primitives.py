@@ -14,10 +14,15 @@ connection. Byte-typed values are returned as zero-copy ``memoryview`` slices wh
 
 from __future__ import annotations
 
+import builtins
 import struct
 import uuid
 
-from flowbus.protocol.errors import LocalProtocolError, MalformedMessageError, TruncatedMessageError
+from flowbus.protocol.errors import (
+    LocalProtocolError,
+    MalformedMessageError,
+    TruncatedMessageError,
+)
 
 #: A varint (int32) takes at most 5 bytes; more means a malformed or hostile encoding.
 MAX_VARINT_BYTES = 5
@@ -66,7 +71,7 @@ class Reader:
         MalformedMessageError: a value is impossible (negative length, overlong varint, bad UTF-8).
     """
 
-    __slots__ = ("buf", "pos", "end")
+    __slots__ = ("buf", "end", "pos")
 
     def __init__(self, data: BytesLike, pos: int = 0, end: int | None = None) -> None:
         self.buf = data if isinstance(data, memoryview) else memoryview(data)
@@ -272,14 +277,14 @@ class Reader:
         """int32 length + bytes, copied (for small values handlers keep, e.g. group metadata)."""
         return bytes(self.bytes_view())
 
-    def nullable_bytes(self) -> bytes | None:
+    def nullable_bytes(self) -> builtins.bytes | None:
         view = self.nullable_bytes_view()
         return None if view is None else bytes(view)
 
-    def compact_bytes(self) -> bytes:
+    def compact_bytes(self) -> builtins.bytes:
         return bytes(self.compact_bytes_view())
 
-    def compact_nullable_bytes(self) -> bytes | None:
+    def compact_nullable_bytes(self) -> builtins.bytes | None:
         view = self.compact_nullable_bytes_view()
         return None if view is None else bytes(view)
 

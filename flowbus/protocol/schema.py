@@ -4,8 +4,8 @@ Kafka describes each request and response as a tree of fields, each with the ver
 the versions in which it may be null, and (for flexible versions, KIP-482) an optional tag that moves
 it into the tagged-field section. :mod:`flowbus.protocol.messages` writes those facts down with the
 helpers here (:func:`f`, :func:`arr`, :func:`struct`); this module turns one message at one version
-into a flat :class:`Plan` -- a decoder and an encoder made of closures over the fields that exist in
-that version -- so the hot path never looks at version ranges again.
+into a flat :class:`Plan` -- a decoder and an encoder generated as straight-line Python for exactly
+the fields that exist in that version -- so the hot path never looks at version ranges again.
 
 Bodies are plain dicts keyed by snake_case field names; arrays are lists; nested structs are dicts;
 ``records`` fields decode to zero-copy ``memoryview`` slices of the frame. On encode a missing key
@@ -15,12 +15,17 @@ takes the field's default; keys of fields absent from the version are ignored.
 from __future__ import annotations
 
 import struct as _struct
-import uuid
-from dataclasses import dataclass, field as _dc_field
-from functools import lru_cache
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as _dc_field
+from functools import cache
+from typing import Any
 
-from flowbus.protocol.errors import LocalProtocolError, MalformedMessageError, TruncatedMessageError
+from flowbus.protocol.errors import (
+    LocalProtocolError,
+    MalformedMessageError,
+    TruncatedMessageError,
+)
 from flowbus.protocol.primitives import ZERO_UUID, Reader, Writer
 
 Body = dict[str, Any]
@@ -46,7 +51,7 @@ _FIXED_SIZE_BYTES = {"int8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4
 class VersionRange:
     """An inclusive version range parsed from Kafka's notation: ``"3+"``, ``"0-4"``, ``"7"``, ``"none"``."""
 
-    __slots__ = ("low", "high")
+    __slots__ = ("high", "low")
 
     def __init__(self, spec: str) -> None:
         spec = spec.strip()
@@ -104,7 +109,7 @@ class Field:
 def f(name: str, type_: str, versions: str = "0+", *, nullable: str = "none", tag: int | None = None,
       tagged: str = "none", default: Any = _MISSING) -> Field:
     """A primitive field or an array of primitives (``type_`` = ``"[]int32"``)."""
-    element = type_[2:] if type_.startswith("[]") else type_
+    element = type_.removeprefix("[]")
     if element not in PRIMITIVE_TYPES:
         raise ValueError(f"field {name}: unknown type {type_!r}")
     return Field(name, type_, VersionRange(versions), VersionRange(nullable), tag, VersionRange(tagged), default)
@@ -460,7 +465,7 @@ def _guard_encode(enc: Encoder, name: str, version: int) -> Encoder:
     return encode
 
 
-@lru_cache(maxsize=None)
+@cache
 def cached_plan(spec: MessageSpec, version: int) -> Plan:
     """:func:`compile_plan`, memoised per (spec, version); specs are immutable."""
     return compile_plan(spec, version)
@@ -473,5 +478,5 @@ def field_names(spec: MessageSpec, version: int) -> list[str]:
 
 __all__ = [
     "Body", "Field", "MessageSpec", "Plan", "VersionRange", "arr", "cached_plan", "compile_plan", "f",
-    "field_names", "message", "struct", "uuid",
+    "field_names", "message", "struct",
 ]

@@ -7,9 +7,21 @@ import struct
 import pytest
 
 from flowbus.protocol import SUPPORTED_VERSIONS, ApiKey, ErrorCode
-from flowbus.protocol.codec import (Request, RequestHeader, api_versions_body, api_versions_fallback_response,
-                                    decode_request, decode_response, encode_request, encode_response)
-from flowbus.protocol.errors import LocalProtocolError, RemoteProtocolError, UnsupportedVersionError
+from flowbus.protocol.codec import (
+    Request,
+    RequestHeader,
+    api_versions_body,
+    api_versions_fallback_response,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+)
+from flowbus.protocol.errors import (
+    LocalProtocolError,
+    RemoteProtocolError,
+    UnsupportedVersionError,
+)
 
 
 def test_request_header_v1_layout() -> None:
@@ -49,7 +61,7 @@ def test_response_header_v0_and_v1() -> None:
     assert decode_response(3, 9, metadata_v9[4:])[0] == 5
 
 
-@pytest.mark.parametrize("version", range(0, 5))
+@pytest.mark.parametrize("version", range(5))
 def test_api_versions_response_always_uses_header_v0(version: int) -> None:
     frame = encode_response(RequestHeader(18, version, 0x0A0B0C0D, "c"), api_versions_body())
     assert frame[4:8] == b"\x0a\x0b\x0c\x0d"

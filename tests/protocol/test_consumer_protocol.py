@@ -6,10 +6,13 @@ import struct
 
 import pytest
 
-from flowbus.protocol.codec import (decode_consumer_assignment, decode_consumer_subscription,
-                                    encode_consumer_assignment, encode_consumer_subscription)
+from flowbus.protocol.codec import (
+    decode_consumer_assignment,
+    decode_consumer_subscription,
+    encode_consumer_assignment,
+    encode_consumer_subscription,
+)
 from flowbus.protocol.errors import MalformedMessageError
-
 from tests.protocol.bodies import normalise
 
 SUBSCRIPTION = {"topics": ["orders", "payments"], "user_data": b"\x01\x02", "owned_partitions": [

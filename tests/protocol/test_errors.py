@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 
 from flowbus.errors import FlowbusError
-from flowbus.protocol import ErrorCode
-from flowbus.protocol import errors
+from flowbus.protocol import ErrorCode, errors
 from flowbus.protocol.error_codes import is_retriable
-from flowbus.protocol.errors import KafkaError, ProtocolError, RemoteProtocolError, kafka_error_for_code
+from flowbus.protocol.errors import (
+    KafkaError,
+    ProtocolError,
+    RemoteProtocolError,
+    kafka_error_for_code,
+)
 
 REQUIRED = {
     "NONE": 0, "OFFSET_OUT_OF_RANGE": 1, "CORRUPT_MESSAGE": 2, "UNKNOWN_TOPIC_OR_PARTITION": 3,

@@ -8,7 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowbus.protocol.errors import FrameTooLargeError, InvalidFrameError, RemoteProtocolError
+from flowbus.protocol.errors import (
+    FrameTooLargeError,
+    InvalidFrameError,
+    RemoteProtocolError,
+)
 from flowbus.protocol.framing import FrameDecoder, encode_frame
 
 

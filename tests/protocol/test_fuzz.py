@@ -11,10 +11,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowbus.protocol import SUPPORTED_VERSIONS
-from flowbus.protocol.codec import (RequestHeader, decode_consumer_assignment, decode_consumer_subscription,
-                                    decode_request, decode_response, encode_request, encode_response)
+from flowbus.protocol.codec import (
+    RequestHeader,
+    decode_consumer_assignment,
+    decode_consumer_subscription,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+)
 from flowbus.protocol.errors import RemoteProtocolError, UnsupportedVersionError
-
 from tests.protocol.bodies import all_pairs, rich_body
 
 PAIRS = all_pairs()

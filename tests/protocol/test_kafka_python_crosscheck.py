@@ -22,11 +22,17 @@ from typing import Any
 import pytest
 
 from flowbus.protocol.api import ApiKey
-from flowbus.protocol.codec import (RequestHeader, decode_request, decode_response, encode_request,
-                                    encode_response, request_plan, response_plan)
+from flowbus.protocol.codec import (
+    RequestHeader,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+    request_plan,
+    response_plan,
+)
 from flowbus.protocol.primitives import Writer
 from flowbus.protocol.schema import MessageSpec
-
 from tests.protocol.bodies import all_pairs, normalise, rich_body, sparse_body
 
 kafka_protocol = pytest.importorskip("kafka.protocol.api_message")
@@ -49,7 +55,7 @@ def _new_classes() -> dict[tuple[int, str], Any]:
 
 
 def _old_classes() -> dict[tuple[int, str, int], Any]:
-    import kafka.protocol.old as old
+    from kafka.protocol import old
     from kafka.protocol.old.api import Request, Response
 
     found: dict[tuple[int, str, int], Any] = {}
@@ -139,7 +145,7 @@ def test_headers_and_framing_match_kafka_python(kind: str, key: ApiKey, version:
 
 # Old hand-written schemas: layouts only (their names differ). Legacy message-set fields parse the
 # records payload, so they only accept real message sets; those versions are exercised above.
-_OLD_SKIP = {(0, "request", v) for v in range(0, 3)} | {(1, "response", v) for v in range(0, 4)}
+_OLD_SKIP = {(0, "request", v) for v in range(3)} | {(1, "response", v) for v in range(4)}
 OLD_CASES = [(kind, key, version, spec, shape) for kind, key, version, spec in PAIRS
              if (int(key), kind, version) in OLD and (int(key), kind, version) not in _OLD_SKIP for shape in SHAPES]
 

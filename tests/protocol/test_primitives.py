@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowbus.protocol.errors import LocalProtocolError, MalformedMessageError, RemoteProtocolError, TruncatedMessageError
-from flowbus.protocol.primitives import (INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, UINT32_MAX, Reader, Writer,
-                                         zigzag_decode, zigzag_encode)
+from flowbus.protocol.errors import (
+    LocalProtocolError,
+    MalformedMessageError,
+    RemoteProtocolError,
+    TruncatedMessageError,
+)
+from flowbus.protocol.primitives import (
+    INT32_MAX,
+    INT32_MIN,
+    INT64_MAX,
+    INT64_MIN,
+    UINT32_MAX,
+    Reader,
+    Writer,
+    zigzag_decode,
+    zigzag_encode,
+)
 
 
 def roundtrip(method: str, value: Any) -> Any:

@@ -8,10 +8,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowbus.protocol.codec import decode_request, decode_response, encode_request, encode_response, RequestHeader
+from flowbus.protocol.codec import (
+    RequestHeader,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+)
 from flowbus.protocol.schema import MessageSpec
-
-from tests.protocol.bodies import all_pairs, body_strategy, normalise, rich_body, sparse_body
+from tests.protocol.bodies import (
+    all_pairs,
+    body_strategy,
+    normalise,
+    rich_body,
+    sparse_body,
+)
 
 PAIRS = all_pairs()
 IDS = [f"{spec.name}-v{version}" for _, _, version, spec in PAIRS]
