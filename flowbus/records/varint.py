@@ -31,7 +31,7 @@ MAX_VARINT_BYTES = 5
 MAX_VARLONG_BYTES = 10
 
 #: Signed values in [-SMALL_VARINT_LIMIT, SMALL_VARINT_LIMIT) zigzag-encode to one or two
-#: bytes. They are prebuilt (about 0.6 MB) because record encoding is dominated by such
+#: bytes. They are prebuilt (about 0.7 MB) because record encoding is dominated by such
 #: values -- timestamp and offset deltas within a batch, lengths of keys and values -- and a
 #: list lookup costs a fraction of encoding: index with ``value + SMALL_VARINT_LIMIT``.
 SMALL_VARINT_LIMIT = 1 << 13
