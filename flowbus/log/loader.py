@@ -51,6 +51,8 @@ class LoadedLog:
     recovery_position: int
     cleaner_offset: int
     bytes_cut: int
+    #: Bytes whose CRC was checked because they lay after the recovery point.
+    bytes_validated: int
 
 
 def load_partition(directory: Path, limits: SegmentLimits, *, clean_shutdown: bool) -> LoadedLog:
@@ -70,6 +72,7 @@ def load_partition(directory: Path, limits: SegmentLimits, *, clean_shutdown: bo
     trust_all = clean_shutdown and checkpoint is not None
     segments = LogSegments()
     bytes_cut = 0
+    bytes_validated = 0
     for i, base in enumerate(bases):
         if segments and base < segments.active.next_offset:
             # Left over from a cleaner swap cut short: the swapped-in segment covers it.
@@ -83,6 +86,7 @@ def load_partition(directory: Path, limits: SegmentLimits, *, clean_shutdown: bo
             segment._records_dirty = True  # re-validated bytes may not be on disk yet
         segments.add(segment)
         bytes_cut += cut
+        bytes_validated += max(0, segment.size_bytes - validate_from)
         if cut:
             bytes_cut += _delete_later(directory, bases[i + 1 :])
             break
@@ -95,7 +99,7 @@ def load_partition(directory: Path, limits: SegmentLimits, *, clean_shutdown: bo
     log_start = max(first_base, min(checkpoint.log_start_offset if checkpoint else 0, log_end))
     recovery = _recovery_point(segments, checkpoint, trust_all)
     cleaner_offset = max(log_start, min(checkpoint.cleaner_offset if checkpoint else 0, log_end))
-    return LoadedLog(segments, log_start, *recovery, cleaner_offset, bytes_cut)
+    return LoadedLog(segments, log_start, *recovery, cleaner_offset, bytes_cut, bytes_validated)
 
 
 def _validation_start(

@@ -95,6 +95,7 @@ class PartitionLog:
         self._checkpoint_lock = threading.Lock()
         loaded = load_partition(directory, segment_limits(config), clean_shutdown=clean_shutdown)
         self.bytes_cut_on_open = loaded.bytes_cut
+        self.bytes_validated_on_open = loaded.bytes_validated
         self._segments: LogSegments = loaded.segments
         for segment in self._segments:
             segment.created_ms = clock.now_ms()
