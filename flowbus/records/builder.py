@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterable
 
 from flowbus.records.compression import MAX_DECOMPRESSED_BYTES, Codec, compress
-from flowbus.records.errors import BatchFullError
+from flowbus.records.errors import BatchFullError, UnsupportedCompressionError
 from flowbus.records.header import (
     ATTR_CONTROL_MASK,
     ATTR_DELETE_HORIZON_MASK,
@@ -116,7 +116,10 @@ class BatchBuilder:
         max_batch_bytes: int = MAX_DECOMPRESSED_BYTES,
         delete_horizon_ms: int | None = None,
     ) -> None:
-        self.codec = Codec(codec)
+        try:
+            self.codec = Codec(codec)
+        except ValueError:
+            raise UnsupportedCompressionError(f"unknown compression codec id {codec}") from None
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.base_sequence = base_sequence

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flowbus.records import (
     BatchBuilder,
     BatchFullError,
     Codec,
     Record,
+    UnsupportedCompressionError,
     decode_batch,
 )
 from flowbus.records.header import ATTR_DELETE_HORIZON_MASK
@@ -160,3 +163,44 @@ def test_unicode_header_keys() -> None:
     builder.append(None, None, timestamp_ms=1, headers=[("clé-😀", b"v"), ("", None)])
     _, [record] = decode_batch(builder.build())
     assert record.headers == (("clé-😀", b"v"), ("", None))
+
+
+def test_unknown_codec_is_refused_up_front() -> None:
+    with pytest.raises(UnsupportedCompressionError):
+        BatchBuilder(6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    codec=st.sampled_from(list(Codec)),
+    count=st.integers(1, 30),
+    keep=st.lists(st.booleans(), min_size=30, max_size=30),
+    base_offset=st.integers(0, 1 << 40),
+)
+def test_compactor_style_rebuild_keeps_offsets_timestamps_and_last_offset(
+    codec: Codec, count: int, keep: list[bool], base_offset: int
+) -> None:
+    """Decode a batch, keep a subset, rebuild with the original offsets: what the cleaner does."""
+    original = BatchBuilder(codec, base_offset=base_offset, producer_id=8, producer_epoch=1, base_sequence=100)
+    for i in range(count):
+        original.append(b"k%d" % (i % 4), None if i % 5 == 4 else b"v%d" % i, timestamp_ms=1_000 + 3 * i)
+    header, records = decode_batch(original.build())
+
+    rebuilt_builder = BatchBuilder(
+        header.compression,
+        producer_id=header.producer_id,
+        producer_epoch=header.producer_epoch,
+        base_sequence=header.base_sequence,
+        base_offset=header.base_offset,
+    )
+    kept = [record for record, keep_it in zip(records, keep, strict=False) if keep_it]
+    for record in kept:
+        rebuilt_builder.append(
+            record.key, record.value, timestamp_ms=record.timestamp_ms, headers=record.headers, offset=record.offset
+        )
+    rebuilt_header, rebuilt_records = decode_batch(rebuilt_builder.build(last_offset_delta=header.last_offset_delta))
+
+    assert rebuilt_records == kept
+    assert rebuilt_header.last_offset == header.last_offset
+    assert rebuilt_header.last_sequence == header.last_sequence
+    assert rebuilt_header.producer_id == 8

@@ -126,6 +126,26 @@ def test_our_batches_decode_with_kafka_python(codec: Codec) -> None:
     ]
 
 
+def test_our_concatenated_batches_decode_with_kafka_python_memory_records() -> None:
+    """What a fetch response carries: several batches back to back, each its own codec."""
+    buffers = []
+    for base_offset, codec in zip(range(0, 50, 10), Codec, strict=True):
+        builder = BatchBuilder(codec, base_offset=base_offset)
+        for _ in range(10):
+            builder.append(None, b"%d" % builder.next_offset, timestamp_ms=base_offset)
+        buffers.append(builder.build())
+    records = MemoryRecords(b"".join(buffers))
+    values = []
+    codecs = []
+    while records.has_next():
+        batch = records.next_batch()
+        assert batch.validate_crc()
+        codecs.append(batch.compression_type)
+        values.extend(record.value for record in batch)
+    assert codecs == [int(c) for c in Codec]
+    assert values == [b"%d" % i for i in range(50)]
+
+
 @pytest.mark.parametrize("control_type", list(ControlType))
 def test_our_control_batches_decode_with_kafka_python(control_type: ControlType) -> None:
     batch = build_control_batch(
