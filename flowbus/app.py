@@ -102,7 +102,7 @@ class App:
         self._transport: Transport | None = None
         self._scheduler: Scheduler | None = None
         self._producer: Producer | None = None
-        self._own_producer = False
+        self._worker_producer: Producer | None = None
         self.worker: Worker | None = None
 
     def __repr__(self) -> str:
@@ -234,26 +234,37 @@ class App:
 
     @property
     def producer(self) -> Producer:
-        """The producer of the running worker (or of :meth:`ensure_producer`)."""
-        if self._producer is None:
+        """The running worker's producer, else the one made by :meth:`ensure_producer`."""
+        producer = self._worker_producer or self._producer
+        if producer is None:
             raise ConfigurationError(f"app {self.id!r} is not running: start a worker or await app.ensure_producer()")
-        return self._producer
+        return producer
 
     async def ensure_producer(self) -> Producer:
         """A producer for sending outside a worker (scripts, tests); the worker's one if running."""
+        if self._worker_producer is not None:
+            return self._worker_producer
         if self._producer is None:
             await self.transport.start()
-            self._producer = self.transport.producer()
-            self._own_producer = True
+            if self._producer is None:
+                self._producer = self.transport.producer()
         return self._producer
 
     def _attach_producer(self, producer: Producer) -> None:
-        self._producer = producer
-        self._own_producer = False
+        self._worker_producer = producer
 
     def _detach_producer(self, producer: Producer | None) -> None:
-        if self._producer is producer:
-            self._producer = None
+        if self._worker_producer is producer:
+            self._worker_producer = None
+
+    async def create_topics(self) -> None:
+        """Create every declared topic that does not exist yet (the worker does this at start;
+        call it before producing from a script so topics get their declared partition counts)."""
+        from flowbus.transports.base import TopicSpec
+
+        specs: list[TopicSpec] = [t.spec(self.topic_partitions) for t in self.topics.values()]
+        await self.transport.start()
+        await self.transport.create_topics(specs)
 
     def make_worker(self, transport: Transport | None = None) -> Worker:
         from flowbus.worker import Worker
@@ -272,11 +283,10 @@ class App:
             self.worker.stop()
 
     async def close(self) -> None:
-        """Flush and close a producer made by :meth:`ensure_producer`."""
-        if self._own_producer and self._producer is not None:
-            await self._producer.close()
-            self._producer = None
-            self._own_producer = False
+        """Flush and close the producer made by :meth:`ensure_producer` (not the worker's)."""
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.close()
 
     def main(self) -> None:
         """Run a worker in this process with SIGTERM and SIGINT mapped to a clean shutdown."""

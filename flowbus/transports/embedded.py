@@ -33,7 +33,7 @@ from flowbus.broker.core import (
     FetchRequestPartition,
 )
 from flowbus.broker.core import NewTopic as CoreNewTopic
-from flowbus.broker.group_coordinator import OffsetToCommit
+from flowbus.broker.group_coordinator import GroupConfig, OffsetToCommit
 from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.protocol.error_codes import ErrorCode
 from flowbus.records.builder import BatchBuilder
@@ -513,7 +513,12 @@ class EmbeddedTransport(Transport):
                 from flowbus.broker.config import parse_host_port
 
                 host, port = parse_host_port(self.listen)
-            config = BrokerConfig(data_dir=self.data_dir, advertised_host=host, advertised_port=port)
+            # No initial rebalance delay: an embedded worker is usually its group's first member
+            # and should not wait Kafka's 3 s to start; later members trigger a rebalance anyway.
+            config = BrokerConfig(
+                data_dir=self.data_dir, advertised_host=host, advertised_port=port,
+                groups=GroupConfig(group_initial_rebalance_delay_ms=0),
+            )
             handle = _CORES[self.data_dir] = _CoreHandle(BrokerCore(config, clock=self.clock))
             await handle.core.start()
             await handle.core.wait_loaded()

@@ -293,6 +293,9 @@ class KafkaConsumer(Consumer):
 
     async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         def fetch() -> dict[TopicPartition, int]:
+            # librdkafka needs the partitions' leaders in its metadata cache first.
+            for topic in {tp.topic for tp in partitions}:
+                self._consumer.list_topics(topic, REQUEST_TIMEOUT_S)
             out = {}
             for tp in partitions:
                 _, high = self._consumer.get_watermark_offsets(KafkaTopicPartition(tp.topic, tp.partition), REQUEST_TIMEOUT_S)

@@ -1,0 +1,180 @@
+"""The worker on real transports: the embedded broker core in-process, and kafka:// against a
+real ``flowbus broker`` process. The same scenarios run on both."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flowbus
+from flowbus import App
+from flowbus.transports import transport_from_url
+from flowbus.transports.base import TopicPartition
+from tests.support.broker_process import BrokerProcess
+
+WAIT_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    with BrokerProcess(tmp_path_factory.mktemp("broker") / "data") as process:
+        yield process
+
+
+_counter = iter(range(1_000_000))
+
+
+@pytest.fixture(params=["embedded", "kafka"])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "embedded":
+        return f"embedded://{tmp_path / 'data'}"
+    process: BrokerProcess = request.getfixturevalue("broker")
+    return f"kafka://{process.bootstrap}"
+
+
+def unique(prefix: str) -> str:
+    """Topic and group names unique per test, since the kafka broker is shared by the module."""
+    return f"{prefix}-{next(_counter)}-{int(time.time() * 1000) % 100000}"
+
+
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def read_all(url: str, topic: str, count: int) -> list[bytes | None]:
+    transport = transport_from_url(url)
+    await transport.start()
+    consumer = transport.consumer(unique("reader"))
+    consumer.subscribe([topic])
+    values: list[bytes | None] = []
+    deadline = time.monotonic() + WAIT_S
+    while len(values) < count and time.monotonic() < deadline:
+        values.extend(r.value for r in await consumer.poll_batch(1000, 100))
+    await consumer.close()
+    await transport.close()
+    return values
+
+
+def test_agents_and_dataflows_end_to_end(broker_url: str) -> None:
+    app_id = unique("e2e")
+    app = App(app_id, broker=broker_url, commit_interval_ms=100, topic_partitions=2)
+    src = app.topic(unique("in"), key_type=str)
+    doubled = app.topic(unique("doubled"))
+    evens = app.topic(unique("evens"))
+    seen: list[int] = []
+
+    @app.agent(src, sink=[doubled], concurrency=2)
+    async def double(stream: flowbus.Stream) -> Any:
+        async for value in stream:
+            seen.append(value)
+            yield value * 2
+
+    app.stream(src).filter(lambda v: v % 2 == 0).to(evens)
+
+    async def main() -> None:
+        await app.create_topics()
+        worker = asyncio.create_task(app.run())
+        for i in range(200):
+            await src.send(i, key=f"k{i % 7}")
+        await app.close()
+        await wait_until(lambda: len(seen) == 200, "200 events through the agent")
+        await asyncio.sleep(0.3)  # one commit interval
+        app.stop()
+        await worker
+        assert sorted(int(v) for v in await read_all(broker_url, doubled.name, 200)) == [2 * i for i in range(200)]  # type: ignore[arg-type]
+        assert sorted(int(v) for v in await read_all(broker_url, evens.name, 100)) == list(range(0, 200, 2))  # type: ignore[arg-type]
+        transport = transport_from_url(broker_url)
+        await transport.start()
+        consumer = transport.consumer(app_id)
+        committed = await consumer.committed([TopicPartition(src.name, 0), TopicPartition(src.name, 1)])
+        ends = await consumer.end_offsets(list(committed))
+        assert committed == ends, "everything processed is committed at clean shutdown"
+        await transport.close()
+
+    asyncio.run(main())
+    assert sorted(seen) == list(range(200))
+
+
+def test_bad_records_are_dead_lettered(broker_url: str) -> None:
+    app = App(unique("dlq"), broker=broker_url, error_policy="dead_letter", commit_interval_ms=100)
+    src = app.topic(unique("in"), value_type=int)
+    ok: list[int] = []
+
+    @app.agent(src)
+    async def agent(stream: flowbus.Stream) -> None:
+        async for value in stream:
+            ok.append(value)
+
+    async def main() -> None:
+        worker = asyncio.create_task(app.run())
+        producer = await app.ensure_producer()
+        for raw in (b"1", b"not json", b'"str"', b"2"):
+            producer.send_soon(src.name, raw)
+        await producer.flush()
+        await app.close()
+        await wait_until(lambda: len(ok) == 2, "the two good records")
+        await asyncio.sleep(0.3)
+        app.stop()
+        await worker
+        dead = await read_all(broker_url, app.dead_letter_topic.name, 2)
+        assert dead == [b"not json", b'"str"']
+
+    asyncio.run(main())
+    assert ok == [1, 2]
+
+
+def test_a_second_worker_takes_half_the_partitions_without_loss_or_duplicates(broker_url: str) -> None:
+    app_id = unique("grp")
+    topic_name = unique("in")
+    seen: list[tuple[str, int]] = []
+
+    def build(name: str) -> App:
+        app = App(app_id, broker=broker_url, topic_partitions=4, commit_interval_ms=100)
+        topic = app.topic(topic_name, key_type=str)
+
+        @app.agent(topic)
+        async def agent(stream: flowbus.Stream) -> None:
+            async for value in stream:
+                seen.append((name, value))
+                await asyncio.sleep(0.001)
+
+        return app
+
+    async def main() -> None:
+        a, b = build("a"), build("b")
+        task_a = asyncio.create_task(a.run())
+        producer_app = App(unique("producer"), broker=broker_url)
+        topic = producer_app.topic(topic_name, key_type=str, partitions=4)
+        await producer_app.create_topics()
+        for i in range(300):
+            await topic.send(i, key=f"k{i}")
+        await wait_until(lambda: len(seen) >= 50, "the first worker to start")
+        task_b = asyncio.create_task(b.run())
+        await wait_until(lambda: b.worker is not None and bool(b.worker.assigned), "the second worker's assignment")
+        for i in range(300, 600):
+            await topic.send(i, key=f"k{i}")
+        await producer_app.close()
+        await wait_until(lambda: len({v for _, v in seen}) == 600, "all 600 events")
+        assert a.worker is not None and b.worker is not None
+        wa, wb = a.worker, b.worker
+        await wait_until(lambda: bool(wa.assigned) and bool(wb.assigned), "both workers to own partitions")
+        assert not (wa.assigned & wb.assigned)
+        assert len(wa.assigned | wb.assigned) == 4
+        assert any(n == "b" for n, _ in seen)
+        a.stop()
+        b.stop()
+        await asyncio.gather(task_a, task_b)
+
+    asyncio.run(main())
+    values = [v for _, v in seen]
+    assert sorted(set(values)) == list(range(600))
+    assert len(values) == 600, "revocation commits before partitions move: nothing is processed twice"
