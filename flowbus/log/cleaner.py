@@ -34,8 +34,8 @@ How a partition is cleaned (Kafka's cleaner works the same way in outline):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from flowbus.clock import Clock
 from flowbus.log.loader import CLEANED_SUFFIX, SWAP_SUFFIX

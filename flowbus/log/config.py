@@ -16,9 +16,10 @@ Some keys are accepted and stored for compatibility but have no effect on a sing
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from flowbus.log.errors import InvalidConfigError
 

@@ -152,7 +152,7 @@ def _delete_later(directory: Path, bases: list[int], reason: str = "after a corr
 def _remove_leftovers(directory: Path) -> None:
     names = set(os.listdir(directory))
     for name in sorted(names):
-        if name == CHECKPOINT_FILE + ".tmp" or name.endswith(DELETED_SUFFIX) or name.endswith(CLEANED_SUFFIX):
+        if name == CHECKPOINT_FILE + ".tmp" or name.endswith((DELETED_SUFFIX, CLEANED_SUFFIX)):
             (directory / name).unlink()
     names = set(os.listdir(directory))
     for name in sorted(names):

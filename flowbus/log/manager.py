@@ -22,8 +22,9 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.log.catalog import Catalog, TopicEntry, collision_key, validate_topic_name
@@ -303,7 +304,7 @@ class LogManager:
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)
 
-    def __enter__(self) -> LogManager:
+    def __enter__(self) -> LogManager:  # noqa: PYI034 - a subclass has no reason to exist
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,7 +28,7 @@ ENTRY_BYTES = 8
 _ENTRY = struct.Struct(">ii")
 
 
-def _load_column_pairs(raw: bytes) -> tuple[array, array]:
+def _load_column_pairs(raw: bytes) -> tuple[array[int], array[int]]:
     """Split big-endian ``(int32, int32)`` pairs into two native arrays."""
     both = array("i")
     both.frombytes(raw)

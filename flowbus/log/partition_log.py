@@ -13,14 +13,22 @@ import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from flowbus.clock import SYSTEM_CLOCK, Clock
-from flowbus.log.checkpoint import PartitionCheckpoint, fsync_directory, write_checkpoint
+from flowbus.log.checkpoint import (
+    PartitionCheckpoint,
+    fsync_directory,
+    write_checkpoint,
+)
 from flowbus.log.config import TopicConfig
-from flowbus.log.errors import LogClosedError, OffsetOutOfRangeError, RecordTooLargeError
+from flowbus.log.errors import (
+    LogClosedError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+)
 from flowbus.log.loader import DELETED_SUFFIX, load_partition
 from flowbus.log.segment import MAX_RELATIVE_OFFSET, LogSegment, SegmentLimits
 from flowbus.log.segments import LogSegments
@@ -414,9 +422,9 @@ class PartitionLog:
     def _write_checkpoint(self, *, durable: bool, rate_limited: bool = False) -> None:
         with self._checkpoint_lock:
             now_ms = self.clock.monotonic_ms()
-            if rate_limited and self._last_checkpoint_ms is not None:
-                if now_ms - self._last_checkpoint_ms < CHECKPOINT_INTERVAL_MS:
-                    return
+            last_ms = self._last_checkpoint_ms
+            if rate_limited and last_ms is not None and now_ms - last_ms < CHECKPOINT_INTERVAL_MS:
+                return
             with self._lock:
                 checkpoint = self._checkpoint_locked()
             write_checkpoint(self.directory, checkpoint, durable=durable)

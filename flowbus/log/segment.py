@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from flowbus.log.errors import LogClosedError
 from flowbus.log.offset_index import OffsetIndex
@@ -321,8 +321,8 @@ class LogSegment:
     def locate(self, offset: int) -> tuple[int, BatchHeader] | None:
         """Position and header of the first batch whose last offset is >= ``offset``, or None."""
         self._require_open()
-        _, position = self.offset_index.lookup(offset)
-        for position, header, _ in self._scan(position, self.size_bytes, whole=False):
+        _, start = self.offset_index.lookup(offset)
+        for position, header, _ in self._scan(start, self.size_bytes, whole=False):
             if header.last_offset >= offset:
                 return position, header
         return None

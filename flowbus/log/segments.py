@@ -8,7 +8,7 @@ end) and on the cleaner's swap (in place), so a balanced tree would buy nothing.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import Iterator
+from collections.abc import Iterator
 
 from flowbus.log.segment import LogSegment
 

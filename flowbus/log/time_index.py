@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 from array import array
 from bisect import bisect_left
 from pathlib import Path

@@ -2,7 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowbus.log.checkpoint import CHECKPOINT_FILE, PartitionCheckpoint, read_checkpoint, write_checkpoint
+from flowbus.log.checkpoint import (
+    CHECKPOINT_FILE,
+    PartitionCheckpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 
 def test_round_trip(tmp_path: Path) -> None:

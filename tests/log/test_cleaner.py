@@ -156,8 +156,9 @@ def test_reads_are_consistent_during_and_after_cleaning(open_log, clock) -> None
                 assert header.base_offset > previous
                 previous = header.last_offset
                 offset = header.next_offset
-            for _, key, value in [(r.offset, r.key, r.value) for _, h in iter_batches(data) for r in decode_batch(data, _)[1]]:
-                seen[key] = value  # type: ignore[index]
+            for position, _ in iter_batches(data):
+                for record in decode_batch(data, position)[1]:
+                    seen[record.key] = record.value  # type: ignore[index]
         assert seen == latest
         if not more:
             break

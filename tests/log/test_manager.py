@@ -56,9 +56,8 @@ def test_errors(tmp_path: Path, clock) -> None:
 
 
 def test_one_manager_per_directory(tmp_path: Path) -> None:
-    with LogManager(tmp_path):
-        with pytest.raises(LogError):
-            LogManager(tmp_path)
+    with LogManager(tmp_path), pytest.raises(LogError):
+        LogManager(tmp_path)
 
 
 def test_delete_topic_removes_directories(tmp_path: Path, clock) -> None:

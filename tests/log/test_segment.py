@@ -17,7 +17,7 @@ def _append(segment: LogSegment, offset: int, count: int, timestamp_ms: int = ST
 
 
 def test_files_are_named_by_base_offset(tmp_path: Path) -> None:
-    segment = LogSegment.create(tmp_path, 1234, LIMITS)
+    LogSegment.create(tmp_path, 1234, LIMITS).close()
     assert segment_stem(1234) == "00000000000000001234"
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "00000000000000001234.index",
