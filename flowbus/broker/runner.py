@@ -17,6 +17,9 @@ from flowbus.broker.core import BrokerCore
 from flowbus.broker.server import BrokerServer, ServerLimits
 
 log = logging.getLogger("flowbus.broker")
+#: The ready line has its own logger, kept at INFO whatever ``--log-level`` says, because
+#: supervisors and tests wait for that line.
+ready_log = logging.getLogger("flowbus.broker.ready")
 
 READY_MESSAGE = "flowbus broker ready on %s:%d"
 
@@ -48,7 +51,7 @@ async def run_broker(
         await server.start()
         if config.advertised_port == 0:
             core.node = type(core.node)(core.node.node_id, core.node.host, server.port)
-        log.info(READY_MESSAGE, listen_host, server.port)
+        ready_log.info(READY_MESSAGE, listen_host, server.port)
         await stop.wait()
         log.info("flowbus broker shutting down")
     finally:

@@ -64,6 +64,7 @@ def broker(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("flowbus.broker.ready").setLevel(logging.INFO)
     host, port = listen
     adv_host, adv_port = advertise if advertise is not None else (host if host not in ("0.0.0.0", "::", "") else "127.0.0.1", port)
     config = BrokerConfig(
