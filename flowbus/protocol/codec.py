@@ -146,8 +146,8 @@ def encode_response(header: RequestHeader, body: Body) -> bytes:
     if _response_header_is_flexible(header.api_key, plan):
         writer.empty_tagged_fields()
     plan.encode(writer, body)
-    writer.patch_int32(size_pos, len(writer.buf) - 4)
-    return bytes(writer.buf)
+    writer.patch_int32(size_pos, len(writer) - 4)
+    return writer.getvalue()
 
 
 def api_versions_fallback_response(header: RequestHeader) -> bytes:
@@ -190,8 +190,8 @@ def encode_request(api_key: int, api_version: int, correlation_id: int, client_i
     if plan.flexible:
         writer.empty_tagged_fields()
     plan.encode(writer, body)
-    writer.patch_int32(size_pos, len(writer.buf) - 4)
-    return bytes(writer.buf)
+    writer.patch_int32(size_pos, len(writer) - 4)
+    return writer.getvalue()
 
 
 def decode_response(api_key: int, api_version: int, frame: BytesLike) -> tuple[int, Body]:
@@ -241,7 +241,7 @@ def _encode_versioned(spec_name: str, version: int, body: Body) -> bytes:
     writer = Writer()
     writer.int16(version)
     plan.encode(writer, body)
-    return bytes(writer.buf)
+    return writer.getvalue()
 
 
 def decode_consumer_subscription(data: BytesLike) -> tuple[int, Body]:

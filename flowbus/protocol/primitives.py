@@ -45,6 +45,10 @@ UINT32_MAX = (1 << 32) - 1
 
 ZERO_UUID = uuid.UUID(int=0)
 
+#: ``records`` values at least this large are spliced into the output instead of copied into the
+#: Writer's buffer (smaller ones are cheaper to copy than to track).
+SPLICE_MIN_BYTES = 4096
+
 BytesLike = bytes | bytearray | memoryview
 
 
@@ -315,19 +319,38 @@ class Writer:
     """Appends primitives to a ``bytearray``. Values out of range raise :class:`LocalProtocolError`.
 
     The buffer grows in place; :meth:`reserve_int32` leaves a slot (the frame size) to fill later
-    with :meth:`patch_int32`, so a response is built in one buffer without a second copy.
+    with :meth:`patch_int32`. Large ``records`` values are not copied into the buffer: they are
+    *spliced* -- remembered with their position -- and :meth:`getvalue` joins buffer pieces and
+    record slices in one pass, so a fetch response's record data is copied exactly once.
     """
 
-    __slots__ = ("buf",)
+    __slots__ = ("_spliced_bytes", "_splices", "buf")
 
     def __init__(self) -> None:
         self.buf = bytearray()
+        self._splices: list[tuple[int, BytesLike]] = []
+        self._spliced_bytes = 0
 
-    def getvalue(self) -> bytes:
-        return bytes(self.buf)
+    def getvalue(self) -> builtins.bytes:
+        """Everything written, spliced values included, as one ``bytes``."""
+        if not self._splices:
+            return builtins.bytes(self.buf)
+        parts: list[BytesLike] = []
+        last = 0
+        with memoryview(self.buf) as view:
+            for pos, value in self._splices:
+                parts.append(view[last:pos])
+                parts.append(value)
+                last = pos
+            parts.append(view[last:])
+            out = b"".join(parts)
+            for part in parts:
+                if isinstance(part, memoryview) and part.obj is self.buf:
+                    part.release()
+        return out
 
     def __len__(self) -> int:
-        return len(self.buf)
+        return len(self.buf) + self._spliced_bytes
 
     def reserve_int32(self) -> int:
         pos = len(self.buf)
@@ -499,6 +522,45 @@ class Writer:
         size = value.nbytes if isinstance(value, memoryview) else len(value)
         self.uvarint(size + 1)
         self.buf += value
+
+    # -- records: bytes on the wire, spliced instead of copied when large ----------------------
+    def _splice(self, value: BytesLike, size: int) -> None:
+        if size < SPLICE_MIN_BYTES:
+            self.buf += value
+        else:
+            self._splices.append((len(self.buf), value))
+            self._spliced_bytes += size
+
+    def _records_size(self, value: BytesLike) -> int:
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise LocalProtocolError(f"records must be bytes-like, got {type(value).__name__}")
+        return value.nbytes if isinstance(value, memoryview) else len(value)
+
+    def records(self, value: BytesLike) -> None:
+        if value is None:
+            raise LocalProtocolError("None given for non-nullable records")
+        size = self._records_size(value)
+        self.buf += _I32.pack(size)
+        self._splice(value, size)
+
+    def nullable_records(self, value: BytesLike | None) -> None:
+        if value is None:
+            self.buf += b"\xff\xff\xff\xff"
+        else:
+            self.records(value)
+
+    def compact_records(self, value: BytesLike) -> None:
+        if value is None:
+            raise LocalProtocolError("None given for non-nullable records")
+        size = self._records_size(value)
+        self.uvarint(size + 1)
+        self._splice(value, size)
+
+    def compact_nullable_records(self, value: BytesLike | None) -> None:
+        if value is None:
+            self.buf.append(0)
+        else:
+            self.compact_records(value)
 
     def compact_nullable_bytes(self, value: BytesLike | None) -> None:
         if value is None:

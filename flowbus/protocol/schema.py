@@ -192,9 +192,9 @@ def _primitive_codec(kind: str, nullable: bool, flexible: bool) -> tuple[Decoder
     if kind == "records":
         # Same wire form as bytes, but decoded as a zero-copy view of the frame.
         if flexible:
-            return ((R.compact_nullable_bytes_view, W.compact_nullable_bytes, 1) if nullable
-                    else (R.compact_bytes_view, W.compact_bytes, 1))
-        return (R.nullable_bytes_view, W.nullable_bytes, 4) if nullable else (R.bytes_view, W.bytes, 4)
+            return ((R.compact_nullable_bytes_view, W.compact_nullable_records, 1) if nullable
+                    else (R.compact_bytes_view, W.compact_records, 1))
+        return (R.nullable_bytes_view, W.nullable_records, 4) if nullable else (R.bytes_view, W.records, 4)
     raise ValueError(f"unknown primitive {kind!r}")
 
 
@@ -403,7 +403,7 @@ def _decode_tags(r: Reader, count: int, body: Body, tag_decoders: dict[int, tupl
 
 def _encode_tags(w: Writer, body: Body, tag_encoders: tuple[tuple[int, str, Encoder, Any], ...]) -> None:
     """Write the tagged fields whose values differ from their defaults (Kafka omits defaults)."""
-    present: list[tuple[int, bytearray]] = []
+    present: list[tuple[int, bytes]] = []
     get = body.get
     for tag, name, enc, default in tag_encoders:
         value = get(name, _MISSING)
@@ -411,7 +411,7 @@ def _encode_tags(w: Writer, body: Body, tag_encoders: tuple[tuple[int, str, Enco
             continue
         sub = Writer()
         enc(sub, value)
-        present.append((tag, sub.buf))
+        present.append((tag, sub.getvalue()))
     if present:
         w.tagged_fields(present)  # type: ignore[arg-type]
     else:

@@ -180,3 +180,27 @@ def test_empty_and_truncated_frames_are_remote_errors() -> None:
     for cut in range(len(frame)):
         with pytest.raises(RemoteProtocolError):
             decode_request(frame[:cut])
+
+
+@pytest.mark.parametrize("version", [4, 11, 12])
+def test_large_records_are_spliced_and_still_byte_identical(version: int) -> None:
+    fetch = pytest.importorskip("kafka.protocol.consumer.fetch")
+    batches = [bytes([n]) * (5000 + n) for n in range(3)] + [b"small"]
+    body = {"responses": [{"topic": "t", "partitions": [
+        {"partition_index": n, "high_watermark": 10, "records": records} for n, records in enumerate(batches)]}]}
+    frame = encode_response(RequestHeader(1, version, 9, None), body)
+    assert struct.unpack(">i", frame[:4])[0] == len(frame) - 4
+    _, decoded = decode_response(1, version, frame[4:])
+    assert [p["records"] for p in decoded["responses"][0]["partitions"]] == batches
+    theirs = fetch.FetchResponse.decode(frame, version=version, header=True, framed=True)
+    theirs.with_header(correlation_id=9)
+    assert bytes(theirs.encode(header=True, framed=True)) == frame
+
+
+def test_large_produce_records_roundtrip() -> None:
+    batch = memoryview(bytearray(b"r" * 70_000))
+    for version in (3, 8, 9):
+        frame = encode_request(ApiKey.PRODUCE, version, 1, "c", {"acks": 1, "topic_data": [
+            {"name": "t", "partition_data": [{"index": 0, "records": batch}, {"index": 1, "records": None}]}]})
+        partitions = decode_request(frame[4:]).body["topic_data"][0]["partition_data"]
+        assert partitions[0]["records"] == batch and partitions[1]["records"] is None

@@ -312,3 +312,27 @@ def test_readers_fail_only_with_remote_errors(data: bytes, method: str) -> None:
     except RemoteProtocolError:
         pass
     assert 0 <= reader.pos <= len(data)
+
+
+def test_writer_splices_large_records_without_changing_the_bytes() -> None:
+    from flowbus.protocol.primitives import SPLICE_MIN_BYTES
+
+    big = bytes(range(256)) * (SPLICE_MIN_BYTES // 256 + 1)
+    writer = Writer()
+    size_pos = writer.reserve_int32()
+    writer.int16(7)
+    writer.records(big)
+    writer.compact_nullable_records(memoryview(big)[1:])
+    writer.nullable_records(None)
+    writer.compact_records(b"tiny")
+    writer.patch_int32(size_pos, len(writer) - 4)
+    reader = Reader(writer.getvalue())
+    assert reader.int32() == len(writer) - 4 == len(writer.getvalue()) - 4
+    assert reader.int16() == 7
+    assert reader.bytes_view() == big
+    assert reader.compact_nullable_bytes_view() == big[1:]
+    assert reader.nullable_bytes_view() is None
+    assert reader.compact_bytes_view() == b"tiny"
+    assert reader.remaining == 0
+    with pytest.raises(LocalProtocolError):
+        Writer().records("not bytes")  # type: ignore[arg-type]
