@@ -107,7 +107,8 @@ def decode_request(frame: BytesLike) -> Request:
     """Decode one request frame (without its size prefix).
 
     ``records`` fields in the body are zero-copy ``memoryview`` slices of ``frame``; keep ``frame``
-    alive (it is, as long as the views are) and do not mutate it.
+    alive (it is, as long as the views are) and do not mutate it. Bytes after the body are ignored
+    (lenient on purpose, so a client appending data we do not know is not disconnected).
 
     Raises:
         UnsupportedVersionError: unknown API key, or a version outside ``SUPPORTED_VERSIONS``. Raised
