@@ -29,7 +29,7 @@ import confluent_kafka
 import confluent_kafka.admin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.support.broker_process import BrokerProcess  # noqa: E402
+from tests.support.broker_process import BrokerProcess
 
 VALUE_BYTES = 100
 _STAMP = struct.Struct(">q")
@@ -37,7 +37,9 @@ _STAMP = struct.Struct(">q")
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([confluent_kafka.admin.NewTopic(topic, partitions, 1)]).values():
+    for future in admin.create_topics(
+        [confluent_kafka.admin.NewTopic(topic, partitions, 1)]
+    ).values():
         future.result(30)
 
 
@@ -103,9 +105,16 @@ def bench_consume(bootstrap: str, topic: str, messages: int) -> float:
     return elapsed
 
 
-def _latency_producer(bootstrap: str, topic: str, rate: int, seconds: float, linger_ms: float) -> None:
+def _latency_producer(
+    bootstrap: str, topic: str, rate: int, seconds: float, linger_ms: float
+) -> None:
     producer = confluent_kafka.Producer(
-        {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": linger_ms}
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": linger_ms,
+        }
     )
     padding = b"p" * (VALUE_BYTES - _STAMP.size)
     interval_s = 1 / rate
@@ -121,7 +130,9 @@ def _latency_producer(bootstrap: str, topic: str, rate: int, seconds: float, lin
     producer.flush(30)
 
 
-def bench_latency(bootstrap: str, topic: str, rate: int, seconds: float, linger_ms: float) -> list[float]:
+def bench_latency(
+    bootstrap: str, topic: str, rate: int, seconds: float, linger_ms: float
+) -> list[float]:
     """Produce→consume latencies in ms at ``rate`` msgs/s (producer in another process)."""
     consumer = confluent_kafka.Consumer(
         {
@@ -137,7 +148,9 @@ def bench_latency(bootstrap: str, topic: str, rate: int, seconds: float, linger_
         consumer.poll(0.1)
     # The first poll with an assignment resolves "latest"; give it a moment before sending.
     consumer.poll(0.5)
-    proc = multiprocessing.Process(target=_latency_producer, args=(bootstrap, topic, rate, seconds, linger_ms))
+    proc = multiprocessing.Process(
+        target=_latency_producer, args=(bootstrap, topic, rate, seconds, linger_ms)
+    )
     proc.start()
     latencies: list[float] = []
     expected = int(rate * seconds)
@@ -147,7 +160,9 @@ def bench_latency(bootstrap: str, topic: str, rate: int, seconds: float, linger_
         # would measure the batching of this loop instead of the broker.
         msg = consumer.poll(0.2)
         if msg is not None and msg.error() is None:
-            latencies.append((time.time_ns() - _STAMP.unpack_from(msg.value())[0]) / 1e6)
+            latencies.append(
+                (time.time_ns() - _STAMP.unpack_from(msg.value())[0]) / 1e6
+            )
     proc.join(30)
     consumer.close()
     # Drop the first second (connection set-up, first metadata) from the steady-state figures.
@@ -155,7 +170,9 @@ def bench_latency(bootstrap: str, topic: str, rate: int, seconds: float, linger_
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=2_000_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--rate", type=int, default=10_000)
@@ -164,24 +181,32 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="flowbus-bench-") as tmp:
-        with BrokerProcess(Path(tmp) / "data", log_level="warning") as broker:
-            create_topic(broker.bootstrap, "bench", args.partitions)
-            mb = args.messages * VALUE_BYTES / 1e6
-            if not args.skip_throughput:
-                bench_throughput(broker.bootstrap, args.messages, mb)
-            create_topic(broker.bootstrap, "latency", 1)
-            latencies = bench_latency(broker.bootstrap, "latency", args.rate, args.latency_seconds, args.latency_linger_ms)
-            if latencies:
-                latencies.sort()
-                p50 = statistics.median(latencies)
-                p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-                print(
-                    f"latency at {args.rate} msgs/s (producer linger {args.latency_linger_ms} ms): p50 {p50:.2f} ms, "
-                    f"p99 {p99:.2f} ms, max {latencies[-1]:.2f} ms ({len(latencies)} samples)"
-                )
-            else:
-                print("latency: no samples")
+    with (
+        tempfile.TemporaryDirectory(prefix="flowbus-bench-") as tmp,
+        BrokerProcess(Path(tmp) / "data", log_level="warning") as broker,
+    ):
+        create_topic(broker.bootstrap, "bench", args.partitions)
+        mb = args.messages * VALUE_BYTES / 1e6
+        if not args.skip_throughput:
+            bench_throughput(broker.bootstrap, args.messages, mb)
+        create_topic(broker.bootstrap, "latency", 1)
+        latencies = bench_latency(
+            broker.bootstrap,
+            "latency",
+            args.rate,
+            args.latency_seconds,
+            args.latency_linger_ms,
+        )
+        if latencies:
+            latencies.sort()
+            p50 = statistics.median(latencies)
+            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+            print(
+                f"latency at {args.rate} msgs/s (producer linger {args.latency_linger_ms} ms): p50 {p50:.2f} ms, "
+                f"p99 {p99:.2f} ms, max {latencies[-1]:.2f} ms ({len(latencies)} samples)"
+            )
+        else:
+            print("latency: no samples")
 
 
 def bench_throughput(bootstrap: str, messages: int, mb: float) -> None:
@@ -192,7 +217,9 @@ def bench_throughput(bootstrap: str, messages: int, mb: float) -> None:
         f"{mb / elapsed:.1f} MB/s (acks=all, idempotent, linger 5 ms)"
     )
     elapsed = bench_consume(bootstrap, "bench", messages)
-    print(f"group consume: {messages} msgs in {elapsed:.2f} s = {messages / elapsed:,.0f} msgs/s, {mb / elapsed:.1f} MB/s")
+    print(
+        f"group consume: {messages} msgs in {elapsed:.2f} s = {messages / elapsed:,.0f} msgs/s, {mb / elapsed:.1f} MB/s"
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,16 @@ import contextlib
 import logging
 import re
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
+from flowbus.broker.config import BrokerConfig
+from flowbus.broker.group_coordinator import GroupCoordinator, OffsetToCommit
+from flowbus.broker.producer_state import (
+    PartitionProducerState,
+    ProducerIdManager,
+    Verdict,
+)
 from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.log import LogManager, PartitionLog, TopicConfig
 from flowbus.log.errors import (
@@ -33,10 +40,6 @@ from flowbus.records.builder import BatchBuilder
 from flowbus.records.errors import CorruptRecordError
 from flowbus.records.header import BatchHeader, read_header
 from flowbus.records.record import decode_batch
-
-from flowbus.broker.config import BrokerConfig
-from flowbus.broker.group_coordinator import GroupCoordinator, OffsetToCommit
-from flowbus.broker.producer_state import PartitionProducerState, ProducerIdManager, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +200,9 @@ class _FetchWaiters:
             self._by_partition.setdefault(key, set()).add(future)
         return future
 
-    def unregister(self, keys: Iterable[tuple[str, int]], future: asyncio.Future[None]) -> None:
+    def unregister(
+        self, keys: Iterable[tuple[str, int]], future: asyncio.Future[None]
+    ) -> None:
         for key in keys:
             waiting = self._by_partition.get(key)
             if waiting is not None:
@@ -229,11 +234,21 @@ class BrokerCore:
     answer COORDINATOR_LOAD_IN_PROGRESS until then) and :meth:`close` at the end.
     """
 
-    def __init__(self, config: BrokerConfig, *, clock: Clock = SYSTEM_CLOCK, log_manager: LogManager | None = None) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        log_manager: LogManager | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.logs = log_manager if log_manager is not None else LogManager(config.data_dir, clock=clock)
+        self.logs = (
+            log_manager
+            if log_manager is not None
+            else LogManager(config.data_dir, clock=clock)
+        )
         self.groups = GroupCoordinator(clock=clock, store=self, config=config.groups)
         self._producer_ids = ProducerIdManager(config.data_dir / "producer_ids")
         self._producer_states: dict[tuple[str, int], PartitionProducerState] = {}
@@ -242,7 +257,9 @@ class BrokerCore:
         self._flush_due_future: asyncio.Future[int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self.node = BrokerNode(config.node_id, config.advertised_host, config.advertised_port)
+        self.node = BrokerNode(
+            config.node_id, config.advertised_host, config.advertised_port
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -254,8 +271,12 @@ class BrokerCore:
                 self.config.offsets_topic_num_partitions,
                 {"cleanup.policy": "compact", "segment.bytes": str(100 * 1024 * 1024)},
             )
-        self._tasks.append(asyncio.create_task(self._load_offsets(), name="flowbus-load-offsets"))
-        self._tasks.append(asyncio.create_task(self._tick_forever(), name="flowbus-broker-tick"))
+        self._tasks.append(
+            asyncio.create_task(self._load_offsets(), name="flowbus-load-offsets")
+        )
+        self._tasks.append(
+            asyncio.create_task(self._tick_forever(), name="flowbus-broker-tick")
+        )
 
     async def wait_loaded(self) -> None:
         """Return once committed offsets are loaded (tests and the embedded transport)."""
@@ -296,7 +317,9 @@ class BrokerCore:
         except LogError:
             log.exception("log maintenance failed; will retry on the next tick")
         if self._flush_due_future is None or self._flush_due_future.done():
-            self._flush_due_future = asyncio.get_running_loop().run_in_executor(None, self.logs.flush_due)
+            self._flush_due_future = asyncio.get_running_loop().run_in_executor(
+                None, self.logs.flush_due
+            )
         self.groups.tick()
 
     async def _load_offsets(self) -> None:
@@ -310,7 +333,12 @@ class BrokerCore:
                 try:
                     _, records = decode_batch(raw)
                 except CorruptRecordError as exc:
-                    log.warning("skipping a corrupt batch at offset %d of %s: %s", header.base_offset, OFFSETS_TOPIC, exc)
+                    log.warning(
+                        "skipping a corrupt batch at offset %d of %s: %s",
+                        header.base_offset,
+                        OFFSETS_TOPIC,
+                        exc,
+                    )
                     continue
                 for record in records:
                     self.groups.load_record(record.key, record.value)
@@ -325,7 +353,9 @@ class BrokerCore:
     def offsets_partition_for(self, group_id: str) -> int:
         return zlib.crc32(group_id.encode()) % self.config.offsets_topic_num_partitions
 
-    async def append_offsets(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    async def append_offsets(
+        self, group_id: str, records: list[tuple[bytes, bytes | None]]
+    ) -> None:
         builder = BatchBuilder()
         now_ms = self.clock.now_ms()
         for key, value in records:
@@ -339,7 +369,9 @@ class BrokerCore:
 
     # -- metadata and topics ---------------------------------------------------------------
 
-    async def metadata(self, topics: list[str] | None, *, allow_auto_create: bool = True) -> MetadataResult:
+    async def metadata(
+        self, topics: list[str] | None, *, allow_auto_create: bool = True
+    ) -> MetadataResult:
         """Brokers and topics; ``topics`` None means every topic.
 
         Missing topics are created when both the client and the broker allow it.
@@ -360,21 +392,35 @@ class BrokerCore:
                     infos.append(TopicInfo(name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))
                     continue
                 try:
-                    self.logs.create_topic(name, self.config.auto_create_topics_partitions, {})
-                    log.info("auto-created topic %s with %d partitions", name, self.config.auto_create_topics_partitions)
+                    self.logs.create_topic(
+                        name, self.config.auto_create_topics_partitions, {}
+                    )
+                    log.info(
+                        "auto-created topic %s with %d partitions",
+                        name,
+                        self.config.auto_create_topics_partitions,
+                    )
                 except LogError as exc:
                     if exc.errno != ErrorCode.TOPIC_ALREADY_EXISTS:
                         infos.append(TopicInfo(name, exc.errno))
                         continue
                 meta = self.logs.topic(name)
-            infos.append(TopicInfo(name, ErrorCode.NONE, meta.partitions, name in INTERNAL_TOPICS))
-        return MetadataResult([self.node], self.node.node_id, self.config.cluster_id, infos)
+            infos.append(
+                TopicInfo(
+                    name, ErrorCode.NONE, meta.partitions, name in INTERNAL_TOPICS
+                )
+            )
+        return MetadataResult(
+            [self.node], self.node.node_id, self.config.cluster_id, infos
+        )
 
     def partition_exists(self, topic: str, partition: int) -> bool:
         meta = self.logs.topics().get(topic)
         return meta is not None and 0 <= partition < meta.partitions
 
-    async def create_topics(self, topics: list[NewTopic], *, validate_only: bool = False) -> list[CreateTopicResult]:
+    async def create_topics(
+        self, topics: list[NewTopic], *, validate_only: bool = False
+    ) -> list[CreateTopicResult]:
         results = []
         for topic in topics:
             results.append(self._create_topic(topic, validate_only))
@@ -383,30 +429,52 @@ class BrokerCore:
     def _create_topic(self, topic: NewTopic, validate_only: bool) -> CreateTopicResult:
         name = topic.name
         if not valid_topic_name(name):
-            return CreateTopicResult(name, ErrorCode.INVALID_TOPIC_EXCEPTION, f"illegal topic name {name!r}")
+            return CreateTopicResult(
+                name, ErrorCode.INVALID_TOPIC_EXCEPTION, f"illegal topic name {name!r}"
+            )
         if name in self.logs.topics():
-            return CreateTopicResult(name, ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
-        partitions = topic.num_partitions if topic.num_partitions != -1 else self.config.auto_create_topics_partitions
+            return CreateTopicResult(
+                name, ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists"
+            )
+        partitions = (
+            topic.num_partitions
+            if topic.num_partitions != -1
+            else self.config.auto_create_topics_partitions
+        )
         if partitions < 1:
-            return CreateTopicResult(name, ErrorCode.INVALID_PARTITIONS, "the number of partitions must be at least 1")
+            return CreateTopicResult(
+                name,
+                ErrorCode.INVALID_PARTITIONS,
+                "the number of partitions must be at least 1",
+            )
         if topic.replication_factor not in (-1, 1):
             return CreateTopicResult(
-                name, ErrorCode.INVALID_REPLICATION_FACTOR, "this broker is alone: the replication factor must be 1"
+                name,
+                ErrorCode.INVALID_REPLICATION_FACTOR,
+                "this broker is alone: the replication factor must be 1",
             )
         try:
             config = TopicConfig.from_overrides(topic.configs)
         except InvalidConfigError as exc:
-            return CreateTopicResult(name, ErrorCode.INVALID_CONFIG, f"invalid config {exc.key}: {exc}")
+            return CreateTopicResult(
+                name, ErrorCode.INVALID_CONFIG, f"invalid config {exc.key}: {exc}"
+            )
         if not validate_only:
             try:
                 self.logs.create_topic(name, partitions, dict(topic.configs))
             except LogError as exc:
-                return CreateTopicResult(name, exc.errno if exc.errno > 0 else ErrorCode.UNKNOWN_SERVER_ERROR, str(exc))
+                return CreateTopicResult(
+                    name,
+                    exc.errno if exc.errno > 0 else ErrorCode.UNKNOWN_SERVER_ERROR,
+                    str(exc),
+                )
             log.info("created topic %s with %d partitions", name, partitions)
-        return CreateTopicResult(name, ErrorCode.NONE, None, partitions, 1, self._topic_config_values(config))
+        return CreateTopicResult(
+            name, ErrorCode.NONE, None, partitions, 1, self._topic_config_values(config)
+        )
 
     async def delete_topics(self, names: list[str]) -> list[tuple[str, int]]:
-        results = []
+        results: list[tuple[str, int]] = []
         for name in names:
             if name in INTERNAL_TOPICS:
                 results.append((name, ErrorCode.INVALID_TOPIC_EXCEPTION))
@@ -444,12 +512,21 @@ class BrokerCore:
             "auto.create.topics.enable": str(cfg.auto_create_topics_enable).lower(),
             "num.partitions": str(cfg.auto_create_topics_partitions),
             "offsets.topic.num.partitions": str(cfg.offsets_topic_num_partitions),
-            "group.initial.rebalance.delay.ms": str(cfg.groups.group_initial_rebalance_delay_ms),
-            "group.min.session.timeout.ms": str(cfg.groups.group_min_session_timeout_ms),
-            "group.max.session.timeout.ms": str(cfg.groups.group_max_session_timeout_ms),
+            "group.initial.rebalance.delay.ms": str(
+                cfg.groups.group_initial_rebalance_delay_ms
+            ),
+            "group.min.session.timeout.ms": str(
+                cfg.groups.group_min_session_timeout_ms
+            ),
+            "group.max.session.timeout.ms": str(
+                cfg.groups.group_max_session_timeout_ms
+            ),
             "log.dirs": str(cfg.data_dir),
         }
-        return [ConfigValue(k, v, True, False, CONFIG_SOURCE_STATIC_BROKER) for k, v in entries.items()]
+        return [
+            ConfigValue(k, v, True, False, CONFIG_SOURCE_STATIC_BROKER)
+            for k, v in entries.items()
+        ]
 
     async def describe_configs(
         self, resources: list[tuple[int, str, list[str] | None]]
@@ -461,41 +538,71 @@ class BrokerCore:
                 meta = self.logs.topics().get(name)
                 if meta is None:
                     results.append(
-                        DescribeConfigsResult(resource_type, name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+                        DescribeConfigsResult(
+                            resource_type,
+                            name,
+                            ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                            f"no topic {name!r}",
+                        )
                     )
                     continue
                 values = self._topic_config_values(meta.config)
             elif resource_type == RESOURCE_BROKER:
                 if name not in ("", str(self.config.node_id)):
-                    results.append(DescribeConfigsResult(resource_type, name, ErrorCode.INVALID_REQUEST, "unknown broker"))
+                    results.append(
+                        DescribeConfigsResult(
+                            resource_type,
+                            name,
+                            ErrorCode.INVALID_REQUEST,
+                            "unknown broker",
+                        )
+                    )
                     continue
                 values = self._broker_config_values()
             else:
                 results.append(
-                    DescribeConfigsResult(resource_type, name, ErrorCode.INVALID_REQUEST, "unsupported resource type")
+                    DescribeConfigsResult(
+                        resource_type,
+                        name,
+                        ErrorCode.INVALID_REQUEST,
+                        "unsupported resource type",
+                    )
                 )
                 continue
             if keys is not None:
                 wanted = set(keys)
                 values = [v for v in values if v.name in wanted]
-            results.append(DescribeConfigsResult(resource_type, name, ErrorCode.NONE, None, values))
+            results.append(
+                DescribeConfigsResult(resource_type, name, ErrorCode.NONE, None, values)
+            )
         return results
 
     # -- produce ---------------------------------------------------------------------------
 
-    def _producer_state(self, topic: str, partition: int, plog: PartitionLog) -> PartitionProducerState:
+    def _producer_state(
+        self, topic: str, partition: int, plog: PartitionLog
+    ) -> PartitionProducerState:
         """The partition's producer state, rebuilt from the log the first time it is needed."""
         key = (topic, partition)
         state = self._producer_states.get(key)
         if state is None:
             state = PartitionProducerState()
-            replayed = state.rebuild(h for h, _ in plog.iter_batches(plog.log_start_offset))
+            replayed = state.rebuild(
+                h for h, _ in plog.iter_batches(plog.log_start_offset)
+            )
             if replayed:
-                log.info("rebuilt producer state of %s-%d from %d batches", topic, partition, replayed)
+                log.info(
+                    "rebuilt producer state of %s-%d from %d batches",
+                    topic,
+                    partition,
+                    replayed,
+                )
             self._producer_states[key] = state
         return state
 
-    async def produce(self, topic: str, partition: int, records: bytes | bytearray | memoryview) -> ProduceResult:
+    async def produce(
+        self, topic: str, partition: int, records: bytes | bytearray | memoryview
+    ) -> ProduceResult:
         """Append the batches of one partition, with CRC and idempotence checks.
 
         Every check and the append happen before the first ``await``, so concurrent calls
@@ -503,7 +610,9 @@ class BrokerCore:
         its original offsets and not appended again.
         """
         if topic in INTERNAL_TOPICS:
-            return ProduceResult(ErrorCode.INVALID_TOPIC_EXCEPTION, error_message="internal topic")
+            return ProduceResult(
+                ErrorCode.INVALID_TOPIC_EXCEPTION, error_message="internal topic"
+            )
         try:
             plog = self.logs.get_log(topic, partition)
         except UnknownTopicError:
@@ -523,22 +632,34 @@ class BrokerCore:
         except CorruptRecordError as exc:
             return ProduceResult(ErrorCode.CORRUPT_MESSAGE, error_message=str(exc))
         if not headers:
-            return ProduceResult(ErrorCode.INVALID_RECORD, error_message="no record batch")
+            return ProduceResult(
+                ErrorCode.INVALID_RECORD, error_message="no record batch"
+            )
         idempotent = headers[0].producer_id >= 0
         state = self._producer_state(topic, partition, plog) if idempotent else None
         if state is not None:
             if len(headers) != 1:
                 # Kafka's rule for idempotent produce requests: one batch per partition.
-                return ProduceResult(ErrorCode.INVALID_RECORD, error_message="idempotent produce needs one batch")
+                return ProduceResult(
+                    ErrorCode.INVALID_RECORD,
+                    error_message="idempotent produce needs one batch",
+                )
             verdict = state.check(headers[0])
             if verdict.verdict is Verdict.DUPLICATE and verdict.original is not None:
                 return ProduceResult(
-                    ErrorCode.NONE, verdict.original.base_offset, verdict.original.log_append_time_ms, plog.log_start_offset
+                    ErrorCode.NONE,
+                    verdict.original.base_offset,
+                    verdict.original.log_append_time_ms,
+                    plog.log_start_offset,
                 )
             if verdict.verdict is Verdict.REJECT:
-                return ProduceResult(verdict.error_code, log_start_offset=plog.log_start_offset)
+                return ProduceResult(
+                    verdict.error_code, log_start_offset=plog.log_start_offset
+                )
         try:
-            result = plog.append(records, log_append_time_ms=self.clock.now_ms(), defer_flush=True)
+            result = plog.append(
+                records, log_append_time_ms=self.clock.now_ms(), defer_flush=True
+            )
         except RecordTooLargeError as exc:
             return ProduceResult(ErrorCode.MESSAGE_TOO_LARGE, error_message=str(exc))
         except CorruptRecordError as exc:
@@ -551,7 +672,12 @@ class BrokerCore:
         self._waiters.wake((topic, partition))
         if result.flush_required:
             self._flush_in_background(plog)
-        return ProduceResult(ErrorCode.NONE, result.base_offset, result.log_append_time_ms, plog.log_start_offset)
+        return ProduceResult(
+            ErrorCode.NONE,
+            result.base_offset,
+            result.log_append_time_ms,
+            plog.log_start_offset,
+        )
 
     def _flush_in_background(self, plog: PartitionLog) -> None:
         """fsync on a worker thread, so a flush never stalls the event loop (one at a time per log)."""
@@ -568,16 +694,24 @@ class BrokerCore:
     # -- fetch -----------------------------------------------------------------------------
 
     def _read_partition(
-        self, request: FetchRequestPartition, max_bytes: int, first: bool, isolation_level: int
+        self,
+        request: FetchRequestPartition,
+        max_bytes: int,
+        first: bool,
+        isolation_level: int,
     ) -> FetchResultPartition:
         topic, partition = request.topic, request.partition
         try:
             plog = self.logs.get_log(topic, partition)
         except UnknownTopicError:
-            return FetchResultPartition(topic, partition, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+            return FetchResultPartition(
+                topic, partition, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+            )
         high_watermark = plog.high_watermark
         stable = self._last_stable_offset(topic, partition, high_watermark)
-        upper = stable if isolation_level == ISOLATION_READ_COMMITTED else high_watermark
+        upper = (
+            stable if isolation_level == ISOLATION_READ_COMMITTED else high_watermark
+        )
         result = FetchResultPartition(
             topic,
             partition,
@@ -598,18 +732,25 @@ class BrokerCore:
         if offset >= upper or max_bytes <= 0 and not first:
             return result
         try:
-            result.records = plog.read(offset, max_bytes, max_offset=upper, min_one_batch=first)
+            result.records = plog.read(
+                offset, max_bytes, max_offset=upper, min_one_batch=first
+            )
         except OffsetOutOfRangeError:
             result.error_code = ErrorCode.OFFSET_OUT_OF_RANGE
         return result
 
-    def _last_stable_offset(self, topic: str, partition: int, high_watermark: int) -> int:
+    def _last_stable_offset(
+        self, topic: str, partition: int, high_watermark: int
+    ) -> int:
         state = self._producer_states.get((topic, partition))
         first_open = state.first_unstable_offset() if state is not None else None
         return high_watermark if first_open is None else min(first_open, high_watermark)
 
     def _read_all(
-        self, partitions: list[FetchRequestPartition], max_bytes: int, isolation_level: int
+        self,
+        partitions: list[FetchRequestPartition],
+        max_bytes: int,
+        isolation_level: int,
     ) -> tuple[list[FetchResultPartition], int, bool]:
         """Read every partition within the response budget (KIP-74: the first non-empty
         partition may exceed it by one batch so that a consumer always makes progress)."""
@@ -640,12 +781,19 @@ class BrokerCore:
 
         The wait is woken by appends to the partitions asked for, never by polling.
         """
-        max_bytes = min(max_bytes if max_bytes > 0 else self.config.fetch_response_max_bytes, self.config.fetch_response_max_bytes)
-        results, total, any_error = self._read_all(partitions, max_bytes, isolation_level)
+        max_bytes = min(
+            max_bytes if max_bytes > 0 else self.config.fetch_response_max_bytes,
+            self.config.fetch_response_max_bytes,
+        )
+        results, total, any_error = self._read_all(
+            partitions, max_bytes, isolation_level
+        )
         if total >= min_bytes or any_error or max_wait_ms <= 0 or self._closed:
             return results
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(max_wait_ms, self.config.fetch_max_wait_ms_max) / 1000
+        deadline = (
+            loop.time() + min(max_wait_ms, self.config.fetch_max_wait_ms_max) / 1000
+        )
         keys = [(p.topic, p.partition) for p in partitions]
         while True:
             remaining_s = deadline - loop.time()
@@ -654,18 +802,25 @@ class BrokerCore:
             future = self._waiters.register(keys)
             try:
                 await asyncio.wait_for(future, remaining_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             finally:
                 self._waiters.unregister(keys, future)
-            results, total, any_error = self._read_all(partitions, max_bytes, isolation_level)
+            results, total, any_error = self._read_all(
+                partitions, max_bytes, isolation_level
+            )
             if total >= min_bytes or any_error:
                 return results
 
     # -- offsets ---------------------------------------------------------------------------
 
     async def list_offsets(
-        self, topic: str, partition: int, timestamp: int, *, isolation_level: int = ISOLATION_READ_UNCOMMITTED
+        self,
+        topic: str,
+        partition: int,
+        timestamp: int,
+        *,
+        isolation_level: int = ISOLATION_READ_UNCOMMITTED,
     ) -> ListOffsetsResult:
         """Earliest (-2), latest (-1), max-timestamp (-3) or first offset at/after a timestamp."""
         try:
@@ -682,7 +837,9 @@ class BrokerCore:
         if timestamp == MAX_TIMESTAMP:
             best: tuple[int, int] | None = None
             for header, _ in plog.iter_batches(plog.log_start_offset):
-                if not header.is_control and (best is None or header.max_timestamp > best[0]):
+                if not header.is_control and (
+                    best is None or header.max_timestamp > best[0]
+                ):
                     best = (header.max_timestamp, header.last_offset)
             if best is None:
                 return ListOffsetsResult(ErrorCode.NONE, -1, -1, -1)
@@ -695,7 +852,9 @@ class BrokerCore:
         offset, found_timestamp = found
         return ListOffsetsResult(ErrorCode.NONE, found_timestamp, offset, 0)
 
-    async def offset_for_leader_epoch(self, topic: str, partition: int, leader_epoch: int) -> tuple[int, int, int]:
+    async def offset_for_leader_epoch(
+        self, topic: str, partition: int, leader_epoch: int
+    ) -> tuple[int, int, int]:
         """(error, leader epoch, end offset): this broker has only ever had epoch 0."""
         try:
             plog = self.logs.get_log(topic, partition)
@@ -710,7 +869,9 @@ class BrokerCore:
     async def find_coordinator(self, key: str, key_type: int) -> CoordinatorResult:
         """This broker coordinates every group and (issue 4) every transactional id."""
         if key_type not in (COORDINATOR_KEY_GROUP, COORDINATOR_KEY_TRANSACTION):
-            return CoordinatorResult(ErrorCode.INVALID_REQUEST, error_message=f"unknown key type {key_type}")
+            return CoordinatorResult(
+                ErrorCode.INVALID_REQUEST, error_message=f"unknown key type {key_type}"
+            )
         return CoordinatorResult(ErrorCode.NONE, self.node)
 
     async def init_producer_id(
@@ -725,7 +886,17 @@ class BrokerCore:
             return InitProducerIdResult(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
         return InitProducerIdResult(ErrorCode.NONE, self._producer_ids.allocate(), 0)
 
-    async def commit_offsets(self, group_id: str, generation_id: int, member_id: str, offsets: list[OffsetToCommit]) -> list[int]:
+    async def commit_offsets(
+        self,
+        group_id: str,
+        generation_id: int,
+        member_id: str,
+        offsets: list[OffsetToCommit],
+    ) -> list[int]:
         return await self.groups.commit_offsets(
-            group_id, generation_id, member_id, offsets, partition_exists=self.partition_exists
+            group_id,
+            generation_id,
+            member_id,
+            offsets,
+            partition_exists=self.partition_exists,
         )

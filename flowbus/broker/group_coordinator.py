@@ -39,14 +39,14 @@ import asyncio
 import logging
 import struct
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterable, Protocol
-
-from flowbus.clock import Clock
-from flowbus.protocol.error_codes import ErrorCode
+from typing import Protocol
 
 from flowbus.broker.errors import InternalTopicError
+from flowbus.clock import Clock
+from flowbus.protocol.error_codes import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,9 @@ class FetchedOffset:
 class OffsetStore(Protocol):
     """Where committed-offset records go: the ``__consumer_offsets`` topic in the broker."""
 
-    async def append_offsets(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    async def append_offsets(
+        self, group_id: str, records: list[tuple[bytes, bytes | None]]
+    ) -> None:
         """Append the records durably enough to survive a broker process crash."""
         ...
 
@@ -235,7 +237,12 @@ def _decode_str(buf: bytes, pos: int) -> tuple[str, int]:
 
 def encode_offset_key(group_id: str, topic: str, partition: int) -> bytes:
     """Key of a committed-offset record (see the module doc)."""
-    return _INT16.pack(OFFSET_KEY_VERSION) + _encode_str(group_id) + _encode_str(topic) + _INT32.pack(partition)
+    return (
+        _INT16.pack(OFFSET_KEY_VERSION)
+        + _encode_str(group_id)
+        + _encode_str(topic)
+        + _INT32.pack(partition)
+    )
 
 
 def encode_offset_value(committed: CommittedOffset) -> bytes:
@@ -245,13 +252,17 @@ def encode_offset_value(committed: CommittedOffset) -> bytes:
     else:
         metadata = _encode_str(committed.metadata)
     return (
-        _OFFSET_VALUE.pack(OFFSET_VALUE_VERSION, committed.offset, committed.leader_epoch)
+        _OFFSET_VALUE.pack(
+            OFFSET_VALUE_VERSION, committed.offset, committed.leader_epoch
+        )
         + metadata
         + _INT64.pack(committed.commit_timestamp_ms)
     )
 
 
-def decode_offset_record(key: bytes, value: bytes | None) -> tuple[str, str, int, CommittedOffset | None] | None:
+def decode_offset_record(
+    key: bytes, value: bytes | None
+) -> tuple[str, str, int, CommittedOffset | None] | None:
     """Decode a ``__consumer_offsets`` record; None for key versions this broker does not know.
 
     Raises:
@@ -278,7 +289,12 @@ def decode_offset_record(key: bytes, value: bytes | None) -> tuple[str, str, int
         (commit_timestamp_ms,) = _INT64.unpack_from(value, pos)
     except (struct.error, UnicodeDecodeError) as exc:
         raise InternalTopicError(f"malformed committed-offset record: {exc}") from exc
-    return group_id, topic, partition, CommittedOffset(offset, leader_epoch, metadata, commit_timestamp_ms)
+    return (
+        group_id,
+        topic,
+        partition,
+        CommittedOffset(offset, leader_epoch, metadata, commit_timestamp_ms),
+    )
 
 
 class GroupCoordinator:
@@ -290,7 +306,9 @@ class GroupCoordinator:
         config: limits and timeouts.
     """
 
-    def __init__(self, *, clock: Clock, store: OffsetStore, config: GroupConfig | None = None) -> None:
+    def __init__(
+        self, *, clock: Clock, store: OffsetStore, config: GroupConfig | None = None
+    ) -> None:
         self._clock = clock
         self._store = store
         self._config = config or GroupConfig()
@@ -347,11 +365,17 @@ class GroupCoordinator:
         is answered MEMBER_ID_REQUIRED with a generated id, and the client joins again with it.
         """
         if self.loading:
-            return JoinResult(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, member_id=member_id)
+            return JoinResult(
+                ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, member_id=member_id
+            )
         if not group_id:
             return JoinResult(ErrorCode.INVALID_GROUP_ID, member_id=member_id)
         cfg = self._config
-        if not cfg.group_min_session_timeout_ms <= session_timeout_ms <= cfg.group_max_session_timeout_ms:
+        if (
+            not cfg.group_min_session_timeout_ms
+            <= session_timeout_ms
+            <= cfg.group_max_session_timeout_ms
+        ):
             return JoinResult(ErrorCode.INVALID_SESSION_TIMEOUT, member_id=member_id)
         group = self._groups.get(group_id)
         if group is None:
@@ -361,9 +385,13 @@ class GroupCoordinator:
         if group.state is GroupState.DEAD:
             return JoinResult(ErrorCode.COORDINATOR_NOT_AVAILABLE, member_id=member_id)
         if not protocols or not self._supports(group, protocol_type, protocols):
-            return JoinResult(ErrorCode.INCONSISTENT_GROUP_PROTOCOL, member_id=member_id)
+            return JoinResult(
+                ErrorCode.INCONSISTENT_GROUP_PROTOCOL, member_id=member_id
+            )
         now_ms = self._clock.monotonic_ms()
-        rebalance_timeout_ms = rebalance_timeout_ms if rebalance_timeout_ms > 0 else session_timeout_ms
+        rebalance_timeout_ms = (
+            rebalance_timeout_ms if rebalance_timeout_ms > 0 else session_timeout_ms
+        )
 
         if not member_id or member_id in group.pending_members:
             if len(group.members) >= cfg.group_max_size:
@@ -389,13 +417,15 @@ class GroupCoordinator:
             if group.initial_delay_deadline_ms is not None:
                 # A new member during the initial delay extends it (bounded by the rebalance timeout).
                 group.initial_delay_deadline_ms = min(
-                    now_ms + cfg.group_initial_rebalance_delay_ms, group.rebalance_deadline_ms
+                    now_ms + cfg.group_initial_rebalance_delay_ms,
+                    group.rebalance_deadline_ms,
                 )
             return await self._await_join(group, member)
 
-        member = group.members.get(member_id)
-        if member is None:
+        existing = group.members.get(member_id)
+        if existing is None:
             return JoinResult(ErrorCode.UNKNOWN_MEMBER_ID, member_id=member_id)
+        member = existing
         member.last_seen_ms = now_ms
         unchanged = member.protocols == list(protocols)
         member.protocols = list(protocols)
@@ -404,13 +434,19 @@ class GroupCoordinator:
         if group.state is GroupState.COMPLETING_REBALANCE and unchanged:
             # A retried join of this generation: answer it again (Kafka does the same).
             return self._join_result(group, member)
-        if group.state is GroupState.STABLE and unchanged and member_id != group.leader_id:
+        if (
+            group.state is GroupState.STABLE
+            and unchanged
+            and member_id != group.leader_id
+        ):
             return self._join_result(group, member)
         return await self._await_join(group, member)
 
     async def _await_join(self, group: _Group, member: _Member) -> JoinResult:
         if member.join_future is not None and not member.join_future.done():
-            member.join_future.set_result(JoinResult(ErrorCode.REBALANCE_IN_PROGRESS, member_id=member.member_id))
+            member.join_future.set_result(
+                JoinResult(ErrorCode.REBALANCE_IN_PROGRESS, member_id=member.member_id)
+            )
         future: asyncio.Future[JoinResult] = asyncio.get_running_loop().create_future()
         member.join_future = future
         if group.state is GroupState.PREPARING_REBALANCE:
@@ -468,7 +504,11 @@ class GroupCoordinator:
         return await future
 
     def heartbeat(
-        self, group_id: str, generation_id: int, member_id: str, group_instance_id: str | None = None
+        self,
+        group_id: str,
+        generation_id: int,
+        member_id: str,
+        group_instance_id: str | None = None,
     ) -> int:
         """Keep a member's session alive; tells it to rejoin while the group rebalances."""
         if self.loading:
@@ -484,26 +524,38 @@ class GroupCoordinator:
             return ErrorCode.REBALANCE_IN_PROGRESS
         return ErrorCode.NONE
 
-    def leave_group(self, group_id: str, members: list[tuple[str, str | None]]) -> LeaveResult:
+    def leave_group(
+        self, group_id: str, members: list[tuple[str, str | None]]
+    ) -> LeaveResult:
         """Remove members at once (LeaveGroup; v3+ sends several); the group rebalances."""
         if self.loading:
             return LeaveResult(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS)
         group = self._groups.get(group_id)
         if group is None:
             return LeaveResult(
-                ErrorCode.NONE, [(mid, iid, ErrorCode.UNKNOWN_MEMBER_ID) for mid, iid in members]
+                ErrorCode.NONE,
+                [(mid, iid, ErrorCode.UNKNOWN_MEMBER_ID) for mid, iid in members],
             )
         outcome: list[tuple[str, str | None, int]] = []
         for member_id, instance_id in members:
             member = group.members.get(member_id)
             if member is None and instance_id is not None:
-                member = next((m for m in group.members.values() if m.group_instance_id == instance_id), None)
+                member = next(
+                    (
+                        m
+                        for m in group.members.values()
+                        if m.group_instance_id == instance_id
+                    ),
+                    None,
+                )
             if member is None:
                 if group.pending_members.pop(member_id, None) is not None:
                     outcome.append((member_id, instance_id, ErrorCode.NONE))
                     self._maybe_complete_join(group)
                 else:
-                    outcome.append((member_id, instance_id, ErrorCode.UNKNOWN_MEMBER_ID))
+                    outcome.append(
+                        (member_id, instance_id, ErrorCode.UNKNOWN_MEMBER_ID)
+                    )
                 continue
             self._remove_member(group, member, "left the group")
             outcome.append((member.member_id, instance_id, ErrorCode.NONE))
@@ -536,14 +588,24 @@ class GroupCoordinator:
         records: list[tuple[bytes, bytes | None]] = []
         accepted: list[tuple[tuple[str, int], CommittedOffset]] = []
         for item in offsets:
-            if item.metadata is not None and len(item.metadata.encode()) > self._config.offset_metadata_max_bytes:
+            if (
+                item.metadata is not None
+                and len(item.metadata.encode()) > self._config.offset_metadata_max_bytes
+            ):
                 errors.append(ErrorCode.OFFSET_METADATA_TOO_LARGE)
                 continue
             if not partition_exists(item.topic, item.partition):
                 errors.append(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
                 continue
-            committed = CommittedOffset(item.offset, item.leader_epoch, item.metadata, now_wall_ms)
-            records.append((encode_offset_key(group_id, item.topic, item.partition), encode_offset_value(committed)))
+            committed = CommittedOffset(
+                item.offset, item.leader_epoch, item.metadata, now_wall_ms
+            )
+            records.append(
+                (
+                    encode_offset_key(group_id, item.topic, item.partition),
+                    encode_offset_value(committed),
+                )
+            )
             accepted.append(((item.topic, item.partition), committed))
             errors.append(ErrorCode.NONE)
         if records:
@@ -591,11 +653,18 @@ class GroupCoordinator:
         for topic, partition in partitions:
             committed = offsets.get((topic, partition))
             if committed is None:
-                result.append(FetchedOffset(topic, partition, -1, -1, "", ErrorCode.NONE))
+                result.append(
+                    FetchedOffset(topic, partition, -1, -1, "", ErrorCode.NONE)
+                )
             else:
                 result.append(
                     FetchedOffset(
-                        topic, partition, committed.offset, committed.leader_epoch, committed.metadata, ErrorCode.NONE
+                        topic,
+                        partition,
+                        committed.offset,
+                        committed.leader_epoch,
+                        committed.metadata,
+                        ErrorCode.NONE,
                     )
                 )
         return ErrorCode.NONE, result
@@ -605,10 +674,14 @@ class GroupCoordinator:
     def describe_group(self, group_id: str) -> GroupDescription:
         """State and members of a group; an unknown group is reported as Dead with no error."""
         if self.loading:
-            return GroupDescription(group_id, ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, "", "", "", [])
+            return GroupDescription(
+                group_id, ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, "", "", "", []
+            )
         group = self._groups.get(group_id)
         if group is None:
-            return GroupDescription(group_id, ErrorCode.NONE, GroupState.DEAD.value, "", "", [])
+            return GroupDescription(
+                group_id, ErrorCode.NONE, GroupState.DEAD.value, "", "", []
+            )
         stable = group.state is GroupState.STABLE
         members = [
             MemberDescription(
@@ -630,7 +703,9 @@ class GroupCoordinator:
             members,
         )
 
-    def list_groups(self, states: list[str] | None = None) -> tuple[int, list[GroupListing]]:
+    def list_groups(
+        self, states: list[str] | None = None
+    ) -> tuple[int, list[GroupListing]]:
         """Every group (optionally only those in ``states``, ListGroups v4)."""
         if self.loading:
             return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, []
@@ -661,16 +736,28 @@ class GroupCoordinator:
                     del group.pending_members[member_id]
                     self._maybe_complete_join(group)
             for member in list(group.members.values()):
-                waiting = member.join_future is not None or member.sync_future is not None
-                if not waiting and now_ms - member.last_seen_ms > member.session_timeout_ms:
+                waiting = (
+                    member.join_future is not None or member.sync_future is not None
+                )
+                if (
+                    not waiting
+                    and now_ms - member.last_seen_ms > member.session_timeout_ms
+                ):
                     self._remove_member(group, member, "session timed out")
             if group.state is GroupState.PREPARING_REBALANCE:
                 if now_ms >= group.rebalance_deadline_ms:
                     self._maybe_complete_join(group, deadline_passed=True)
-                elif group.initial_delay_deadline_ms is not None and now_ms >= group.initial_delay_deadline_ms:
+                elif (
+                    group.initial_delay_deadline_ms is not None
+                    and now_ms >= group.initial_delay_deadline_ms
+                ):
                     group.initial_delay_deadline_ms = None
                     self._maybe_complete_join(group)
-            if group.state is GroupState.EMPTY and not group.offsets and not group.pending_members:
+            if (
+                group.state is GroupState.EMPTY
+                and not group.offsets
+                and not group.pending_members
+            ):
                 # Nothing left to remember: Kafka marks such a group Dead and forgets it.
                 group.state = GroupState.DEAD
                 del self._groups[group.group_id]
@@ -684,13 +771,17 @@ class GroupCoordinator:
     # -- state machine ---------------------------------------------------------------------
 
     @staticmethod
-    def _supports(group: _Group, protocol_type: str, protocols: list[tuple[str, bytes]]) -> bool:
+    def _supports(
+        group: _Group, protocol_type: str, protocols: list[tuple[str, bytes]]
+    ) -> bool:
         if not group.members:
             return True
         if any(m.protocol_type != protocol_type for m in group.members.values()):
             return False
         names = {name for name, _ in protocols}
-        candidates = set.intersection(*(set(m.protocol_names()) for m in group.members.values()))
+        candidates = set.intersection(
+            *(set(m.protocol_names()) for m in group.members.values())
+        )
         return bool(names & candidates)
 
     def _prepare_rebalance(self, group: _Group) -> None:
@@ -699,11 +790,15 @@ class GroupCoordinator:
                 member.assignment = b""
                 if member.sync_future is not None:
                     if not member.sync_future.done():
-                        member.sync_future.set_result(SyncResult(ErrorCode.REBALANCE_IN_PROGRESS))
+                        member.sync_future.set_result(
+                            SyncResult(ErrorCode.REBALANCE_IN_PROGRESS)
+                        )
                     member.sync_future = None
         was_empty = group.state is GroupState.EMPTY
         now_ms = self._clock.monotonic_ms()
-        timeout_ms = max((m.rebalance_timeout_ms for m in group.members.values()), default=0)
+        timeout_ms = max(
+            (m.rebalance_timeout_ms for m in group.members.values()), default=0
+        )
         group.state = GroupState.PREPARING_REBALANCE
         group.rebalance_deadline_ms = now_ms + timeout_ms
         delay_ms = self._config.group_initial_rebalance_delay_ms
@@ -711,10 +806,16 @@ class GroupCoordinator:
             group.initial_delay_deadline_ms = now_ms + min(delay_ms, timeout_ms)
         else:
             group.initial_delay_deadline_ms = None
-        log.info("group %s is rebalancing (generation %d)", group.group_id, group.generation_id)
+        log.info(
+            "group %s is rebalancing (generation %d)",
+            group.group_id,
+            group.generation_id,
+        )
         self._maybe_complete_join(group)
 
-    def _maybe_complete_join(self, group: _Group, *, deadline_passed: bool = False) -> None:
+    def _maybe_complete_join(
+        self, group: _Group, *, deadline_passed: bool = False
+    ) -> None:
         if group.state is not GroupState.PREPARING_REBALANCE:
             return
         if not deadline_passed:
@@ -767,7 +868,9 @@ class GroupCoordinator:
         candidates = set.intersection(*(set(m.protocol_names()) for m in members))
         votes: dict[str, int] = {}
         for member in members:
-            choice = next(name for name in member.protocol_names() if name in candidates)
+            choice = next(
+                name for name in member.protocol_names() if name in candidates
+            )
             votes[choice] = votes.get(choice, 0) + 1
         # Ties go to the leader-to-be's (first member's) preference order, for determinism.
         order = {name: i for i, name in enumerate(members[0].protocol_names())}
@@ -777,7 +880,11 @@ class GroupCoordinator:
         is_leader = member.member_id == group.leader_id
         members = (
             [
-                JoinedMember(m.member_id, m.group_instance_id, m.metadata_for(group.protocol_name))
+                JoinedMember(
+                    m.member_id,
+                    m.group_instance_id,
+                    m.metadata_for(group.protocol_name),
+                )
                 for m in group.members.values()
             ]
             if is_leader
@@ -795,11 +902,15 @@ class GroupCoordinator:
 
     @staticmethod
     def _sync_result(group: _Group, member: _Member) -> SyncResult:
-        return SyncResult(ErrorCode.NONE, group.protocol_type, group.protocol_name, member.assignment)
+        return SyncResult(
+            ErrorCode.NONE, group.protocol_type, group.protocol_name, member.assignment
+        )
 
     def _fail_waiters(self, member: _Member, error_code: int) -> None:
         if member.join_future is not None and not member.join_future.done():
-            member.join_future.set_result(JoinResult(error_code, member_id=member.member_id))
+            member.join_future.set_result(
+                JoinResult(error_code, member_id=member.member_id)
+            )
         if member.sync_future is not None and not member.sync_future.done():
             member.sync_future.set_result(SyncResult(error_code))
         member.join_future = None
@@ -812,7 +923,12 @@ class GroupCoordinator:
             group.leader_id = None
 
     def _remove_member(self, group: _Group, member: _Member, reason: str) -> None:
-        log.info("member %s of group %s removed: %s", member.member_id, group.group_id, reason)
+        log.info(
+            "member %s of group %s removed: %s",
+            member.member_id,
+            group.group_id,
+            reason,
+        )
         self._drop(group, member)
         if group.state in (GroupState.STABLE, GroupState.COMPLETING_REBALANCE):
             self._prepare_rebalance(group)

@@ -13,20 +13,19 @@ send them (KAFKA-PROTOCOL.md, "advertise" column).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
-
-from flowbus.protocol.api import ApiKey
-from flowbus.protocol.codec import RequestHeader, api_versions_body
-from flowbus.protocol.error_codes import ErrorCode
+from typing import Any
 
 from flowbus.broker.core import (
     BrokerCore,
     FetchRequestPartition,
-    ISOLATION_READ_COMMITTED,
     NewTopic,
 )
 from flowbus.broker.group_coordinator import OffsetToCommit
+from flowbus.protocol.api import ApiKey
+from flowbus.protocol.codec import RequestHeader, api_versions_body
+from flowbus.protocol.error_codes import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,9 @@ class Handlers:
         """Produce with acks=0 gets no response at all (the client does not read one)."""
         return header.api_key == ApiKey.PRODUCE and body.get("acks") == 0
 
-    async def handle(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body | None:
+    async def handle(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body | None:
         handler = self._table.get(header.api_key)
         if handler is None:
             return {"error_code": ErrorCode.UNSUPPORTED_VERSION}
@@ -95,10 +96,14 @@ class Handlers:
 
     # -- cluster ---------------------------------------------------------------------------
 
-    async def api_versions(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def api_versions(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         return api_versions_body()
 
-    async def metadata(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def metadata(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         requested = body.get("topics")
         if requested is None or (header.api_version == 0 and not requested):
             names = None
@@ -109,7 +114,10 @@ class Handlers:
         node_id = result.controller_id
         return {
             "throttle_time_ms": 0,
-            "brokers": [{"node_id": b.node_id, "host": b.host, "port": b.port, "rack": None} for b in result.brokers],
+            "brokers": [
+                {"node_id": b.node_id, "host": b.host, "port": b.port, "rack": None}
+                for b in result.brokers
+            ],
             "cluster_id": result.cluster_id,
             "controller_id": node_id,
             "topics": [
@@ -139,7 +147,9 @@ class Handlers:
 
     # -- produce / fetch -------------------------------------------------------------------
 
-    async def produce(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body | None:
+    async def produce(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body | None:
         acks = body.get("acks", 1)
         old = header.api_version < PRODUCE_MIN_IMPLEMENTED_VERSION
         responses = []
@@ -149,13 +159,31 @@ class Handlers:
             for part in topic["partition_data"]:
                 records = part.get("records")
                 if old:
-                    partitions.append({"index": part["index"], "error_code": ErrorCode.UNSUPPORTED_VERSION, "base_offset": -1})
+                    partitions.append(
+                        {
+                            "index": part["index"],
+                            "error_code": ErrorCode.UNSUPPORTED_VERSION,
+                            "base_offset": -1,
+                        }
+                    )
                     continue
                 if acks not in (0, 1, -1):
-                    partitions.append({"index": part["index"], "error_code": ErrorCode.INVALID_REQUIRED_ACKS, "base_offset": -1})
+                    partitions.append(
+                        {
+                            "index": part["index"],
+                            "error_code": ErrorCode.INVALID_REQUIRED_ACKS,
+                            "base_offset": -1,
+                        }
+                    )
                     continue
                 if records is None:
-                    partitions.append({"index": part["index"], "error_code": ErrorCode.INVALID_RECORD, "base_offset": -1})
+                    partitions.append(
+                        {
+                            "index": part["index"],
+                            "error_code": ErrorCode.INVALID_RECORD,
+                            "base_offset": -1,
+                        }
+                    )
                     continue
                 result = await self.core.produce(name, part["index"], records)
                 partitions.append(
@@ -174,7 +202,9 @@ class Handlers:
             return None
         return {"responses": responses, "throttle_time_ms": 0}
 
-    async def fetch(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def fetch(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         if header.api_version < FETCH_MIN_IMPLEMENTED_VERSION:
             return {
                 "throttle_time_ms": 0,
@@ -183,7 +213,12 @@ class Handlers:
                     {
                         "topic": t["topic"],
                         "partitions": [
-                            {"partition_index": p["partition"], "error_code": ErrorCode.UNSUPPORTED_VERSION, "high_watermark": -1, "records": None}
+                            {
+                                "partition_index": p["partition"],
+                                "error_code": ErrorCode.UNSUPPORTED_VERSION,
+                                "high_watermark": -1,
+                                "records": None,
+                            }
                             for p in t["partitions"]
                         ],
                     }
@@ -192,7 +227,11 @@ class Handlers:
             }
         requests = [
             FetchRequestPartition(
-                t["topic"], p["partition"], p["fetch_offset"], p["partition_max_bytes"], p.get("current_leader_epoch", -1)
+                t["topic"],
+                p["partition"],
+                p["fetch_offset"],
+                p["partition_max_bytes"],
+                p.get("current_leader_epoch", -1),
             )
             for t in body["topics"]
             for p in t["partitions"]
@@ -221,21 +260,36 @@ class Handlers:
                     "aborted_transactions": (
                         None
                         if r.aborted_transactions is None
-                        else [{"producer_id": pid, "first_offset": off} for pid, off in r.aborted_transactions]
+                        else [
+                            {"producer_id": pid, "first_offset": off}
+                            for pid, off in r.aborted_transactions
+                        ]
                     ),
                     "preferred_read_replica": -1,
                     "records": r.records,
                 }
             )
-        return {"throttle_time_ms": 0, "error_code": 0, "session_id": 0, "responses": responses}
+        return {
+            "throttle_time_ms": 0,
+            "error_code": 0,
+            "session_id": 0,
+            "responses": responses,
+        }
 
-    async def list_offsets(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def list_offsets(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         isolation = body.get("isolation_level", 0)
         topics = []
         for topic in body["topics"]:
             partitions = []
             for p in topic["partitions"]:
-                r = await self.core.list_offsets(topic["name"], p["partition_index"], p["timestamp"], isolation_level=isolation)
+                r = await self.core.list_offsets(
+                    topic["name"],
+                    p["partition_index"],
+                    p["timestamp"],
+                    isolation_level=isolation,
+                )
                 partitions.append(
                     {
                         "partition_index": p["partition_index"],
@@ -249,28 +303,50 @@ class Handlers:
             topics.append({"name": topic["name"], "partitions": partitions})
         return {"throttle_time_ms": 0, "topics": topics}
 
-    async def offset_for_leader_epoch(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def offset_for_leader_epoch(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         topics = []
         for topic in body["topics"]:
             partitions = []
             for p in topic["partitions"]:
-                error, epoch, end = await self.core.offset_for_leader_epoch(topic["topic"], p["partition"], p["leader_epoch"])
-                partitions.append({"error_code": error, "partition": p["partition"], "leader_epoch": epoch, "end_offset": end})
+                error, epoch, end = await self.core.offset_for_leader_epoch(
+                    topic["topic"], p["partition"], p["leader_epoch"]
+                )
+                partitions.append(
+                    {
+                        "error_code": error,
+                        "partition": p["partition"],
+                        "leader_epoch": epoch,
+                        "end_offset": end,
+                    }
+                )
             topics.append({"topic": topic["topic"], "partitions": partitions})
         return {"throttle_time_ms": 0, "topics": topics}
 
     # -- topics and configs ----------------------------------------------------------------
 
-    async def create_topics(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def create_topics(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         new_topics = []
         bad_assignments = set()
         for t in body["topics"]:
             if t.get("assignments"):
                 bad_assignments.add(t["name"])
-            configs = {c["name"]: c["value"] for c in t.get("configs", []) if c.get("value") is not None}
-            new_topics.append(NewTopic(t["name"], t["num_partitions"], t["replication_factor"], configs))
+            configs = {
+                c["name"]: c["value"]
+                for c in t.get("configs", [])
+                if c.get("value") is not None
+            }
+            new_topics.append(
+                NewTopic(
+                    t["name"], t["num_partitions"], t["replication_factor"], configs
+                )
+            )
         results = await self.core.create_topics(
-            [t for t in new_topics if t.name not in bad_assignments], validate_only=bool(body.get("validate_only", False))
+            [t for t in new_topics if t.name not in bad_assignments],
+            validate_only=bool(body.get("validate_only", False)),
         )
         by_name = {r.name: r for r in results}
         topics = []
@@ -278,8 +354,12 @@ class Handlers:
             r = by_name.get(t.name)
             if r is None:
                 topics.append(
-                    {"name": t.name, "error_code": ErrorCode.INVALID_REPLICA_ASSIGNMENT,
-                     "error_message": "manual replica assignment is not supported", "configs": None}
+                    {
+                        "name": t.name,
+                        "error_code": ErrorCode.INVALID_REPLICA_ASSIGNMENT,
+                        "error_message": "manual replica assignment is not supported",
+                        "configs": None,
+                    }
                 )
                 continue
             topics.append(
@@ -291,7 +371,13 @@ class Handlers:
                     "num_partitions": r.num_partitions,
                     "replication_factor": r.replication_factor,
                     "configs": [
-                        {"name": c.name, "value": c.value, "read_only": c.read_only, "config_source": c.source, "is_sensitive": c.is_sensitive}
+                        {
+                            "name": c.name,
+                            "value": c.value,
+                            "read_only": c.read_only,
+                            "config_source": c.source,
+                            "is_sensitive": c.is_sensitive,
+                        }
                         for c in r.configs
                     ]
                     if r.error_code == 0
@@ -300,15 +386,25 @@ class Handlers:
             )
         return {"throttle_time_ms": 0, "topics": topics}
 
-    async def delete_topics(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def delete_topics(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         results = await self.core.delete_topics(list(body["topic_names"]))
         return {
             "throttle_time_ms": 0,
-            "responses": [{"name": name, "error_code": error, "error_message": None} for name, error in results],
+            "responses": [
+                {"name": name, "error_code": error, "error_message": None}
+                for name, error in results
+            ],
         }
 
-    async def describe_configs(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
-        resources = [(r["resource_type"], r["resource_name"], r.get("configuration_keys")) for r in body["resources"]]
+    async def describe_configs(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        resources = [
+            (r["resource_type"], r["resource_name"], r.get("configuration_keys"))
+            for r in body["resources"]
+        ]
         results = await self.core.describe_configs(resources)
         return {
             "throttle_time_ms": 0,
@@ -339,7 +435,9 @@ class Handlers:
 
     # -- groups ----------------------------------------------------------------------------
 
-    async def find_coordinator(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def find_coordinator(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         result = await self.core.find_coordinator(body["key"], body.get("key_type", 0))
         node = result.node
         return {
@@ -351,7 +449,9 @@ class Handlers:
             "port": node.port if node else -1,
         }
 
-    async def join_group(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def join_group(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         result = await self.core.groups.join_group(
             body["group_id"],
             body["member_id"],
@@ -370,21 +470,32 @@ class Handlers:
             "generation_id": result.generation_id,
             "protocol_type": result.protocol_type,
             # Versions before 7 cannot carry a null protocol name.
-            "protocol_name": result.protocol_name if result.protocol_name is not None or header.api_version >= 7 else "",
+            "protocol_name": result.protocol_name
+            if result.protocol_name is not None or header.api_version >= 7
+            else "",
             "leader": result.leader,
             "member_id": result.member_id,
             "members": [
-                {"member_id": m.member_id, "group_instance_id": m.group_instance_id, "metadata": m.metadata}
+                {
+                    "member_id": m.member_id,
+                    "group_instance_id": m.group_instance_id,
+                    "metadata": m.metadata,
+                }
                 for m in result.members
             ],
         }
 
-    async def sync_group(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def sync_group(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         result = await self.core.groups.sync_group(
             body["group_id"],
             body["generation_id"],
             body["member_id"],
-            {a["member_id"]: bytes(a["assignment"]) for a in body.get("assignments", [])},
+            {
+                a["member_id"]: bytes(a["assignment"])
+                for a in body.get("assignments", [])
+            },
             group_instance_id=body.get("group_instance_id"),
             protocol_type=body.get("protocol_type"),
             protocol_name=body.get("protocol_name"),
@@ -397,17 +508,28 @@ class Handlers:
             "assignment": result.assignment,
         }
 
-    async def heartbeat(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def heartbeat(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         error = self.core.groups.heartbeat(
-            body["group_id"], body["generation_id"], body["member_id"], body.get("group_instance_id")
+            body["group_id"],
+            body["generation_id"],
+            body["member_id"],
+            body.get("group_instance_id"),
         )
         return {"throttle_time_ms": 0, "error_code": error}
 
-    async def leave_group(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def leave_group(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        members: list[tuple[str, str | None]]
         if header.api_version < 3:
             members = [(body["member_id"], None)]
         else:
-            members = [(m["member_id"], m.get("group_instance_id")) for m in body.get("members", [])]
+            members = [
+                (m["member_id"], m.get("group_instance_id"))
+                for m in body.get("members", [])
+            ]
         result = self.core.groups.leave_group(body["group_id"], members)
         error = result.error_code
         if header.api_version < 3 and error == ErrorCode.NONE and result.members:
@@ -416,20 +538,30 @@ class Handlers:
             "throttle_time_ms": 0,
             "error_code": error,
             "members": [
-                {"member_id": mid, "group_instance_id": iid, "error_code": code} for mid, iid, code in result.members
+                {"member_id": mid, "group_instance_id": iid, "error_code": code}
+                for mid, iid, code in result.members
             ],
         }
 
-    async def offset_commit(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def offset_commit(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         offsets = [
             OffsetToCommit(
-                t["name"], p["partition_index"], p["committed_offset"], p.get("committed_leader_epoch", -1), p.get("committed_metadata")
+                t["name"],
+                p["partition_index"],
+                p["committed_offset"],
+                p.get("committed_leader_epoch", -1),
+                p.get("committed_metadata"),
             )
             for t in body["topics"]
             for p in t["partitions"]
         ]
         errors = await self.core.commit_offsets(
-            body["group_id"], body.get("generation_id_or_member_epoch", -1), body.get("member_id", ""), offsets
+            body["group_id"],
+            body.get("generation_id_or_member_epoch", -1),
+            body.get("member_id", ""),
+            offsets,
         )
         topics: list[Body] = []
         by_topic: dict[str, list[Body]] = {}
@@ -441,21 +573,39 @@ class Handlers:
             partitions.append({"partition_index": item.partition, "error_code": error})
         return {"throttle_time_ms": 0, "topics": topics}
 
-    async def offset_fetch(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def offset_fetch(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         requested = body.get("topics")
-        wanted = None if requested is None else [(t["name"], p) for t in requested for p in t["partition_indexes"]]
+        wanted = (
+            None
+            if requested is None
+            else [(t["name"], p) for t in requested for p in t["partition_indexes"]]
+        )
         error, fetched = self.core.groups.fetch_offsets(body["group_id"], wanted)
         if error != ErrorCode.NONE and wanted is not None and header.api_version < 2:
             # v0-1 have no top-level error: report it on every partition.
             topics = self._group_fetched([(t, p, -1, -1, "", error) for t, p in wanted])
         else:
             topics = self._group_fetched(
-                [(f.topic, f.partition, f.offset, f.leader_epoch, f.metadata, f.error_code) for f in fetched]
+                [
+                    (
+                        f.topic,
+                        f.partition,
+                        f.offset,
+                        f.leader_epoch,
+                        f.metadata,
+                        f.error_code,
+                    )
+                    for f in fetched
+                ]
             )
         return {"throttle_time_ms": 0, "topics": topics, "error_code": error}
 
     @staticmethod
-    def _group_fetched(rows: list[tuple[str, int, int, int, str | None, int]]) -> list[Body]:
+    def _group_fetched(
+        rows: list[tuple[str, int, int, int, str | None, int]],
+    ) -> list[Body]:
         topics: list[Body] = []
         by_topic: dict[str, list[Body]] = {}
         for topic, partition, offset, epoch, metadata, error in rows:
@@ -474,7 +624,9 @@ class Handlers:
             )
         return topics
 
-    async def describe_groups(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def describe_groups(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         groups = []
         for group_id in body["groups"]:
             d = self.core.groups.describe_group(group_id)
@@ -501,17 +653,30 @@ class Handlers:
             )
         return {"throttle_time_ms": 0, "groups": groups}
 
-    async def list_groups(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
-        error, listings = self.core.groups.list_groups(body.get("states_filter") or None)
+    async def list_groups(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        error, listings = self.core.groups.list_groups(
+            body.get("states_filter") or None
+        )
         return {
             "throttle_time_ms": 0,
             "error_code": error,
-            "groups": [{"group_id": g.group_id, "protocol_type": g.protocol_type, "group_state": g.state} for g in listings],
+            "groups": [
+                {
+                    "group_id": g.group_id,
+                    "protocol_type": g.protocol_type,
+                    "group_state": g.state,
+                }
+                for g in listings
+            ],
         }
 
     # -- producers and SASL ----------------------------------------------------------------
 
-    async def init_producer_id(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def init_producer_id(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         result = await self.core.init_producer_id(
             body.get("transactional_id"),
             body.get("transaction_timeout_ms", 60_000),
@@ -525,10 +690,22 @@ class Handlers:
             "producer_epoch": result.producer_epoch,
         }
 
-    async def sasl_handshake(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def sasl_handshake(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         ok = body.get("mechanism") in SASL_MECHANISMS
-        return {"error_code": 0 if ok else ErrorCode.UNSUPPORTED_SASL_MECHANISM, "mechanisms": SASL_MECHANISMS}
+        return {
+            "error_code": 0 if ok else ErrorCode.UNSUPPORTED_SASL_MECHANISM,
+            "mechanisms": SASL_MECHANISMS,
+        }
 
-    async def sasl_authenticate(self, header: RequestHeader, body: Body, conn: ConnectionInfo) -> Body:
+    async def sasl_authenticate(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
         # Success carries empty auth bytes (KAFKA-PROTOCOL.md: other brokers broke clients here).
-        return {"error_code": 0, "error_message": None, "auth_bytes": b"", "session_lifetime_ms": 0}
+        return {
+            "error_code": 0,
+            "error_message": None,
+            "auth_bytes": b"",
+            "session_lifetime_ms": 0,
+        }

@@ -22,15 +22,14 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Iterable
-
-from flowbus.protocol.error_codes import ErrorCode
-from flowbus.records.header import NO_PRODUCER_ID, BatchHeader
 
 from flowbus.broker.errors import ProducerIdExhaustedError
+from flowbus.protocol.error_codes import ErrorCode
+from flowbus.records.header import NO_PRODUCER_ID, BatchHeader
 
 #: Kafka keeps the metadata of the last five batches per producer and partition, matching the
 #: largest ``max.in.flight.requests.per.connection`` that idempotence allows.
@@ -104,7 +103,9 @@ class ProducerEntry:
     """The state of one producer on one partition."""
 
     epoch: int
-    batches: deque[BatchRecord] = field(default_factory=lambda: deque(maxlen=RETRY_CACHE_BATCHES_MAX))
+    batches: deque[BatchRecord] = field(
+        default_factory=lambda: deque(maxlen=RETRY_CACHE_BATCHES_MAX)
+    )
     #: Offset of the first batch of the producer's open transaction here, or None (issue 4).
     current_txn_first_offset: int | None = None
 
@@ -179,20 +180,29 @@ class PartitionProducerState:
                 return Check(Verdict.REJECT, ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)
             return _APPEND
         for cached in entry.batches:
-            if cached.first_sequence == header.base_sequence and cached.last_sequence == header.last_sequence:
+            if (
+                cached.first_sequence == header.base_sequence
+                and cached.last_sequence == header.last_sequence
+            ):
                 return Check(Verdict.DUPLICATE, original=cached)
-        if entry.batches and header.base_sequence != _next_sequence(entry.last_sequence):
+        if entry.batches and header.base_sequence != _next_sequence(
+            entry.last_sequence
+        ):
             return Check(Verdict.REJECT, ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)
         return _APPEND
 
-    def record(self, header: BatchHeader, base_offset: int, log_append_time_ms: int) -> None:
+    def record(
+        self, header: BatchHeader, base_offset: int, log_append_time_ms: int
+    ) -> None:
         """Remember a batch that was just appended at ``base_offset`` (also used when rebuilding)."""
         producer_id = header.producer_id
         if producer_id == NO_PRODUCER_ID:
             return
         entry = self._producers.get(producer_id)
         if entry is None:
-            entry = self._producers[producer_id] = ProducerEntry(epoch=header.producer_epoch)
+            entry = self._producers[producer_id] = ProducerEntry(
+                epoch=header.producer_epoch
+            )
         elif header.producer_epoch > entry.epoch:
             entry.epoch = header.producer_epoch
             entry.batches.clear()
@@ -217,7 +227,9 @@ class PartitionProducerState:
         replayed = 0
         for header in batches:
             if header.producer_id != NO_PRODUCER_ID:
-                log_append_time_ms = header.max_timestamp if header.is_log_append_time else -1
+                log_append_time_ms = (
+                    header.max_timestamp if header.is_log_append_time else -1
+                )
                 self.record(header, header.base_offset, log_append_time_ms)
                 replayed += 1
         return replayed
@@ -225,6 +237,8 @@ class PartitionProducerState:
     def first_unstable_offset(self) -> int | None:
         """The first offset of the earliest open transaction, or None (the LSO is then the HW)."""
         offsets = [
-            e.current_txn_first_offset for e in self._producers.values() if e.current_txn_first_offset is not None
+            e.current_txn_first_offset
+            for e in self._producers.values()
+            if e.current_txn_first_offset is not None
         ]
         return min(offsets) if offsets else None

@@ -10,11 +10,10 @@ import asyncio
 import logging
 import signal
 
-from flowbus.clock import SYSTEM_CLOCK, Clock
-
 from flowbus.broker.config import BrokerConfig
 from flowbus.broker.core import BrokerCore
 from flowbus.broker.server import BrokerServer, ServerLimits
+from flowbus.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger("flowbus.broker")
 #: The ready line has its own logger, kept at INFO whatever ``--log-level`` says, because
@@ -42,11 +41,16 @@ async def run_broker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+        except (
+            NotImplementedError,
+            RuntimeError,
+        ):  # not the main thread, or no signals here
             pass
     core = BrokerCore(config, clock=clock)
     await core.start()
-    server = BrokerServer(core, host=listen_host, port=listen_port, limits=limits, clock=clock)
+    server = BrokerServer(
+        core, host=listen_host, port=listen_port, limits=limits, clock=clock
+    )
     try:
         await server.start()
         if config.advertised_port == 0:

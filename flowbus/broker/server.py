@@ -24,15 +24,23 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flowbus.clock import SYSTEM_CLOCK, Clock
-from flowbus.protocol.api import ApiKey
-from flowbus.protocol.codec import Request, api_versions_fallback_response, decode_request, encode_response
-from flowbus.protocol.error_codes import ErrorCode
-from flowbus.protocol.errors import ProtocolError, RemoteProtocolError, UnsupportedVersionError
-from flowbus.protocol.framing import FrameDecoder
-
 from flowbus.broker.core import BrokerCore
 from flowbus.broker.handlers import ConnectionInfo, Handlers
+from flowbus.clock import SYSTEM_CLOCK, Clock
+from flowbus.protocol.api import ApiKey
+from flowbus.protocol.codec import (
+    Request,
+    api_versions_fallback_response,
+    decode_request,
+    encode_response,
+)
+from flowbus.protocol.error_codes import ErrorCode
+from flowbus.protocol.errors import (
+    ProtocolError,
+    RemoteProtocolError,
+    UnsupportedVersionError,
+)
+from flowbus.protocol.framing import FrameDecoder
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +65,9 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: BrokerServer) -> None:
         self._server = server
         self._decoder = FrameDecoder(server.limits.max_frame_bytes)
-        self._pipeline: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
+        self._pipeline: collections.deque[asyncio.Future[bytes | None]] = (
+            collections.deque()
+        )
         self._transport: asyncio.Transport | None = None
         self._peer = "?"
         self._info = ConnectionInfo("")
@@ -76,7 +86,11 @@ class _Connection(asyncio.Protocol):
             self._peer = f"{peer[0]}:{peer[1]}"
             self._info = ConnectionInfo(f"/{peer[0]}")
         if len(self._server.connections) >= self._server.limits.max_connections:
-            log.warning("refusing connection from %s: %d connections open", self._peer, len(self._server.connections))
+            log.warning(
+                "refusing connection from %s: %d connections open",
+                self._peer,
+                len(self._server.connections),
+            )
             self._closed = True
             transport.abort()
             return
@@ -120,7 +134,9 @@ class _Connection(asyncio.Protocol):
         except UnsupportedVersionError as exc:
             if exc.api_key == ApiKey.API_VERSIONS and exc.header is not None:
                 # Never disconnect here: the client retries with a version from our range.
-                ready: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+                ready: asyncio.Future[bytes | None] = (
+                    asyncio.get_running_loop().create_future()
+                )
                 ready.set_result(api_versions_fallback_response(exc.header))  # type: ignore[arg-type]
                 self._enqueue(ready)
             else:
@@ -148,9 +164,16 @@ class _Connection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("request %s v%d from %s failed", _api_name(header.api_key), header.api_version, self._peer)
+            log.exception(
+                "request %s v%d from %s failed",
+                _api_name(header.api_key),
+                header.api_version,
+                self._peer,
+            )
             try:
-                return encode_response(header, {"error_code": ErrorCode.UNKNOWN_SERVER_ERROR})
+                return encode_response(
+                    header, {"error_code": ErrorCode.UNKNOWN_SERVER_ERROR}
+                )
             except Exception:  # noqa: BLE001 - the response itself cannot be built: give up on the connection
                 self.abort("could not encode an error response")
                 return None
@@ -173,7 +196,11 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or self._closed:
             return
-        should_pause = self._writing_paused or len(self._pipeline) >= self._server.limits.max_in_flight_requests_per_connection
+        should_pause = (
+            self._writing_paused
+            or len(self._pipeline)
+            >= self._server.limits.max_in_flight_requests_per_connection
+        )
         if should_pause and not self._reading_paused:
             transport.pause_reading()
             self._reading_paused = True
@@ -248,10 +275,14 @@ class BrokerServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, reuse_address=True)
+        self._server = await loop.create_server(
+            lambda: _Connection(self), self.host, self.port, reuse_address=True
+        )
         sockname = self._server.sockets[0].getsockname()
         self.port = sockname[1]
-        self._reaper = asyncio.create_task(self._reap_idle_connections(), name="flowbus-idle-reaper")
+        self._reaper = asyncio.create_task(
+            self._reap_idle_connections(), name="flowbus-idle-reaper"
+        )
 
     async def _reap_idle_connections(self) -> None:
         idle_ms = self.limits.connections_max_idle_ms

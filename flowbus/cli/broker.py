@@ -12,7 +12,9 @@ from flowbus.broker.config import BrokerConfig, parse_host_port
 from flowbus.broker.errors import BrokerConfigError
 
 
-def _host_port(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+def _host_port(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[str, int] | None:
     if value is None:
         return None
     try:
@@ -22,25 +24,79 @@ def _host_port(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 @click.command("broker")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("./flowbus-data"),
-              show_default=True, help="Directory of the logs and broker state.")
-@click.option("--listen", default="127.0.0.1:9092", show_default=True, callback=_host_port,
-              help="HOST:PORT to accept connections on (port 0 picks a free port).")
-@click.option("--advertise", default=None, callback=_host_port,
-              help="HOST:PORT clients are told to connect to (default: the listen address).")
-@click.option("-l", "--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-@click.option("--no-auto-create", is_flag=True, help="Do not create topics on first use (Metadata).")
-@click.option("--auto-create-topics-partitions", "auto_create_partitions", type=click.IntRange(1), default=1,
-              show_default=True, help="Partitions of auto-created topics and CreateTopics with -1.")
-@click.option("--group-initial-rebalance-delay-ms", type=click.IntRange(0), default=3000, show_default=True,
-              help="Wait after the first member joins an empty group (0 in tests).")
-@click.option("--group-min-session-timeout-ms", type=click.IntRange(1), default=6000, show_default=True)
-@click.option("--group-max-session-timeout-ms", type=click.IntRange(1), default=1_800_000, show_default=True)
-@click.option("--connections-max-idle-ms", type=click.IntRange(1), default=600_000, show_default=True,
-              help="Close connections idle for longer than this.")
-@click.option("--max-frame-bytes", type=click.IntRange(1024), default=100 * 1024 * 1024, show_default=True,
-              help="Largest request accepted; larger ones close the connection.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("./flowbus-data"),
+    show_default=True,
+    help="Directory of the logs and broker state.",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:9092",
+    show_default=True,
+    callback=_host_port,
+    help="HOST:PORT to accept connections on (port 0 picks a free port).",
+)
+@click.option(
+    "--advertise",
+    default=None,
+    callback=_host_port,
+    help="HOST:PORT clients are told to connect to (default: the listen address).",
+)
+@click.option(
+    "-l",
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+@click.option(
+    "--no-auto-create",
+    is_flag=True,
+    help="Do not create topics on first use (Metadata).",
+)
+@click.option(
+    "--auto-create-topics-partitions",
+    "auto_create_partitions",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Partitions of auto-created topics and CreateTopics with -1.",
+)
+@click.option(
+    "--group-initial-rebalance-delay-ms",
+    type=click.IntRange(0),
+    default=3000,
+    show_default=True,
+    help="Wait after the first member joins an empty group (0 in tests).",
+)
+@click.option(
+    "--group-min-session-timeout-ms",
+    type=click.IntRange(1),
+    default=6000,
+    show_default=True,
+)
+@click.option(
+    "--group-max-session-timeout-ms",
+    type=click.IntRange(1),
+    default=1_800_000,
+    show_default=True,
+)
+@click.option(
+    "--connections-max-idle-ms",
+    type=click.IntRange(1),
+    default=600_000,
+    show_default=True,
+    help="Close connections idle for longer than this.",
+)
+@click.option(
+    "--max-frame-bytes",
+    type=click.IntRange(1024),
+    default=100 * 1024 * 1024,
+    show_default=True,
+    help="Largest request accepted; larger ones close the connection.",
+)
 def broker(
     data_dir: Path,
     listen: tuple[str, int],
@@ -66,7 +122,11 @@ def broker(
     )
     logging.getLogger("flowbus.broker.ready").setLevel(logging.INFO)
     host, port = listen
-    adv_host, adv_port = advertise if advertise is not None else (host if host not in ("0.0.0.0", "::", "") else "127.0.0.1", port)
+    adv_host, adv_port = (
+        advertise
+        if advertise is not None
+        else (host if host not in ("0.0.0.0", "::", "") else "127.0.0.1", port)
+    )
     config = BrokerConfig(
         data_dir=data_dir,
         advertised_host=adv_host,
@@ -79,5 +139,7 @@ def broker(
             group_max_session_timeout_ms=group_max_session_timeout_ms,
         ),
     )
-    limits = ServerLimits(max_frame_bytes=max_frame_bytes, connections_max_idle_ms=connections_max_idle_ms)
+    limits = ServerLimits(
+        max_frame_bytes=max_frame_bytes, connections_max_idle_ms=connections_max_idle_ms
+    )
     asyncio.run(run_broker(config, listen_host=host, listen_port=port, limits=limits))

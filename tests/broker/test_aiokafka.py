@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 import aiokafka
 import pytest
@@ -14,11 +14,15 @@ from tests.support.broker_process import BrokerProcess
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_produce_consume_and_group_commit(broker: BrokerProcess, unique: Callable[[str], str]) -> None:
+def test_produce_consume_and_group_commit(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
     topic, group = unique("aio"), unique("aiog")
 
     async def body() -> None:
-        producer = aiokafka.AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=True)
+        producer = aiokafka.AIOKafkaProducer(
+            bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=True
+        )
         await producer.start()
         try:
             for i in range(300):
@@ -53,7 +57,11 @@ def test_produce_consume_and_group_commit(broker: BrokerProcess, unique: Callabl
             await consumer.stop()
 
         resumed = aiokafka.AIOKafkaConsumer(
-            topic, bootstrap_servers=broker.bootstrap, group_id=group, auto_offset_reset="earliest", session_timeout_ms=6000
+            topic,
+            bootstrap_servers=broker.bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
         )
         await resumed.start()
         try:

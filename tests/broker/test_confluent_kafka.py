@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import confluent_kafka
 import confluent_kafka.admin
@@ -24,13 +25,24 @@ FAST = {
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([confluent_kafka.admin.NewTopic(topic, partitions, 1)]).values():
+    for future in admin.create_topics(
+        [confluent_kafka.admin.NewTopic(topic, partitions, 1)]
+    ).values():
         future.result(10)
 
 
-def produce(bootstrap: str, topic: str, count: int, *, start: int = 0, **conf: Any) -> None:
+def produce(
+    bootstrap: str, topic: str, count: int, *, start: int = 0, **conf: Any
+) -> None:
     producer = confluent_kafka.Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5, **FAST, **conf}
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            **FAST,
+            **conf,
+        }
     )
     errors: list[Any] = []
 
@@ -39,7 +51,12 @@ def produce(bootstrap: str, topic: str, count: int, *, start: int = 0, **conf: A
             errors.append(err)
 
     for i in range(start, start + count):
-        producer.produce(topic, key=str(i).encode(), value=f"value-{i}".encode(), on_delivery=delivered)
+        producer.produce(
+            topic,
+            key=str(i).encode(),
+            value=f"value-{i}".encode(),
+            on_delivery=delivered,
+        )
         producer.poll(0)
     assert producer.flush(30) == 0
     assert errors == []
@@ -60,7 +77,9 @@ def consumer(bootstrap: str, group: str, **conf: Any) -> confluent_kafka.Consume
     )
 
 
-def drain(c: confluent_kafka.Consumer, want: int, timeout_s: float = 30) -> list[confluent_kafka.Message]:
+def drain(
+    c: confluent_kafka.Consumer, want: int, timeout_s: float = 30
+) -> list[confluent_kafka.Message]:
     got: list[confluent_kafka.Message] = []
     deadline = time.monotonic() + timeout_s
     while len(got) < want and time.monotonic() < deadline:
@@ -70,13 +89,15 @@ def drain(c: confluent_kafka.Consumer, want: int, timeout_s: float = 30) -> list
     return got
 
 
-def test_idempotent_producer_acks_all(broker: BrokerProcess, unique: Callable[[str], str]) -> None:
+def test_idempotent_producer_acks_all(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
     topic = unique("idem")
     create_topic(broker.bootstrap, topic, 3)
     produce(broker.bootstrap, topic, 5000)
     c = consumer(broker.bootstrap, unique("g"))
     c.subscribe([topic])
-    values = [m.value() for m in drain(c, 5000)]
+    values = [bytes(m.value() or b"") for m in drain(c, 5000)]
     c.close()
     assert sorted(values) == sorted(f"value-{i}".encode() for i in range(5000))
 
@@ -95,7 +116,11 @@ def test_three_consumers_each_message_exactly_once_and_rebalance_on_leave(
 
     def run(index: int) -> None:
         try:
-            c = consumer(broker.bootstrap, group, **{"enable.auto.commit": True, "auto.commit.interval.ms": 200})
+            c = consumer(
+                broker.bootstrap,
+                group,
+                **{"enable.auto.commit": True, "auto.commit.interval.ms": 200},
+            )
             c.subscribe([topic])
             while not stop.is_set():
                 for msg in c.consume(500, 0.2):
@@ -112,7 +137,9 @@ def test_three_consumers_each_message_exactly_once_and_rebalance_on_leave(
         t.start()
     # Produce once the group is stable with two partitions each, so every consumer gets a share.
     deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and not (len(assigned) == 3 and all(v == 2 for v in assigned.values())):
+    while time.monotonic() < deadline and not (
+        len(assigned) == 3 and all(v == 2 for v in assigned.values())
+    ):
         time.sleep(0.1)
     assert sorted(assigned.values()) == [2, 2, 2], (assigned, broker.log_tail())
     produce(broker.bootstrap, topic, total)
@@ -129,7 +156,9 @@ def test_three_consumers_each_message_exactly_once_and_rebalance_on_leave(
     assert not errors, errors
     union = set().union(*seen.values())
     assert len(union) == total
-    assert sum(len(s) for s in seen.values()) == total, "a message was delivered to two consumers"
+    assert sum(len(s) for s in seen.values()) == total, (
+        "a message was delivered to two consumers"
+    )
     assert all(seen.values()), "every consumer got a share"
 
     # A rebalance when one member leaves: the remaining two take over its partitions.
@@ -140,8 +169,10 @@ def test_three_consumers_each_message_exactly_once_and_rebalance_on_leave(
     for c in (a, b, leaver):
         c.subscribe([topic])
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and sum(len(c.assignment()) for c in (a, b, leaver)) != 6 or any(
-        not c.assignment() for c in (a, b, leaver)
+    while (
+        time.monotonic() < deadline
+        and sum(len(c.assignment()) for c in (a, b, leaver)) != 6
+        or any(not c.assignment() for c in (a, b, leaver))
     ):
         for c in (a, b, leaver):
             c.poll(0.1)
@@ -152,7 +183,9 @@ def test_three_consumers_each_message_exactly_once_and_rebalance_on_leave(
     produce(broker.bootstrap, topic, more, start=total)
     got: set[bytes] = set()
     deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and (len(got) < more or len(a.assignment()) + len(b.assignment()) != 6):
+    while time.monotonic() < deadline and (
+        len(got) < more or len(a.assignment()) + len(b.assignment()) != 6
+    ):
         for c in (a, b):
             for msg in c.consume(500, 0.2):
                 assert msg.error() is None
@@ -197,7 +230,9 @@ def test_committed_offsets_resume_after_consumer_and_broker_restart(
     assert extra == []
 
 
-def test_broker_sigkill_loses_no_acknowledged_record(fresh_broker: BrokerProcess, unique: Callable[[str], str]) -> None:
+def test_broker_sigkill_loses_no_acknowledged_record(
+    fresh_broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
     broker = fresh_broker
     topic = unique("crash")
     create_topic(broker.bootstrap, topic, 3)
@@ -261,5 +296,7 @@ def test_broker_sigkill_loses_no_acknowledged_record(fresh_broker: BrokerProcess
     stored = [m.value() for m in drain(c, len(expected), timeout_s=60)]
     stored += [m.value() for m in drain(c, 10**9, timeout_s=2)]
     c.close()
-    assert expected <= set(stored), f"{len(expected - set(stored))} acknowledged records lost\n{broker.log_tail()}"
+    assert expected <= set(stored), (
+        f"{len(expected - set(stored))} acknowledged records lost\n{broker.log_tail()}"
+    )
     assert len(stored) == len(set(stored)), "duplicates after retries"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -29,7 +30,9 @@ class MemoryStore:
     def __init__(self) -> None:
         self.records: list[tuple[bytes, bytes | None]] = []
 
-    async def append_offsets(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    async def append_offsets(
+        self, group_id: str, records: list[tuple[bytes, bytes | None]]
+    ) -> None:
         self.records.extend(records)
 
 
@@ -37,7 +40,9 @@ def make(delay_ms: int = 0) -> tuple[GroupCoordinator, ManualClock, MemoryStore]
     clock = ManualClock()
     store = MemoryStore()
     coordinator = GroupCoordinator(
-        clock=clock, store=store, config=GroupConfig(group_initial_rebalance_delay_ms=delay_ms)
+        clock=clock,
+        store=store,
+        config=GroupConfig(group_initial_rebalance_delay_ms=delay_ms),
     )
     coordinator.finish_loading()
     return coordinator, clock, store
@@ -53,7 +58,10 @@ async def settle() -> None:
 
 
 def join(
-    coordinator: GroupCoordinator, member_id: str = "", protocols: list[tuple[str, bytes]] | None = None, **kw: Any
+    coordinator: GroupCoordinator,
+    member_id: str = "",
+    protocols: list[tuple[str, bytes]] | None = None,
+    **kw: Any,
 ) -> asyncio.Task[JoinResult]:
     return asyncio.ensure_future(
         coordinator.join_group(
@@ -69,7 +77,9 @@ def join(
     )
 
 
-async def join_new(coordinator: GroupCoordinator, **kw: Any) -> asyncio.Task[JoinResult]:
+async def join_new(
+    coordinator: GroupCoordinator, **kw: Any
+) -> asyncio.Task[JoinResult]:
     """v4+: the first join answers MEMBER_ID_REQUIRED; return the task of the second join."""
     first = await join(coordinator, **kw)
     assert first.error_code == ErrorCode.MEMBER_ID_REQUIRED and first.member_id
@@ -86,7 +96,9 @@ def test_single_member_forms_a_stable_group() -> None:
         assert result.generation_id == 1 and result.leader == result.member_id
         assert [m.member_id for m in result.members] == [result.member_id]
         assert coordinator.group_state("g") is GroupState.COMPLETING_REBALANCE
-        sync = await coordinator.sync_group("g", 1, result.member_id, {result.member_id: b"assign"})
+        sync = await coordinator.sync_group(
+            "g", 1, result.member_id, {result.member_id: b"assign"}
+        )
         assert sync.error_code == ErrorCode.NONE and sync.assignment == b"assign"
         assert coordinator.group_state("g") is GroupState.STABLE
         assert coordinator.heartbeat("g", 1, result.member_id) == ErrorCode.NONE
@@ -101,16 +113,23 @@ def test_second_member_triggers_rebalance_and_followers_wait_for_leader() -> Non
         await coordinator.sync_group("g", 1, a.member_id, {a.member_id: b"a1"})
         b_task = await join_new(coordinator)
         assert coordinator.group_state("g") is GroupState.PREPARING_REBALANCE
-        assert coordinator.heartbeat("g", 1, a.member_id) == ErrorCode.REBALANCE_IN_PROGRESS
+        assert (
+            coordinator.heartbeat("g", 1, a.member_id)
+            == ErrorCode.REBALANCE_IN_PROGRESS
+        )
         assert not b_task.done()
         a2 = await join(coordinator, a.member_id)
         b = await b_task
         assert a2.generation_id == b.generation_id == 2
         assert a2.leader == a.member_id and len(a2.members) == 2 and b.members == []
-        follower = asyncio.ensure_future(coordinator.sync_group("g", 2, b.member_id, {}))
+        follower = asyncio.ensure_future(
+            coordinator.sync_group("g", 2, b.member_id, {})
+        )
         await settle()
         assert not follower.done()
-        leader = await coordinator.sync_group("g", 2, a.member_id, {a.member_id: b"A", b.member_id: b"B"})
+        leader = await coordinator.sync_group(
+            "g", 2, a.member_id, {a.member_id: b"A", b.member_id: b"B"}
+        )
         assert leader.assignment == b"A" and (await follower).assignment == b"B"
 
     run(body)
@@ -119,11 +138,17 @@ def test_second_member_triggers_rebalance_and_followers_wait_for_leader() -> Non
 def test_protocol_selection_and_inconsistent_protocols() -> None:
     async def body() -> None:
         coordinator, _, _ = make()
-        t1 = await join_new(coordinator, protocols=[("range", b""), ("roundrobin", b"")])
+        t1 = await join_new(
+            coordinator, protocols=[("range", b""), ("roundrobin", b"")]
+        )
         r1 = await t1
         await coordinator.sync_group("g", 1, r1.member_id, {})
-        t2 = await join_new(coordinator, protocols=[("roundrobin", b""), ("sticky", b"")])
-        r1b = await join(coordinator, r1.member_id, protocols=[("range", b""), ("roundrobin", b"")])
+        t2 = await join_new(
+            coordinator, protocols=[("roundrobin", b""), ("sticky", b"")]
+        )
+        r1b = await join(
+            coordinator, r1.member_id, protocols=[("range", b""), ("roundrobin", b"")]
+        )
         r2 = await t2
         assert r1b.protocol_name == r2.protocol_name == "roundrobin"
         bad = await join(coordinator, protocols=[("cooperative-sticky", b"")])
@@ -157,12 +182,19 @@ def test_rebalance_timeout_drops_members_that_do_not_rejoin() -> None:
         # a keeps heartbeating (told to rejoin) but never rejoins.
         for _ in range(REBALANCE_MS // 5_000):
             clock.advance(5_000)
-            assert coordinator.heartbeat("g", 1, a.member_id) == ErrorCode.REBALANCE_IN_PROGRESS
+            assert (
+                coordinator.heartbeat("g", 1, a.member_id)
+                == ErrorCode.REBALANCE_IN_PROGRESS
+            )
             coordinator.tick()
         clock.advance(1)
         coordinator.tick()
         b = await b_task
-        assert b.error_code == ErrorCode.NONE and b.leader == b.member_id and len(b.members) == 1
+        assert (
+            b.error_code == ErrorCode.NONE
+            and b.leader == b.member_id
+            and len(b.members) == 1
+        )
         assert coordinator.heartbeat("g", 2, a.member_id) == ErrorCode.UNKNOWN_MEMBER_ID
 
     run(body)
@@ -178,7 +210,10 @@ def test_unclaimed_member_id_expires_and_unblocks_the_join() -> None:
         clock.advance(SESSION_MS + 1)
         coordinator.tick()
         a = await a_task
-        assert coordinator.heartbeat("g", 1, a.member_id) in (ErrorCode.NONE, ErrorCode.UNKNOWN_MEMBER_ID)
+        assert coordinator.heartbeat("g", 1, a.member_id) in (
+            ErrorCode.NONE,
+            ErrorCode.UNKNOWN_MEMBER_ID,
+        )
         assert await join(coordinator, first.member_id) != ErrorCode.NONE
 
     run(body)
@@ -190,7 +225,10 @@ def test_leave_group_batch_and_unknown_members() -> None:
         a = await (await join_new(coordinator))
         await coordinator.sync_group("g", 1, a.member_id, {})
         result = coordinator.leave_group("g", [(a.member_id, None), ("nobody", None)])
-        assert [e for _, _, e in result.members] == [ErrorCode.NONE, ErrorCode.UNKNOWN_MEMBER_ID]
+        assert [e for _, _, e in result.members] == [
+            ErrorCode.NONE,
+            ErrorCode.UNKNOWN_MEMBER_ID,
+        ]
         assert coordinator.group_state("g") is GroupState.EMPTY
         assert coordinator.generation("g") == 2
 
@@ -205,7 +243,9 @@ def test_leave_during_sync_fails_waiting_followers() -> None:
         b_task = await join_new(coordinator)
         await join(coordinator, a.member_id)
         b = await b_task
-        follower = asyncio.ensure_future(coordinator.sync_group("g", 2, b.member_id, {}))
+        follower = asyncio.ensure_future(
+            coordinator.sync_group("g", 2, b.member_id, {})
+        )
         await settle()
         coordinator.leave_group("g", [(a.member_id, None)])
         assert (await follower).error_code == ErrorCode.REBALANCE_IN_PROGRESS
@@ -235,20 +275,34 @@ def test_generation_and_member_checks() -> None:
     async def body() -> None:
         coordinator, _, _ = make()
         a = await (await join_new(coordinator))
-        assert (await coordinator.sync_group("g", 7, a.member_id, {})).error_code == ErrorCode.ILLEGAL_GENERATION
-        assert (await coordinator.sync_group("g", 1, "x", {})).error_code == ErrorCode.UNKNOWN_MEMBER_ID
+        assert (
+            await coordinator.sync_group("g", 7, a.member_id, {})
+        ).error_code == ErrorCode.ILLEGAL_GENERATION
+        assert (
+            await coordinator.sync_group("g", 1, "x", {})
+        ).error_code == ErrorCode.UNKNOWN_MEMBER_ID
         await coordinator.sync_group("g", 1, a.member_id, {})
-        assert coordinator.heartbeat("g", 0, a.member_id) == ErrorCode.ILLEGAL_GENERATION
-        assert coordinator.heartbeat("nope", 1, a.member_id) == ErrorCode.UNKNOWN_MEMBER_ID
+        assert (
+            coordinator.heartbeat("g", 0, a.member_id) == ErrorCode.ILLEGAL_GENERATION
+        )
+        assert (
+            coordinator.heartbeat("nope", 1, a.member_id) == ErrorCode.UNKNOWN_MEMBER_ID
+        )
 
         def exists(topic: str, partition: int) -> bool:
             return topic == "t"
 
-        ok = await coordinator.commit_offsets("g", 1, a.member_id, [OffsetToCommit("t", 0, 5)], partition_exists=exists)
+        ok = await coordinator.commit_offsets(
+            "g", 1, a.member_id, [OffsetToCommit("t", 0, 5)], partition_exists=exists
+        )
         assert ok == [ErrorCode.NONE]
-        stale = await coordinator.commit_offsets("g", 0, a.member_id, [OffsetToCommit("t", 0, 6)], partition_exists=exists)
+        stale = await coordinator.commit_offsets(
+            "g", 0, a.member_id, [OffsetToCommit("t", 0, 6)], partition_exists=exists
+        )
         assert stale == [ErrorCode.ILLEGAL_GENERATION]
-        simple = await coordinator.commit_offsets("g", -1, "", [OffsetToCommit("t", 0, 6)], partition_exists=exists)
+        simple = await coordinator.commit_offsets(
+            "g", -1, "", [OffsetToCommit("t", 0, 6)], partition_exists=exists
+        )
         assert simple == [ErrorCode.UNKNOWN_MEMBER_ID]  # the group has members
         unknown = await coordinator.commit_offsets(
             "g", 1, a.member_id, [OffsetToCommit("u", 0, 1)], partition_exists=exists
@@ -270,13 +324,19 @@ def test_offsets_survive_a_reload() -> None:
         )
         assert errors == [ErrorCode.NONE, ErrorCode.NONE]
         reloaded = GroupCoordinator(clock=clock, store=store)
-        assert reloaded.fetch_offsets("simple", None)[0] == ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+        assert (
+            reloaded.fetch_offsets("simple", None)[0]
+            == ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+        )
         for key, value in store.records:
             reloaded.load_record(key, value)
         reloaded.finish_loading()
         error, fetched = reloaded.fetch_offsets("simple", None)
         assert error == ErrorCode.NONE
-        assert [(f.topic, f.partition, f.offset, f.metadata) for f in fetched] == [("t", 0, 10, "m"), ("t", 1, 20, None)]
+        assert [(f.topic, f.partition, f.offset, f.metadata) for f in fetched] == [
+            ("t", 0, 10, "m"),
+            ("t", 1, 20, None),
+        ]
         _, missing = reloaded.fetch_offsets("simple", [("t", 9)])
         assert missing[0].offset == -1
         assert [g.group_id for g in reloaded.list_groups()[1]] == ["simple"]
@@ -285,11 +345,20 @@ def test_offsets_survive_a_reload() -> None:
 
 
 def test_offset_record_encoding_round_trips() -> None:
-    from flowbus.broker.group_coordinator import CommittedOffset, encode_offset_key, encode_offset_value
+    from flowbus.broker.group_coordinator import (
+        CommittedOffset,
+        encode_offset_key,
+        encode_offset_value,
+    )
 
     committed = CommittedOffset(42, 3, "héllo", 1_700_000_000_000)
     key = encode_offset_key("grp", "topic", 7)
-    assert decode_offset_record(key, encode_offset_value(committed)) == ("grp", "topic", 7, committed)
+    assert decode_offset_record(key, encode_offset_value(committed)) == (
+        "grp",
+        "topic",
+        7,
+        committed,
+    )
     assert decode_offset_record(key, None) == ("grp", "topic", 7, None)
     assert decode_offset_record(b"\x00\x09rest", b"") is None
 
@@ -314,7 +383,12 @@ def test_invalid_session_timeout(timeout_ms: int) -> None:
     async def body() -> None:
         coordinator, _, _ = make()
         result = await coordinator.join_group(
-            "g", "", "consumer", [("range", b"")], session_timeout_ms=timeout_ms, rebalance_timeout_ms=1000
+            "g",
+            "",
+            "consumer",
+            [("range", b"")],
+            session_timeout_ms=timeout_ms,
+            rebalance_timeout_ms=1000,
         )
         assert result.error_code == ErrorCode.INVALID_SESSION_TIMEOUT
 

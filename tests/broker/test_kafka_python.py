@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import kafka
 import kafka.admin
@@ -15,14 +15,23 @@ from tests.support.broker_process import BrokerProcess
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_produce_consume_and_group_commit(broker: BrokerProcess, unique: Callable[[str], str]) -> None:
+def test_produce_consume_and_group_commit(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
     topic, group = unique("kp"), unique("kpg")
     admin = kafka.admin.KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    admin.create_topics([kafka.admin.NewTopic(topic, num_partitions=2, replication_factor=1)])
+    admin.create_topics(
+        [kafka.admin.NewTopic(topic, num_partitions=2, replication_factor=1)]
+    )
     admin.close()
 
-    producer = kafka.KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
-    futures = [producer.send(topic, key=str(i).encode(), value=f"v{i}".encode()) for i in range(200)]
+    producer = kafka.KafkaProducer(
+        bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5
+    )
+    futures = [
+        producer.send(topic, key=str(i).encode(), value=f"v{i}".encode())
+        for i in range(200)
+    ]
     offsets = [f.get(timeout=10).offset for f in futures]
     assert min(offsets) == 0
     producer.close()
@@ -49,7 +58,11 @@ def test_produce_consume_and_group_commit(broker: BrokerProcess, unique: Callabl
 
     # A new member of the same group starts from the committed offsets: nothing left.
     again = kafka.KafkaConsumer(
-        topic, bootstrap_servers=broker.bootstrap, group_id=group, auto_offset_reset="earliest", session_timeout_ms=6000
+        topic,
+        bootstrap_servers=broker.bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
     )
     leftovers: list[bytes] = []
     deadline = time.monotonic() + 5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -18,13 +18,20 @@ pytestmark = [
 
 def kcat(broker: BrokerProcess, *args: str, stdin: str | None = None) -> str:
     result = subprocess.run(
-        ["kcat", "-b", broker.bootstrap, *args], input=stdin, capture_output=True, text=True, timeout=30
+        ["kcat", "-b", broker.bootstrap, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
-def test_list_produce_consume(broker: BrokerProcess, unique: Callable[[str], str]) -> None:
+def test_list_produce_consume(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
     topic = unique("kcat")
     lines = [f"line {i}" for i in range(50)]
     kcat(broker, "-P", "-t", topic, stdin="\n".join(lines) + "\n")

@@ -16,7 +16,9 @@ from flowbus.records.builder import BatchBuilder
 from flowbus.records.header import BatchHeader, read_header
 
 
-def batch(pid: int, epoch: int, seq: int, count: int = 3, *, base_offset: int = 0) -> BatchHeader:
+def batch(
+    pid: int, epoch: int, seq: int, count: int = 3, *, base_offset: int = 0
+) -> BatchHeader:
     builder = BatchBuilder(producer_id=pid, producer_epoch=epoch, base_sequence=seq)
     for _ in range(count):
         builder.append(None, b"v", timestamp_ms=1)
@@ -33,7 +35,10 @@ def test_first_batch_must_start_at_zero() -> None:
     state = PartitionProducerState()
     assert state.check(batch(1, 0, 0)).verdict is Verdict.APPEND
     rejected = state.check(batch(1, 0, 5))
-    assert rejected.verdict is Verdict.REJECT and rejected.error_code == ErrorCode.UNKNOWN_PRODUCER_ID
+    assert (
+        rejected.verdict is Verdict.REJECT
+        and rejected.error_code == ErrorCode.UNKNOWN_PRODUCER_ID
+    )
 
 
 def test_sequence_must_continue() -> None:
@@ -50,16 +55,21 @@ def test_retry_is_answered_with_original_offset() -> None:
     appended(state, batch(1, 0, 3, 3), 200)
     retry = state.check(batch(1, 0, 0, 3))
     assert retry.verdict is Verdict.DUPLICATE
-    assert retry.original is not None and retry.original.base_offset == 100 and retry.original.last_offset == 102
+    assert (
+        retry.original is not None
+        and retry.original.base_offset == 100
+        and retry.original.last_offset == 102
+    )
 
 
 def test_only_last_five_batches_are_cached() -> None:
     state = PartitionProducerState()
-    seq = 0
     for i in range(RETRY_CACHE_BATCHES_MAX + 1):
-        appended(state, batch(1, 0, seq, 1), i)
-        seq += 1
-    assert state.check(batch(1, 0, 0, 1)).error_code == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
+        appended(state, batch(1, 0, i, 1), i)
+    assert (
+        state.check(batch(1, 0, 0, 1)).error_code
+        == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
+    )
     assert state.check(batch(1, 0, 1, 1)).verdict is Verdict.DUPLICATE
 
 
@@ -67,7 +77,9 @@ def test_epochs() -> None:
     state = PartitionProducerState()
     appended(state, batch(1, 3, 0, 2), 0)
     assert state.check(batch(1, 2, 2)).error_code == ErrorCode.INVALID_PRODUCER_EPOCH
-    assert state.check(batch(1, 4, 7)).error_code == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert (
+        state.check(batch(1, 4, 7)).error_code == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
+    )
     appended(state, batch(1, 4, 0, 1), 2)
     # The old epoch is fenced from now on.
     assert state.check(batch(1, 3, 2)).error_code == ErrorCode.INVALID_PRODUCER_EPOCH
@@ -79,7 +91,10 @@ def test_sequence_wraps_at_int32_max() -> None:
     # A rebuilt entry near the wrap point: sequences 2^31-2 .. 2^31-1.
     state.rebuild([batch(1, 0, big, 2, base_offset=10)])
     assert state.check(batch(1, 0, 0, 1)).verdict is Verdict.APPEND
-    assert state.check(batch(1, 0, 1, 1)).error_code == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert (
+        state.check(batch(1, 0, 1, 1)).error_code
+        == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
+    )
 
 
 def test_rebuild_from_log_recognises_retries() -> None:
@@ -87,7 +102,11 @@ def test_rebuild_from_log_recognises_retries() -> None:
     headers = [batch(9, 0, 0, 2, base_offset=0), batch(9, 0, 2, 2, base_offset=2)]
     assert state.rebuild(headers) == 2
     dup = state.check(batch(9, 0, 2, 2))
-    assert dup.verdict is Verdict.DUPLICATE and dup.original is not None and dup.original.base_offset == 2
+    assert (
+        dup.verdict is Verdict.DUPLICATE
+        and dup.original is not None
+        and dup.original.base_offset == 2
+    )
     assert state.check(batch(9, 0, 4, 1)).verdict is Verdict.APPEND
 
 
@@ -102,7 +121,9 @@ def test_producer_ids_never_repeat_across_restarts(tmp_path: Path) -> None:
     path = tmp_path / "producer_ids"
     first = ProducerIdManager(path, block_size=10)
     ids = [first.allocate() for _ in range(3)]
-    second = ProducerIdManager(path, block_size=10)  # a crash: the rest of the block is skipped
+    second = ProducerIdManager(
+        path, block_size=10
+    )  # a crash: the rest of the block is skipped
     more = [second.allocate() for _ in range(25)]
     assert len(set(ids + more)) == 28
     assert min(more) > max(ids)

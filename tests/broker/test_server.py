@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -26,21 +27,29 @@ T = TypeVar("T")
 class Client:
     """A minimal Kafka client over one connection: send raw requests, read raw responses."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.correlation_id = 0
 
     def send(self, api_key: int, version: int, body: dict[str, Any]) -> int:
         self.correlation_id += 1
-        self.writer.write(encode_request(api_key, version, self.correlation_id, "test", body))
+        self.writer.write(
+            encode_request(api_key, version, self.correlation_id, "test", body)
+        )
         return self.correlation_id
 
     async def read_frame(self, timeout_s: float = 5) -> bytes:
-        size = struct.unpack(">i", await asyncio.wait_for(self.reader.readexactly(4), timeout_s))[0]
+        size = struct.unpack(
+            ">i", await asyncio.wait_for(self.reader.readexactly(4), timeout_s)
+        )[0]
         return await asyncio.wait_for(self.reader.readexactly(size), timeout_s)
 
-    async def call(self, api_key: int, version: int, body: dict[str, Any]) -> dict[str, Any]:
+    async def call(
+        self, api_key: int, version: int, body: dict[str, Any]
+    ) -> dict[str, Any]:
         cid = self.send(api_key, version, body)
         got, response = decode_response(api_key, version, await self.read_frame())
         assert got == cid
@@ -64,9 +73,16 @@ class Harness:
         return Client(reader, writer)
 
 
-def run_with_broker(tmp_path: Path, body: Callable[[Harness], Awaitable[T]], limits: ServerLimits | None = None) -> T:
+def run_with_broker(
+    tmp_path: Path,
+    body: Callable[[Harness], Awaitable[T]],
+    limits: ServerLimits | None = None,
+) -> T:
     async def main() -> T:
-        config = BrokerConfig(data_dir=tmp_path / "data", groups=GroupConfig(group_initial_rebalance_delay_ms=0))
+        config = BrokerConfig(
+            data_dir=tmp_path / "data",
+            groups=GroupConfig(group_initial_rebalance_delay_ms=0),
+        )
         core = BrokerCore(config)
         await core.start()
         await core.wait_loaded()
@@ -89,24 +105,55 @@ def produce_body(topic: str, values: list[bytes], acks: int = -1) -> dict[str, A
         "transactional_id": None,
         "acks": acks,
         "timeout_ms": 5000,
-        "topic_data": [{"name": topic, "partition_data": [{"index": 0, "records": builder.build()}]}],
+        "topic_data": [
+            {
+                "name": topic,
+                "partition_data": [{"index": 0, "records": builder.build()}],
+            }
+        ],
     }
 
 
-def fetch_body(topic: str, offset: int, max_wait_ms: int = 0, min_bytes: int = 1) -> dict[str, Any]:
+def fetch_body(
+    topic: str, offset: int, max_wait_ms: int = 0, min_bytes: int = 1
+) -> dict[str, Any]:
     return {
         "replica_id": -1,
         "max_wait_ms": max_wait_ms,
         "min_bytes": min_bytes,
         "max_bytes": 1 << 20,
         "isolation_level": 0,
-        "topics": [{"topic": topic, "partitions": [{"partition": 0, "fetch_offset": offset, "partition_max_bytes": 1 << 20}]}],
+        "topics": [
+            {
+                "topic": topic,
+                "partitions": [
+                    {
+                        "partition": 0,
+                        "fetch_offset": offset,
+                        "partition_max_bytes": 1 << 20,
+                    }
+                ],
+            }
+        ],
     }
 
 
 async def create(client: Client, topic: str) -> None:
     response = await client.call(
-        ApiKey.CREATE_TOPICS, 4, {"topics": [{"name": topic, "num_partitions": 1, "replication_factor": 1, "assignments": [], "configs": []}], "timeout_ms": 1000}
+        ApiKey.CREATE_TOPICS,
+        4,
+        {
+            "topics": [
+                {
+                    "name": topic,
+                    "num_partitions": 1,
+                    "replication_factor": 1,
+                    "assignments": [],
+                    "configs": [],
+                }
+            ],
+            "timeout_ms": 1000,
+        },
     )
     assert response["topics"][0]["error_code"] == 0
 
@@ -114,12 +161,23 @@ async def create(client: Client, topic: str) -> None:
 def test_api_versions_and_unknown_version_fallback(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         client = await h.connect()
-        response = await client.call(ApiKey.API_VERSIONS, 3, {"client_software_name": "t", "client_software_version": "1"})
-        ranges = {k["api_key"]: (k["min_version"], k["max_version"]) for k in response["api_keys"]}
+        response = await client.call(
+            ApiKey.API_VERSIONS,
+            3,
+            {"client_software_name": "t", "client_software_version": "1"},
+        )
+        ranges = {
+            k["api_key"]: (k["min_version"], k["max_version"])
+            for k in response["api_keys"]
+        }
         assert ranges[ApiKey.PRODUCE] == (0, 9) and ranges[ApiKey.FETCH] == (0, 12)
         # ApiVersions v99: a raw header, since our own codec refuses to encode it.
-        client.writer.write(struct.pack(">ihhi", 10, ApiKey.API_VERSIONS, 99, 42) + struct.pack(">h", 0))
-        got, fallback = decode_response(ApiKey.API_VERSIONS, 0, await client.read_frame())
+        client.writer.write(
+            struct.pack(">ihhi", 10, ApiKey.API_VERSIONS, 99, 42) + struct.pack(">h", 0)
+        )
+        got, fallback = decode_response(
+            ApiKey.API_VERSIONS, 0, await client.read_frame()
+        )
         assert got == 42 and fallback["error_code"] == ErrorCode.UNSUPPORTED_VERSION
         assert fallback["api_keys"][0]["api_key"] == ApiKey.API_VERSIONS
         # The connection is still usable.
@@ -129,13 +187,18 @@ def test_api_versions_and_unknown_version_fallback(tmp_path: Path) -> None:
     run_with_broker(tmp_path, body)
 
 
-def test_malformed_frame_closes_only_that_connection(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_malformed_frame_closes_only_that_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def body(h: Harness) -> None:
         good = await h.connect()
         bad = await h.connect()
         with caplog.at_level(logging.WARNING, logger="flowbus.broker.server"):
             # A Metadata v1 frame whose topic array claims a million entries that are not there.
-            bad.writer.write(struct.pack(">ihhih", 14, ApiKey.METADATA, 1, 7, -1) + struct.pack(">i", 1_000_000))
+            bad.writer.write(
+                struct.pack(">ihhih", 14, ApiKey.METADATA, 1, 7, -1)
+                + struct.pack(">i", 1_000_000)
+            )
             assert await bad.closed()
         warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
@@ -170,7 +233,9 @@ def test_acks_zero_gets_no_response_and_order_is_kept(tmp_path: Path) -> None:
     run_with_broker(tmp_path, body)
 
 
-def test_pipelined_requests_answered_in_order_behind_a_long_poll(tmp_path: Path) -> None:
+def test_pipelined_requests_answered_in_order_behind_a_long_poll(
+    tmp_path: Path,
+) -> None:
     async def body(h: Harness) -> None:
         client = await h.connect()
         await create(client, "lp")
@@ -197,9 +262,17 @@ def test_long_poll_is_woken_by_an_append_not_by_its_timeout(tmp_path: Path) -> N
         await create(client, "wake")
         loop = asyncio.get_running_loop()
         start = loop.time()
-        poll = asyncio.ensure_future(client.call(ApiKey.FETCH, 11, fetch_body("wake", 0, max_wait_ms=10_000)))
+        poll = asyncio.ensure_future(
+            client.call(ApiKey.FETCH, 11, fetch_body("wake", 0, max_wait_ms=10_000))
+        )
         await asyncio.sleep(0.1)
-        await h.core.produce("wake", 0, produce_body("wake", [b"x"])["topic_data"][0]["partition_data"][0]["records"])
+        await h.core.produce(
+            "wake",
+            0,
+            produce_body("wake", [b"x"])["topic_data"][0]["partition_data"][0][
+                "records"
+            ],
+        )
         response = await poll
         assert loop.time() - start < 2
         assert response["responses"][0]["partitions"][0]["records"]
@@ -221,9 +294,15 @@ def test_old_produce_and_fetch_versions_answer_unsupported(tmp_path: Path) -> No
         client = await h.connect()
         await create(client, "old")
         produced = await client.call(ApiKey.PRODUCE, 2, produce_body("old", [b"x"]))
-        assert produced["responses"][0]["partition_responses"][0]["error_code"] == ErrorCode.UNSUPPORTED_VERSION
+        assert (
+            produced["responses"][0]["partition_responses"][0]["error_code"]
+            == ErrorCode.UNSUPPORTED_VERSION
+        )
         fetched = await client.call(ApiKey.FETCH, 3, fetch_body("old", 0))
-        assert fetched["responses"][0]["partitions"][0]["error_code"] == ErrorCode.UNSUPPORTED_VERSION
+        assert (
+            fetched["responses"][0]["partitions"][0]["error_code"]
+            == ErrorCode.UNSUPPORTED_VERSION
+        )
 
     run_with_broker(tmp_path, body)
 
@@ -237,6 +316,9 @@ def test_corrupt_batch_is_rejected(tmp_path: Path) -> None:
         raw[-1] ^= 0xFF
         request["topic_data"][0]["partition_data"][0]["records"] = bytes(raw)
         produced = await client.call(ApiKey.PRODUCE, 8, request)
-        assert produced["responses"][0]["partition_responses"][0]["error_code"] == ErrorCode.CORRUPT_MESSAGE
+        assert (
+            produced["responses"][0]["partition_responses"][0]["error_code"]
+            == ErrorCode.CORRUPT_MESSAGE
+        )
 
     run_with_broker(tmp_path, body)

@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 READY_TEXT = "flowbus broker ready on"
 #: Test defaults: no initial rebalance delay, so groups form without waiting 3 s.
@@ -104,11 +105,17 @@ class BrokerProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.starts += 1
         with open(self.log_path, "ab") as log_file:
-            log_file.write(f"--- start #{self.starts}: {' '.join(self.command())}\n".encode())
+            log_file.write(
+                f"--- start #{self.starts}: {' '.join(self.command())}\n".encode()
+            )
             log_file.flush()
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             self.process = subprocess.Popen(
-                self.command(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+                self.command(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
             )
         self._wait_ready(offset)
         return self
@@ -129,7 +136,9 @@ class BrokerProcess:
             time.sleep(delay_s)  # waiting on a child process's file: no event to await
             delay_s = min(delay_s * 2, 0.1)
         self.kill()
-        raise BrokerStartError(f"broker not ready after {self.start_timeout_s} s:\n{self.log_tail()}")
+        raise BrokerStartError(
+            f"broker not ready after {self.start_timeout_s} s:\n{self.log_tail()}"
+        )
 
     def kill(self) -> None:
         """SIGKILL the broker (a crash: nothing is flushed or closed)."""
@@ -163,17 +172,23 @@ class BrokerProcess:
         return self.process is not None and self.process.poll() is None
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return (
+            self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        )
 
     def log_tail(self, lines: int = 60) -> str:
         """The end of the broker's log, for assertion messages."""
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def __enter__(self) -> BrokerProcess:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         try:
             if self.running:
