@@ -60,8 +60,18 @@ from flowbus.transports.partitioner import partition_for_key
 
 log = logging.getLogger("flowbus.transports.embedded")
 
-BATCH_BYTES_MAX = 1024 * 1024
-"""A partition's pending batch is shipped when it reaches this size, without waiting for the turn."""
+BATCH_BYTES_MAX = 512 * 1024
+"""A partition's pending batch is shipped before it would pass this size, without waiting for the
+turn; well under the log's default max.message.bytes (1 MiB)."""
+RECORD_OVERHEAD_BYTES_MAX = 32
+"""Upper bound of a record's framing (length, attributes, deltas, counts) in a batch."""
+
+
+def _record_bytes(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    size = RECORD_OVERHEAD_BYTES_MAX + (len(key) if key else 0) + (len(value) if value else 0)
+    for name, data in headers:
+        size += len(name) + len(data) + 10
+    return size
 FETCH_PARTITION_BYTES_MAX = 1024 * 1024
 FETCH_RESPONSE_BYTES_MAX = 8 * 1024 * 1024
 SESSION_TIMEOUT_MS = 10_000
@@ -148,12 +158,19 @@ class EmbeddedProducer(Producer):
         self._scheduled = False
         self._loop = asyncio.get_running_loop()
         self._round_robin = itertools.count()
+        self._sticky: dict[str, int] = {}
+        self._now_ms = transport.clock.now_ms
 
     def _partition(self, topic: str, key: bytes | None) -> int:
         count = self._t.partition_count(topic)
         if key is not None:
             return partition_for_key(key, count)
-        return next(self._round_robin) % count
+        # Sticky for keyless records (KIP-480): one partition until its batch ships, so batches
+        # are large; the next batch moves on.
+        sticky = self._sticky.get(topic)
+        if sticky is None:
+            sticky = self._sticky[topic] = next(self._round_robin) % count
+        return sticky
 
     def _append(self, topic: str, value: bytes | None, key: bytes | None, partition: int | None,
                 headers: Headers, timestamp_ms: int | None, fut: asyncio.Future[RecordMetadata] | None) -> None:
@@ -161,14 +178,19 @@ class EmbeddedProducer(Producer):
             partition = self._partition(topic, key)
         tp = (topic, partition)
         builder = self._builders.get(tp)
+        if builder is not None:
+            size = RECORD_OVERHEAD_BYTES_MAX + (len(value) if value else 0) + (len(key) if key else 0)
+            if headers:
+                size = _record_bytes(key, value, headers)
+            if builder.size_estimate_bytes + size > BATCH_BYTES_MAX:
+                self._ship(tp)  # ship before the batch outgrows what the log accepts
+                builder = None
         if builder is None:
             builder = self._builders[tp] = BatchBuilder()
         if fut is not None:
             self._futures.setdefault(tp, []).append((len(builder), fut))
-        builder.append(key, value, timestamp_ms=self._clock.now_ms() if timestamp_ms is None else timestamp_ms, headers=headers)
-        if builder.size_estimate_bytes >= BATCH_BYTES_MAX:
-            self._ship(tp)
-        elif not self._scheduled:
+        builder.append(key, value, timestamp_ms=self._now_ms() if timestamp_ms is None else timestamp_ms, headers=headers)
+        if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._ship_all)
 
@@ -188,6 +210,8 @@ class EmbeddedProducer(Producer):
             self._ship(tp)
 
     def _ship(self, tp: tuple[str, int]) -> None:
+        if self._sticky.get(tp[0]) == tp[1]:
+            del self._sticky[tp[0]]
         builder = self._builders.pop(tp)
         futures = self._futures.pop(tp, [])
         task = self._loop.create_task(self._produce(tp, builder.build(), futures))
