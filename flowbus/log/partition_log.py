@@ -426,6 +426,8 @@ class PartitionLog:
             if rate_limited and last_ms is not None and now_ms - last_ms < CHECKPOINT_INTERVAL_MS:
                 return
             with self._lock:
+                if self._closed:
+                    return  # closed or deleted (its directory may be gone) while a flush ran
                 checkpoint = self._checkpoint_locked()
             write_checkpoint(self.directory, checkpoint, durable=durable)
             self._last_checkpoint_ms = now_ms
