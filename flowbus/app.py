@@ -226,6 +226,10 @@ class App:
             self._transport = transport_from_url(self.broker, clock=self.clock)
         return self._transport
 
+    def use_transport(self, transport: Transport) -> None:
+        """Use this transport instead of one made from ``broker`` (e.g. an embedded broker that listens)."""
+        self._transport = transport
+
     @property
     def scheduler(self) -> Scheduler:
         if self._scheduler is None:

@@ -19,6 +19,8 @@ def cli() -> None:
 
 from flowbus.cli.broker import broker as _broker  # noqa: E402
 cli.add_command(_broker)
+from flowbus.cli.worker import worker as _worker  # noqa: E402
+cli.add_command(_worker)
 
 
 def main() -> None:

@@ -80,7 +80,14 @@ class KafkaProducer(Producer):
 
     def _serve_reports(self) -> None:
         while not self._closed.is_set():
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                # A fatal producer error (e.g. fenced): the next flush or transaction call raises
+                # it to the worker; this thread only has to stay quiet and keep serving.
+                if len(self._errors) < PRODUCE_ERRORS_KEPT_MAX:
+                    self._errors.append(exc.args[0] if exc.args else KafkaError(KafkaError._FAIL))
+                self._closed.wait(0.5)
 
     def _on_error_only(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None and len(self._errors) < PRODUCE_ERRORS_KEPT_MAX:

@@ -1,0 +1,119 @@
+"""``flowbus worker -A module:app``: run an app's agents, dataflows and timers in the foreground.
+
+SIGTERM and SIGINT stop it cleanly: agents finish the event in hand, offsets are committed, the
+worker leaves its group. On a terminal it shows a live status line (events/s in, lag).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from flowbus.app import App
+    from flowbus.worker import Worker
+
+STATUS_INTERVAL_S = 1.0
+"""How often the status line is redrawn."""
+
+
+def load_app(spec: str) -> App:
+    """The :class:`~flowbus.App` named by ``module:attribute`` (the module found from the cwd too)."""
+    from flowbus.app import App
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name:
+        raise click.BadParameter(f"expected module:app, got {spec!r}", param_hint="-A")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="-A") from exc
+    if attribute:
+        app = getattr(module, attribute, None)
+    else:
+        found = [v for v in vars(module).values() if isinstance(v, App)]
+        app = found[0] if len(found) == 1 else None
+    if not isinstance(app, App):
+        raise click.BadParameter(f"{spec!r} does not name a flowbus.App", param_hint="-A")
+    return app
+
+
+async def _status_line(worker: Worker) -> None:
+    """Redraw ``in N ev/s | lag M`` in place while the worker runs."""
+    last_in = worker.events_in
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL_S)
+        rate = (worker.events_in - last_in) / STATUS_INTERVAL_S
+        last_in = worker.events_in
+        lag = "?"
+        consumer = worker.consumer
+        if consumer is not None and worker.assigned:
+            try:
+                ends = await consumer.end_offsets(sorted(worker.assigned))
+                lag = str(sum(max(0, end - worker.dispatched_next.get(tp, 0)) for tp, end in ends.items()))
+            except Exception:  # noqa: BLE001 - a status line never stops the worker
+                lag = "?"
+        sys.stderr.write(
+            f"\r{worker.app.id}: in {rate:,.0f} ev/s | {len(worker.assigned)} partitions | lag {lag}   "
+        )
+        sys.stderr.flush()
+
+
+async def _run(app: App, listen: str | None, status: bool) -> None:
+    from flowbus.transports.embedded import EmbeddedTransport
+
+    loop = asyncio.get_running_loop()
+    transport = None
+    if listen:
+        if not app.broker.startswith("embedded://"):
+            raise click.UsageError("--listen serves the embedded broker; it needs an embedded:// broker")
+        transport = EmbeddedTransport(app.broker, clock=app.clock, listen=listen)
+        app.use_transport(transport)
+    worker = app.make_worker(transport)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    status_task = asyncio.create_task(_status_line(worker)) if status else None
+    try:
+        await worker.run()
+    finally:
+        if status_task is not None:
+            status_task.cancel()
+            sys.stderr.write("\n")
+
+
+@click.command("worker")
+@click.option("-A", "--app", "app_spec", required=True, help="The app to run, as module:attribute.")
+@click.option("--broker", default=None, help="Broker URL, overriding the app's (embedded://DIR, kafka://HOST:PORT).")
+@click.option("--data-dir", default=None, help="Data directory of the embedded broker (embedded://DATA_DIR).")
+@click.option("--listen", default=None, help="Also serve the embedded broker on HOST:PORT for other workers and tools.")
+@click.option(
+    "-l", "--log-level", default="info", show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+def worker(app_spec: str, broker: str | None, data_dir: str | None, listen: str | None, log_level: str) -> None:
+    """Run an app's worker until SIGTERM/SIGINT."""
+    from flowbus.app_errors import AgentError
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = load_app(app_spec)
+    if broker and data_dir:
+        raise click.UsageError("give --broker or --data-dir, not both")
+    if data_dir:
+        broker = f"embedded://{data_dir}"
+    if broker:
+        app.broker = broker
+    status = sys.stderr.isatty()
+    try:
+        asyncio.run(_run(app, listen, status))
+    except AgentError as exc:
+        click.echo(f"flowbus worker stopped: {exc}", err=True)
+        sys.exit(1)
