@@ -33,8 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from flowbus.log import LogManager  # noqa: E402
-from flowbus.records import BatchBuilder  # noqa: E402
+from flowbus.log import LogManager
+from flowbus.records import BatchBuilder
 
 _PREFIX = struct.Struct(">qi")
 _INT32 = struct.Struct(">i")

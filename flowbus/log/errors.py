@@ -75,6 +75,12 @@ class InvalidConfigError(LogError):
         self.key = key
 
 
+class StorageError(LogError):
+    """The disk failed us (ENOSPC, EIO...): the write was undone where possible. Wraps the OSError."""
+
+    errno = 56  # KAFKA_STORAGE_ERROR
+
+
 class LogClosedError(LogError):
     """The log (or the segment) was closed, or deleted, while still being used."""
 

@@ -127,7 +127,11 @@ def _recovery_point(
         return active.next_offset, active.base_offset, active.size_bytes
     if checkpoint is not None:
         segment = segments.get(checkpoint.recovery_segment)
-        if segment is not None and checkpoint.recovery_position <= segment.size_bytes:
+        if (
+            segment is not None
+            and checkpoint.recovery_position <= segment.size_bytes
+            and checkpoint.recovery_offset <= active.next_offset
+        ):
             return checkpoint.recovery_offset, segment.base_offset, checkpoint.recovery_position
     first = segments.first
     return first.base_offset, first.base_offset, 0

@@ -28,6 +28,7 @@ from flowbus.log.errors import (
     LogClosedError,
     OffsetOutOfRangeError,
     RecordTooLargeError,
+    StorageError,
 )
 from flowbus.log.loader import DELETED_SUFFIX, load_partition
 from flowbus.log.segment import MAX_RELATIVE_OFFSET, LogSegment, SegmentLimits
@@ -174,6 +175,8 @@ class PartitionLog:
         """Switch to new settings (AlterConfigs); they apply to segments rolled from now on."""
         with self._lock:
             self._config = config
+            # The index interval applies at once; index capacities with the next segment.
+            self._segments.active.limits = segment_limits(config)
 
     # -- append ------------------------------------------------------------------------------
 
@@ -234,7 +237,10 @@ class PartitionLog:
             first, last = headers[0][1], headers[-1][1]
             self._maybe_roll(len(buffer), last.last_offset, max(h.max_timestamp for _, h in headers), now_ms)
             segment = self._segments.active
-            segment.append(buffer, headers)
+            try:
+                segment.append(buffer, headers)
+            except OSError as exc:
+                raise StorageError(f"append to {segment.path} failed: {exc}") from exc
             assert segment.next_offset == offset == last.next_offset
             self._unflushed_messages += record_count
             if self._unflushed_since_ms is None:
@@ -348,14 +354,14 @@ class PartitionLog:
                 found = segment.first_batch_at_or_after_timestamp(timestamp_ms)
                 if found is None:
                     continue
-                position, header = found
-                if header.last_offset < self._log_start_offset:
-                    continue
-                data = segment.read_batch(position, header.size_bytes)
-                _, records = decode_batch(data)
-                for record in records:
-                    if record.timestamp_ms >= timestamp_ms and record.offset >= self._log_start_offset:
-                        return record.offset, record.timestamp_ms
+                # Usually the first batch found holds the answer; later ones matter only when
+                # its matching records were compacted away or lie below the log start.
+                for header, data in segment.iter_batches(start_position=found[0]):
+                    if header.max_timestamp < timestamp_ms or header.last_offset < self._log_start_offset:
+                        continue
+                    for record in decode_batch(data)[1]:
+                        if record.timestamp_ms >= timestamp_ms and record.offset >= self._log_start_offset:
+                            return record.offset, record.timestamp_ms
         return None
 
     # -- flush -------------------------------------------------------------------------------
@@ -395,6 +401,8 @@ class PartitionLog:
             try:
                 for fd in fds:
                     os.fsync(fd)
+            except OSError as exc:
+                raise StorageError(f"fsync in {self.directory} failed: {exc}") from exc
             finally:
                 for fd in fds:
                     os.close(fd)

@@ -51,7 +51,7 @@ TIME_INDEX_SUFFIX = ".timeindex"
 SEGMENT_SUFFIXES = (INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX)
 
 #: Bytes read per pread while walking only batch headers (lookups, tail scans).
-HEADER_SCAN_CHUNK_BYTES = 64 * 1024
+HEADER_SCAN_CHUNK_BYTES = 16 * 1024
 #: Bytes read per pread while reading whole batches (recovery, cleaning, iteration).
 BATCH_SCAN_CHUNK_BYTES = 8 * 1024 * 1024
 #: Offsets inside a segment are stored relative to its base in 32 bits.
@@ -372,9 +372,11 @@ class LogSegment:
         assert len(data) == size_bytes
         return data
 
-    def iter_batches(self, start_offset: int | None = None) -> Iterator[tuple[BatchHeader, bytes]]:
-        """Every batch from the one holding ``start_offset`` (or the first), with its bytes."""
-        start = 0
+    def iter_batches(
+        self, start_offset: int | None = None, *, start_position: int = 0
+    ) -> Iterator[tuple[BatchHeader, bytes]]:
+        """Every batch from the one holding ``start_offset`` (or from ``start_position``), with its bytes."""
+        start = start_position
         if start_offset is not None:
             found = self.locate(start_offset)
             if found is None:
