@@ -22,6 +22,7 @@ from typing import NamedTuple
 from flowbus.protocol.api import SUPPORTED_VERSIONS, ApiKey
 from flowbus.protocol.error_codes import ErrorCode
 from flowbus.protocol.errors import (
+    LocalProtocolError,
     MalformedMessageError,
     RemoteProtocolError,
     TruncatedMessageError,
@@ -34,7 +35,7 @@ from flowbus.protocol.messages import (
     RESPONSES,
 )
 from flowbus.protocol.primitives import BytesLike, Reader, Writer
-from flowbus.protocol.schema import Body, Plan, cached_plan
+from flowbus.protocol.schema import Body, MessageSpec, Plan, cached_plan
 
 
 class RequestHeader(NamedTuple):
@@ -58,20 +59,30 @@ _REQUEST_PLANS: dict[tuple[int, int], Plan] = {}
 _RESPONSE_PLANS: dict[tuple[int, int], Plan] = {}
 
 
-def request_plan(api_key: int, api_version: int) -> Plan:
-    """The compiled request plan; raises ``KeyError``/``ValueError`` for unsupported versions."""
-    plan = _REQUEST_PLANS.get((api_key, api_version))
+def _plan(plans: dict[tuple[int, int], Plan], specs: dict[ApiKey, MessageSpec], api_key: int,
+          api_version: int) -> Plan:
+    plan = plans.get((api_key, api_version))
     if plan is None:
-        plan = _REQUEST_PLANS[(int(api_key), api_version)] = cached_plan(REQUESTS[ApiKey(api_key)], api_version)
+        try:
+            plan = plans[(int(api_key), api_version)] = cached_plan(specs[ApiKey(api_key)], api_version)
+        except (KeyError, ValueError):
+            raise LocalProtocolError(f"api_key={api_key} api_version={api_version} is not supported") from None
     return plan
+
+
+def request_plan(api_key: int, api_version: int) -> Plan:
+    """The compiled request plan.
+
+    Raises:
+        LocalProtocolError: the codec does not support that API version (a caller bug: requests
+            from peers are checked by :func:`decode_request`, which raises UnsupportedVersionError).
+    """
+    return _plan(_REQUEST_PLANS, REQUESTS, api_key, api_version)
 
 
 def response_plan(api_key: int, api_version: int) -> Plan:
-    """The compiled response plan; raises ``KeyError``/``ValueError`` for unsupported versions."""
-    plan = _RESPONSE_PLANS.get((api_key, api_version))
-    if plan is None:
-        plan = _RESPONSE_PLANS[(int(api_key), api_version)] = cached_plan(RESPONSES[ApiKey(api_key)], api_version)
-    return plan
+    """The compiled response plan; raises :class:`LocalProtocolError` for an unsupported version."""
+    return _plan(_RESPONSE_PLANS, RESPONSES, api_key, api_version)
 
 
 _API_VERSIONS_KEY = int(ApiKey.API_VERSIONS)
@@ -136,9 +147,9 @@ def encode_response(header: RequestHeader, body: Body) -> bytes:
     """Encode a response to ``header``'s request, with the 4-byte size prefix.
 
     Raises:
-        LocalProtocolError: ``body`` holds a value the version cannot carry.
-        KeyError / ValueError: ``header`` names an unsupported API version (answer those with
-            :func:`api_versions_fallback_response` or an error response of a supported version).
+        LocalProtocolError: ``body`` holds a value the version cannot carry, or ``header`` names an
+            unsupported API version (answer those with :func:`api_versions_fallback_response` or an
+            error response at a supported version).
     """
     plan = response_plan(header.api_key, header.api_version)
     writer = Writer()

@@ -204,3 +204,12 @@ def test_large_produce_records_roundtrip() -> None:
             {"name": "t", "partition_data": [{"index": 0, "records": batch}, {"index": 1, "records": None}]}]})
         partitions = decode_request(frame[4:]).body["topic_data"][0]["partition_data"]
         assert partitions[0]["records"] == batch and partitions[1]["records"] is None
+
+
+def test_encoding_an_unsupported_version_is_a_local_error() -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_response(RequestHeader(1, 13, 1, None), {})
+    with pytest.raises(LocalProtocolError):
+        encode_request(99, 0, 1, None, {})
+    with pytest.raises(LocalProtocolError):
+        decode_response(18, 5, b"\x00\x00\x00\x01")
