@@ -1,0 +1,1 @@
+"""Runnable ETL pipelines: ``flowbus worker -A examples.pipelines.clickstream:app``."""

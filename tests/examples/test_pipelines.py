@@ -1,0 +1,167 @@
+"""The example pipelines: logic through the test harness, and each end to end with
+``flowbus worker`` on the embedded broker (listening, so the test talks Kafka to it)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from examples.pipelines import clickstream, fanout, log_parsing
+from flowbus.transports.kafka import KafkaTransport
+from tests.support.broker_process import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT_S = 30.0
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+# -- logic, through the harness ---------------------------------------------------------------
+
+def test_clickstream_drops_bots_and_enriches() -> None:
+    async def main() -> None:
+        async with clickstream.app.test_context() as t:
+            await t.send(clickstream.clicks, {"user": "u1", "url": "/shop/shoes", "referrer": "https://news.example.com/x"})
+            await t.send(clickstream.clicks, {"user": "b", "url": "/", "agent": "Googlebot/2.1"})
+            await t.send(clickstream.clicks, {"user": "u2", "url": "/"})
+            assert t.values(clickstream.enriched) == [
+                clickstream.EnrichedClick("u1", "/shop/shoes", "shop", "news.example.com"),
+                clickstream.EnrichedClick("u2", "/", "home", None),
+            ]
+
+    run(main())
+
+
+def test_log_parsing_dead_letters_bad_lines() -> None:
+    async def main() -> None:
+        app = log_parsing.app
+        async with app.test_context() as t:
+            await t.send(log_parsing.raw_lines, "2024-05-01T12:00:00Z INFO api GET /users 200 12ms")
+            await t.send(log_parsing.raw_lines, "garbage")
+            await t.send(log_parsing.raw_lines, "2024-05-01T12:00:01Z ERROR api POST /orders 503 80ms")
+            assert [r.status for r in t.values(log_parsing.records)] == [200, 503]
+            assert [r.path for r in t.values(log_parsing.errors)] == ["/orders"]
+            dead = t.records(app.dead_letter_topic)
+            assert [r.value for r in dead] == [b"garbage"]
+            assert dict(dead[0].headers)["flowbus.error.type"] == b"UnparsableLine"
+
+    run(main())
+
+
+def test_fanout_routes_each_order_once() -> None:
+    async def main() -> None:
+        async with fanout.app.test_context() as t:
+            for oid, country, total in [("1", "DE", 10.0), ("2", "US", 5000.0), ("3", "US", 3.0), ("4", "FR", 2000.0)]:
+                await t.send(fanout.orders, {"id": oid, "country": country, "total": total}, key=oid)
+            assert [o.id for o in t.values(fanout.large)] == ["2", "4"]
+            assert [o.id for o in t.values(fanout.eu)] == ["1"]
+            assert [o.id for o in t.values(fanout.other)] == ["3"]
+            assert [k for k, _ in t.items(fanout.large)] == ["2", "4"]
+
+    run(main())
+
+
+# -- end to end with `flowbus worker` on the embedded broker ------------------------------------
+
+class WorkerProcess:
+    """``python -m flowbus worker -A ... --data-dir DIR --listen 127.0.0.1:PORT`` as a child process."""
+
+    def __init__(self, app_spec: str, data_dir: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.command = [
+            sys.executable, "-m", "flowbus", "worker", "-A", app_spec,
+            "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{self.port}", "-l", "info",
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> WorkerProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        deadline = time.monotonic() + WAIT_S
+        while b"listening on" not in self.log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.05)  # waiting on a child process's log file: nothing to await
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                raise
+
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.port}"
+
+
+async def produce(url: str, topic: str, values: list[bytes], keys: list[bytes] | None = None) -> None:
+    transport = KafkaTransport(url)
+    producer = transport.producer()
+    for i, value in enumerate(values):
+        producer.send_soon(topic, value, keys[i] if keys else None)
+    await producer.close()
+
+
+async def consume(url: str, topic: str, count: int) -> list[bytes | None]:
+    transport = KafkaTransport(url)
+    consumer = transport.consumer(f"check-{topic}-{time.monotonic_ns()}")
+    consumer.subscribe([topic])
+    out: list[bytes | None] = []
+    deadline = time.monotonic() + WAIT_S
+    while len(out) < count and time.monotonic() < deadline:
+        out.extend(r.value for r in await consumer.poll_batch(1000, 200))
+    await consumer.close()
+    return out
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+def test_clickstream_end_to_end(workdir: Path) -> None:
+    with WorkerProcess("examples.pipelines.clickstream:app", workdir / "data", workdir / "worker.log") as worker:
+        clicks = [b'{"user": "u%d", "url": "/s%d/x", "agent": "%s"}' % (i, i % 3, b"bot" if i % 4 == 0 else b"ff")
+                  for i in range(40)]
+        run(produce(worker.url, "clicks", clicks))
+        out = run(consume(worker.url, "clicks-enriched", 30))
+    assert len(out) == 30
+    assert b'"section":"s1"' in b"".join(v or b"" for v in out)
+
+
+def test_log_parsing_end_to_end(workdir: Path) -> None:
+    lines = [b"2024-05-01T12:00:00Z INFO api GET /u 200 5ms", b"nope", b"2024-05-01T12:00:00Z WARN api GET /v 404 7ms"]
+    with WorkerProcess("examples.pipelines.log_parsing:app", workdir / "data", workdir / "worker.log") as worker:
+        run(produce(worker.url, "raw-logs", lines))
+        parsed = run(consume(worker.url, "log-records", 2))
+        dead = run(consume(worker.url, "log-parser-dead-letters", 1))
+    assert len(parsed) == 2 and dead == [b"nope"]
+
+
+def test_fanout_end_to_end(workdir: Path) -> None:
+    orders = [b'{"id": "%d", "country": "%s", "total": %d}' % (i, b"DE" if i % 2 else b"US", 5000 if i % 5 == 0 else 10)
+              for i in range(20)]
+    with WorkerProcess("examples.pipelines.fanout:app", workdir / "data", workdir / "worker.log") as worker:
+        run(produce(worker.url, "orders", orders, keys=[str(i).encode() for i in range(20)]))
+        large = run(consume(worker.url, "orders-large", 4))
+        eu = run(consume(worker.url, "orders-eu", 8))
+        other = run(consume(worker.url, "orders-other", 8))
+    assert (len(large), len(eu), len(other)) == (4, 8, 8)
