@@ -98,10 +98,29 @@ class LogCleaner:
         self.max_map_entries = max_map_entries
         self.stats = CleanerStats()
         self._pass: _Pass | None = None
+        self._planning: PartitionLog | None = None
+        self._uncleanable: set[tuple[str, int, int]] = set()
         self._next_index = 0
 
     def clean_some(self, logs: Sequence[PartitionLog]) -> bool:
-        """Do one step of compaction: start a pass or rewrite one group. True when work was done."""
+        """Do one step of compaction: start a pass or rewrite one group. True when work was done.
+
+        A failure (a corrupt batch, a disk error) marks that partition uncleanable until restart
+        and is logged, as Kafka does: the broker's tick must go on for every other partition.
+        """
+        try:
+            return self._step([p for p in logs if (p.topic, p.partition, id(p)) not in self._uncleanable])
+        except Exception:  # see the docstring: isolate the partition, keep the broker running
+            failed = self._pass.log if self._pass is not None else self._planning
+            self._pass = None
+            self._planning = None
+            if failed is None:
+                raise
+            self._uncleanable.add((failed.topic, failed.partition, id(failed)))
+            log.exception("compaction of %s-%d failed; the partition is not cleaned until restart", failed.topic, failed.partition)
+            return True
+
+    def _step(self, logs: Sequence[PartitionLog]) -> bool:
         current = self._pass
         if current is not None and (current.log.closed or current.log not in logs):
             self._pass = current = None
@@ -140,7 +159,9 @@ class LogCleaner:
             plog = logs[(self._next_index + step) % count]
             if plog.closed or not plog.config.is_compacted:
                 continue
+            self._planning = plog
             started = self._plan(plog)
+            self._planning = None
             if started is not None:
                 self._next_index = (self._next_index + step + 1) % count
                 return started

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from flowbus.log.cleaner import LogCleaner
 from flowbus.log.partition_log import PartitionLog
+from flowbus.log.segment import LogSegment
 from flowbus.records import ATTR_DELETE_HORIZON_MASK, Codec, decode_batch, iter_batches
 from tests.log.conftest import START_MS, make_batch
 
@@ -177,3 +178,104 @@ def test_cleaned_log_survives_reopen(open_log, clock, tmp_path: Path) -> None:
     reopened = _compact(open_log)
     assert _records(reopened) == expected
     assert reopened.cleaner_offset == cleaner_offset
+
+
+class _Crash(Exception):
+    pass
+
+
+def _prepare_group(open_log, clock) -> tuple[PartitionLog, list[tuple[int, bytes | None, bytes | None]]]:
+    plog = _compact(open_log, segment_bytes="300")
+    _fill(plog, rounds=8, keys=2)
+    plog.roll()
+    plog.flush()
+    assert plog.segment_count >= 4
+    # Bigger segments from now on, so the cleaner merges the small ones into one group.
+    plog.update_config(plog.config.from_overrides({"segment.bytes": "100000"}, plog.config))
+    return plog, _records(plog)
+
+
+def _crash_and_reopen(plog: PartitionLog, open_log) -> PartitionLog:
+    for segment in plog.segments():
+        segment.close()
+    plog._closed = True
+    return _compact(open_log, segment_bytes="100000")
+
+
+def test_crash_before_the_swap_keeps_the_old_segments(open_log, clock, monkeypatch) -> None:
+    plog, before = _prepare_group(open_log, clock)
+
+    def crash(self: PartitionLog, old: list, new: object) -> None:
+        raise _Crash
+
+    monkeypatch.setattr(PartitionLog, "replace_segments", crash)
+    try:
+        LogCleaner(clock).clean_all([plog])
+    except _Crash:
+        pass
+    monkeypatch.undo()
+    assert any(p.name.endswith(".log.swap") for p in plog.directory.iterdir())
+    reopened = _crash_and_reopen(plog, open_log)
+    # The complete .swap was swapped in on open and the old segments it covers were dropped.
+    assert [(k, v) for _, k, v in _records(reopened)] == [(b"k0", b"v0-7"), (b"k1", b"v1-7")]
+    assert reopened.log_end_offset == before[-1][0] + 1
+    assert not [p for p in reopened.directory.iterdir() if p.suffix in (".swap", ".deleted", ".cleaned")]
+
+
+def test_crash_in_the_middle_of_the_swap(open_log, clock, monkeypatch) -> None:
+    plog, before = _prepare_group(open_log, clock)
+    from flowbus.log.loader import DELETED_SUFFIX
+
+    def half(self: PartitionLog, old: list, new: object) -> None:
+        for segment in old[1:]:
+            segment.change_suffix(DELETED_SUFFIX)
+        raise _Crash
+
+    monkeypatch.setattr(PartitionLog, "replace_segments", half)
+    try:
+        LogCleaner(clock).clean_all([plog])
+    except _Crash:
+        pass
+    monkeypatch.undo()
+    reopened = _crash_and_reopen(plog, open_log)
+    assert [(k, v) for _, k, v in _records(reopened)] == [(b"k0", b"v0-7"), (b"k1", b"v1-7")]
+    offsets = [h.base_offset for h, _ in reopened.iter_batches()]
+    assert offsets == sorted(offsets)
+
+
+def test_crash_while_writing_the_cleaned_files(open_log, clock, monkeypatch) -> None:
+    plog, before = _prepare_group(open_log, clock)
+    original = LogSegment.sync
+
+    def crash(self: LogSegment) -> None:
+        raise _Crash
+
+    monkeypatch.setattr(LogSegment, "sync", crash)
+    try:
+        LogCleaner(clock).clean_all([plog])
+    except _Crash:
+        pass
+    monkeypatch.setattr(LogSegment, "sync", original)
+    reopened = _crash_and_reopen(plog, open_log)
+    assert _records(reopened) == before
+
+
+def test_a_failing_partition_is_skipped_not_fatal(open_log, clock, monkeypatch, caplog) -> None:
+    broken = _compact(open_log)
+    healthy = _compact(open_log, directory=broken.directory.parent / "t-1")
+    for plog in (broken, healthy):
+        _fill(plog, rounds=6, keys=2)
+        plog.roll()
+        plog.flush()
+    cleaner = LogCleaner(clock)
+    original = LogCleaner._plan
+
+    def plan(self: LogCleaner, plog: PartitionLog):  # type: ignore[no-untyped-def]
+        if plog is broken:
+            raise OSError("disk on fire")
+        return original(self, plog)
+
+    monkeypatch.setattr(LogCleaner, "_plan", plan)
+    cleaner.clean_all([broken, healthy])
+    assert len(_records(healthy)) == 2 and len(_records(broken)) == 12
+    assert "compaction of t-0 failed" in caplog.text
