@@ -47,5 +47,10 @@ class BrokerConfig:
     #: Upper bound of a Fetch long poll, whatever the client asks (it must end before the
     #: client's own request timeout).
     fetch_max_wait_ms_max: int = 30_000
+    #: Kafka's ``producer.id.expiration.ms``: idempotence state of a producer idle this long is dropped.
+    producer_id_expiration_ms: int = 86_400_000
+    #: How often producer state is snapshotted (also at clean shutdown), bounding the log a
+    #: restart must replay to rebuild it.
+    producer_snapshot_interval_ms: int = 60_000
     #: Cap on one Fetch response's records, whatever the client asks.
     fetch_response_max_bytes: int = 64 * 1024 * 1024

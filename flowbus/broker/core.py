@@ -24,6 +24,8 @@ from flowbus.broker.group_coordinator import GroupCoordinator, OffsetToCommit
 from flowbus.broker.producer_state import (
     PartitionProducerState,
     ProducerIdManager,
+    ProducerSnapshotFile,
+    SnapshotEntry,
     Verdict,
 )
 from flowbus.clock import SYSTEM_CLOCK, Clock
@@ -252,6 +254,13 @@ class BrokerCore:
         self.groups = GroupCoordinator(clock=clock, store=self, config=config.groups)
         self._producer_ids = ProducerIdManager(config.data_dir / "producer_ids")
         self._producer_states: dict[tuple[str, int], PartitionProducerState] = {}
+        self._snapshot_file = ProducerSnapshotFile(
+            config.data_dir / "producer_snapshots.json"
+        )
+        #: Snapshot entries of partitions not touched yet in this run (consumed lazily).
+        self._snapshot_entries = self._snapshot_file.load()
+        self._last_snapshot_ms = clock.monotonic_ms()
+        self._loaded = asyncio.Event()
         self._waiters = _FetchWaiters()
         self._flushing: set[PartitionLog] = set()
         self._flush_due_future: asyncio.Future[int] | None = None
@@ -280,8 +289,7 @@ class BrokerCore:
 
     async def wait_loaded(self) -> None:
         """Return once committed offsets are loaded (tests and the embedded transport)."""
-        while self.groups.loading and not self._closed:
-            await asyncio.sleep(0.01)
+        await self._loaded.wait()
 
     async def close(self) -> None:
         """Stop ticking, answer every waiter, flush and close the logs (clean shutdown)."""
@@ -295,6 +303,11 @@ class BrokerCore:
                 await task
         self.groups.close()
         self._waiters.wake_all()
+        self._loaded.set()
+        try:
+            self._save_producer_snapshots()
+        except OSError as exc:
+            log.warning("could not save producer snapshots: %s", exc)
         if self._flush_due_future is not None:
             with contextlib.suppress(Exception):
                 await self._flush_due_future
@@ -321,6 +334,33 @@ class BrokerCore:
                 None, self.logs.flush_due
             )
         self.groups.tick()
+        now_ms = self.clock.monotonic_ms()
+        if now_ms - self._last_snapshot_ms >= self.config.producer_snapshot_interval_ms:
+            self._last_snapshot_ms = now_ms
+            self._expire_producers()
+            try:
+                self._save_producer_snapshots()
+            except OSError as exc:
+                log.warning("could not save producer snapshots: %s", exc)
+
+    def _expire_producers(self) -> None:
+        wall_ms = self.clock.now_ms()
+        for state in self._producer_states.values():
+            state.expire(wall_ms, self.config.producer_id_expiration_ms)
+
+    def _save_producer_snapshots(self) -> None:
+        """Write the producer state of every partition as of its current log end."""
+        entries = dict(self._snapshot_entries)
+        topics = self.logs.topics()
+        for (topic, partition), state in self._producer_states.items():
+            meta = topics.get(topic)
+            if meta is None:
+                continue
+            plog = self.logs.get_log(topic, partition)
+            entries[(topic, partition)] = SnapshotEntry(
+                meta.topic_id, plog.log_end_offset, state.to_snapshot()
+            )
+        self._snapshot_file.save(entries)
 
     async def _load_offsets(self) -> None:
         """Replay ``__consumer_offsets`` into the group coordinator, yielding between chunks."""
@@ -346,6 +386,7 @@ class BrokerCore:
                 if i % LOAD_BATCHES_PER_TURN == LOAD_BATCHES_PER_TURN - 1:
                     await asyncio.sleep(0)
         self.groups.finish_loading()
+        self._loaded.set()
         log.info("loaded %d committed-offset records", replayed)
 
     # -- offsets store (used by the group coordinator) -------------------------------------
@@ -487,6 +528,7 @@ class BrokerCore:
                 continue
             for partition in range(meta.partitions):
                 self._producer_states.pop((name, partition), None)
+                self._snapshot_entries.pop((name, partition), None)
                 self._waiters.wake((name, partition))
             log.info("deleted topic %s", name)
             results.append((name, ErrorCode.NONE))
@@ -585,19 +627,34 @@ class BrokerCore:
         """The partition's producer state, rebuilt from the log the first time it is needed."""
         key = (topic, partition)
         state = self._producer_states.get(key)
-        if state is None:
+        if state is not None:
+            return state
+        start = plog.log_start_offset
+        snapshot = self._snapshot_entries.pop(key, None)
+        meta = self.logs.topics().get(topic)
+        if (
+            snapshot is not None
+            and meta is not None
+            and snapshot.topic_id == meta.topic_id
+            and snapshot.end_offset <= plog.log_end_offset
+        ):
+            state = PartitionProducerState.from_snapshot(snapshot.rows)
+            start = max(start, snapshot.end_offset)
+        else:
             state = PartitionProducerState()
+        replayed = 0
+        if start < plog.log_end_offset:
             replayed = state.rebuild(
-                h for h, _ in plog.iter_batches(plog.log_start_offset)
+                h for h, _ in plog.iter_batches(start) if h.base_offset >= start
             )
-            if replayed:
-                log.info(
-                    "rebuilt producer state of %s-%d from %d batches",
-                    topic,
-                    partition,
-                    replayed,
-                )
-            self._producer_states[key] = state
+        if replayed:
+            log.info(
+                "rebuilt producer state of %s-%d from %d batches",
+                topic,
+                partition,
+                replayed,
+            )
+        self._producer_states[key] = state
         return state
 
     async def produce(
@@ -668,7 +725,12 @@ class BrokerCore:
             log.error("append to %s-%d failed: %s", topic, partition, exc)
             return ProduceResult(exc.errno, error_message=str(exc))
         if state is not None:
-            state.record(headers[0], result.base_offset, result.log_append_time_ms)
+            state.record(
+                headers[0],
+                result.base_offset,
+                result.log_append_time_ms,
+                self.clock.now_ms(),
+            )
         self._waiters.wake((topic, partition))
         if result.flush_required:
             self._flush_in_background(plog)

@@ -76,6 +76,10 @@ class Handlers:
             ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
             ApiKey.SASL_HANDSHAKE: self.sasl_handshake,
             ApiKey.SASL_AUTHENTICATE: self.sasl_authenticate,
+            ApiKey.ADD_PARTITIONS_TO_TXN: self.transactions_not_available,
+            ApiKey.ADD_OFFSETS_TO_TXN: self.transactions_not_available,
+            ApiKey.END_TXN: self.transactions_not_available,
+            ApiKey.TXN_OFFSET_COMMIT: self.transactions_not_available,
         }
 
     def register(self, api_key: int, handler: Handler) -> None:
@@ -689,6 +693,48 @@ class Handlers:
             "producer_id": result.producer_id,
             "producer_epoch": result.producer_epoch,
         }
+
+    async def transactions_not_available(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        """Placeholder until the transaction coordinator (issue 4) registers its handlers.
+
+        Advertised for client compatibility (aiokafka infers the broker release from the set);
+        no client gets here, because InitProducerId with a transactional id already fails.
+        """
+        error = ErrorCode.UNSUPPORTED_VERSION
+        if header.api_key == ApiKey.ADD_PARTITIONS_TO_TXN:
+            return {
+                "throttle_time_ms": 0,
+                "results_by_topic_v3_and_below": [
+                    {
+                        "name": t["name"],
+                        "results_by_partition": [
+                            {"partition_index": p, "partition_error_code": error}
+                            for p in t["partitions"]
+                        ],
+                    }
+                    for t in body.get("v3_and_below_topics", [])
+                ],
+            }
+        if header.api_key == ApiKey.TXN_OFFSET_COMMIT:
+            return {
+                "throttle_time_ms": 0,
+                "topics": [
+                    {
+                        "name": t["name"],
+                        "partitions": [
+                            {
+                                "partition_index": p["partition_index"],
+                                "error_code": error,
+                            }
+                            for p in t["partitions"]
+                        ],
+                    }
+                    for t in body.get("topics", [])
+                ],
+            }
+        return {"throttle_time_ms": 0, "error_code": error}
 
     async def sasl_handshake(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo

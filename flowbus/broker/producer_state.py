@@ -19,6 +19,8 @@ so the partition's last stable offset is the smallest of those, or the high wate
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import struct
 from collections import deque
@@ -26,10 +28,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from flowbus.broker.errors import ProducerIdExhaustedError
 from flowbus.protocol.error_codes import ErrorCode
 from flowbus.records.header import NO_PRODUCER_ID, BatchHeader
+
+log = logging.getLogger(__name__)
 
 #: Kafka keeps the metadata of the last five batches per producer and partition, matching the
 #: largest ``max.in.flight.requests.per.connection`` that idempotence allows.
@@ -43,6 +48,70 @@ SEQUENCE_MODULUS = 1 << 31
 PRODUCER_ID_BLOCK_SIZE = 1000
 
 _INT64 = struct.Struct(">q")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEntry:
+    """A partition's producer state as of ``end_offset`` (the log end when it was taken)."""
+
+    topic_id: str
+    end_offset: int
+    rows: list[list[Any]]
+
+
+class ProducerSnapshotFile:
+    """Producer state of every partition, saved so a restart need not rescan whole logs.
+
+    One JSON file, replaced atomically (write, fsync, rename). An entry is used only when its
+    topic id matches (a deleted and re-created topic never inherits state) and its end offset
+    is not past the log end; the log is then replayed from that offset on. Without a usable
+    entry the partition's state is rebuilt from the whole log, which is always correct.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def load(self) -> dict[tuple[str, int], SnapshotEntry]:
+        try:
+            raw = json.loads(self._path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable producer snapshot %s: %s", self._path, exc)
+            return {}
+        entries: dict[tuple[str, int], SnapshotEntry] = {}
+        for item in raw.get("partitions", []):
+            try:
+                key = (str(item["topic"]), int(item["partition"]))
+                entries[key] = SnapshotEntry(
+                    str(item["topic_id"]),
+                    int(item["end_offset"]),
+                    list(item["producers"]),
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+        return entries
+
+    def save(self, entries: dict[tuple[str, int], SnapshotEntry]) -> None:
+        doc = {
+            "version": 1,
+            "partitions": [
+                {
+                    "topic": t,
+                    "partition": p,
+                    "topic_id": e.topic_id,
+                    "end_offset": e.end_offset,
+                    "producers": e.rows,
+                }
+                for (t, p), e in entries.items()
+            ],
+        }
+        tmp = self._path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(doc, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path)
 
 
 class ProducerIdManager:
@@ -108,6 +177,8 @@ class ProducerEntry:
     )
     #: Offset of the first batch of the producer's open transaction here, or None (issue 4).
     current_txn_first_offset: int | None = None
+    #: Wall-clock time of the producer's last write here; idle producers expire.
+    last_timestamp_ms: int = -1
 
     @property
     def last_sequence(self) -> int:
@@ -192,9 +263,17 @@ class PartitionProducerState:
         return _APPEND
 
     def record(
-        self, header: BatchHeader, base_offset: int, log_append_time_ms: int
+        self,
+        header: BatchHeader,
+        base_offset: int,
+        log_append_time_ms: int,
+        now_ms: int | None = None,
     ) -> None:
-        """Remember a batch that was just appended at ``base_offset`` (also used when rebuilding)."""
+        """Remember a batch that was just appended at ``base_offset`` (also used when rebuilding).
+
+        ``now_ms`` is the append's wall-clock time (the batch's max timestamp when rebuilding),
+        used to expire idle producers.
+        """
         producer_id = header.producer_id
         if producer_id == NO_PRODUCER_ID:
             return
@@ -206,6 +285,9 @@ class PartitionProducerState:
         elif header.producer_epoch > entry.epoch:
             entry.epoch = header.producer_epoch
             entry.batches.clear()
+        entry.last_timestamp_ms = max(
+            entry.last_timestamp_ms, header.max_timestamp if now_ms is None else now_ms
+        )
         if header.is_control:
             # A commit/abort marker ends the transaction (issue 4); sequences are unaffected.
             entry.current_txn_first_offset = None
@@ -233,6 +315,62 @@ class PartitionProducerState:
                 self.record(header, header.base_offset, log_append_time_ms)
                 replayed += 1
         return replayed
+
+    def expire(self, now_ms: int, expiration_ms: int) -> int:
+        """Forget producers idle for longer than ``expiration_ms`` with no open transaction.
+
+        Kafka does the same (``producer.id.expiration.ms``, a day by default) so that state does
+        not grow with every producer that ever wrote. Returns how many were forgotten.
+        """
+        expired = [
+            pid
+            for pid, entry in self._producers.items()
+            if entry.current_txn_first_offset is None
+            and now_ms - entry.last_timestamp_ms > expiration_ms
+        ]
+        for pid in expired:
+            del self._producers[pid]
+        return len(expired)
+
+    def to_snapshot(self) -> list[list[Any]]:
+        """A JSON-able image of every entry (see :class:`ProducerSnapshotFile`)."""
+        return [
+            [
+                pid,
+                e.epoch,
+                e.current_txn_first_offset,
+                e.last_timestamp_ms,
+                [
+                    [
+                        b.first_sequence,
+                        b.last_sequence,
+                        b.base_offset,
+                        b.last_offset,
+                        b.log_append_time_ms,
+                    ]
+                    for b in e.batches
+                ],
+            ]
+            for pid, e in self._producers.items()
+        ]
+
+    @classmethod
+    def from_snapshot(cls, rows: list[list[Any]]) -> PartitionProducerState:
+        state = cls()
+        for pid, epoch, txn_first, last_ts, batches in rows:
+            entry = ProducerEntry(
+                int(epoch),
+                current_txn_first_offset=txn_first,
+                last_timestamp_ms=int(last_ts),
+            )
+            for first, last, base, last_offset, lat in batches:
+                entry.batches.append(
+                    BatchRecord(
+                        int(first), int(last), int(base), int(last_offset), int(lat)
+                    )
+                )
+            state._producers[int(pid)] = entry
+        return state
 
     def first_unstable_offset(self) -> int | None:
         """The first offset of the earliest open transaction, or None (the LSO is then the HW)."""

@@ -295,3 +295,33 @@ def test_fetch_long_poll_times_out_without_data(tmp_path: Path) -> None:
         assert result.error_code == 0 and len(result.records) == 0
 
     with_core(tmp_path, body)
+
+
+def test_producer_state_snapshot_is_used_after_a_clean_restart(tmp_path: Path) -> None:
+    async def first(core: BrokerCore) -> int:
+        await core.create_topics([NewTopic("snap", 1)])
+        pid = (await core.init_producer_id(None, 60_000)).producer_id
+        assert (
+            await core.produce("snap", 0, batch([b"a"], pid=pid, epoch=0, seq=0))
+        ).base_offset == 0
+        return pid
+
+    pid = with_core(tmp_path, first)
+    assert (tmp_path / "data" / "producer_snapshots.json").exists()
+
+    async def second(core: BrokerCore) -> None:
+        # One more batch after the snapshot, then a retry of it: answered from the replayed tail.
+        assert (
+            await core.produce("snap", 0, batch([b"b"], pid=pid, epoch=0, seq=1))
+        ).base_offset == 1
+
+    with_core(tmp_path, second)
+
+    async def third(core: BrokerCore) -> None:
+        retry = await core.produce("snap", 0, batch([b"b"], pid=pid, epoch=0, seq=1))
+        assert (retry.error_code, retry.base_offset) == (0, 1)
+        assert (
+            await core.produce("snap", 0, batch([b"c"], pid=pid, epoch=0, seq=2))
+        ).base_offset == 2
+
+    with_core(tmp_path, third)

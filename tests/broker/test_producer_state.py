@@ -127,3 +127,35 @@ def test_producer_ids_never_repeat_across_restarts(tmp_path: Path) -> None:
     more = [second.allocate() for _ in range(25)]
     assert len(set(ids + more)) == 28
     assert min(more) > max(ids)
+
+
+def test_idle_producers_expire_but_open_transactions_stay() -> None:
+    state = PartitionProducerState()
+    state.record(batch(1, 0, 0), 0, -1, now_ms=1_000)
+    state.record(batch(2, 0, 0), 3, -1, now_ms=50_000)
+    assert state.expire(now_ms=61_000, expiration_ms=30_000) == 1
+    assert state.entry(1) is None and state.entry(2) is not None
+
+
+def test_snapshot_round_trip(tmp_path: Path) -> None:
+    from flowbus.broker.producer_state import ProducerSnapshotFile, SnapshotEntry
+
+    state = PartitionProducerState()
+    appended(state, batch(5, 2, 0, 3), 10)
+    restored = PartitionProducerState.from_snapshot(state.to_snapshot())
+    dup = restored.check(batch(5, 2, 0, 3))
+    assert (
+        dup.verdict is Verdict.DUPLICATE
+        and dup.original is not None
+        and dup.original.base_offset == 10
+    )
+    snapshots = ProducerSnapshotFile(tmp_path / "snap.json")
+    snapshots.save({("t", 0): SnapshotEntry("id", 13, state.to_snapshot())})
+    loaded = snapshots.load()[("t", 0)]
+    assert (loaded.topic_id, loaded.end_offset) == ("id", 13)
+    assert (
+        PartitionProducerState.from_snapshot(loaded.rows)
+        .check(batch(5, 2, 3, 1))
+        .verdict
+        is Verdict.APPEND
+    )
