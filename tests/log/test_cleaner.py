@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flowbus.log.cleaner import LogCleaner
+from flowbus.log.loader import DELETED_SUFFIX
 from flowbus.log.partition_log import PartitionLog
 from flowbus.log.segment import LogSegment
 from flowbus.records import ATTR_DELETE_HORIZON_MASK, Codec, decode_batch, iter_batches
@@ -223,8 +224,7 @@ def test_crash_before_the_swap_keeps_the_old_segments(open_log, clock, monkeypat
 
 
 def test_crash_in_the_middle_of_the_swap(open_log, clock, monkeypatch) -> None:
-    plog, before = _prepare_group(open_log, clock)
-    from flowbus.log.loader import DELETED_SUFFIX
+    plog, _ = _prepare_group(open_log, clock)
 
     def half(self: PartitionLog, old: list, new: object) -> None:
         for segment in old[1:]:
