@@ -91,8 +91,9 @@ class Field:
         versions: versions the field exists in.
         nullable: versions in which it may be null.
         tag / tagged: for a tagged field, its tag number and the versions in which it is tagged.
-        default: value used when encoding and the key is missing; when not given, the type's zero
-            (0, "", False, [], the zero UUID) or None when nullable in every version it exists in.
+        default: value used when encoding and the key is missing (the spec's ``default``; None for
+            ``"default": "null"``). When not given, the type's empty value (0, "", b"", False, [],
+            the zero UUID, a struct of member defaults) -- also for nullable fields, as in Kafka.
         fields: members of a struct or struct array.
     """
 
@@ -151,8 +152,10 @@ def _zero(field: Field, version: int) -> Any:
     """The value a missing field encodes as, and the value decode reports for an absent tag."""
     if field.default is not _MISSING:
         return field.default
-    if version in field.nullable:
-        return None
+    # As in Kafka's generated message classes, a nullable field without an explicit
+    # ``"default": "null"`` defaults to its empty value, not to null. This matters on the wire:
+    # librdkafka rejects a null Fetch ``records`` ("invalid MessageSetSize -1"), so a handler that
+    # leaves records out must get an empty record set.
     kind = field.type
     if kind.startswith("[]"):
         return ()

@@ -144,8 +144,10 @@ def test_missing_fields_take_spec_defaults() -> None:
     assert partition["last_stable_offset"] == -1
     assert partition["log_start_offset"] == -1
     assert partition["preferred_read_replica"] == -1
-    assert partition["records"] is None  # nullable in every version
-    assert partition["aborted_transactions"] is None
+    # Nullable without "default": "null" means empty, as in Kafka: librdkafka rejects null records
+    # ("invalid MessageSetSize -1"), so an omitted record set must go out as length 0.
+    assert partition["records"] == b""
+    assert partition["aborted_transactions"] == []
     assert partition["diverging_epoch"] == {"epoch": -1, "end_offset": -1}
     assert body["session_id"] == 0
 
@@ -213,3 +215,16 @@ def test_encoding_an_unsupported_version_is_a_local_error() -> None:
         encode_request(99, 0, 1, None, {})
     with pytest.raises(LocalProtocolError):
         decode_response(18, 5, b"\x00\x00\x00\x01")
+
+
+@pytest.mark.parametrize("version", [4, 11, 12])
+def test_omitted_fetch_records_are_empty_not_null_on_the_wire(version: int) -> None:
+    frame = encode_response(RequestHeader(1, version, 1, None), {"responses": [{"topic": "t", "partitions": [
+        {"partition_index": 0, "error_code": 3, "aborted_transactions": None}]}]})
+    if version >= 12:
+        assert frame.endswith(b"\x01\x00\x00\x00")  # records length+1 = 1, then three tag sections
+    else:
+        assert frame.endswith(b"\x00\x00\x00\x00")  # int32 length 0, not -1
+    _, body = decode_response(1, version, frame[4:])
+    partition = body["responses"][0]["partitions"][0]
+    assert partition["records"] == b"" and partition["aborted_transactions"] is None

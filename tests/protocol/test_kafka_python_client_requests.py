@@ -74,7 +74,8 @@ def test_broker_answers_decode_with_kafka_python() -> None:
     assert answer.topics[0].partitions[0].leader_epoch == -1  # default filled in by our encoder
 
     frame = encode_response(RequestHeader(1, 12, 8, "c"), {"responses": [{"topic": "orders", "partitions": [
-        {"partition_index": 0, "high_watermark": 42, "last_stable_offset": 42, "records": b"\x00" * 70}]}]})
+        {"partition_index": 0, "high_watermark": 42, "last_stable_offset": 42, "aborted_transactions": None,
+         "records": b"\x00" * 70}]}]})
     answer = fetch.FetchResponse.decode(frame, version=12, header=True, framed=True)
     partition = answer.responses[0].partitions[0]
     assert (partition.high_watermark, partition.aborted_transactions, bytes(partition.records)) == (42, None, b"\x00" * 70)

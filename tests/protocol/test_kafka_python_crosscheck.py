@@ -160,3 +160,17 @@ def test_hand_written_kafka_python_schema_has_our_layout(kind: str, key: ApiKey,
     decoded = OLD[(int(key), kind, version)].decode(stream)
     assert stream.tell() == len(ours), "kafka-python's schema is shorter than ours"
     assert bytes(decoded.encode()) == ours
+
+
+# kafka-python patches ListOffsets' ReplicaId default to -1; the spec gives no default (so 0).
+DEFAULT_CASES = [(kind, key, version, spec) for kind, key, version, spec in PAIRS
+                 if (int(key), kind) in NEW and (int(key), kind) != (2, "request")]
+
+
+@pytest.mark.parametrize("kind,key,version,spec", DEFAULT_CASES,
+                         ids=[f"{c[3].name}-v{c[2]}" for c in DEFAULT_CASES])
+def test_defaults_match_kafka_python(kind: str, key: ApiKey, version: int, spec: MessageSpec) -> None:
+    """An empty body encodes every field at its spec default, exactly as kafka-python's would."""
+    theirs = NEW[(int(key), kind)](version=version)
+    theirs._header = None
+    assert _body_bytes(kind, key, version, {}) == bytes(theirs.encode())
