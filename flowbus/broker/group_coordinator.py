@@ -394,13 +394,34 @@ class GroupCoordinator:
         )
 
         if not member_id or member_id in group.pending_members:
-            if len(group.members) >= cfg.group_max_size:
+            previous = None
+            if not member_id and group_instance_id is not None:
+                # KIP-345: a static member that restarts replaces its previous incarnation.
+                previous = next(
+                    (
+                        m
+                        for m in group.members.values()
+                        if m.group_instance_id == group_instance_id
+                    ),
+                    None,
+                )
+            if previous is None and len(group.members) >= cfg.group_max_size:
                 return JoinResult(ErrorCode.GROUP_MAX_SIZE_REACHED, member_id=member_id)
             if not member_id:
-                member_id = f"{client_id or 'member'}-{uuid.uuid4()}"
-                if require_known_member_id:
+                member_id = (
+                    f"{group_instance_id or client_id or 'member'}-{uuid.uuid4()}"
+                )
+                if require_known_member_id and group_instance_id is None:
                     group.pending_members[member_id] = now_ms + session_timeout_ms
                     return JoinResult(ErrorCode.MEMBER_ID_REQUIRED, member_id=member_id)
+            if previous is not None:
+                log.info(
+                    "static member %s of group %s rejoined as %s",
+                    group_instance_id,
+                    group_id,
+                    member_id,
+                )
+                self._drop(group, previous, ErrorCode.FENCED_INSTANCE_ID)
             group.pending_members.pop(member_id, None)
             member = _Member(
                 member_id,
@@ -916,9 +937,14 @@ class GroupCoordinator:
         member.join_future = None
         member.sync_future = None
 
-    def _drop(self, group: _Group, member: _Member) -> None:
+    def _drop(
+        self,
+        group: _Group,
+        member: _Member,
+        error_code: int = ErrorCode.UNKNOWN_MEMBER_ID,
+    ) -> None:
         del group.members[member.member_id]
-        self._fail_waiters(member, ErrorCode.UNKNOWN_MEMBER_ID)
+        self._fail_waiters(member, error_code)
         if group.leader_id == member.member_id:
             group.leader_id = None
 

@@ -393,3 +393,26 @@ def test_invalid_session_timeout(timeout_ms: int) -> None:
         assert result.error_code == ErrorCode.INVALID_SESSION_TIMEOUT
 
     run(body)
+
+
+def test_static_member_rejoin_replaces_its_previous_incarnation() -> None:
+    async def body() -> None:
+        coordinator, _, _ = make()
+        first = await join(
+            coordinator, group_instance_id="worker-1"
+        )  # no MEMBER_ID_REQUIRED round
+        assert first.error_code == ErrorCode.NONE
+        await coordinator.sync_group(
+            "g", first.generation_id, first.member_id, {first.member_id: b"a"}
+        )
+        second = await join(coordinator, group_instance_id="worker-1")
+        assert (
+            second.error_code == ErrorCode.NONE and second.member_id != first.member_id
+        )
+        assert [m.member_id for m in second.members] == [second.member_id]
+        assert (
+            coordinator.heartbeat("g", second.generation_id, first.member_id)
+            == ErrorCode.UNKNOWN_MEMBER_ID
+        )
+
+    run(body)
