@@ -54,6 +54,7 @@ class OffsetIndex:
         self._relative_offsets = array("i")
         self._positions = array("i")
         self._dirty = False
+        self._closed = False
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
     # -- loading ----------------------------------------------------------------------------
@@ -65,11 +66,11 @@ class OffsetIndex:
         a records file of ``records_size_bytes``. A file that fails it was torn by a crash; the
         caller rebuilds it from the records.
         """
-        size_bytes = os.fstat(self._fd).st_size
+        size_bytes = os.fstat(self._file()).st_size
         if size_bytes % ENTRY_BYTES:
             self.clear()
             return False
-        raw = os.pread(self._fd, size_bytes, 0)
+        raw = os.pread(self._file(), size_bytes, 0)
         assert len(raw) == size_bytes
         relative, positions = _load_column_pairs(raw)
         ok = all(relative[i] < relative[i + 1] and positions[i] < positions[i + 1] for i in range(len(relative) - 1))
@@ -119,7 +120,7 @@ class OffsetIndex:
         assert not self.is_full, "caller must roll the segment before the index is full"
         if self._relative_offsets:
             assert relative > self._relative_offsets[-1] and position > self._positions[-1]
-        written = os.pwrite(self._fd, _ENTRY.pack(relative, position), len(self._relative_offsets) * ENTRY_BYTES)
+        written = os.pwrite(self._file(), _ENTRY.pack(relative, position), len(self._relative_offsets) * ENTRY_BYTES)
         assert written == ENTRY_BYTES
         self._relative_offsets.append(relative)
         self._positions.append(position)
@@ -132,14 +133,14 @@ class OffsetIndex:
             return
         del self._relative_offsets[keep:]
         del self._positions[keep:]
-        os.ftruncate(self._fd, keep * ENTRY_BYTES)
+        os.ftruncate(self._file(), keep * ENTRY_BYTES)
         self._dirty = True
 
     def clear(self) -> None:
         """Drop every entry (before a rebuild)."""
         self._relative_offsets = array("i")
         self._positions = array("i")
-        os.ftruncate(self._fd, 0)
+        os.ftruncate(self._file(), 0)
         self._dirty = True
 
     # -- files ------------------------------------------------------------------------------
@@ -153,13 +154,31 @@ class OffsetIndex:
         if not self._dirty:
             return None
         self._dirty = False
-        return os.dup(self._fd)
+        return os.dup(self._file())
+
+    def _file(self) -> int:
+        """The descriptor, reopened if :meth:`seal` released it."""
+        assert not self._closed, f"{self.path} is closed"
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        return self._fd
+
+    def seal(self) -> None:
+        """Release the descriptor of a synced index of an inactive segment.
+
+        Entries stay in memory and lookups never touch the file, so an inactive segment costs
+        one open descriptor (its records) instead of three; a later write reopens the file.
+        """
+        if not self._dirty and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def rename(self, path: Path) -> None:
         os.replace(self.path, path)
         self.path = path
 
     def close(self) -> None:
+        self._closed = True
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -108,6 +108,8 @@ class PartitionLog:
         self._segments: LogSegments = loaded.segments
         for segment in self._segments:
             segment.created_ms = clock.now_ms()
+            if segment.base_offset < loaded.recovery_segment:
+                segment.seal_indexes()
         self._log_start_offset = loaded.log_start_offset
         self._recovery = (loaded.recovery_offset, loaded.recovery_segment, loaded.recovery_position)
         self._cleaner_offset = loaded.cleaner_offset
@@ -394,8 +396,11 @@ class PartitionLog:
                 target = (active.next_offset, active.base_offset, active.size_bytes)
                 messages = self._unflushed_messages
                 fds: list[int] = []
+                active_segment = self._segments.active
                 for segment in self._segments.from_offset(self._recovery[1]):
                     fds.extend(segment.take_sync_fds())
+                    if segment is not active_segment:
+                        segment.seal_indexes()  # the duplicates taken above stay valid
                 sync_directory = self._directory_dirty
                 self._directory_dirty = False
             try:
@@ -509,6 +514,7 @@ class PartitionLog:
                 segment.change_suffix(DELETED_SUFFIX)
                 self._pending_deletes.append((due_ms, segment))
             new.change_suffix("")
+            new.seal_indexes()
             new.created_ms = self.clock.now_ms()
             self._segments.add(new)
             self._directory_dirty = True

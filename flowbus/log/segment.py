@@ -456,14 +456,21 @@ class LogSegment:
                 fds.append(fd)
         return fds
 
+    def seal_indexes(self) -> None:
+        """Release the index descriptors once the segment is inactive and its indexes synced."""
+        self.offset_index.seal()
+        self.time_index.seal()
+
     def sync(self) -> None:
         """fsync the records file and both indexes now (on roll-free paths such as the cleaner)."""
-        for fd in [os.dup(self._fd), os.dup(self.offset_index._fd), os.dup(self.time_index._fd)]:
-            try:
+        self._records_dirty = True
+        fds = self.take_sync_fds()
+        try:
+            for fd in fds:
                 os.fsync(fd)
-            finally:
+        finally:
+            for fd in fds:
                 os.close(fd)
-        self._records_dirty = False
 
     def change_suffix(self, suffix: str) -> None:
         """Rename all three files to carry ``suffix`` (indexes first, records last)."""

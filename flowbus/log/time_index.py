@@ -41,6 +41,7 @@ class TimeIndex:
         self._timestamps = array("q")
         self._relative_offsets = array("i")
         self._dirty = False
+        self._closed = False
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def load(self, max_relative_offset: int | None = None) -> bool:
@@ -48,11 +49,11 @@ class TimeIndex:
 
         ``max_relative_offset``, when given, bounds the offsets an entry may name.
         """
-        size_bytes = os.fstat(self._fd).st_size
+        size_bytes = os.fstat(self._file()).st_size
         if size_bytes % ENTRY_BYTES:
             self.clear()
             return False
-        raw = os.pread(self._fd, size_bytes, 0)
+        raw = os.pread(self._file(), size_bytes, 0)
         assert len(raw) == size_bytes
         count = size_bytes // ENTRY_BYTES
         timestamps = array("q")
@@ -105,7 +106,7 @@ class TimeIndex:
             return False
         if self._relative_offsets:
             assert relative >= self._relative_offsets[-1]
-        written = os.pwrite(self._fd, _ENTRY.pack(timestamp_ms, relative), len(self._timestamps) * ENTRY_BYTES)
+        written = os.pwrite(self._file(), _ENTRY.pack(timestamp_ms, relative), len(self._timestamps) * ENTRY_BYTES)
         assert written == ENTRY_BYTES
         self._timestamps.append(timestamp_ms)
         self._relative_offsets.append(relative)
@@ -122,13 +123,13 @@ class TimeIndex:
             return
         del self._timestamps[keep:]
         del self._relative_offsets[keep:]
-        os.ftruncate(self._fd, keep * ENTRY_BYTES)
+        os.ftruncate(self._file(), keep * ENTRY_BYTES)
         self._dirty = True
 
     def clear(self) -> None:
         self._timestamps = array("q")
         self._relative_offsets = array("i")
-        os.ftruncate(self._fd, 0)
+        os.ftruncate(self._file(), 0)
         self._dirty = True
 
     def take_sync_fd(self) -> int | None:
@@ -136,13 +137,31 @@ class TimeIndex:
         if not self._dirty:
             return None
         self._dirty = False
-        return os.dup(self._fd)
+        return os.dup(self._file())
+
+    def _file(self) -> int:
+        """The descriptor, reopened if :meth:`seal` released it."""
+        assert not self._closed, f"{self.path} is closed"
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        return self._fd
+
+    def seal(self) -> None:
+        """Release the descriptor of a synced index of an inactive segment.
+
+        Entries stay in memory and lookups never touch the file, so an inactive segment costs
+        one open descriptor (its records) instead of three; a later write reopens the file.
+        """
+        if not self._dirty and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def rename(self, path: Path) -> None:
         os.replace(self.path, path)
         self.path = path
 
     def close(self) -> None:
+        self._closed = True
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

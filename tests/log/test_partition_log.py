@@ -161,3 +161,18 @@ def test_roll_by_size_age_and_full_index(open_log, clock) -> None:
         full.append(make_batch(1))
     assert full.segment_count >= 2
     assert all(len(s.offset_index) <= 2 for s in full.segments())
+
+
+def test_inactive_segments_hold_one_descriptor(open_log) -> None:
+    import os
+
+    plog = open_log(segment_bytes="300")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(30):
+        plog.append(make_batch(1, value_size=100))
+    plog.flush()
+    segments = plog.segments()
+    assert len(segments) > 10
+    opened = len(os.listdir("/proc/self/fd")) - before
+    assert opened <= len(segments) + 2 + 2  # one per segment, plus the active segment's two indexes
+    assert batch_offsets(plog.read(3, 1 << 20))[0] == (3, 3)  # lookups need no index file
