@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 #: Minimum gap between two checkpoint writes caused by flushes (flush.messages=1 would
 #: otherwise rewrite the file on every append). A stale checkpoint only costs re-validation.
 CHECKPOINT_INTERVAL_MS = 100
+#: Largest buffer one append() accepts: Kafka's socket.request.max.bytes bounds a produce request.
+MAX_APPEND_BYTES = 100 * 1024 * 1024
 #: Segments waiting for their files to be deleted; more than this and the oldest go at once.
 MAX_PENDING_DELETES = 10_000
 
@@ -207,6 +209,8 @@ class PartitionLog:
             CorruptRecordError: malformed bytes or a CRC mismatch (nothing is written).
             RecordTooLargeError: a batch is over ``max.message.bytes`` or ``segment.bytes``.
         """
+        if len(batches) > MAX_APPEND_BYTES:
+            raise RecordTooLargeError(f"an append of {len(batches)} bytes is over the {MAX_APPEND_BYTES}-byte limit")
         buffer = bytearray(batches)
         parsed = list(iter_batches(buffer))
         if not parsed:
