@@ -19,6 +19,8 @@ from __future__ import annotations
 from flowbus.protocol.api import ApiKey
 from flowbus.protocol.schema import MessageSpec, arr, f, message, struct
 
+# Produce (0). v3 adds transactional_id (and RecordBatch v2 only), v5 log_start_offset,
+# v8 per-batch record errors, v9 flexible. acks=0 gets no response at all (the broker's job).
 PRODUCE_REQUEST = message("ProduceRequest", "0-9", "9+", [
     f("transactional_id", "string", "3+", nullable="3+", default=None),
     f("acks", "int16"),
@@ -51,6 +53,9 @@ PRODUCE_RESPONSE = message("ProduceResponse", "0-9", "9+", [
     f("throttle_time_ms", "int32", "1+", default=0),
 ])
 
+# Fetch (1). v4 adds isolation level, LSO and aborted transactions, v7 fetch sessions, v11 rack
+# and preferred read replica, v12 flexible with tagged diverging epoch / current leader. v13+
+# (topic ids) is not spoken.
 FETCH_REQUEST = message("FetchRequest", "0-12", "12+", [
     f("cluster_id", "string", "12+", nullable="12+", tag=0, tagged="12+", default=None),
     f("replica_id", "int32", "0-14", default=-1),
@@ -112,6 +117,8 @@ FETCH_RESPONSE = message("FetchResponse", "0-12", "12+", [
     ]),
 ])
 
+# ListOffsets (2). v0 returns an array of old-style offsets (max_num_offsets); v1+ one offset
+# per partition and timestamp; v2 isolation level; v4 leader epochs; v6 flexible.
 LIST_OFFSETS_REQUEST = message("ListOffsetsRequest", "0-7", "6+", [
     f("replica_id", "int32"),
     f("isolation_level", "int8", "2+"),
@@ -141,6 +148,8 @@ LIST_OFFSETS_RESPONSE = message("ListOffsetsResponse", "0-7", "6+", [
     ]),
 ])
 
+# Metadata (3). topics null = all topics from v1; v4 allow_auto_topic_creation; v9 flexible;
+# v10 topic ids (the zero UUID is fine for clients).
 METADATA_REQUEST = message("MetadataRequest", "0-12", "9+", [
     arr("topics", [
         f("topic_id", "uuid", "10+"),
@@ -180,6 +189,8 @@ METADATA_RESPONSE = message("MetadataResponse", "0-12", "9+", [
     f("cluster_authorized_operations", "int32", "8-10", default=-2147483648),
 ])
 
+# OffsetCommit (8). v1 adds generation/member and a per-partition commit timestamp (v1 only),
+# v2-4 a retention time, v7 group instance id, v8 flexible.
 OFFSET_COMMIT_REQUEST = message("OffsetCommitRequest", "0-8", "8+", [
     f("group_id", "string"),
     f("generation_id_or_member_epoch", "int32", "1+", default=-1),
@@ -209,6 +220,8 @@ OFFSET_COMMIT_RESPONSE = message("OffsetCommitResponse", "0-8", "8+", [
     ]),
 ])
 
+# OffsetFetch (9). topics null = all partitions from v2, plus a top-level error; v7 require_stable;
+# v6 flexible. v8+ (batched groups) is not spoken.
 OFFSET_FETCH_REQUEST = message("OffsetFetchRequest", "0-7", "6+", [
     f("group_id", "string", "0-7"),
     arr("topics", [
@@ -233,6 +246,7 @@ OFFSET_FETCH_RESPONSE = message("OffsetFetchResponse", "0-7", "6+", [
     f("error_code", "int16", "2-7", default=0),
 ])
 
+# FindCoordinator (10). v1 adds key_type (0 group, 1 transaction); v3 flexible. v4+ is batched.
 FIND_COORDINATOR_REQUEST = message("FindCoordinatorRequest", "0-3", "3+", [
     f("key", "string", "0-3"),
     f("key_type", "int8", "1+", default=0),
@@ -247,6 +261,8 @@ FIND_COORDINATOR_RESPONSE = message("FindCoordinatorResponse", "0-3", "3+", [
     f("port", "int32", "0-3"),
 ])
 
+# JoinGroup (11). v1 rebalance timeout, v4 MEMBER_ID_REQUIRED flow, v5 static membership,
+# v6 flexible, v7 protocol type/name in the response.
 JOIN_GROUP_REQUEST = message("JoinGroupRequest", "0-7", "6+", [
     f("group_id", "string"),
     f("session_timeout_ms", "int32"),
@@ -275,6 +291,7 @@ JOIN_GROUP_RESPONSE = message("JoinGroupResponse", "0-7", "6+", [
     ]),
 ])
 
+# Heartbeat (12). v3 group instance id, v4 flexible.
 HEARTBEAT_REQUEST = message("HeartbeatRequest", "0-4", "4+", [
     f("group_id", "string"),
     f("generation_id", "int32"),
@@ -287,6 +304,7 @@ HEARTBEAT_RESPONSE = message("HeartbeatResponse", "0-4", "4+", [
     f("error_code", "int16"),
 ])
 
+# LeaveGroup (13). v3 replaces member_id with a batch of members; v4 flexible.
 LEAVE_GROUP_REQUEST = message("LeaveGroupRequest", "0-4", "4+", [
     f("group_id", "string"),
     f("member_id", "string", "0-2"),
@@ -306,6 +324,7 @@ LEAVE_GROUP_RESPONSE = message("LeaveGroupResponse", "0-4", "4+", [
     ], "3+"),
 ])
 
+# SyncGroup (14). v3 group instance id, v4 flexible, v5 protocol type/name.
 SYNC_GROUP_REQUEST = message("SyncGroupRequest", "0-5", "4+", [
     f("group_id", "string"),
     f("generation_id", "int32"),
@@ -327,6 +346,7 @@ SYNC_GROUP_RESPONSE = message("SyncGroupResponse", "0-5", "4+", [
     f("assignment", "bytes"),
 ])
 
+# DescribeGroups (15). v3 authorized operations, v4 group instance id, v5 flexible.
 DESCRIBE_GROUPS_REQUEST = message("DescribeGroupsRequest", "0-5", "5+", [
     f("groups", "[]string"),
     f("include_authorized_operations", "bool", "3+"),
@@ -352,6 +372,7 @@ DESCRIBE_GROUPS_RESPONSE = message("DescribeGroupsResponse", "0-5", "5+", [
     ]),
 ])
 
+# ListGroups (16). v3 flexible, v4 state filter.
 LIST_GROUPS_REQUEST = message("ListGroupsRequest", "0-4", "3+", [
     f("states_filter", "[]string", "4+"),
 ])
@@ -366,6 +387,7 @@ LIST_GROUPS_RESPONSE = message("ListGroupsResponse", "0-4", "3+", [
     ]),
 ])
 
+# SaslHandshake (17). Never flexible.
 SASL_HANDSHAKE_REQUEST = message("SaslHandshakeRequest", "0-1", "none", [
     f("mechanism", "string"),
 ])
@@ -375,6 +397,8 @@ SASL_HANDSHAKE_RESPONSE = message("SaslHandshakeResponse", "0-1", "none", [
     f("mechanisms", "[]string"),
 ])
 
+# ApiVersions (18). v3 flexible body with client software name/version and tagged feature
+# fields; its response header stays v0 (see codec).
 API_VERSIONS_REQUEST = message("ApiVersionsRequest", "0-4", "3+", [
     f("client_software_name", "string", "3+"),
     f("client_software_version", "string", "3+"),
@@ -402,6 +426,7 @@ API_VERSIONS_RESPONSE = message("ApiVersionsResponse", "0-4", "3+", [
     f("zk_migration_ready", "bool", "3+", tag=3, tagged="3+", default=False),
 ])
 
+# CreateTopics (19). v1 validate_only and error messages, v5 flexible with configs echoed back.
 CREATE_TOPICS_REQUEST = message("CreateTopicsRequest", "0-5", "5+", [
     arr("topics", [
         f("name", "string"),
@@ -439,6 +464,7 @@ CREATE_TOPICS_RESPONSE = message("CreateTopicsResponse", "0-5", "5+", [
     ]),
 ])
 
+# DeleteTopics (20). v4 flexible, v5 per-topic error messages.
 DELETE_TOPICS_REQUEST = message("DeleteTopicsRequest", "0-5", "4+", [
     f("topic_names", "[]string", "0-5"),
     f("timeout_ms", "int32"),
@@ -453,6 +479,7 @@ DELETE_TOPICS_RESPONSE = message("DeleteTopicsResponse", "0-5", "4+", [
     ]),
 ])
 
+# InitProducerId (22). v2 flexible, v3 producer id/epoch for epoch bumps.
 INIT_PRODUCER_ID_REQUEST = message("InitProducerIdRequest", "0-4", "2+", [
     f("transactional_id", "string", nullable="0+"),
     f("transaction_timeout_ms", "int32"),
@@ -467,6 +494,8 @@ INIT_PRODUCER_ID_RESPONSE = message("InitProducerIdResponse", "0-4", "2+", [
     f("producer_epoch", "int16"),
 ])
 
+# OffsetForLeaderEpoch (23). v1 leader epoch in the response, v2 current leader epoch, v3
+# replica id. First flexible version is 4, so every version we speak is classic.
 OFFSET_FOR_LEADER_EPOCH_REQUEST = message("OffsetForLeaderEpochRequest", "0-3", "4+", [
     f("replica_id", "int32", "3+", default=-2),
     arr("topics", [
@@ -492,6 +521,8 @@ OFFSET_FOR_LEADER_EPOCH_RESPONSE = message("OffsetForLeaderEpochResponse", "0-3"
     ]),
 ])
 
+# AddPartitionsToTxn (24). v3 flexible. v4+ batches transactions (broker to broker) and
+# is not spoken; upstream names the client fields v3_and_below_*.
 ADD_PARTITIONS_TO_TXN_REQUEST = message("AddPartitionsToTxnRequest", "0-3", "3+", [
     f("v3_and_below_transactional_id", "string", "0-3"),
     f("v3_and_below_producer_id", "int64", "0-3"),
@@ -513,6 +544,7 @@ ADD_PARTITIONS_TO_TXN_RESPONSE = message("AddPartitionsToTxnResponse", "0-3", "3
     ], "0-3"),
 ])
 
+# AddOffsetsToTxn (25). v3 flexible.
 ADD_OFFSETS_TO_TXN_REQUEST = message("AddOffsetsToTxnRequest", "0-3", "3+", [
     f("transactional_id", "string"),
     f("producer_id", "int64"),
@@ -525,6 +557,7 @@ ADD_OFFSETS_TO_TXN_RESPONSE = message("AddOffsetsToTxnResponse", "0-3", "3+", [
     f("error_code", "int16"),
 ])
 
+# EndTxn (26). v3 flexible.
 END_TXN_REQUEST = message("EndTxnRequest", "0-3", "3+", [
     f("transactional_id", "string"),
     f("producer_id", "int64"),
@@ -537,6 +570,7 @@ END_TXN_RESPONSE = message("EndTxnResponse", "0-3", "3+", [
     f("error_code", "int16"),
 ])
 
+# TxnOffsetCommit (28). v2 committed leader epoch, v3 flexible with generation/member.
 TXN_OFFSET_COMMIT_REQUEST = message("TxnOffsetCommitRequest", "0-3", "3+", [
     f("transactional_id", "string"),
     f("group_id", "string"),
@@ -567,6 +601,8 @@ TXN_OFFSET_COMMIT_RESPONSE = message("TxnOffsetCommitResponse", "0-3", "3+", [
     ]),
 ])
 
+# DescribeConfigs (32). v0 has is_default; v1 synonyms and config source; v3 documentation
+# and type; v4 flexible.
 DESCRIBE_CONFIGS_REQUEST = message("DescribeConfigsRequest", "0-4", "4+", [
     arr("resources", [
         f("resource_type", "int8"),
@@ -602,6 +638,7 @@ DESCRIBE_CONFIGS_RESPONSE = message("DescribeConfigsResponse", "0-4", "4+", [
     ]),
 ])
 
+# SaslAuthenticate (36). v1 session lifetime, v2 flexible.
 SASL_AUTHENTICATE_REQUEST = message("SaslAuthenticateRequest", "0-2", "2+", [
     f("auth_bytes", "bytes"),
 ])
@@ -613,6 +650,8 @@ SASL_AUTHENTICATE_RESPONSE = message("SaslAuthenticateResponse", "0-2", "2+", [
     f("session_lifetime_ms", "int64", "1+", default=0),
 ])
 
+# Consumer group member metadata (JoinGroup protocols[].metadata), with its own int16 version:
+# v1 owned partitions, v2 generation id, v3 rack id. Never flexible.
 CONSUMER_PROTOCOL_SUBSCRIPTION = message("ConsumerProtocolSubscription", "0-3", "none", [
     f("topics", "[]string"),
     f("user_data", "bytes", nullable="0+", default=None),
@@ -624,6 +663,7 @@ CONSUMER_PROTOCOL_SUBSCRIPTION = message("ConsumerProtocolSubscription", "0-3", 
     f("rack_id", "string", "3+", nullable="3+", default=None),
 ])
 
+# Consumer group assignment (SyncGroup assignment bytes), with its own int16 version.
 CONSUMER_PROTOCOL_ASSIGNMENT = message("ConsumerProtocolAssignment", "0-3", "none", [
     arr("assigned_partitions", [
         f("topic", "string"),
