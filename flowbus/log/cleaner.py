@@ -6,10 +6,11 @@ How a partition is cleaned (Kafka's cleaner works the same way in outline):
    segment, stopping at the first segment with records younger than ``min.compaction.lag.ms``.
    Its *dirty* part starts at the cleaner offset (persisted in the partition checkpoint). A log
    is cleaned when dirty bytes / cleanable bytes >= ``min.cleanable.dirty.ratio``.
-2. **Map.** Decode the dirty segments and remember, per key, the offset of its latest record.
-   The map has a named limit (``max_map_entries``); when it fills, the pass ends at that
-   segment boundary and the rest waits for the next pass. Producer ids are mapped to the
-   last offset of their last batch anywhere in the log (headers only).
+2. **Map.** Decode the dirty segments, one per :meth:`LogCleaner.clean_some` call, and
+   remember per key the offset of its latest record. The map has a named limit
+   (``max_map_entries``); when it fills, the pass ends at that segment boundary and the rest
+   waits for the next pass. Producer ids are mapped to the last offset of their last batch
+   anywhere in the log (headers only).
 3. **Rewrite.** Segments from the log start to the end of the mapped range are rewritten in
    groups whose total size fits ``segment.bytes``, one group per :meth:`LogCleaner.clean_some`
    call so the broker's tick does bounded work. Per batch:
@@ -76,7 +77,11 @@ class _Pass:
 
     log: PartitionLog
     offset_map: dict[bytes, int]
+    #: Dirty segments (base offsets) still to add to the map, one per step.
+    to_map: list[int]
+    #: Offsets below this are covered by the map; the cleaner offset once the pass ends.
     end_offset: int
+    #: Segments (base offsets) still to rewrite, once mapping is done.
     pending: list[int]
     last_batch_of_producer: dict[int, int]
     started_ms: int
@@ -129,6 +134,9 @@ class LogCleaner:
             if current is None:
                 return False
             self._pass = current
+            return True
+        if current.to_map:
+            self._map_next_segment(current)
             return True
         self._clean_next_group(current)
         if not current.pending:
@@ -189,26 +197,33 @@ class LogCleaner:
         dirty_bytes = sum(s.size_bytes for s in dirty)
         if total_bytes == 0 or dirty_bytes / total_bytes < plog.config.min_cleanable_dirty_ratio:
             return None
-        offset_map: dict[bytes, int] = {}
-        end_offset = dirty[0].base_offset
-        for segment in dirty:  # bounded by the segment count and max_map_entries
-            if len(offset_map) >= self.max_map_entries and end_offset > dirty[0].base_offset:
-                break
+        return _Pass(plog, {}, [d.base_offset for d in dirty], dirty[0].base_offset, [], {}, self.clock.now_ms())
+
+    def _map_next_segment(self, current: _Pass) -> None:
+        """Add one dirty segment's keys to the map; after the last, plan the rewrite."""
+        plog = current.log
+        base = current.to_map.pop(0)
+        segment = next((s for s in plog.segments() if s.base_offset == base), None)
+        # At least one segment is always mapped (the map is empty until then), so passes progress.
+        map_full = len(current.offset_map) >= self.max_map_entries
+        if segment is not None and not map_full:
+            self.stats.bytes_read += segment.size_bytes
             for header, data in segment.iter_batches():
                 if header.is_control or header.is_transactional or header.record_count == 0:
                     continue
-                _, records = decode_batch(data)
-                for record in records:
+                for record in decode_batch(data)[1]:  # per record: every key must be mapped
                     if record.key is not None:
-                        offset_map[record.key] = record.offset
-            end_offset = segment.next_offset
-        last_batch_of_producer: dict[int, int] = {}
+                        current.offset_map[record.key] = record.offset
+            current.end_offset = segment.next_offset
+        if map_full:
+            current.to_map.clear()  # the rest waits for the next pass
+        if current.to_map:
+            return
         for segment in plog.segments():  # headers only, over the whole log
             for _, header in segment.iter_headers():
                 if header.producer_id != NO_PRODUCER_ID:
-                    last_batch_of_producer[header.producer_id] = header.last_offset
-        pending = [s.base_offset for s in cleanable if s.base_offset < end_offset]
-        return _Pass(plog, offset_map, end_offset, pending, last_batch_of_producer, self.clock.now_ms())
+                    current.last_batch_of_producer[header.producer_id] = header.last_offset
+        current.pending = [s.base_offset for s in self._cleanable_segments(plog) if s.base_offset < current.end_offset]
 
     # -- rewriting ---------------------------------------------------------------------------
 

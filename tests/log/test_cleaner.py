@@ -279,3 +279,22 @@ def test_a_failing_partition_is_skipped_not_fatal(open_log, clock, monkeypatch, 
     cleaner.clean_all([broken, healthy])
     assert len(_records(healthy)) == 2 and len(_records(broken)) == 12
     assert "compaction of t-0 failed" in caplog.text
+
+
+def test_a_full_map_splits_the_work_into_passes(open_log, clock) -> None:
+    plog = _compact(open_log, segment_bytes="200")
+    for r in range(4):
+        for k in range(4):
+            plog.append(make_batch(1, keys=[b"k%d" % k], values=[b"v%d-%d" % (k, r)]))
+    plog.roll()
+    plog.flush()
+    cleaner = LogCleaner(clock, max_map_entries=2)
+    offsets = []
+    while cleaner.clean_some([plog]):
+        offsets.append(plog.cleaner_offset)
+    assert cleaner.stats.passes > 1
+    assert sorted(set(offsets)) == sorted(set(offsets), key=offsets.index)  # only moves forward
+    assert plog.cleaner_offset == plog.segments()[-1].base_offset
+    latest = {k: v for _, k, v in _records(plog)}
+    assert latest == {b"k%d" % k: b"v%d-3" % k for k in range(4)}
+    assert len(_records(plog)) == 4
