@@ -18,6 +18,7 @@ import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flowbus.broker.config import BrokerConfig
 from flowbus.broker.group_coordinator import GroupCoordinator, OffsetToCommit
@@ -186,6 +187,12 @@ CONFIG_SOURCE_STATIC_BROKER = 4
 CONFIG_SOURCE_DEFAULT = 5
 
 
+def _log_failure(future: asyncio.Future[Any], what: str) -> None:
+    """Done-callback of worker-thread futures: report a failure instead of losing it."""
+    if not future.cancelled() and future.exception() is not None:
+        log.error("%s failed: %s", what, future.exception())
+
+
 def valid_topic_name(name: str) -> bool:
     return bool(_TOPIC_NAME.match(name)) and name not in (".", "..")
 
@@ -333,6 +340,9 @@ class BrokerCore:
             self._flush_due_future = asyncio.get_running_loop().run_in_executor(
                 None, self.logs.flush_due
             )
+            self._flush_due_future.add_done_callback(
+                lambda f: _log_failure(f, "periodic flush")
+            )
         self.groups.tick()
         now_ms = self.clock.monotonic_ms()
         if now_ms - self._last_snapshot_ms >= self.config.producer_snapshot_interval_ms:
@@ -363,7 +373,23 @@ class BrokerCore:
         self._snapshot_file.save(entries)
 
     async def _load_offsets(self) -> None:
-        """Replay ``__consumer_offsets`` into the group coordinator, yielding between chunks."""
+        """Replay ``__consumer_offsets`` into the group coordinator, yielding between chunks.
+
+        A failure is logged and loading still ends: serving groups with the offsets read so far
+        beats answering COORDINATOR_LOAD_IN_PROGRESS forever.
+        """
+        try:
+            replayed = await self._replay_offsets()
+            log.info("loaded %d committed-offset records", replayed)
+        except LogError:
+            log.exception(
+                "loading committed offsets failed; serving the offsets read so far"
+            )
+        finally:
+            self.groups.finish_loading()
+            self._loaded.set()
+
+    async def _replay_offsets(self) -> int:
         replayed = 0
         for partition in range(self.logs.topic(OFFSETS_TOPIC).partitions):
             plog = self.logs.get_log(OFFSETS_TOPIC, partition)
@@ -385,9 +411,7 @@ class BrokerCore:
                     replayed += 1
                 if i % LOAD_BATCHES_PER_TURN == LOAD_BATCHES_PER_TURN - 1:
                     await asyncio.sleep(0)
-        self.groups.finish_loading()
-        self._loaded.set()
-        log.info("loaded %d committed-offset records", replayed)
+        return replayed
 
     # -- offsets store (used by the group coordinator) -------------------------------------
 
@@ -747,8 +771,9 @@ class BrokerCore:
             return
         self._flushing.add(plog)
 
-        def done(_: asyncio.Future[None]) -> None:
+        def done(future: asyncio.Future[None]) -> None:
             self._flushing.discard(plog)
+            _log_failure(future, "flush")
 
         future = asyncio.get_running_loop().run_in_executor(None, plog.flush)
         future.add_done_callback(done)
@@ -799,6 +824,10 @@ class BrokerCore:
             )
         except OffsetOutOfRangeError:
             result.error_code = ErrorCode.OFFSET_OUT_OF_RANGE
+        except LogError as exc:  # e.g. the topic was deleted while this fetch waited
+            result.error_code = (
+                exc.errno if exc.errno > 0 else ErrorCode.UNKNOWN_SERVER_ERROR
+            )
         return result
 
     def _last_stable_offset(
@@ -887,8 +916,24 @@ class BrokerCore:
         """Earliest (-2), latest (-1), max-timestamp (-3) or first offset at/after a timestamp."""
         try:
             plog = self.logs.get_log(topic, partition)
+            return self._list_offsets(
+                plog, topic, partition, timestamp, isolation_level
+            )
         except UnknownTopicError:
             return ListOffsetsResult(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+        except LogError as exc:
+            return ListOffsetsResult(
+                exc.errno if exc.errno > 0 else ErrorCode.UNKNOWN_SERVER_ERROR
+            )
+
+    def _list_offsets(
+        self,
+        plog: PartitionLog,
+        topic: str,
+        partition: int,
+        timestamp: int,
+        isolation_level: int,
+    ) -> ListOffsetsResult:
         if timestamp == EARLIEST_TIMESTAMP:
             return ListOffsetsResult(ErrorCode.NONE, -1, plog.log_start_offset, 0)
         if timestamp == LATEST_TIMESTAMP:

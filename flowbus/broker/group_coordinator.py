@@ -46,6 +46,7 @@ from typing import Protocol
 
 from flowbus.broker.errors import InternalTopicError
 from flowbus.clock import Clock
+from flowbus.errors import FlowbusError
 from flowbus.protocol.error_codes import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -630,7 +631,15 @@ class GroupCoordinator:
             accepted.append(((item.topic, item.partition), committed))
             errors.append(ErrorCode.NONE)
         if records:
-            await self._store.append_offsets(group_id, records)
+            try:
+                await self._store.append_offsets(group_id, records)
+            except FlowbusError as exc:
+                # The offsets topic could not be written: the client retries, maybe elsewhere.
+                log.error("committing offsets of group %s failed: %s", group_id, exc)
+                return [
+                    ErrorCode.COORDINATOR_NOT_AVAILABLE if e == ErrorCode.NONE else e
+                    for e in errors
+                ]
             for key, committed in accepted:
                 group.offsets[key] = committed
         return errors
