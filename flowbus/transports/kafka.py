@@ -14,6 +14,7 @@ on the same partitions as with the Java client and flowbus's other transports.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -46,17 +47,32 @@ from flowbus.transports.errors import (
     TransportError,
 )
 
+log = logging.getLogger("flowbus.transports.kafka")
+
 REQUEST_TIMEOUT_S = 30.0
 PRODUCER_QUEUE_MESSAGES_MAX = 1_000_000
 """librdkafka's local queue limit; when full, send_soon serves delivery reports until there is room."""
 PRODUCE_ERRORS_KEPT_MAX = 100
 
 
-def _bootstrap(url: str) -> str:
-    servers = url.removeprefix("kafka://").strip("/")
+SESSION_TIMEOUT_MS = 10_000
+"""How long the group waits for a silent member (a SIGKILLed worker) before moving its partitions."""
+
+
+def _parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """``kafka://h1:p1,h2:p2?session.timeout.ms=6000&...``: bootstrap servers and librdkafka settings."""
+    rest = url.removeprefix("kafka://")
+    servers, _, query = rest.partition("?")
+    servers = servers.strip("/")
     if not servers:
         raise TransportError(f"{url!r} names no broker; use kafka://host:port")
-    return servers
+    config: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise TransportError(f"{url!r}: expected name=value, got {item!r}")
+        config[name] = value
+    return servers, config
 
 
 def _transaction_error(exc: KafkaException) -> TransactionError:
@@ -259,9 +275,13 @@ class KafkaConsumer(Consumer):
         for m in messages:
             err = m.error()
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise TransportError(f"consume failed: {err}")
+                if err.fatal():
+                    raise TransportError(f"consume failed: {err}")
+                if err.code() != KafkaError._PARTITION_EOF:
+                    # Transient (a subscribed topic not created yet, a broker restarting):
+                    # librdkafka retries by itself.
+                    log.warning("consumer: %s", err)
+                continue
             headers = m.headers()
             append(Record(
                 m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
@@ -325,17 +345,25 @@ class KafkaTransport(Transport):
 
     def __init__(self, url: str, *, clock: Clock = SYSTEM_CLOCK, config: Mapping[str, Any] | None = None) -> None:
         self.url = url
-        self.bootstrap = _bootstrap(url)
-        self.extra = dict(config or {})
+        self.bootstrap, from_url = _parse_url(url)
+        self.extra = {**from_url, **dict(config or {})}
         self._admin: AdminClient | None = None
 
     def _base(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap, **self.extra}
+        return {"bootstrap.servers": self.bootstrap}
+
+    def _with_extra(self, config: dict[str, Any], *, consumer: bool) -> dict[str, Any]:
+        """Settings from the URL override the defaults; consumer-only ones stay off producers."""
+        consumer_only = ("session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms", "isolation.level")
+        for name, value in self.extra.items():
+            if consumer or name not in consumer_only:
+                config[name] = value
+        return config
 
     @property
     def admin(self) -> AdminClient:
         if self._admin is None:
-            self._admin = AdminClient(self._base())
+            self._admin = AdminClient(self._with_extra(self._base(), consumer=False))
         return self._admin
 
     async def create_topics(self, specs: Sequence[TopicSpec]) -> None:
@@ -381,7 +409,7 @@ class KafkaTransport(Transport):
         }
         if transactional_id is not None:
             config["transactional.id"] = transactional_id
-        return KafkaProducer(config, transactional_id is not None)
+        return KafkaProducer(self._with_extra(config, consumer=False), transactional_id is not None)
 
     def consumer(
         self,
@@ -399,7 +427,8 @@ class KafkaTransport(Transport):
             "auto.offset.reset": auto_offset_reset,
             "isolation.level": isolation_level,
             "enable.partition.eof": False,
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
         }
         if client_id:
             config["client.id"] = client_id
-        return KafkaConsumer(config)
+        return KafkaConsumer(self._with_extra(config, consumer=True))

@@ -31,6 +31,13 @@ def test_unknown_scheme(url: str) -> None:
         transport_from_url(url)
 
 
+def test_kafka_settings_in_the_url() -> None:
+    kafka = transport_from_url("kafka://127.0.0.1:9092?session.timeout.ms=6000&linger.ms=1")
+    assert isinstance(kafka, KafkaTransport)
+    assert kafka.bootstrap == "127.0.0.1:9092"
+    assert kafka.extra == {"session.timeout.ms": "6000", "linger.ms": "1"}
+
+
 def test_kafka_without_host() -> None:
     with pytest.raises(TransportError):
         transport_from_url("kafka://")

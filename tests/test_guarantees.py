@@ -1,0 +1,138 @@
+"""Each processing guarantee across a worker SIGKILL, with ``flowbus worker`` processes on a real
+broker: at_least_once loses nothing (and may repeat), at_most_once repeats nothing (and may lose).
+
+exactly_once needs the broker's transactions, which ``flowbus broker`` does not implement yet;
+its behaviour (outputs and offsets committed together, aborted on failure) is covered on the
+memory transport in tests/test_app.py, and this file says so by failing loudly if asked to run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowbus.transports.base import TopicPartition
+from flowbus.transports.kafka import KafkaTransport
+from tests.support.broker_process import BrokerProcess
+
+EVENTS = 600
+WAIT_S = 60.0
+
+APP_MODULE = textwrap.dedent(
+    """
+    import asyncio, os
+    from flowbus import App
+
+    app = App(os.environ["APP_ID"], broker=os.environ["BROKER"], processing_guarantee=os.environ["GUARANTEE"],
+              commit_interval_ms=100, max_poll_records=40)
+    source = app.topic(os.environ["IN"])
+    sink = app.topic(os.environ["OUT"])
+
+    @app.agent(source, sink=[sink], max_buffered_events=20)
+    async def relay(stream):
+        async for value in stream:
+            await asyncio.sleep(0.005)
+            yield value
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    with BrokerProcess(tmp_path_factory.mktemp("guarantees") / "data") as process:
+        yield process
+
+
+def start_worker(workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - the child owns it
+    return subprocess.Popen(
+        [sys.executable, "-m", "flowbus", "worker", "-A", "relay_app:app", "-l", "info"],
+        cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+async def read_values(url: str, topic: str) -> list[int]:
+    consumer = KafkaTransport(url).consumer(f"reader-{time.monotonic_ns()}")
+    consumer.subscribe([topic])
+    values: list[int] = []
+    idle_polls = 0
+    while idle_polls < 3:
+        batch = await consumer.poll_batch(5000, 200)
+        idle_polls = 0 if batch else idle_polls + 1
+        values.extend(int(r.value) for r in batch if r.value is not None)
+    await consumer.close()
+    return values
+
+
+async def committed(url: str, group: str, topic: str) -> int:
+    consumer = KafkaTransport(url).consumer(group)
+    found = await consumer.committed([TopicPartition(topic, 0)])
+    await consumer.close()
+    return found[TopicPartition(topic, 0)] or 0
+
+
+def run_with_a_kill(broker: BrokerProcess, tmp_path: Path, guarantee: str) -> list[int]:
+    """Produce EVENTS, run a worker, SIGKILL it mid-way, run a second one to the end; the outputs."""
+    url = f"kafka://{broker.bootstrap}?session.timeout.ms=6000&heartbeat.interval.ms=500"
+    suffix = f"{guarantee}-{time.monotonic_ns()}"
+    env = {"APP_ID": f"relay-{suffix}", "BROKER": url, "GUARANTEE": guarantee, "IN": f"in-{suffix}", "OUT": f"out-{suffix}"}
+    (tmp_path / "relay_app.py").write_text(APP_MODULE)
+
+    async def produce() -> None:
+        producer = KafkaTransport(url).producer()
+        for i in range(EVENTS):
+            producer.send_soon(env["IN"], str(i).encode())
+        await producer.close()
+
+    asyncio.run(produce())
+    log_path = tmp_path / "worker.log"
+    first = start_worker(tmp_path, env)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while asyncio.run(committed(url, env["APP_ID"], env["IN"])) < EVENTS // 4:
+            assert first.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the first worker made no progress"
+            time.sleep(0.05)  # polling another process's progress through the broker
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    killed_at = len(log_path.read_text())
+    second = start_worker(tmp_path, env)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while "assigned" not in log_path.read_text()[killed_at:] or (
+            asyncio.run(committed(url, env["APP_ID"], env["IN"])) < EVENTS
+        ):
+            assert second.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the second worker did not finish"
+            time.sleep(0.1)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(WAIT_S) == 0, log_path.read_text()
+    finally:
+        if second.poll() is None:
+            second.kill()
+    return asyncio.run(read_values(url, env["OUT"]))
+
+
+def test_at_least_once_loses_nothing_across_a_sigkill(broker: BrokerProcess, tmp_path: Path) -> None:
+    outputs = run_with_a_kill(broker, tmp_path, "at_least_once")
+    assert set(outputs) == set(range(EVENTS)), "every event has an output"
+    print(f"at_least_once: {len(outputs) - EVENTS} events repeated after the kill")
+
+
+def test_at_most_once_repeats_nothing_across_a_sigkill(broker: BrokerProcess, tmp_path: Path) -> None:
+    outputs = run_with_a_kill(broker, tmp_path, "at_most_once")
+    assert len(outputs) == len(set(outputs)), "no event is processed twice"
+    assert set(outputs) <= set(range(EVENTS))
+    print(f"at_most_once: {EVENTS - len(outputs)} events lost to the kill")
