@@ -56,12 +56,9 @@ class TimeIndex:
         raw = os.pread(self._file(), size_bytes, 0)
         assert len(raw) == size_bytes
         count = size_bytes // ENTRY_BYTES
-        timestamps = array("q")
-        relative = array("i")
-        for i in range(count):  # bounded by max_entries worth of file; runs once per open
-            ts, rel = _ENTRY.unpack_from(raw, i * ENTRY_BYTES)
-            timestamps.append(ts)
-            relative.append(rel)
+        pairs = list(_ENTRY.iter_unpack(raw))  # once per open, bounded by the file size
+        timestamps = array("q", [ts for ts, _ in pairs])
+        relative = array("i", [rel for _, rel in pairs])
         ok = all(timestamps[i] < timestamps[i + 1] and relative[i] <= relative[i + 1] for i in range(count - 1))
         ok = ok and all(r >= 0 for r in relative[:1])
         if ok and max_relative_offset is not None and count:
