@@ -34,6 +34,7 @@ from flowbus.operators import compile_dataflows
 from flowbus.operators.steps import Emit, fan_out
 from flowbus.stream import Channel, Stream
 from flowbus.timers import run_crontab, run_timer
+from flowbus.transports.errors import CommitError
 from flowbus.transports.base import Consumer, Producer, Record, TopicPartition, TopicSpec, Transport
 
 if TYPE_CHECKING:
@@ -293,7 +294,11 @@ class Worker:
         """One turn of the loop; returns how many records were polled."""
         assert self.consumer is not None
         if self.clock.monotonic_ms() >= self.next_commit_ms:
-            await self.commit()
+            try:
+                await self.commit()
+            except CommitError as exc:
+                # The group is rebalancing: the revocation callback commits these offsets.
+                log.warning("periodic commit failed, retrying at the next one: %s", exc)
         if self.paused:
             self.drained.clear()  # before checking, so a drain that happens next is not missed
             self._resume_drained()
@@ -413,7 +418,12 @@ class Worker:
     async def _on_revoked(self, partitions: list[TopicPartition]) -> None:
         log.info("revoking %s", sorted(partitions))
         if not self.closing and self.failure is None:
-            await self.commit(barrier=True)
+            try:
+                await self.commit(barrier=True)
+            except CommitError as exc:
+                # Partitions lost rather than revoked (session expired): their new owner
+                # replays from the last commit, which at-least-once allows.
+                log.warning("commit on revocation failed: %s", exc)
         gone = set(partitions)
         for channel in self.channels:
             channel.purge(gone)
