@@ -215,8 +215,10 @@ class TopicConfig:
     overrides: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
-    def from_overrides(cls, overrides: Mapping[str, str], defaults: TopicConfig | None = None) -> TopicConfig:
+    def from_overrides(cls, overrides: Mapping[str, str | None], defaults: TopicConfig | None = None) -> TopicConfig:
         """Apply Kafka-named string ``overrides`` on top of ``defaults`` (Kafka's when None).
+
+        A None value (null on the wire) sets nothing: the key keeps the value from ``defaults``.
 
         Raises:
             InvalidConfigError: an unknown key, or a value the key does not accept; ``.key`` names it.
@@ -228,6 +230,10 @@ class TopicConfig:
             definition = _BY_NAME.get(key)
             if definition is None:
                 raise InvalidConfigError(key, "unknown topic config")
+            if text is None:  # a null value on the wire: back to the default
+                changes[definition.attr] = getattr(base, definition.attr)
+                rendered.pop(key, None)
+                continue
             if not isinstance(text, str):
                 raise InvalidConfigError(key, f"value must be a string, got {type(text).__name__}")
             value = definition.parse(key, text)

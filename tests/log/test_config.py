@@ -58,3 +58,8 @@ def test_invalid_configs_name_the_key(key: str, value: str) -> None:
         TopicConfig.from_overrides({key: value})
     assert info.value.key == key and key in str(info.value)
     assert info.value.errno == 40
+
+
+def test_null_values_set_nothing() -> None:
+    config = TopicConfig.from_overrides({"retention.ms": None, "segment.ms": "10"})
+    assert config.retention_ms == 604_800_000 and dict(config.overrides) == {"segment.ms": "10"}
