@@ -406,7 +406,13 @@ class GroupCoordinator:
                     ),
                     None,
                 )
-            if previous is None and len(group.members) >= cfg.group_max_size:
+            # Reserved ids count too, so MEMBER_ID_REQUIRED cannot be used to grow state unbounded.
+            occupied = (
+                len(group.members)
+                + len(group.pending_members)
+                - (member_id in group.pending_members)
+            )
+            if previous is None and occupied >= cfg.group_max_size:
                 return JoinResult(ErrorCode.GROUP_MAX_SIZE_REACHED, member_id=member_id)
             if not member_id:
                 member_id = (

@@ -416,3 +416,28 @@ def test_static_member_rejoin_replaces_its_previous_incarnation() -> None:
         )
 
     run(body)
+
+
+def test_group_size_limit_counts_reserved_member_ids() -> None:
+    async def body() -> None:
+        clock = ManualClock()
+        coordinator = GroupCoordinator(
+            clock=clock,
+            store=MemoryStore(),
+            config=GroupConfig(group_initial_rebalance_delay_ms=0, group_max_size=2),
+        )
+        coordinator.finish_loading()
+        a = await join(coordinator)
+        b = await join(coordinator)
+        assert a.error_code == b.error_code == ErrorCode.MEMBER_ID_REQUIRED
+        assert (await join(coordinator)).error_code == ErrorCode.GROUP_MAX_SIZE_REACHED
+        a_task = join(
+            coordinator, a.member_id
+        )  # claiming a reserved id is always allowed
+        await settle()
+        b_task = join(coordinator, b.member_id)
+        assert (await a_task).error_code == ErrorCode.NONE and (
+            await b_task
+        ).error_code == ErrorCode.NONE
+
+    run(body)
