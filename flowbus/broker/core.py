@@ -273,6 +273,8 @@ class BrokerCore:
         self._flush_due_future: asyncio.Future[int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        #: Set by the transaction coordinator (issue 4) once it can end what it lets begin.
+        self.transactions_enabled = False
         self.node = BrokerNode(
             config.node_id, config.advertised_host, config.advertised_port
         )
@@ -716,6 +718,19 @@ class BrokerCore:
             return ProduceResult(
                 ErrorCode.INVALID_RECORD, error_message="no record batch"
             )
+        for header in headers:
+            if header.is_control:
+                return ProduceResult(
+                    ErrorCode.INVALID_RECORD,
+                    error_message="clients cannot write control batches",
+                )
+            if header.is_transactional and not self.transactions_enabled:
+                # Without a transaction coordinator nothing would ever end the transaction, and
+                # read_committed consumers would wait at its first offset forever.
+                return ProduceResult(
+                    ErrorCode.INVALID_TXN_STATE,
+                    error_message="transactions are not available",
+                )
         idempotent = headers[0].producer_id >= 0
         state = self._producer_state(topic, partition, plog) if idempotent else None
         if state is not None:

@@ -325,3 +325,29 @@ def test_producer_state_snapshot_is_used_after_a_clean_restart(tmp_path: Path) -
         ).base_offset == 2
 
     with_core(tmp_path, third)
+
+
+def test_control_and_transactional_batches_from_clients_are_refused(
+    tmp_path: Path,
+) -> None:
+    async def body(core: BrokerCore) -> None:
+        await core.create_topics([NewTopic("tx", 1)])
+        pid = (await core.init_producer_id(None, 60_000)).producer_id
+        builder = BatchBuilder(
+            producer_id=pid, producer_epoch=0, base_sequence=0, is_transactional=True
+        )
+        builder.append(None, b"v", timestamp_ms=BASE_TS)
+        assert (
+            await core.produce("tx", 0, builder.build())
+        ).error_code == ErrorCode.INVALID_TXN_STATE
+        control = BatchBuilder(
+            producer_id=pid, producer_epoch=0, is_transactional=True, is_control=True
+        )
+        control.append(
+            b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x00\x00", timestamp_ms=BASE_TS
+        )
+        assert (
+            await core.produce("tx", 0, control.build())
+        ).error_code == ErrorCode.INVALID_RECORD
+
+    with_core(tmp_path, body)
