@@ -122,16 +122,20 @@ written = 0
 announced = False
 while True:
     written += plog.append(batch).size_bytes
-    if not announced and written >= {target}:
+    if not announced and written >= {target} and plog.recovery_point >= {min_flushed}:
         print("written", written, plog.recovery_point, plog.log_end_offset, flush=True)
         announced = True
 """
 
 
-def bench_reopen(data_dir: Path, target_bytes: int) -> dict[str, float]:
-    directory = data_dir / "reopen"
+def bench_reopen(data_dir: Path, target_bytes: int, *, after_a_flush: bool) -> dict[str, float]:
+    """Kill a child once it wrote ``target_bytes`` (and, with ``after_a_flush``, once a flush
+    completed, so a checkpoint exists and only the data since then is re-validated)."""
+    directory = data_dir / f"reopen-{int(after_a_flush)}"
     directory.mkdir()
-    script = CHILD.format(repo=str(REPO), data_dir=str(directory), target=target_bytes)
+    script = CHILD.format(
+        repo=str(REPO), data_dir=str(directory), target=target_bytes, min_flushed=1 if after_a_flush else 0
+    )
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
     assert child.stdout is not None
     line = child.stdout.readline().decode().split()
@@ -192,13 +196,15 @@ def main() -> None:
                 f"{count:>13} {r['append_mb_s']:>12.1f} {r['append_rec_s']:>13,.0f} {r['read_mb_s']:>10.1f} "
                 f"{r['read_rec_s']:>12,.0f} {r['bytes'] / 1e6:>11.0f}"
             )
-        r = bench_reopen(base, args.reopen_bytes)
-        print(
-            f"reopen after SIGKILL: {r['reopen_s']:.3f} s for a {r['log_bytes'] / 2**30:.2f} GiB log "
-            f"({r['revalidated_bytes'] / 1e6:.0f} MB re-validated after the checkpoint, {r['bytes_cut']} bytes cut), "
-            f"first read {r['first_read_bytes']} bytes; the child had flushed up to offset "
-            f"{r['child_recovery_point']:,} of {r['child_log_end']:,}"
-        )
+        for after_a_flush in (False, True):
+            r = bench_reopen(base, args.reopen_bytes, after_a_flush=after_a_flush)
+            print(
+                f"reopen after SIGKILL{' (after a flush)' if after_a_flush else ''}: "
+                f"{r['reopen_s']:.3f} s for a {r['log_bytes'] / 2**30:.2f} GiB log "
+                f"({r['revalidated_bytes'] / 1e6:.0f} MB re-validated, {r['bytes_cut']} bytes cut), "
+                f"first read {r['first_read_bytes']} bytes; the child had flushed up to offset "
+                f"{r['child_recovery_point']:,} of {r['child_log_end']:,}"
+            )
         if not args.skip_dd:
             print(f"dd bs=1M count=1024 conv=fdatasync: {bench_dd(REPO)}")
     finally:
