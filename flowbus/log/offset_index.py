@@ -163,6 +163,9 @@ class OffsetIndex:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         return self._fd
 
+    def mark_dirty(self) -> None:
+        self._dirty = True
+
     def seal(self) -> None:
         """Release the descriptor of a synced index of an inactive segment.
 

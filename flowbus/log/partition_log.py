@@ -225,8 +225,9 @@ class PartitionLog:
         with self._lock:
             self._require_open()
             now_ms = self.clock.now_ms()
+            stamp = config.uses_log_append_time
             append_time_ms = -1
-            if config.uses_log_append_time:
+            if stamp:
                 append_time_ms = now_ms if log_append_time_ms is None else log_append_time_ms
             offset = self.log_end_offset
             headers: list[tuple[int, BatchHeader]] = []
@@ -234,7 +235,7 @@ class PartitionLog:
             for position, _ in parsed:  # per batch, never per record
                 set_base_offset(buffer, position, offset)
                 set_leader_epoch(buffer, position, leader_epoch)
-                if append_time_ms >= 0:
+                if stamp:
                     set_log_append_time(buffer, position, append_time_ms)
                 header = read_header(buffer, position)
                 headers.append((position, header))
@@ -400,9 +401,13 @@ class PartitionLog:
                 target = (active.next_offset, active.base_offset, active.size_bytes)
                 messages = self._unflushed_messages
                 fds: list[int] = []
+                synced: list[LogSegment] = []
                 active_segment = self._segments.active
                 for segment in self._segments.from_offset(self._recovery[1]):
-                    fds.extend(segment.take_sync_fds())
+                    taken = segment.take_sync_fds()
+                    if taken:
+                        fds.extend(taken)
+                        synced.append(segment)
                     if segment is not active_segment:
                         segment.seal_indexes()  # the duplicates taken above stay valid
                 sync_directory = self._directory_dirty
@@ -411,6 +416,10 @@ class PartitionLog:
                 for fd in fds:
                     os.fsync(fd)
             except OSError as exc:
+                with self._lock:
+                    for segment in synced:  # so a later flush tries again
+                        segment.mark_dirty()
+                    self._directory_dirty = self._directory_dirty or sync_directory
                 raise StorageError(f"fsync in {self.directory} failed: {exc}") from exc
             finally:
                 for fd in fds:

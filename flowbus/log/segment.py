@@ -456,6 +456,12 @@ class LogSegment:
                 fds.append(fd)
         return fds
 
+    def mark_dirty(self) -> None:
+        """Make the next :meth:`take_sync_fds` return every file again (after a failed fsync)."""
+        self._records_dirty = True
+        self.offset_index.mark_dirty()
+        self.time_index.mark_dirty()
+
     def seal_indexes(self) -> None:
         """Release the index descriptors once the segment is inactive and its indexes synced."""
         self.offset_index.seal()

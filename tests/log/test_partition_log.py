@@ -176,3 +176,26 @@ def test_inactive_segments_hold_one_descriptor(open_log) -> None:
     opened = len(os.listdir("/proc/self/fd")) - before
     assert opened <= len(segments) + 2 + 2  # one per segment, plus the active segment's two indexes
     assert batch_offsets(plog.read(3, 1 << 20))[0] == (3, 3)  # lookups need no index file
+
+
+def test_failed_fsync_raises_storage_error_and_is_retried(open_log, monkeypatch) -> None:
+    import os as os_module
+
+    from flowbus.log.errors import StorageError
+
+    plog = open_log()
+    plog.append(make_batch(1))
+    real_fsync = os_module.fsync
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os_module, "fsync", failing)
+    with pytest.raises(StorageError):
+        plog.flush()
+    assert plog.recovery_point == 0
+    monkeypatch.setattr(os_module, "fsync", real_fsync)
+    synced: list[int] = []
+    monkeypatch.setattr(os_module, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    plog.flush()
+    assert plog.recovery_point == 1 and synced
