@@ -96,7 +96,6 @@ class Worker:
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="flowbus-scheduler"))
         if any(t.on_leader for t in app.timers) or any(c.on_leader for c in app.crontabs):
             self.leader_topic = f"{app.id}-__leader"
-        compile_dataflows(app.dataflows, self)
         specs = [t.spec(app.topic_partitions) for t in app.topics.values()]
         if self.leader_topic:
             specs.append(TopicSpec(self.leader_topic, 1))
@@ -108,6 +107,7 @@ class Worker:
         else:
             self.producer = self.transport.producer()
         app._attach_producer(self.producer)
+        compile_dataflows(app.dataflows, self)
         self._build_runners()
         for agent in app.agents:
             self._start_agent(agent)
@@ -144,15 +144,13 @@ class Worker:
 
     # -- dataflow runtime (flowbus.operators.steps.Runtime) ----------------------------------
     def sender(self, topic: Topic) -> Emit:
-        producer_ref = self
-        name = topic.name
+        assert self.producer is not None, "dataflows are compiled after the producer starts"
+        send_raw = self.producer.sender_for(topic.name)
         encode_value = topic.value_codec.encode
         encode_key = topic.key_codec.encode
 
         def send(key: Any, value: Any) -> None:
-            producer_ref.producer.send_soon(  # type: ignore[union-attr]
-                name, encode_value(value), None if key is None else encode_key(key)
-            )
+            send_raw(None if key is None else encode_key(key), encode_value(value))
 
         return send
 

@@ -130,6 +130,17 @@ class Producer(abc.ABC):
         delivery makes the next :meth:`flush` raise :class:`~flowbus.transports.errors.ProduceError`."""
         self.send(topic, value, key, partition=partition, headers=headers, timestamp_ms=timestamp_ms)
 
+    def sender_for(self, topic: str) -> Callable[[bytes | None, bytes | None], None]:
+        """A function ``(key, value)`` sending to ``topic`` like :meth:`send_soon` with default
+        partitioning, headers and timestamp. Made once per output of a compiled dataflow, so a
+        transport can resolve per-topic work up front; the default just calls :meth:`send_soon`."""
+        send_soon = self.send_soon
+
+        def send(key: bytes | None, value: bytes | None) -> None:
+            send_soon(topic, value, key)
+
+        return send
+
     @abc.abstractmethod
     async def flush(self, timeout_ms: int | None = None) -> None:
         """Wait until every record sent so far is delivered (or failed)."""

@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import logging
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,6 +193,34 @@ class EmbeddedProducer(Producer):
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._ship_all)
+
+    def sender_for(self, topic: str) -> Callable[[bytes | None, bytes | None], None]:
+        """The hot path of a dataflow's ``to(topic)``: no headers, no explicit partition or timestamp."""
+        count = self._t.partition_count(topic)
+        builders, sticky, now_ms = self._builders, self._sticky, self._now_ms
+        limit = BATCH_BYTES_MAX - RECORD_OVERHEAD_BYTES_MAX
+        loop = self._loop
+
+        def send(key: bytes | None, value: bytes | None) -> None:
+            if key is None:
+                partition = sticky.get(topic)
+                if partition is None:
+                    partition = sticky[topic] = next(self._round_robin) % count
+            else:
+                partition = partition_for_key(key, count)
+            tp = (topic, partition)
+            builder = builders.get(tp)
+            if builder is None:
+                builder = builders[tp] = BatchBuilder()
+            elif builder.size_estimate_bytes + (len(value) if value else 0) + (len(key) if key else 0) > limit:
+                self._ship(tp)
+                builder = builders[tp] = BatchBuilder()
+            builder.append(key, value, timestamp_ms=now_ms())
+            if not self._scheduled:
+                self._scheduled = True
+                loop.call_soon(self._ship_all)
+
+        return send
 
     def send_soon(self, topic: str, value: bytes | None, key: bytes | None = None, *, partition: int | None = None,
                   headers: Headers = (), timestamp_ms: int | None = None) -> None:
