@@ -67,3 +67,21 @@ def test_none_is_passed_through() -> None:
 def test_unknown_serializer_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError):
         get_serializer("xml")
+
+
+def test_standard_library_path_matches_plain_json() -> None:
+    """The fallback used without orjson: the C scanner/encoder called directly."""
+    import json
+
+    from flowbus.serializers import _std_json_codec
+
+    loads, dumps = _std_json_codec()
+    for value in [{"a": 1, "b": [1.5, None, "é"], "c": {"d": True}}, [1, 2], "text", 3, None]:
+        assert loads(dumps(value)) == value
+        assert json.loads(dumps(value)) == value
+    assert dumps({"é": 1}) == '{"é":1}'.encode()
+    assert loads(b'  {"x": 1}\n') == {"x": 1}
+    with pytest.raises(ValueError):
+        loads(b'{"x": 1} trailing')
+    with pytest.raises(ValueError):
+        loads(b"")
