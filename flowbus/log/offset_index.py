@@ -107,6 +107,11 @@ class OffsetIndex:
             return self.base_offset, 0
         return self.base_offset + self._relative_offsets[i - 1], self._positions[i - 1]
 
+    def floor_position(self, position: int) -> int:
+        """The greatest indexed batch position <= ``position`` (0 when none): a batch boundary."""
+        i = bisect_right(self._positions, position)
+        return self._positions[i - 1] if i else 0
+
     def entries(self) -> list[tuple[int, int]]:
         """All entries as absolute ``(offset, position)``; for tests and tools."""
         return [(self.base_offset + r, p) for r, p in zip(self._relative_offsets, self._positions)]

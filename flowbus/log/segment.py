@@ -348,7 +348,16 @@ class LogSegment:
             return data
         data = os.pread(self._fd, limit, start)
         assert len(data) == limit
-        cut = _whole_batches_length(data, max_offset)
+        if limit == self.size_bytes - start and (max_offset is None or max_offset >= self.next_offset):
+            return data  # the rest of the segment: whole batches, all below max_offset
+        # Walk headers only near the cut: from the last batch the index knows to start before
+        # both the byte limit and max_offset. Small batches would otherwise cost a header
+        # read each across the whole fetch.
+        walk_from = self.offset_index.floor_position(start + limit)
+        if max_offset is not None:
+            walk_from = min(walk_from, self.offset_index.lookup(max_offset)[1])
+        walk_from = max(walk_from, start)
+        cut = (walk_from - start) + _whole_batches_length(memoryview(data)[walk_from - start :], max_offset)
         assert cut >= first.size_bytes
         return data if cut == len(data) else data[:cut]
 
@@ -510,7 +519,7 @@ class LogSegment:
         return f"LogSegment(base={self.base_offset}, next={self.next_offset}, size={self.size_bytes}, path={self.path.name})"
 
 
-def _whole_batches_length(data: bytes, max_offset: int | None) -> int:
+def _whole_batches_length(data: bytes | memoryview, max_offset: int | None) -> int:
     """Length of the prefix of ``data`` made of whole batches whose last offset is below ``max_offset``.
 
     Reads two fields per batch with precompiled structs rather than decoding whole headers:

@@ -17,7 +17,9 @@ from flowbus.records import iter_batches
 from tests.log.conftest import START_MS, make_batch
 
 _append = st.tuples(st.just("append"), st.lists(st.tuples(st.integers(1, 20), st.integers(0, 300)), min_size=1, max_size=3))
-_read = st.tuples(st.just("read"), st.tuples(st.floats(0, 1), st.integers(0, 3000), st.booleans()))
+_read = st.tuples(
+    st.just("read"), st.tuples(st.floats(0, 1), st.integers(0, 3000), st.booleans(), st.none() | st.floats(0, 1.2))
+)
 _other = st.tuples(st.sampled_from(["roll", "flush", "reopen_clean", "reopen_crash"]), st.just(None))
 _ops = st.lists(st.one_of(_append, _append, _read, _read, _other), min_size=1, max_size=40)
 
@@ -53,15 +55,22 @@ def test_log_matches_model(ops: list[tuple[str, object]], segment_bytes: int, in
                         offset += count
                     clock.advance(7)
                 elif op == "read":
-                    fraction, max_bytes, min_one = arg  # type: ignore[misc]
+                    fraction, max_bytes, min_one, max_fraction = arg  # type: ignore[misc]
                     end = plog.log_end_offset
                     target = int(fraction * end)
-                    data = plog.read(target, max_bytes, min_one_batch=min_one)
-                    expected = [m for m in model if m[1] >= target]
+                    max_offset = None if max_fraction is None else int(max_fraction * end)
+                    data = plog.read(target, max_bytes, min_one_batch=min_one, max_offset=max_offset)
+                    expected = [m for m in model if m[1] >= target and (max_offset is None or m[1] < max_offset)]
                     got = [(h.base_offset, h.last_offset, data[p + 16 : p + h.size_bytes]) for p, h in iter_batches(data)]
                     assert got == expected[: len(got)]
-                    if expected and min_one:
+                    if expected and min_one and (max_offset is None or expected[0][0] == [m for m in model if m[1] >= target][0][0]):
                         assert got, "at least one batch"
+                    if got and len(got) < len(expected):
+                        # Stopped early only for the byte limit (the next batch would not fit)
+                        # or at the end of a segment (reads stay in one segment, as Kafka's do).
+                        next_base = expected[len(got)][0]
+                        at_segment_end = next_base in {seg.base_offset for seg in plog.segments()}
+                        assert at_segment_end or len(data) + len(expected[len(got)][2]) + 16 > max_bytes
                     assert len(data) <= max_bytes or len(got) == 1
                 elif op == "roll":
                     plog.roll()
