@@ -282,3 +282,38 @@ def test_kafka_python_produces_and_fetches_through_the_codec(server: FixedMetada
     finally:
         consumer.close()
     assert values == [b"kp-0", b"kp-1", b"kp-2"]
+
+
+def test_aiokafka_produces_and_fetches_through_the_codec(server: FixedMetadataServer) -> None:
+    """aiokafka infers a broker release from our maxima and uses its own (older, classic) versions."""
+    aiokafka = pytest.importorskip("aiokafka")
+    import asyncio
+
+    bootstrap = f"127.0.0.1:{server.port}"
+
+    async def run() -> tuple[list[int], list[bytes]]:
+        producer = aiokafka.AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            offsets = [(await producer.send_and_wait(TOPIC, f"aio-{n}".encode(), partition=2)).offset
+                       for n in range(3)]
+        finally:
+            await producer.stop()
+        consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                             fetch_max_wait_ms=50)
+        await consumer.start()
+        partition = aiokafka.TopicPartition(TOPIC, 2)
+        consumer.assign([partition])
+        consumer.seek(partition, 0)
+        values: list[bytes] = []
+        try:
+            while len(values) < 3:
+                message = await asyncio.wait_for(consumer.getone(), timeout=10)
+                values.append(message.value)
+        finally:
+            await consumer.stop()
+        return offsets, values
+
+    offsets, values = asyncio.run(run())
+    assert offsets == [0, 1, 2]
+    assert values == [b"aio-0", b"aio-1", b"aio-2"]
