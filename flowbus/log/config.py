@@ -138,7 +138,7 @@ _DEFS: tuple[_Def, ...] = (
     _Def("min.compaction.lag.ms", "min_compaction_lag_ms", _parse_long(0), str),
     _Def("min.insync.replicas", "min_insync_replicas", _parse_long(1, INT_MAX), str),
     _Def("preallocate", "preallocate", _parse_bool, _render_bool),
-    _Def("retention.bytes", "retention_bytes", _parse_long(-1), str),
+    _Def("retention.bytes", "retention_bytes", _parse_long(-(1 << 63)), str),  # Kafka: any negative = no limit
     _Def("retention.ms", "retention_ms", _parse_long(-1), str),
     # Kafka 3.x accepts anything from the smallest legacy record overhead (14 bytes) up;
     # tests rely on tiny segments, so we keep that floor.
