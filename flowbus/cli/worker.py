@@ -1,7 +1,7 @@
 """``flowbus worker -A module:app``: run an app's agents, dataflows and timers in the foreground.
 
 SIGTERM and SIGINT stop it cleanly: agents finish the event in hand, offsets are committed, the
-worker leaves its group. On a terminal it shows a live status line (events/s in, lag).
+worker leaves its group. On a terminal it shows a live status line (events/s in and out, lag).
 """
 
 from __future__ import annotations
@@ -48,12 +48,16 @@ def load_app(spec: str) -> App:
 
 
 async def _status_line(worker: Worker) -> None:
-    """Redraw ``in N ev/s | lag M`` in place while the worker runs."""
+    """Redraw ``in N ev/s | out M ev/s | P partitions | lag L`` in place while the worker runs."""
     last_in = worker.events_in
+    last_out = 0
     while True:
         await asyncio.sleep(STATUS_INTERVAL_S)
-        rate = (worker.events_in - last_in) / STATUS_INTERVAL_S
+        rate_in = (worker.events_in - last_in) / STATUS_INTERVAL_S
         last_in = worker.events_in
+        sent = worker.producer.records_sent if worker.producer is not None else 0
+        rate_out = (sent - last_out) / STATUS_INTERVAL_S
+        last_out = sent
         lag = "?"
         consumer = worker.consumer
         if consumer is not None and worker.assigned:
@@ -63,7 +67,8 @@ async def _status_line(worker: Worker) -> None:
             except Exception:  # noqa: BLE001 - a status line never stops the worker
                 lag = "?"
         sys.stderr.write(
-            f"\r{worker.app.id}: in {rate:,.0f} ev/s | {len(worker.assigned)} partitions | lag {lag}   "
+            f"\r{worker.app.id}: in {rate_in:,.0f} ev/s | out {rate_out:,.0f} ev/s | "
+            f"{len(worker.assigned)} partitions | lag {lag}   "
         )
         sys.stderr.flush()
 

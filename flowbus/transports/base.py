@@ -97,6 +97,9 @@ OnRevoked = Callable[[list[TopicPartition]], Awaitable[None]]
 class Producer(abc.ABC):
     """Sends records; a transactional producer also commits consumer offsets atomically with them."""
 
+    records_sent: int = 0
+    """Records handed to this producer so far (for status lines; counted per batch where possible)."""
+
     @abc.abstractmethod
     def send(
         self,

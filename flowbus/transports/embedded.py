@@ -241,6 +241,7 @@ class EmbeddedProducer(Producer):
         if self._sticky.get(tp[0]) == tp[1]:
             del self._sticky[tp[0]]
         builder = self._builders.pop(tp)
+        self.records_sent += len(builder)
         futures = self._futures.pop(tp, [])
         task = self._loop.create_task(self._produce(tp, builder.build(), futures))
         self._inflight.add(task)

@@ -118,6 +118,7 @@ class KafkaProducer(Producer):
             kwargs["headers"] = list(headers)
         if timestamp_ms is not None:
             kwargs["timestamp"] = timestamp_ms
+        self.records_sent += 1
         while True:
             try:
                 self._producer.produce(topic, value, key, **kwargs)

@@ -218,6 +218,7 @@ class MemoryProducer(Producer):
         self._check()
         if self._transactional_id is not None and not self._in_transaction:
             raise TransactionError("a transactional producer sends only inside a transaction")
+        self.records_sent += 1
         txn = self._transactional_id if self._in_transaction else None
         meta = self._broker.append(topic, partition, key, value, headers, timestamp_ms, txn)
         if txn is not None:

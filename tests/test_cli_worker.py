@@ -1,0 +1,79 @@
+"""``flowbus worker``: loading the app, exit status on a stop-policy failure, the status line."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import click
+import pytest
+
+from flowbus.cli import worker as cli_worker
+
+FAILING_APP = textwrap.dedent(
+    """
+    from flowbus import App
+
+    app = App("failing", error_policy="stop")
+    numbers = app.topic("numbers")
+
+    @app.agent(numbers)
+    async def explode(stream):
+        async for n in stream:
+            raise RuntimeError(f"cannot handle {n}")
+
+    @app.task
+    async def feed():
+        await numbers.send(7)
+    """
+)
+
+
+def test_load_app_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "some_module.py").write_text("from flowbus import App\napp = App('x')\nother = 3\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli_worker.load_app("some_module:app").id == "x"
+    assert cli_worker.load_app("some_module").id == "x"
+    with pytest.raises(click.BadParameter, match="does not name"):
+        cli_worker.load_app("some_module:other")
+    with pytest.raises(click.BadParameter, match="cannot import"):
+        cli_worker.load_app("no_such_module:app")
+
+
+def test_stop_policy_failure_exits_nonzero(tmp_path: Path) -> None:
+    (tmp_path / "failing_app.py").write_text(FAILING_APP)
+    result = subprocess.run(
+        [sys.executable, "-m", "flowbus", "worker", "-A", "failing_app:app", "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "failing_app" not in result.stdout
+    assert "numbers[0]@0" in result.stderr  # logged with topic, partition and offset
+    assert "flowbus worker stopped" in result.stderr
+
+
+def test_status_line_shows_rates_and_lag(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli_worker, "STATUS_INTERVAL_S", 0.01)
+
+    class Consumer:
+        async def end_offsets(self, tps: list[object]) -> dict[object, int]:
+            return {tp: 10 for tp in tps}
+
+    worker = SimpleNamespace(
+        app=SimpleNamespace(id="demo"), events_in=0, producer=SimpleNamespace(records_sent=0),
+        consumer=Consumer(), assigned={("t", 0)}, dispatched_next={("t", 0): 4},
+    )
+
+    async def main() -> None:
+        task = asyncio.create_task(cli_worker._status_line(worker))  # type: ignore[arg-type]
+        worker.events_in, worker.producer.records_sent = 5, 3
+        await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(main())
+    line = capsys.readouterr().err
+    assert "demo: in" in line and "out" in line and "lag 6" in line
