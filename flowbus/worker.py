@@ -209,6 +209,11 @@ class Worker:
                             await agent.emit(out)
                     else:
                         await result
+                    if not self.stopping.is_set():
+                        # Its partitions cannot progress any more (their events are never
+                        # processed, so never committed): say so loudly rather than stall silently.
+                        log.error("agent %s returned; events of %s stay unprocessed until restart",
+                                  agent.name, agent.topic.name)
                     return
                 except asyncio.CancelledError:
                     raise

@@ -407,3 +407,53 @@ def test_topic_send_outside_a_worker() -> None:
         await app.close()
 
     run(main())
+
+
+def test_exactly_once_across_a_rebalance_commits_each_output_once() -> None:
+    """A second worker joins mid-stream under exactly_once: the first commits its transaction
+    (outputs and offsets together) before its partitions move, so committed outputs have no
+    duplicates and no gaps."""
+    from flowbus.transports.memory import MemoryTransport
+
+    def build(txn: str) -> App:
+        app = App("eos", broker="memory://", topic_partitions=4, processing_guarantee="exactly_once",
+                  transactional_id=txn)
+        out = app.topic("out")
+
+        @app.agent(app.topic("in", key_type=str), sink=[out])
+        async def relay(stream: flowbus.Stream) -> Any:
+            async for n in stream:
+                await asyncio.sleep(0)
+                yield n
+
+        return app
+
+    async def turns(*workers: Any) -> None:
+        for _ in range(15):
+            for w in workers:
+                await w.step(0)
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        transport = MemoryTransport()
+        a, b = build("tx-a"), build("tx-b")
+        wa, wb = a.make_worker(transport), b.make_worker(transport)
+        await wa.start()
+        producer = transport.producer()
+        for i in range(100):
+            producer.send_soon("in", b"%d" % i, b"k%d" % i)
+        await turns(wa)
+        await wb.start()
+        for i in range(100, 200):
+            producer.send_soon("in", b"%d" % i, b"k%d" % i)
+        await turns(wa, wb)
+        await wa.commit()
+        await wb.commit()
+        assert wa.assigned and wb.assigned
+        committed = [int(r.value) for r in transport.broker.committed_records("out")]
+        assert sorted(committed) == list(range(200))
+        await wa.shutdown()
+        await wb.shutdown()
+
+    run(main())
