@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 import signal
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -14,6 +15,7 @@ from flowbus.agent import Agent, AgentFun, Sink
 from flowbus.app_errors import ConfigurationError
 from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.operators.dataflow import Dataflow
+from flowbus.operators.steps import GroupByStep
 from flowbus.serializers import Serializer
 from flowbus.stream import DEFAULT_MAX_BUFFERED_EVENTS
 from flowbus.timers import CronSpec, Scheduler, TimerSpec, parse_timezone
@@ -148,16 +150,30 @@ class App:
         concurrency: int = 1,
         sink: Sequence[Sink] | None = None,
         max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS,
+        group_by: Callable[[Any], Any] | None = None,
     ) -> Callable[[AgentFun], Agent]:
-        """Decorate ``async def agent(stream)``; values it ``yield``s go to every sink."""
+        """Decorate ``async def agent(stream)``; values it ``yield``s go to every sink.
+
+        With ``group_by=key_fn`` the agent reads ``topic`` re-keyed by ``key_fn(value)``: a
+        dataflow repartitions it through ``<app>-<agent name>-repartition``, so all values with
+        one key reach the same agent instance (on whichever worker owns that partition).
+        """
         source = self._as_topic(topic)
 
         def decorate(fn: AgentFun) -> Agent:
+            agent_name = name or f"{fn.__module__}.{fn.__qualname__}"
+            agent_source = source
+            if group_by is not None:
+                safe = re.sub(r"[^a-zA-Z0-9._-]+", "-", agent_name).strip("-.")
+                regrouped = self.stream(source).group_by(group_by, name=safe)
+                step = regrouped.step
+                assert isinstance(step, GroupByStep)
+                agent_source = step.topic
             agent = Agent(
                 self,
                 fn,
-                source,
-                name=name or f"{fn.__module__}.{fn.__qualname__}",
+                agent_source,
+                name=agent_name,
                 concurrency=concurrency,
                 sinks=list(sink or ()),
                 max_buffered_events=max_buffered_events,

@@ -457,3 +457,24 @@ def test_exactly_once_across_a_rebalance_commits_each_output_once() -> None:
         await wb.shutdown()
 
     run(main())
+
+
+def test_agent_group_by_brings_each_key_to_one_instance() -> None:
+    app = App("acct", broker="memory://", topic_partitions=4)
+    withdrawals = app.topic("withdrawals")
+    seen: dict[str, set[tuple[int, int]]] = {}
+
+    @app.agent(withdrawals, group_by=lambda w: w["account"], concurrency=2, name="per-account")
+    async def per_account(stream: flowbus.Stream) -> None:
+        async for event in stream.events():
+            seen.setdefault(event.key, set()).add((event.partition, event.value["amount"]))
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            await t.send_many(withdrawals, [{"account": f"a{i % 5}", "amount": i} for i in range(30)])
+            assert per_account.topic.name == "acct-per-account-repartition"
+
+    run(main())
+    assert sorted(seen) == [f"a{i}" for i in range(5)]
+    assert all(len({p for p, _ in pairs}) == 1 for pairs in seen.values()), "one key, one partition"
+    assert sorted(a for pairs in seen.values() for _, a in pairs) == list(range(30))
