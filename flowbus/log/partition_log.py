@@ -425,7 +425,12 @@ class PartitionLog:
                 for fd in fds:
                     os.close(fd)
             if sync_directory:
-                fsync_directory(self.directory)
+                try:
+                    fsync_directory(self.directory)
+                except FileNotFoundError:
+                    if not self._closed:
+                        raise
+                    return  # the topic was deleted while this flush ran
             with self._lock:
                 if target[0] >= self._recovery[0] and self._segments.get(target[1]) is not None:
                     self._recovery = target

@@ -140,3 +140,28 @@ def test_unclean_stop_is_detected(tmp_path: Path, clock) -> None:
     again = LogManager(tmp_path, clock=clock)
     assert again.get_log("t", 0).log_end_offset == 2
     again.close()
+
+
+def test_delete_topic_while_another_thread_flushes(tmp_path: Path, clock) -> None:
+    import threading
+
+    with LogManager(tmp_path, clock=clock) as manager:
+        errors: list[BaseException] = []
+        for round_number in range(20):
+            name = f"t{round_number}"
+            manager.create_topic(name, 1, {"segment.bytes": "200"})
+            plog = manager.get_log(name, 0)
+            for _ in range(5):
+                plog.append(make_batch(1, value_size=50))
+
+            def flush(target=plog) -> None:  # type: ignore[no-untyped-def]
+                try:
+                    target.flush()
+                except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                    errors.append(exc)
+
+            thread = threading.Thread(target=flush)
+            thread.start()
+            manager.delete_topic(name)
+            thread.join()
+        assert not errors
