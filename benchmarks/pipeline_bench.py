@@ -24,8 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flowbus import App  # noqa: E402
-from flowbus.transports.errors import TransactionError  # noqa: E402
+from flowbus import App
+from flowbus.transports.errors import TransactionError
 
 PRODUCE_CHUNK = 10_000
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from flowbus.app import App
     from flowbus.topic import Topic
 
-AgentFun = Callable[[Stream], Union[Awaitable[None], AsyncIterator[Any]]]
+AgentFun = Callable[[Stream], Awaitable[None] | AsyncIterator[Any]]
 Sink = Union["Topic", "Agent", Callable[[Any], Any]]
 
 

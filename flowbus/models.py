@@ -67,7 +67,7 @@ def _dataclass_check(cls: type) -> Check:
     return check
 
 
-def _check_for(hint: Any) -> Check:  # noqa: C901 - one branch per kind of hint
+def _check_for(hint: Any) -> Check:
     if hint is Any or hint is object:
         return lambda v, p: v
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):

@@ -166,7 +166,7 @@ class Codec:
     so the worker can hand the record to the error policy with its original bytes.
     """
 
-    __slots__ = ("serializer", "type_", "encode", "decode")
+    __slots__ = ("decode", "encode", "serializer", "type_")
 
     def __init__(self, serializer: str | Serializer, type_: Any = None) -> None:
         self.serializer = get_serializer(serializer)

@@ -29,7 +29,7 @@ DEFAULT_MAX_BUFFERED_EVENTS = 10_000
 class Event:
     """One decoded record with where it came from; what ``stream.events()`` yields."""
 
-    __slots__ = ("topic", "partition", "offset", "timestamp_ms", "headers", "key", "value", "record")
+    __slots__ = ("headers", "key", "offset", "partition", "record", "timestamp_ms", "topic", "value")
 
     def __init__(self, record: Record, key: Any, value: Any) -> None:
         self.topic = record.topic

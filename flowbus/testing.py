@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from flowbus.app_errors import AgentError, FrameworkError
 from flowbus.clock import ManualClock
@@ -58,7 +58,7 @@ class TestContext:
         self._driver: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
 
-    async def __aenter__(self) -> TestContext:
+    async def __aenter__(self) -> Self:
         app = self.app
         self._saved = (app.clock, app._scheduler, app._transport)
         app.clock, app._scheduler, app._transport = self.clock, Scheduler(self.clock), self.transport

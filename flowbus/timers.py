@@ -81,7 +81,7 @@ class Scheduler:
             delay_s = max(0.0, (deadline - self.clock.monotonic_ms()) / 1000)
             try:
                 await asyncio.wait_for(self._changed.wait(), delay_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def poke(self) -> None:
@@ -117,7 +117,7 @@ class CronSpec:
 
 def parse_timezone(tz: str | dt.tzinfo | None) -> dt.tzinfo:
     if tz is None:
-        return dt.timezone.utc
+        return dt.UTC
     if isinstance(tz, str):
         return zoneinfo.ZoneInfo(tz)
     return tz

@@ -34,8 +34,15 @@ from flowbus.operators import compile_dataflows
 from flowbus.operators.steps import Emit, fan_out
 from flowbus.stream import Channel, Stream
 from flowbus.timers import run_crontab, run_timer
+from flowbus.transports.base import (
+    Consumer,
+    Producer,
+    Record,
+    TopicPartition,
+    TopicSpec,
+    Transport,
+)
 from flowbus.transports.errors import CommitError
-from flowbus.transports.base import Consumer, Producer, Record, TopicPartition, TopicSpec, Transport
 
 if TYPE_CHECKING:
     from flowbus.agent import Agent
@@ -308,7 +315,7 @@ class Worker:
             if self.paused and self.assigned and all(tp in self.paused for tp in self.assigned):
                 try:
                     await asyncio.wait_for(self.drained.wait(), timeout_ms / 1000)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 return 0
         records = await self.consumer.poll_batch(self.max_poll_records, timeout_ms)

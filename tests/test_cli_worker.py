@@ -48,7 +48,7 @@ def test_stop_policy_failure_exits_nonzero(tmp_path: Path) -> None:
     (tmp_path / "failing_app.py").write_text(FAILING_APP)
     result = subprocess.run(
         [sys.executable, "-m", "flowbus", "worker", "-A", "failing_app:app", "--data-dir", str(tmp_path / "data")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 1, result.stderr
     assert "failing_app" not in result.stdout

@@ -47,7 +47,7 @@ def transport_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK) -> Transport:
         UnknownTransportError: the scheme is not one of memory, kafka or embedded, or the
             embedded broker core is not available in this installation.
     """
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, _ = url.partition("://")
     if not sep:
         raise UnknownTransportError(f"broker URL {url!r} has no scheme; use memory://, kafka:// or embedded://")
     if scheme == "memory":

@@ -55,7 +55,12 @@ from flowbus.transports.base import (
     TopicSpec,
     Transport,
 )
-from flowbus.transports.errors import CommitError, ProduceError, TransactionError, TransportError
+from flowbus.transports.errors import (
+    CommitError,
+    ProduceError,
+    TransactionError,
+    TransportError,
+)
 from flowbus.transports.partitioner import partition_for_key
 
 log = logging.getLogger("flowbus.transports.embedded")

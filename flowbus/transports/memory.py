@@ -147,7 +147,7 @@ class MemoryBroker:
         self._waiters.append(fut)
         try:
             await asyncio.wait_for(fut, timeout_ms / 1000)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def group(self, group_id: str) -> _Group:

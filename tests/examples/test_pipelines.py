@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Self
 
 import pytest
 
@@ -86,7 +86,7 @@ class WorkerProcess:
         ]
         self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> WorkerProcess:
+    def __enter__(self) -> Self:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -97,7 +97,7 @@ class WorkerProcess:
             time.sleep(0.05)  # waiting on a child process's log file: nothing to await
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from flowbus import App, ManualClock
 from flowbus.operators import Dataflow, compile_dataflows
 from flowbus.operators.steps import Emit
+
+from flowbus import App, ManualClock
 
 
 def run(coro):  # type: ignore[no-untyped-def]
