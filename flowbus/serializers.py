@@ -28,6 +28,7 @@ class Serializer(Protocol):
     def loads(self, data: bytes) -> Any: ...
 
 
+_orjson: Any
 try:  # optional: orjson parses and writes JSON 2-3x faster; the stdlib is the fallback
     import orjson as _orjson
 except ImportError:  # pragma: no cover - depends on the environment
@@ -46,7 +47,7 @@ def _std_json_codec() -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
     from json import encoder as json_encoder
     from json import scanner as json_scanner
 
-    scan_once = json_scanner.make_scanner(json.JSONDecoder())
+    scan_once = json_scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
     full_loads = json.loads
 
     def loads(data: bytes) -> Any:
@@ -64,12 +65,13 @@ def _std_json_codec() -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
         std = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_default).encode
         return loads, lambda obj: std(obj).encode()
     # markers=None skips the circular-reference check: a cycle ends in RecursionError instead.
-    c_encode = make(None, _default, json_encoder.c_encode_basestring, None, ":", ",", False, False, True)
+    encode_string = json_encoder.c_encode_basestring  # type: ignore[attr-defined]
+    c_encode = make(None, _default, encode_string, None, ":", ",", False, False, True)
     join = "".join
 
     def dumps(obj: Any) -> bytes:
         if isinstance(obj, str):
-            return json_encoder.c_encode_basestring(obj).encode()
+            return encode_string(obj).encode()
         return join(c_encode(obj, 0)).encode()
 
     return loads, dumps
@@ -198,7 +200,7 @@ class Codec:
         check: Callable[[Any], Any] | None = None
         if type_ is not None and type_ is not Any:
             if dataclasses.is_dataclass(type_):
-                check = record_decoder(type_)
+                check = record_decoder(type_)  # type: ignore[arg-type]
             elif isinstance(type_, type) and type_ is not bytes:
                 check = _isinstance_check(type_)
 

@@ -26,7 +26,7 @@ from flowbus.clock import ManualClock
 from flowbus.stream import Event
 from flowbus.timers import Scheduler
 from flowbus.topic import Topic, _headers
-from flowbus.transports.base import Record
+from flowbus.transports.base import Record, TopicPartition
 from flowbus.transports.memory import MemoryTransport
 from flowbus.worker import POLL_TIMEOUT_MS
 
@@ -212,6 +212,6 @@ class TestContext:
         """Decoded (key, value) pairs of ``topic``."""
         return [(e.key, e.value) for e in self.events(topic)]
 
-    def committed_offsets(self) -> dict[tuple[str, int], int]:
+    def committed_offsets(self) -> dict[TopicPartition, int]:
         """The app group's committed offsets."""
         return dict(self.broker.group(self.app.id).committed)

@@ -50,7 +50,12 @@ class Scheduler:
         if self.clock.monotonic_ms() >= monotonic_ms:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.call_at(monotonic_ms, lambda: fut.done() or fut.set_result(None))
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self.call_at(monotonic_ms, wake)
         await fut
 
     def fire_due(self) -> int:

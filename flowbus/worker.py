@@ -215,7 +215,7 @@ class Worker:
                         async for out in result:
                             await agent.emit(out)
                     else:
-                        await result
+                        await result  # type: ignore[misc]
                     if not self.stopping.is_set():
                         # Its partitions cannot progress any more (their events are never
                         # processed, so never committed): say so loudly rather than stall silently.

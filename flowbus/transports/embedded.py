@@ -339,6 +339,7 @@ class EmbeddedConsumer(Consumer):
 
     async def _join(self) -> None:
         groups = self._core.groups
+        assert self._group_id is not None, "subscribe() needs a group"
         if self._owned and self._on_revoked is not None:
             await self._on_revoked(list(self._owned))
         self._owned, self._positions = [], {}
@@ -403,6 +404,7 @@ class EmbeddedConsumer(Consumer):
         return {m: encode_assignment(parts) for m, parts in shares.items()}
 
     async def _start_positions(self, partitions: list[TopicPartition]) -> None:
+        assert self._group_id is not None
         _, fetched = self._core.groups.fetch_offsets(self._group_id, [(tp.topic, tp.partition) for tp in partitions])
         committed = {TopicPartition(f.topic, f.partition): f.offset for f in fetched}
         for tp in partitions:

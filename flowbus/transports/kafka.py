@@ -285,8 +285,8 @@ class KafkaConsumer(Consumer):
                 continue
             headers = m.headers()
             append(Record(
-                m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
-                tuple((k, v if v is not None else b"") for k, v in headers) if headers else (),
+                m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),  # type: ignore[arg-type]
+                tuple((k, v if v is not None else b"") for k, v in headers) if headers else (),  # type: ignore[misc,str-unpack]
             ))
         return out
 

@@ -269,11 +269,11 @@ class MemoryProducer(Producer):
 
     def _end(self, commit: bool) -> None:
         assert self._transactional_id is not None
-        for tp, offsets in self._touched.items():
+        for tp, appended in self._touched.items():
             part = self._broker.topics[tp.topic][tp.partition]
             part.open_first_offset.pop(self._transactional_id, None)
             if not commit:
-                part.aborted.update(offsets)
+                part.aborted.update(appended)
         if commit:
             for group_id, offsets in self._pending_offsets.items():
                 self._broker.group(group_id).committed.update(offsets)
