@@ -156,8 +156,25 @@ class _Connection(asyncio.Protocol):
     async def _run(self, request: Request) -> bytes | None:
         header = request.header
         handlers = self._server.handlers
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            log.debug(
+                "%s: %s v%d #%d %r",
+                self._peer,
+                _api_name(header.api_key),
+                header.api_version,
+                header.correlation_id,
+                request.body if header.api_key not in (0, 1) else "",
+            )
         try:
             body = await handlers.handle(header, request.body, self._info)
+            if debug:
+                log.debug(
+                    "%s: -> #%d %r",
+                    self._peer,
+                    header.correlation_id,
+                    body if header.api_key not in (0, 1) else "",
+                )
             if body is None:
                 return None
             return encode_response(header, body)
