@@ -169,6 +169,8 @@ class TestContext:
         raise NotSettledError("the app did not settle; is an agent waiting on real time or I/O?")
 
     def _quiescent(self, worker: Any, scheduler: Scheduler) -> bool:
+        if worker._deadline_tasks:
+            return False
         consumer = worker.consumer
         if consumer is not None and not consumer.caught_up():
             return False

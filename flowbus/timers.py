@@ -101,6 +101,17 @@ async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
+async def _guarded_call(fn: Callable[[], Any], guard: asyncio.Lock | None, kind: str) -> None:
+    try:
+        if guard is None:
+            await call_maybe_async(fn)
+        else:
+            async with guard:
+                await call_maybe_async(fn)
+    except Exception:
+        log.exception("%s %s failed", kind, getattr(fn, "__qualname__", fn))
+
+
 @dataclass
 class TimerSpec:
     """A function to run every ``interval_ms``; with ``on_leader`` only on the group's leader worker."""
@@ -128,17 +139,20 @@ def parse_timezone(tz: str | dt.tzinfo | None) -> dt.tzinfo:
     return tz
 
 
-async def run_timer(spec: TimerSpec, scheduler: Scheduler, is_leader: Callable[[], bool]) -> None:
-    """Call ``spec.fn`` every interval; a failing call is logged and the timer keeps running."""
+async def run_timer(
+    spec: TimerSpec, scheduler: Scheduler, is_leader: Callable[[], bool], guard: asyncio.Lock | None = None
+) -> None:
+    """Call ``spec.fn`` every interval; a failing call is logged and the timer keeps running.
+
+    ``guard`` is held during each call: the worker takes it to commit, so what a timer sends
+    never straddles a commit (under exactly-once it lands in one transaction).
+    """
     clock = scheduler.clock
     next_ms = clock.monotonic_ms() + spec.interval_ms
     while True:
         await scheduler.sleep_until(next_ms)
         if not spec.on_leader or is_leader():
-            try:
-                await call_maybe_async(spec.fn)
-            except Exception:
-                log.exception("timer %s failed", getattr(spec.fn, "__qualname__", spec.fn))
+            await _guarded_call(spec.fn, guard, "timer")
         next_ms += spec.interval_ms
         now = clock.monotonic_ms()
         if now - next_ms > TIMER_CATCH_UP_MAX * spec.interval_ms:
@@ -152,7 +166,9 @@ def next_cron_ms(expression: str, tz: dt.tzinfo, now_ms: int) -> int:
     return int(nxt.timestamp() * 1000)
 
 
-async def run_crontab(spec: CronSpec, scheduler: Scheduler, is_leader: Callable[[], bool]) -> None:
+async def run_crontab(
+    spec: CronSpec, scheduler: Scheduler, is_leader: Callable[[], bool], guard: asyncio.Lock | None = None
+) -> None:
     """Call ``spec.fn`` at each cron match; wall time picks the match, monotonic time waits for it."""
     clock = scheduler.clock
     while True:
@@ -160,7 +176,4 @@ async def run_crontab(spec: CronSpec, scheduler: Scheduler, is_leader: Callable[
         wait_ms = next_cron_ms(spec.expression, spec.timezone, now_ms) - now_ms
         await scheduler.sleep_until(clock.monotonic_ms() + wait_ms)
         if not spec.on_leader or is_leader():
-            try:
-                await call_maybe_async(spec.fn)
-            except Exception:
-                log.exception("crontab %s failed", getattr(spec.fn, "__qualname__", spec.fn))
+            await _guarded_call(spec.fn, guard, "crontab")

@@ -84,6 +84,8 @@ class Worker:
         self.assigned: set[TopicPartition] = set()
         self.before_commit_hooks: list[Callable[[], None]] = []
         self.stopping = asyncio.Event()
+        self.commit_guard = asyncio.Lock()
+        """Held by timer and cron runs and by commits, so a timer's sends never straddle a commit."""
         self.drained = asyncio.Event()
         self.failure: BaseException | None = None
         self.started = False
@@ -93,7 +95,7 @@ class Worker:
         self.leader_topic: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._agent_tasks: list[asyncio.Task[Any]] = []
-        self._senders: dict[str, Emit] = {}
+        self._deadline_tasks: set[asyncio.Task[None]] = set()
 
     # -- start ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -127,9 +129,9 @@ class Worker:
         if sources:
             self.consumer.subscribe(sources, on_assigned=self._on_assigned, on_revoked=self._on_revoked)
         for spec in app.timers:
-            self._tasks.append(asyncio.create_task(run_timer(spec, self.scheduler, self.is_leader)))
+            self._tasks.append(asyncio.create_task(run_timer(spec, self.scheduler, self.is_leader, self.commit_guard)))
         for cron in app.crontabs:
-            self._tasks.append(asyncio.create_task(run_crontab(cron, self.scheduler, self.is_leader)))
+            self._tasks.append(asyncio.create_task(run_crontab(cron, self.scheduler, self.is_leader, self.commit_guard)))
         for fn in app.startup_tasks:
             self._tasks.append(asyncio.create_task(self._run_task(fn)))
         self.next_commit_ms = self.clock.monotonic_ms() + self.commit_interval_ms
@@ -162,7 +164,18 @@ class Worker:
         return send
 
     def call_at_ms(self, delay_ms: int, callback: Callable[[], None]) -> None:
-        self.scheduler.call_at(self.clock.monotonic_ms() + delay_ms, callback)
+        """Run a dataflow step's deadline (take's ``within_s``) outside any commit in progress."""
+
+        async def guarded() -> None:
+            async with self.commit_guard:
+                callback()
+
+        def spawn() -> None:
+            task = asyncio.get_running_loop().create_task(guarded())
+            self._deadline_tasks.add(task)
+            task.add_done_callback(self._deadline_tasks.discard)
+
+        self.scheduler.call_at(self.clock.monotonic_ms() + delay_ms, spawn)
 
     def before_commit(self, callback: Callable[[], None]) -> None:
         self.before_commit_hooks.append(callback)
@@ -393,6 +406,11 @@ class Worker:
         """Flush outputs and commit processed offsets (in the transaction under exactly-once)."""
         assert self.producer is not None and self.consumer is not None
         self.next_commit_ms = self.clock.monotonic_ms() + self.commit_interval_ms
+        async with self.commit_guard:
+            await self._commit_locked(barrier=barrier)
+
+    async def _commit_locked(self, *, barrier: bool) -> None:
+        assert self.producer is not None and self.consumer is not None
         if barrier or self.exactly_once:
             await self._barrier()
         try:
