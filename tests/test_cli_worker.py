@@ -77,3 +77,16 @@ def test_status_line_shows_rates_and_lag(monkeypatch: pytest.MonkeyPatch, capsys
     asyncio.run(main())
     line = capsys.readouterr().err
     assert "demo: in" in line and "out" in line and "lag 6" in line
+
+
+def test_exactly_once_without_broker_transactions_fails_clearly(tmp_path: Path) -> None:
+    (tmp_path / "eos_app.py").write_text(
+        "from flowbus import App\napp = App('eos', processing_guarantee='exactly_once')\n"
+        "@app.agent(app.topic('in'))\nasync def a(stream):\n    async for _ in stream:\n        pass\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "flowbus", "worker", "-A", "eos_app:app", "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 1
+    assert "could not run 'eos'" in result.stderr and "transactions" in result.stderr

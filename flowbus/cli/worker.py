@@ -107,6 +107,7 @@ async def _run(app: App, listen: str | None, status: bool) -> None:
 def worker(app_spec: str, broker: str | None, data_dir: str | None, listen: str | None, log_level: str) -> None:
     """Run an app's worker until SIGTERM/SIGINT."""
     from flowbus.app_errors import AgentError
+    from flowbus.errors import FlowbusError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(app_spec)
@@ -121,4 +122,7 @@ def worker(app_spec: str, broker: str | None, data_dir: str | None, listen: str 
         asyncio.run(_run(app, listen, status))
     except AgentError as exc:
         click.echo(f"flowbus worker stopped: {exc}", err=True)
+        sys.exit(1)
+    except FlowbusError as exc:  # e.g. exactly_once on a broker without transactions
+        click.echo(f"flowbus worker could not run {app.id!r}: {exc}", err=True)
         sys.exit(1)
