@@ -178,3 +178,51 @@ def test_a_second_worker_takes_half_the_partitions_without_loss_or_duplicates(br
     values = [v for _, v in seen]
     assert sorted(set(values)) == list(range(600))
     assert len(values) == 600, "revocation commits before partitions move: nothing is processed twice"
+
+
+def test_a_kafka_worker_joins_the_group_of_a_listening_embedded_worker(tmp_path: Path) -> None:
+    """``embedded://`` with a listener: a second worker of the app connects over kafka:// to the
+    first one's broker and they share the partitions (the consumer protocol bytes interoperate
+    with librdkafka's, whichever member leads)."""
+    from flowbus.transports.embedded import EmbeddedTransport
+    from tests.support.broker_process import free_port
+
+    port = free_port()
+    app_id, topic_name = unique("mixed"), unique("in")
+    seen: list[tuple[str, int]] = []
+
+    def build(name: str, url: str) -> App:
+        app = App(app_id, broker=url, topic_partitions=4, commit_interval_ms=100)
+
+        @app.agent(app.topic(topic_name, key_type=str))
+        async def agent(stream: flowbus.Stream) -> None:
+            async for value in stream:
+                seen.append((name, value))
+
+        return app
+
+    async def main() -> None:
+        embedded_url = f"embedded://{tmp_path / 'data'}"
+        a = build("embedded", embedded_url)
+        a.use_transport(EmbeddedTransport(embedded_url, listen=f"127.0.0.1:{port}"))
+        task_a = asyncio.create_task(a.run())
+        await wait_until(lambda: a.worker is not None and len(a.worker.assigned) == 4, "the embedded worker")
+        b = build("kafka", f"kafka://127.0.0.1:{port}?session.timeout.ms=6000")
+        task_b = asyncio.create_task(b.run())
+        await wait_until(
+            lambda: b.worker is not None and bool(b.worker.assigned) and a.worker is not None and bool(a.worker.assigned),
+            "both workers to own partitions",
+        )
+        assert a.worker is not None and b.worker is not None
+        assert not (a.worker.assigned & b.worker.assigned)
+        for i in range(200):
+            await b.topic(topic_name).send(i, key=f"k{i}")
+        await wait_until(lambda: len(seen) >= 200, "200 events")
+        b.stop()
+        await task_b
+        a.stop()
+        await task_a
+
+    asyncio.run(main())
+    assert sorted(v for _, v in seen) == list(range(200))
+    assert {n for n, _ in seen} == {"embedded", "kafka"}
