@@ -22,7 +22,7 @@ import pytest
 
 from flowbus.transports.base import TopicPartition
 from flowbus.transports.kafka import KafkaTransport
-from tests.support.broker_process import BrokerProcess
+from tests.support.broker_process import BrokerProcess, free_port
 
 EVENTS = 600
 WAIT_S = 60.0
@@ -52,10 +52,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
         yield process
 
 
-def start_worker(workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_worker(workdir: Path, env: dict[str, str], extra_args: list[str]) -> subprocess.Popen[bytes]:
     log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - the child owns it
     return subprocess.Popen(
-        [sys.executable, "-m", "flowbus", "worker", "-A", "relay_app:app", "-l", "info"],
+        [sys.executable, "-m", "flowbus", "worker", "-A", "relay_app:app", "-l", "info", *extra_args],
         cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -80,12 +80,32 @@ async def committed(url: str, group: str, topic: str) -> int:
     return found[TopicPartition(topic, 0)] or 0
 
 
-def run_with_a_kill(broker: BrokerProcess, tmp_path: Path, guarantee: str) -> list[int]:
-    """Produce EVENTS, run a worker, SIGKILL it mid-way, run a second one to the end; the outputs."""
-    url = f"kafka://{broker.bootstrap}?session.timeout.ms=6000&heartbeat.interval.ms=500"
+def run_with_a_kill(where: str, request: pytest.FixtureRequest, tmp_path: Path, guarantee: str) -> list[int]:
+    """Produce EVENTS, run a worker, SIGKILL it mid-way, run a second one to the end; the outputs.
+
+    ``where`` is ``kafka`` (workers on a separate broker process) or ``embedded`` (the broker
+    lives in the worker, listening so the test can watch: the kill takes the broker down too, and
+    the second worker recovers it from the data directory).
+    """
     suffix = f"{guarantee}-{time.monotonic_ns()}"
-    env = {"APP_ID": f"relay-{suffix}", "BROKER": url, "GUARANTEE": guarantee, "IN": f"in-{suffix}", "OUT": f"out-{suffix}"}
+    extra_args: list[str] = []
+    if where == "kafka":
+        broker: BrokerProcess = request.getfixturevalue("broker")
+        url = f"kafka://{broker.bootstrap}?session.timeout.ms=6000&heartbeat.interval.ms=500"
+        app_broker = url
+    else:
+        port = free_port()
+        url = f"kafka://127.0.0.1:{port}"
+        app_broker = f"embedded://{tmp_path / 'data'}"
+        extra_args = ["--listen", f"127.0.0.1:{port}"]
+    env = {"APP_ID": f"relay-{suffix}", "BROKER": app_broker, "GUARANTEE": guarantee,
+           "IN": f"in-{suffix}", "OUT": f"out-{suffix}"}
     (tmp_path / "relay_app.py").write_text(APP_MODULE)
+    log_path = tmp_path / "worker.log"
+    if where == "embedded":
+        # The input is written through the first worker's listener once it is up.
+        first = start_worker(tmp_path, env, extra_args)
+        wait_for_log(log_path, "listening on", 0, first)
 
     async def produce() -> None:
         producer = KafkaTransport(url).producer()
@@ -94,8 +114,8 @@ def run_with_a_kill(broker: BrokerProcess, tmp_path: Path, guarantee: str) -> li
         await producer.close()
 
     asyncio.run(produce())
-    log_path = tmp_path / "worker.log"
-    first = start_worker(tmp_path, env)
+    if where == "kafka":
+        first = start_worker(tmp_path, env, extra_args)
     try:
         deadline = time.monotonic() + WAIT_S
         while asyncio.run(committed(url, env["APP_ID"], env["IN"])) < EVENTS // 4:
@@ -108,7 +128,7 @@ def run_with_a_kill(broker: BrokerProcess, tmp_path: Path, guarantee: str) -> li
         if first.poll() is None:
             first.kill()
     killed_at = len(log_path.read_text())
-    second = start_worker(tmp_path, env)
+    second = start_worker(tmp_path, env, extra_args)
     try:
         deadline = time.monotonic() + WAIT_S
         while "assigned" not in log_path.read_text()[killed_at:] or (
@@ -117,22 +137,35 @@ def run_with_a_kill(broker: BrokerProcess, tmp_path: Path, guarantee: str) -> li
             assert second.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "the second worker did not finish"
             time.sleep(0.1)
+        # Outputs are flushed before offsets are committed: all there now. Read them while the
+        # (embedded) broker is still up.
+        outputs = asyncio.run(read_values(url, env["OUT"]))
         second.send_signal(signal.SIGTERM)
         assert second.wait(WAIT_S) == 0, log_path.read_text()
     finally:
         if second.poll() is None:
             second.kill()
-    return asyncio.run(read_values(url, env["OUT"]))
+    return outputs
 
 
-def test_at_least_once_loses_nothing_across_a_sigkill(broker: BrokerProcess, tmp_path: Path) -> None:
-    outputs = run_with_a_kill(broker, tmp_path, "at_least_once")
+def wait_for_log(log_path: Path, text: str, start: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not log_path.exists() or text not in log_path.read_text()[start:]:
+        assert process.poll() is None, log_path.read_text() if log_path.exists() else "no log"
+        assert time.monotonic() < deadline, f"no {text!r} in the worker's log"
+        time.sleep(0.05)  # waiting on a child process's log file
+
+
+@pytest.mark.parametrize("where", ["kafka", "embedded"])
+def test_at_least_once_loses_nothing_across_a_sigkill(where: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    outputs = run_with_a_kill(where, request, tmp_path, "at_least_once")
     assert set(outputs) == set(range(EVENTS)), "every event has an output"
     print(f"at_least_once: {len(outputs) - EVENTS} events repeated after the kill")
 
 
-def test_at_most_once_repeats_nothing_across_a_sigkill(broker: BrokerProcess, tmp_path: Path) -> None:
-    outputs = run_with_a_kill(broker, tmp_path, "at_most_once")
+@pytest.mark.parametrize("where", ["kafka", "embedded"])
+def test_at_most_once_repeats_nothing_across_a_sigkill(where: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    outputs = run_with_a_kill(where, request, tmp_path, "at_most_once")
     assert len(outputs) == len(set(outputs)), "no event is processed twice"
     assert set(outputs) <= set(range(EVENTS))
     print(f"at_most_once: {EVENTS - len(outputs)} events lost to the kill")
