@@ -478,3 +478,47 @@ def test_agent_group_by_brings_each_key_to_one_instance() -> None:
     assert sorted(seen) == [f"a{i}" for i in range(5)]
     assert all(len({p for p, _ in pairs}) == 1 for pairs in seen.values()), "one key, one partition"
     assert sorted(a for pairs in seen.values() for _, a in pairs) == list(range(30))
+
+
+def test_on_leader_timer_runs_on_one_worker_of_the_group() -> None:
+    from flowbus.transports.memory import MemoryTransport
+
+    clock = ManualClock()
+    ticks: dict[str, int] = {"a": 0, "b": 0}
+
+    def build(name: str) -> App:
+        app = App("leader", broker="memory://", clock=clock)
+
+        @app.timer(1.0, on_leader=True)
+        def tick() -> None:
+            ticks[name] += 1
+
+        @app.timer(1.0)
+        def everywhere() -> None:
+            ticks[name + "-all"] = ticks.get(name + "-all", 0) + 1
+
+        return app
+
+    async def main() -> None:
+        transport = MemoryTransport(clock=clock)
+        a, b = build("a"), build("b")
+        wa, wb = a.make_worker(transport), b.make_worker(transport)
+        await wa.start()
+        await wb.start()
+        for _ in range(5):
+            await wa.step(0)
+            await wb.step(0)
+            await asyncio.sleep(0)  # memory polls never suspend: let the timer tasks start
+        assert wa.is_leader() != wb.is_leader()
+        for _ in range(3):
+            clock.advance(1_000)
+            a.scheduler.fire_due()
+            b.scheduler.fire_due()
+            for _ in range(10):
+                await asyncio.sleep(0)
+        await wa.shutdown()
+        await wb.shutdown()
+
+    run(main())
+    assert sorted((ticks["a"], ticks["b"])) == [0, 3]
+    assert ticks["a-all"] == ticks["b-all"] == 3
