@@ -327,7 +327,10 @@ class BrokerCore:
         interval_s = self.config.tick_interval_ms / 1000
         while True:
             await asyncio.sleep(interval_s)
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - a failed tick must not stop all future ticks
+                log.exception("broker tick failed")
 
     def tick(self) -> None:
         """Periodic work: the log's roll/retention/compaction, due fsyncs, group timeouts.
