@@ -329,7 +329,7 @@ class BrokerCore:
             await asyncio.sleep(interval_s)
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - a failed tick must not stop all future ticks
+            except Exception:  # a failed tick must not stop all future ticks
                 log.exception("broker tick failed")
 
     def tick(self) -> None:
