@@ -29,3 +29,11 @@ class InternalTopicError(BrokerError):
 
 class ProducerIdExhaustedError(BrokerError):
     """The persisted producer id counter would pass INT64 max."""
+
+
+class CloseConnection(BrokerError):
+    """Raised by a handler to close its connection after the responses before it are written.
+
+    Kafka does this for a failed Produce with acks=0: the client reads no response, so closing
+    the connection is the only way to make it refresh metadata and notice the error.
+    """

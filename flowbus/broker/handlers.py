@@ -22,6 +22,7 @@ from flowbus.broker.core import (
     FetchRequestPartition,
     NewTopic,
 )
+from flowbus.broker.errors import CloseConnection
 from flowbus.broker.group_coordinator import OffsetToCommit
 from flowbus.protocol.api import ApiKey
 from flowbus.protocol.codec import RequestHeader, api_versions_body
@@ -203,6 +204,14 @@ class Handlers:
                 )
             responses.append({"name": name, "partition_responses": partitions})
         if acks == 0:
+            failed = [
+                f"{t['name']}-{p['index']}: {ErrorCode(p['error_code']).name}"
+                for t in responses
+                for p in t["partition_responses"]
+                if p["error_code"] != ErrorCode.NONE
+            ]
+            if failed:
+                raise CloseConnection(f"acks=0 produce failed ({', '.join(failed)})")
             return None
         return {"responses": responses, "throttle_time_ms": 0}
 

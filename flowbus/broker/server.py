@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowbus.broker.core import BrokerCore
+from flowbus.broker.errors import CloseConnection
 from flowbus.broker.handlers import ConnectionInfo, Handlers
 from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.protocol.api import ApiKey
@@ -59,15 +60,22 @@ class ServerLimits:
     max_connections: int = 4_096
 
 
+@dataclass(frozen=True, slots=True)
+class _CloseMarker:
+    """In the pipeline instead of a response: close the connection at this point."""
+
+    reason: str
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: frames in, ordered responses out."""
 
     def __init__(self, server: BrokerServer) -> None:
         self._server = server
         self._decoder = FrameDecoder(server.limits.max_frame_bytes)
-        self._pipeline: collections.deque[asyncio.Future[bytes | None]] = (
-            collections.deque()
-        )
+        self._pipeline: collections.deque[
+            asyncio.Future[bytes | _CloseMarker | None]
+        ] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._peer = "?"
         self._info = ConnectionInfo("")
@@ -134,7 +142,7 @@ class _Connection(asyncio.Protocol):
         except UnsupportedVersionError as exc:
             if exc.api_key == ApiKey.API_VERSIONS and exc.header is not None:
                 # Never disconnect here: the client retries with a version from our range.
-                ready: asyncio.Future[bytes | None] = (
+                ready: asyncio.Future[bytes | _CloseMarker | None] = (
                     asyncio.get_running_loop().create_future()
                 )
                 ready.set_result(api_versions_fallback_response(exc.header))  # type: ignore[arg-type]
@@ -148,12 +156,12 @@ class _Connection(asyncio.Protocol):
         task = asyncio.get_running_loop().create_task(self._run(request))
         self._enqueue(task)
 
-    def _enqueue(self, future: asyncio.Future[bytes | None]) -> None:
+    def _enqueue(self, future: asyncio.Future[bytes | _CloseMarker | None]) -> None:
         self._pipeline.append(future)
         future.add_done_callback(self._flush)
         self._update_reading()
 
-    async def _run(self, request: Request) -> bytes | None:
+    async def _run(self, request: Request) -> bytes | _CloseMarker | None:
         header = request.header
         handlers = self._server.handlers
         debug = log.isEnabledFor(logging.DEBUG)
@@ -178,6 +186,8 @@ class _Connection(asyncio.Protocol):
             if body is None:
                 return None
             return encode_response(header, body)
+        except CloseConnection as exc:
+            return _CloseMarker(str(exc))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -204,6 +214,11 @@ class _Connection(asyncio.Protocol):
             if future.cancelled() or self._closed or transport is None:
                 continue
             data = future.result()
+            if isinstance(data, _CloseMarker):
+                log.info("closing connection from %s: %s", self._peer, data.reason)
+                self._closed = True
+                transport.close()  # after the responses already written
+                return
             if data:
                 transport.write(data)
         self.last_active_ms = self._server.clock.monotonic_ms()

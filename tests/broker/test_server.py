@@ -322,3 +322,15 @@ def test_corrupt_batch_is_rejected(tmp_path: Path) -> None:
         )
 
     run_with_broker(tmp_path, body)
+
+
+def test_failed_acks_zero_produce_closes_the_connection(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        client = await h.connect()
+        before = client.send(ApiKey.API_VERSIONS, 0, {})
+        client.send(ApiKey.PRODUCE, 7, produce_body("no-such-topic", [b"x"], acks=0))
+        got, _ = decode_response(ApiKey.API_VERSIONS, 0, await client.read_frame())
+        assert got == before  # answered before the close
+        assert await client.closed()
+
+    run_with_broker(tmp_path, body)
