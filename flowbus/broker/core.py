@@ -851,7 +851,14 @@ class BrokerCore:
     def _last_stable_offset(
         self, topic: str, partition: int, high_watermark: int
     ) -> int:
+        """LSO: the first offset of the earliest open transaction, or the high watermark.
+
+        With transactions enabled the partition's producer state is loaded first (it is built
+        lazily), so that a transaction left open before a restart is never skipped.
+        """
         state = self._producer_states.get((topic, partition))
+        if state is None and self.transactions_enabled:
+            state = self._producer_state(topic, partition, self.logs.get_log(topic, partition))
         first_open = state.first_unstable_offset() if state is not None else None
         return high_watermark if first_open is None else min(first_open, high_watermark)
 
