@@ -1,0 +1,91 @@
+"""Admin APIs through confluent-kafka's AdminClient and kafka-python's KafkaAdminClient."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import confluent_kafka
+import confluent_kafka.admin as ck_admin
+import kafka.admin
+import pytest
+
+from tests.support.broker_process import BrokerProcess
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_confluent_admin(broker: BrokerProcess, unique: Callable[[str], str]) -> None:
+    admin = ck_admin.AdminClient({"bootstrap.servers": broker.bootstrap})
+    topic, group = unique("adm"), unique("admg")
+    fs = admin.create_topics(
+        [ck_admin.NewTopic(topic, 3, 1, config={"retention.ms": "3600000"})]
+    )
+    fs[topic].result(10)
+    dup = admin.create_topics([ck_admin.NewTopic(topic, 1, 1)])
+    with pytest.raises(confluent_kafka.KafkaException) as info:
+        dup[topic].result(10)
+    assert info.value.args[0].code() == confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS
+    dry = admin.create_topics(
+        [ck_admin.NewTopic(unique("dry"), 1, 1)], validate_only=True
+    )
+    for f in dry.values():
+        f.result(10)
+
+    resource = ck_admin.ConfigResource(ck_admin.ResourceType.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result(10)
+    assert configs["retention.ms"].value == "3600000"
+    assert configs["cleanup.policy"].value == "delete"
+    broker_resource = ck_admin.ConfigResource(ck_admin.ResourceType.BROKER, "0")
+    assert "broker.id" in admin.describe_configs([broker_resource])[
+        broker_resource
+    ].result(10)
+
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": group,
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    deadline = time.monotonic() + 20
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(0.1)
+    listed = admin.list_consumer_groups().result(10)
+    assert group in {g.group_id for g in listed.valid}
+    described = admin.describe_consumer_groups([group])[group].result(10)
+    assert described.state == confluent_kafka.ConsumerGroupState.STABLE
+    assert len(described.members) == 1
+    assert len(described.members[0].assignment.topic_partitions) == 3
+    consumer.close()
+
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap})
+    for _ in range(10):
+        producer.produce(topic, b"v", partition=1)
+    producer.flush(10)
+    tp = confluent_kafka.TopicPartition(topic, 1)
+    latest = admin.list_offsets({tp: ck_admin.OffsetSpec.latest()})[tp].result(10)
+    assert latest.offset == 10
+
+    admin.delete_topics([topic])[topic].result(10)
+    assert topic not in admin.list_topics(timeout=10).topics
+
+
+def test_kafka_python_admin(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
+    admin = kafka.admin.KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    topic = unique("kpadm")
+    admin.create_topics(
+        [kafka.admin.NewTopic(topic, num_partitions=2, replication_factor=1)]
+    )
+    assert topic in admin.list_topics()
+    [result] = admin.describe_configs(
+        [kafka.admin.ConfigResource(kafka.admin.ConfigResourceType.TOPIC, topic)]
+    )
+    assert result is not None
+    groups = admin.list_groups()
+    assert groups is not None
+    admin.delete_topics([topic])
+    admin.close()
