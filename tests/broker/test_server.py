@@ -334,3 +334,218 @@ def test_failed_acks_zero_produce_closes_the_connection(tmp_path: Path) -> None:
         assert await client.closed()
 
     run_with_broker(tmp_path, body)
+
+
+def test_garbage_frames_never_hurt_other_connections(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import random
+
+    rng = random.Random(1234)
+
+    async def body(h: Harness) -> None:
+        good = await h.connect()
+        for i in range(60):
+            bad = await h.connect()
+            api_key = rng.choice([0, 1, 2, 3, 8, 9, 10, 11, 12, 14, 18, 19, 32, 99])
+            version = rng.randrange(0, 14)
+            payload = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 80)))
+            frame = (
+                struct.pack(">hhi", api_key, version, i)
+                + struct.pack(">h", -1)
+                + payload
+            )
+            bad.writer.write(struct.pack(">i", len(frame)) + frame)
+            try:
+                await asyncio.wait_for(bad.reader.read(65536), 2)
+            except (asyncio.TimeoutError, ConnectionResetError):
+                pass
+            bad.writer.close()
+        assert (await good.call(ApiKey.API_VERSIONS, 0, {}))["error_code"] == 0
+        response = await good.call(ApiKey.METADATA, 1, {"topics": None})
+        assert response["brokers"]
+
+    with caplog.at_level(logging.WARNING, logger="flowbus"):
+        run_with_broker(tmp_path, body)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []  # bad input is the peer's fault: never an internal error
+
+
+def test_odd_but_well_formed_requests_get_error_codes_not_internal_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    requests: list[tuple[int, int, dict[str, Any]]] = [
+        (
+            ApiKey.FETCH,
+            11,
+            {**fetch_body("nope", -5), "max_bytes": -1, "min_bytes": -1},
+        ),
+        (ApiKey.FETCH, 11, fetch_body("", 0)),
+        (
+            ApiKey.LIST_OFFSETS,
+            5,
+            {
+                "replica_id": -1,
+                "isolation_level": 7,
+                "topics": [
+                    {
+                        "name": "x",
+                        "partitions": [{"partition_index": -1, "timestamp": -99}],
+                    }
+                ],
+            },
+        ),
+        (
+            ApiKey.METADATA,
+            9,
+            {
+                "topics": [{"name": "bad name!"}, {"name": ""}],
+                "allow_auto_topic_creation": True,
+            },
+        ),
+        (
+            ApiKey.JOIN_GROUP,
+            7,
+            {
+                "group_id": "",
+                "session_timeout_ms": 10000,
+                "rebalance_timeout_ms": -1,
+                "member_id": "",
+                "protocol_type": "consumer",
+                "protocols": [],
+            },
+        ),
+        (
+            ApiKey.JOIN_GROUP,
+            5,
+            {
+                "group_id": "g",
+                "session_timeout_ms": 10000,
+                "rebalance_timeout_ms": -1,
+                "member_id": "",
+                "protocol_type": "consumer",
+                "protocols": [],
+            },
+        ),
+        (
+            ApiKey.SYNC_GROUP,
+            5,
+            {
+                "group_id": "none",
+                "generation_id": 5,
+                "member_id": "m",
+                "assignments": [],
+            },
+        ),
+        (ApiKey.HEARTBEAT, 4, {"group_id": "", "generation_id": -1, "member_id": ""}),
+        (ApiKey.LEAVE_GROUP, 4, {"group_id": "none", "members": [{"member_id": "x"}]}),
+        (ApiKey.LEAVE_GROUP, 1, {"group_id": "none", "member_id": "x"}),
+        (
+            ApiKey.OFFSET_COMMIT,
+            8,
+            {
+                "group_id": "",
+                "generation_id_or_member_epoch": -1,
+                "member_id": "",
+                "topics": [
+                    {
+                        "name": "t",
+                        "partitions": [
+                            {
+                                "partition_index": 0,
+                                "committed_offset": -7,
+                                "committed_metadata": None,
+                            }
+                        ],
+                    }
+                ],
+            },
+        ),
+        (ApiKey.OFFSET_FETCH, 7, {"group_id": "none", "topics": None}),
+        (
+            ApiKey.OFFSET_FETCH,
+            1,
+            {
+                "group_id": "none",
+                "topics": [{"name": "t", "partition_indexes": [0, -1]}],
+            },
+        ),
+        (ApiKey.FIND_COORDINATOR, 3, {"key": "g", "key_type": 9}),
+        (ApiKey.DESCRIBE_GROUPS, 5, {"groups": ["", "none"]}),
+        (ApiKey.LIST_GROUPS, 4, {"states_filter": ["nonsense"]}),
+        (
+            ApiKey.CREATE_TOPICS,
+            5,
+            {
+                "topics": [
+                    {
+                        "name": "ct",
+                        "num_partitions": -5,
+                        "replication_factor": 0,
+                        "assignments": [],
+                        "configs": [{"name": "retention.ms", "value": "abc"}],
+                    }
+                ],
+                "timeout_ms": 1,
+                "validate_only": False,
+            },
+        ),
+        (ApiKey.DELETE_TOPICS, 4, {"topic_names": ["", "none"], "timeout_ms": 1}),
+        (
+            ApiKey.DESCRIBE_CONFIGS,
+            4,
+            {
+                "resources": [
+                    {
+                        "resource_type": 99,
+                        "resource_name": "x",
+                        "configuration_keys": None,
+                    },
+                    {
+                        "resource_type": 2,
+                        "resource_name": "none",
+                        "configuration_keys": [],
+                    },
+                ]
+            },
+        ),
+        (
+            ApiKey.OFFSET_FOR_LEADER_EPOCH,
+            3,
+            {
+                "replica_id": -1,
+                "topics": [
+                    {
+                        "topic": "none",
+                        "partitions": [{"partition": 0, "leader_epoch": 5}],
+                    }
+                ],
+            },
+        ),
+        (
+            ApiKey.INIT_PRODUCER_ID,
+            4,
+            {"transactional_id": "tx", "transaction_timeout_ms": 1000},
+        ),
+        (
+            ApiKey.END_TXN,
+            3,
+            {
+                "transactional_id": "tx",
+                "producer_id": 1,
+                "producer_epoch": 0,
+                "committed": True,
+            },
+        ),
+        (ApiKey.SASL_HANDSHAKE, 1, {"mechanism": "GSSAPI"}),
+    ]
+
+    async def body(h: Harness) -> None:
+        client = await h.connect()
+        for api_key, version, request in requests:
+            await client.call(api_key, version, request)
+
+    with caplog.at_level(logging.WARNING, logger="flowbus"):
+        run_with_broker(tmp_path, body)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
