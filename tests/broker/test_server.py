@@ -358,7 +358,7 @@ def test_garbage_frames_never_hurt_other_connections(
             bad.writer.write(struct.pack(">i", len(frame)) + frame)
             try:
                 await asyncio.wait_for(bad.reader.read(65536), 2)
-            except (asyncio.TimeoutError, ConnectionResetError):
+            except (TimeoutError, ConnectionResetError):
                 pass
             bad.writer.close()
         assert (await good.call(ApiKey.API_VERSIONS, 0, {}))["error_code"] == 0
