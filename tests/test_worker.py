@@ -226,3 +226,38 @@ def test_a_kafka_worker_joins_the_group_of_a_listening_embedded_worker(tmp_path:
     asyncio.run(main())
     assert sorted(v for _, v in seen) == list(range(200))
     assert {n for n, _ in seen} == {"embedded", "kafka"}
+
+
+def test_backpressure_pauses_the_partition_and_loses_nothing(broker_url: str) -> None:
+    app = App(unique("bp"), broker=broker_url, commit_interval_ms=100, max_poll_records=100)
+    src = app.topic(unique("in"))
+    release = asyncio.Event()
+    got: list[int] = []
+
+    @app.agent(src, max_buffered_events=200)
+    async def slow(stream: flowbus.Stream) -> None:
+        async for value in stream:
+            await release.wait()
+            got.append(value)
+
+    async def main() -> None:
+        await app.create_topics()
+        producer = await app.ensure_producer()
+        for i in range(3000):
+            producer.send_soon(src.name, str(i).encode())
+        await producer.flush()
+        await app.close()
+        task = asyncio.create_task(app.run())
+        await wait_until(lambda: app.worker is not None and bool(app.worker.paused), "the partition to be paused")
+        worker = app.worker
+        assert worker is not None
+        await asyncio.sleep(0.5)  # the paused partition must not keep filling the buffer
+        assert len(worker.channels[0]) <= 200 + 100
+        release.set()
+        await wait_until(lambda: len(got) == 3000, "every event after the release")
+        assert not worker.paused
+        app.stop()
+        await task
+
+    asyncio.run(main())
+    assert got == list(range(3000))
