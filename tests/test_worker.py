@@ -255,7 +255,7 @@ def test_backpressure_pauses_the_partition_and_loses_nothing(broker_url: str) ->
         assert len(worker.channels[0]) <= 200 + 100
         release.set()
         await wait_until(lambda: len(got) == 3000, "every event after the release")
-        assert not worker.paused
+        await wait_until(lambda: not worker.paused, "the partition to be resumed")
         app.stop()
         await task
 
