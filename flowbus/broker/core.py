@@ -858,7 +858,9 @@ class BrokerCore:
         """
         state = self._producer_states.get((topic, partition))
         if state is None and self.transactions_enabled:
-            state = self._producer_state(topic, partition, self.logs.get_log(topic, partition))
+            state = self._producer_state(
+                topic, partition, self.logs.get_log(topic, partition)
+            )
         first_open = state.first_unstable_offset() if state is not None else None
         return high_watermark if first_open is None else min(first_open, high_watermark)
 

@@ -12,8 +12,10 @@ import signal
 
 from flowbus.broker.config import BrokerConfig
 from flowbus.broker.core import BrokerCore
+from flowbus.broker.errors import BrokerError
 from flowbus.broker.server import BrokerServer, ServerLimits
 from flowbus.clock import SYSTEM_CLOCK, Clock
+from flowbus.log.errors import LogError
 
 log = logging.getLogger("flowbus.broker")
 #: The ready line has its own logger, kept at INFO whatever ``--log-level`` says, because
@@ -46,13 +48,22 @@ async def run_broker(
             RuntimeError,
         ):  # not the main thread, or no signals here
             pass
-    core = BrokerCore(config, clock=clock)
+    try:
+        core = BrokerCore(config, clock=clock)
+    except LogError as exc:
+        raise BrokerError(f"cannot open {config.data_dir}: {exc}") from exc
     await core.start()
     server = BrokerServer(
         core, host=listen_host, port=listen_port, limits=limits, clock=clock
     )
     try:
         await server.start()
+    except OSError as exc:
+        await core.close()
+        raise BrokerError(
+            f"cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}"
+        ) from exc
+    try:
         if config.advertised_port == 0:
             core.node = type(core.node)(core.node.node_id, core.node.host, server.port)
         ready_log.info(READY_MESSAGE, listen_host, server.port)

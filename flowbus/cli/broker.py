@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from flowbus.broker.config import BrokerConfig, parse_host_port
-from flowbus.broker.errors import BrokerConfigError
+from flowbus.broker.errors import BrokerConfigError, BrokerError
 
 
 def _host_port(
@@ -142,4 +142,9 @@ def broker(
     limits = ServerLimits(
         max_frame_bytes=max_frame_bytes, connections_max_idle_ms=connections_max_idle_ms
     )
-    asyncio.run(run_broker(config, listen_host=host, listen_port=port, limits=limits))
+    try:
+        asyncio.run(
+            run_broker(config, listen_host=host, listen_port=port, limits=limits)
+        )
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from exc

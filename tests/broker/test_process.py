@@ -58,3 +58,13 @@ def test_no_auto_create(tmp_path: Path) -> None:
             metadata.topics["missing"].error.code()
             == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART
         )
+
+
+def test_a_broker_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    from tests.support.broker_process import BrokerStartError
+
+    with BrokerProcess(tmp_path / "a") as first:
+        second = BrokerProcess(tmp_path / "b", port=first.port, start_timeout_s=20)
+        with pytest.raises(BrokerStartError, match="exited with"):
+            second.start()
+        assert second.log_text()

@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -49,7 +48,7 @@ class BrokerProcess:
         port: the port to listen on; a free one when None.
         extra_args: more ``flowbus broker`` options.
         start_timeout_s: how long to wait for the ready line.
-        log_path: where the broker's stdout/stderr go (default: ``data_dir``'s sibling ``broker.log``).
+        log_path: where the broker's stdout/stderr go (default: ``<data_dir>-broker.log`` beside it).
     """
 
     def __init__(
@@ -67,10 +66,14 @@ class BrokerProcess:
         self.port = port if port is not None else free_port()
         self.extra_args = list(extra_args)
         self.start_timeout_s = start_timeout_s
-        self.log_path = log_path or self.data_dir.parent / f"broker-{self.port}.log"
+        self.log_path = (
+            log_path or self.data_dir.parent / f"{self.data_dir.name}-broker.log"
+        )
         self.log_level = log_level
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self._pump: threading.Thread | None = None
+        self._ready_seen = False
 
     @property
     def bootstrap(self) -> str:
@@ -102,49 +105,70 @@ class BrokerProcess:
             raise RuntimeError("the broker is already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.starts += 1
         with open(self.log_path, "ab") as log_file:
             log_file.write(
                 f"--- start #{self.starts}: {' '.join(self.command())}\n".encode()
             )
-            log_file.flush()
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
-            self.process = subprocess.Popen(
-                self.command(),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        ready = threading.Event()
+        self._pump = threading.Thread(
+            target=self._pump_output,
+            args=(self.process, ready),
+            name=f"broker-{self.port}-log",
+            daemon=True,
+        )
+        self._pump.start()
+        if not ready.wait(self.start_timeout_s):
+            self.kill()
+            raise BrokerStartError(
+                f"broker not ready after {self.start_timeout_s} s:\n{self.log_tail()}"
             )
-        self._wait_ready(offset)
+        if self.process.poll() is not None and not self._ready_seen:
+            self.process.wait()
+            raise BrokerStartError(
+                f"broker exited with {self.process.returncode} before it was ready:\n{self.log_tail()}"
+            )
         return self
 
-    def _wait_ready(self, offset: int) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
-        assert self.process is not None
-        delay_s = 0.01
-        while time.monotonic() < deadline:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                if READY_TEXT.encode() in f.read():
-                    return
-            if self.process.poll() is not None:
-                raise BrokerStartError(
-                    f"broker exited with {self.process.returncode} before it was ready:\n{self.log_tail()}"
-                )
-            time.sleep(delay_s)  # waiting on a child process's file: no event to await
-            delay_s = min(delay_s * 2, 0.1)
-        self.kill()
-        raise BrokerStartError(
-            f"broker not ready after {self.start_timeout_s} s:\n{self.log_tail()}"
-        )
+    def _pump_output(
+        self, process: subprocess.Popen[bytes], ready: threading.Event
+    ) -> None:
+        """Copy the broker's output to the log file line by line; set ``ready`` at the ready
+        line (or at EOF, when the process died first). Runs until the process exits, so the
+        pipe never fills up and blocks the broker."""
+        assert process.stdout is not None
+        self._ready_seen = False
+        with open(self.log_path, "ab") as log_file:
+            for line in process.stdout:
+                log_file.write(line)
+                log_file.flush()
+                if not self._ready_seen and READY_TEXT.encode() in line:
+                    self._ready_seen = True
+                    ready.set()
+        ready.set()
 
     def kill(self) -> None:
         """SIGKILL the broker (a crash: nothing is flushed or closed)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
+        self._join_pump()
+
+    def _join_pump(self) -> None:
+        """Wait until the output of the exited process is all in the log file."""
+        if self._pump is not None:
+            self._pump.join(10)
+            self._pump = None
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
 
     def terminate(self, timeout_s: float = 30.0) -> int:
         """SIGTERM the broker and wait for it to exit; returns its exit code."""
@@ -157,6 +181,7 @@ class BrokerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
                 raise
+        self._join_pump()
         return int(self.process.returncode)
 
     def restart(self, *, kill: bool = False) -> BrokerProcess:
