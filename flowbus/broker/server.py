@@ -172,7 +172,7 @@ class _Connection(asyncio.Protocol):
                 _api_name(header.api_key),
                 header.api_version,
                 header.correlation_id,
-                request.body if header.api_key not in (0, 1) else "",
+                request.body if header.api_key not in _BODIES_NOT_LOGGED else "",
             )
         try:
             body = await handlers.handle(header, request.body, self._info)
@@ -181,7 +181,7 @@ class _Connection(asyncio.Protocol):
                     "%s: -> #%d %r",
                     self._peer,
                     header.correlation_id,
-                    body if header.api_key not in (0, 1) else "",
+                    body if header.api_key not in _BODIES_NOT_LOGGED else "",
                 )
             if body is None:
                 return None
@@ -262,6 +262,12 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
         self._closed = True
+
+
+#: Debug logging leaves out record data (Produce, Fetch) and credentials (SASL).
+_BODIES_NOT_LOGGED = frozenset(
+    {ApiKey.PRODUCE, ApiKey.FETCH, ApiKey.SASL_HANDSHAKE, ApiKey.SASL_AUTHENTICATE}
+)
 
 
 def _api_name(api_key: int) -> str:
