@@ -300,3 +300,28 @@ def test_broker_sigkill_loses_no_acknowledged_record(
         f"{len(expected - set(stored))} acknowledged records lost\n{broker.log_tail()}"
     )
     assert len(stored) == len(set(stored)), "duplicates after retries"
+
+
+def test_offsets_for_times_and_watermarks(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
+    topic = unique("times")
+    create_topic(broker.bootstrap, topic, 1)
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap, **FAST})
+    base_ms = 1_700_000_000_000
+    for i in range(10):
+        producer.produce(topic, value=f"t{i}".encode(), timestamp=base_ms + i * 1000)
+    assert producer.flush(10) == 0
+    c = consumer(broker.bootstrap, unique("g"))
+    assert c.get_watermark_offsets(
+        confluent_kafka.TopicPartition(topic, 0), timeout=10
+    ) == (0, 10)
+    [found] = c.offsets_for_times(
+        [confluent_kafka.TopicPartition(topic, 0, base_ms + 4500)], timeout=10
+    )
+    assert found.offset == 5
+    [past] = c.offsets_for_times(
+        [confluent_kafka.TopicPartition(topic, 0, base_ms + 99_000)], timeout=10
+    )
+    assert past.offset == -1  # librdkafka: no such record (end)
+    c.close()
