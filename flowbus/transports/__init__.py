@@ -14,6 +14,9 @@ from flowbus.transports.base import (
     OFFSET_BEGINNING,
     OFFSET_END,
     Consumer,
+    GroupDescription,
+    GroupMember,
+    GroupSummary,
     Producer,
     Record,
     RecordMetadata,
@@ -21,6 +24,7 @@ from flowbus.transports.base import (
     TopicPartition,
     TopicSpec,
     Transport,
+    Watermarks,
 )
 from flowbus.transports.errors import TransportError, UnknownTransportError
 
@@ -28,6 +32,9 @@ __all__ = [
     "OFFSET_BEGINNING",
     "OFFSET_END",
     "Consumer",
+    "GroupDescription",
+    "GroupMember",
+    "GroupSummary",
     "Producer",
     "Record",
     "RecordMetadata",
@@ -36,6 +43,7 @@ __all__ = [
     "TopicSpec",
     "Transport",
     "TransportError",
+    "Watermarks",
     "transport_from_url",
 ]
 

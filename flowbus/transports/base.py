@@ -88,6 +88,45 @@ class TopicDescription:
     config: Mapping[str, str] = field(default_factory=dict)
 
 
+class Watermarks(NamedTuple):
+    """The offsets bounding a partition's log: ``low`` is the first offset still stored (the log
+    start offset, after retention), ``high`` the offset the next record will get (the high
+    watermark). ``high - low`` is how many offsets the partition holds now."""
+
+    low: int
+    high: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSummary:
+    """One consumer group as a listing shows it."""
+
+    group_id: str
+    #: Kafka's state name: ``Empty``, ``PreparingRebalance``, ``CompletingRebalance``, ``Stable``,
+    #: ``Dead``; ``Unknown`` when the broker did not say.
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    """A live member of a group and the partitions the group's leader gave it."""
+
+    member_id: str
+    client_id: str
+    host: str
+    assignment: tuple[TopicPartition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDescription:
+    """A group's state and live members. A group nobody joined and nobody committed for is
+    reported ``Dead`` with no members, as Kafka's DescribeGroups does."""
+
+    group_id: str
+    state: str
+    members: tuple[GroupMember, ...] = ()
+
+
 OnAssigned = Callable[[list[TopicPartition]], Awaitable[None]]
 """Called with the partitions just given to this consumer, before any of their records is polled."""
 OnRevoked = Callable[[list[TopicPartition]], Awaitable[None]]
@@ -279,3 +318,56 @@ class Transport(abc.ABC):
         client_id: str | None = None,
     ) -> Consumer:
         """A consumer in ``group_id`` with auto-commit off: the framework decides when to commit."""
+
+    # -- administration (the ``flowbus topics``/``groups`` commands) ------------------------
+    # Not abstract: the worker never needs them, so a transport written only to run apps does not
+    # have to implement them. ``timeout_s`` bounds the wait for a remote broker (None: the
+    # transport's own request timeout); an in-process transport answers at once.
+
+    async def list_topics(self, *, timeout_s: float | None = None) -> list[str]:
+        """Names of every topic, internal ones (``__consumer_offsets``) included, sorted.
+
+        Raises:
+            BrokerUnavailableError: the broker did not answer within ``timeout_s``.
+        """
+        raise NotImplementedError
+
+    async def delete_topics(self, names: Sequence[str], *, timeout_s: float | None = None) -> None:
+        """Delete these topics and their records.
+
+        Raises:
+            TopicNotFoundError: one of the names is not a topic (the others are still deleted).
+        """
+        raise NotImplementedError
+
+    async def topic_configs(self, name: str, *, timeout_s: float | None = None) -> dict[str, str]:
+        """The configs set on the topic itself (``retention.ms=...``); defaults are left out.
+
+        Raises:
+            TopicNotFoundError: no such topic.
+        """
+        raise NotImplementedError
+
+    async def watermarks(
+        self, partitions: Sequence[TopicPartition], *, timeout_s: float | None = None
+    ) -> dict[TopicPartition, Watermarks]:
+        """Log start and end offsets of each partition (read_uncommitted: the high watermark).
+
+        Raises:
+            TopicNotFoundError: a partition does not exist.
+        """
+        raise NotImplementedError
+
+    async def list_groups(self, *, timeout_s: float | None = None) -> list[GroupSummary]:
+        """Every consumer group the broker knows, including empty groups that only have commits."""
+        raise NotImplementedError
+
+    async def describe_group(self, group_id: str, *, timeout_s: float | None = None) -> GroupDescription:
+        """State and live members of a group (``Dead`` and no members when it is unknown)."""
+        raise NotImplementedError
+
+    async def group_offsets(
+        self, group_id: str, *, timeout_s: float | None = None
+    ) -> dict[TopicPartition, int]:
+        """Every committed offset of the group (the next offset to read), by partition."""
+        raise NotImplementedError

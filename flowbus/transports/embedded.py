@@ -16,8 +16,10 @@ implements them (exactly_once needs ``memory://`` for now).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import logging
+import os
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,16 +27,19 @@ from typing import Any, Literal
 
 from flowbus.broker.config import BrokerConfig
 from flowbus.broker.core import (
+    CONFIG_SOURCE_DYNAMIC_TOPIC,
     EARLIEST_TIMESTAMP,
     ISOLATION_READ_COMMITTED,
     ISOLATION_READ_UNCOMMITTED,
     LATEST_TIMESTAMP,
+    RESOURCE_TOPIC,
     BrokerCore,
     FetchRequestPartition,
 )
 from flowbus.broker.core import NewTopic as CoreNewTopic
 from flowbus.broker.group_coordinator import GroupConfig, OffsetToCommit
 from flowbus.clock import SYSTEM_CLOCK, Clock
+from flowbus.log.manager import LOCK_FILE
 from flowbus.protocol.error_codes import ErrorCode
 from flowbus.records.builder import BatchBuilder
 from flowbus.records.header import read_header
@@ -43,6 +48,9 @@ from flowbus.transports.base import (
     OFFSET_BEGINNING,
     OFFSET_END,
     Consumer,
+    GroupDescription,
+    GroupMember,
+    GroupSummary,
     Headers,
     IsolationLevel,
     OnAssigned,
@@ -54,10 +62,12 @@ from flowbus.transports.base import (
     TopicPartition,
     TopicSpec,
     Transport,
+    Watermarks,
 )
 from flowbus.transports.errors import (
     CommitError,
     ProduceError,
+    TopicNotFoundError,
     TransactionError,
     TransportError,
 )
@@ -146,6 +156,32 @@ class _CoreHandle:
 
 
 _CORES: dict[Path, _CoreHandle] = {}
+
+
+def data_dir_in_use(data_dir: str | Path) -> bool:
+    """True when another process holds ``data_dir`` open (a worker or ``flowbus broker``).
+
+    The log takes an exclusive ``flock`` on the directory's lock file for as long as it is open,
+    so a second broker core on the same files cannot start; tools ask first, to tell the user to
+    reach the running one over TCP instead of failing with a log error. The answer can be stale
+    by the time it is used: it is advice, the lock itself is the guard.
+    """
+    lock_path = Path(data_dir) / LOCK_FILE
+    if _CORES.get(Path(data_dir).resolve()) is not None:
+        return False  # held by this very process: transports here share that core
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 class EmbeddedProducer(Producer):
@@ -635,3 +671,84 @@ class EmbeddedTransport(Transport):
     def consumer(self, group_id: str | None, *, isolation_level: IsolationLevel = "read_uncommitted",
                  auto_offset_reset: Literal["earliest", "latest"] = "earliest", client_id: str | None = None) -> EmbeddedConsumer:
         return EmbeddedConsumer(self, group_id, isolation_level, auto_offset_reset, client_id or "flowbus-embedded")
+
+    # -- administration ---------------------------------------------------------------------
+    # In-process: the core answers at once, so ``timeout_s`` has nothing to bound.
+
+    async def list_topics(self, *, timeout_s: float | None = None) -> list[str]:
+        await self.start()
+        return sorted(self.core.logs.topics())
+
+    async def delete_topics(self, names: Sequence[str], *, timeout_s: float | None = None) -> None:
+        await self.start()
+        missing = []
+        for name, code in await self.core.delete_topics(list(names)):
+            self._partition_counts.pop(name, None)
+            if code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION:
+                missing.append(name)
+            elif code != ErrorCode.NONE:
+                raise TransportError(f"deleting topic {name!r} failed with error {code}")
+        if missing:
+            raise TopicNotFoundError(f"no topic {', '.join(map(repr, missing))}")
+
+    async def topic_configs(self, name: str, *, timeout_s: float | None = None) -> dict[str, str]:
+        await self.start()
+        [result] = await self.core.describe_configs([(RESOURCE_TOPIC, name, None)])
+        if result.error_code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION:
+            raise TopicNotFoundError(f"no topic {name!r}")
+        if result.error_code != ErrorCode.NONE:
+            raise TransportError(f"describing topic {name!r} failed: {result.error_message}")
+        return {
+            c.name: c.value or ""
+            for c in result.configs
+            if c.source == CONFIG_SOURCE_DYNAMIC_TOPIC
+        }
+
+    async def watermarks(
+        self, partitions: Sequence[TopicPartition], *, timeout_s: float | None = None
+    ) -> dict[TopicPartition, Watermarks]:
+        await self.start()
+        out: dict[TopicPartition, Watermarks] = {}
+        for tp in partitions:
+            low = await self.core.list_offsets(tp.topic, tp.partition, EARLIEST_TIMESTAMP)
+            high = await self.core.list_offsets(tp.topic, tp.partition, LATEST_TIMESTAMP)
+            if ErrorCode.UNKNOWN_TOPIC_OR_PARTITION in (low.error_code, high.error_code):
+                raise TopicNotFoundError(f"no partition {tp.partition} of topic {tp.topic!r}")
+            if low.error_code != ErrorCode.NONE or high.error_code != ErrorCode.NONE:
+                raise TransportError(f"listing offsets of {tp.topic}[{tp.partition}] failed")
+            out[tp] = Watermarks(low.offset, high.offset)
+        return out
+
+    async def list_groups(self, *, timeout_s: float | None = None) -> list[GroupSummary]:
+        await self.start()
+        await self.core.wait_loaded()
+        code, listings = self.core.groups.list_groups()
+        if code != ErrorCode.NONE:
+            raise TransportError(f"listing groups failed with error {code}")
+        return sorted((GroupSummary(g.group_id, g.state) for g in listings), key=lambda g: g.group_id)
+
+    async def describe_group(self, group_id: str, *, timeout_s: float | None = None) -> GroupDescription:
+        await self.start()
+        await self.core.wait_loaded()
+        described = self.core.groups.describe_group(group_id)
+        if described.error_code != ErrorCode.NONE:
+            raise TransportError(f"describing group {group_id!r} failed with error {described.error_code}")
+        consumer_protocol = described.protocol_type == "consumer"
+        members = tuple(
+            GroupMember(
+                m.member_id, m.client_id, m.client_host,
+                tuple(decode_assignment(m.assignment)) if consumer_protocol else (),
+            )
+            for m in described.members
+        )
+        return GroupDescription(group_id, described.state, members)
+
+    async def group_offsets(
+        self, group_id: str, *, timeout_s: float | None = None
+    ) -> dict[TopicPartition, int]:
+        await self.start()
+        await self.core.wait_loaded()
+        code, fetched = self.core.groups.fetch_offsets(group_id, None)
+        if code != ErrorCode.NONE:
+            raise TransportError(f"fetching offsets of group {group_id!r} failed with error {code}")
+        return {TopicPartition(f.topic, f.partition): f.offset for f in fetched if f.offset >= 0}

@@ -31,3 +31,7 @@ class TransactionError(TransportError):
 
 class ProducerFencedError(TransactionError):
     """Another producer with the same transactional id took over; this one must stop."""
+
+
+class BrokerUnavailableError(TransportError):
+    """The broker could not be reached, or did not answer, within the time given."""

@@ -22,11 +22,21 @@ from typing import Any, Literal
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    ConfigResource,
+    ConfigSource,
+    NewTopic,
+    OffsetSpec,
+    ResourceType,
+)
 
 from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.transports.base import (
     Consumer,
+    GroupDescription,
+    GroupMember,
+    GroupSummary,
     Headers,
     IsolationLevel,
     OnAssigned,
@@ -38,11 +48,14 @@ from flowbus.transports.base import (
     TopicPartition,
     TopicSpec,
     Transport,
+    Watermarks,
 )
 from flowbus.transports.errors import (
+    BrokerUnavailableError,
     CommitError,
     ProduceError,
     ProducerFencedError,
+    TopicNotFoundError,
     TransactionError,
     TransportError,
 )
@@ -80,6 +93,40 @@ def _transaction_error(exc: KafkaException) -> TransactionError:
     if isinstance(err, KafkaError) and err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
         return ProducerFencedError(str(err))
     return TransactionError(str(exc))
+
+
+_UNREACHABLE_CODES = frozenset(
+    {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE}
+)
+"""librdkafka's codes for "no broker answered in time": the admin calls below report them as
+:class:`BrokerUnavailableError` so a tool can say *unreachable* instead of a raw error."""
+_UNKNOWN_TOPIC_CODES = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION})
+
+#: Kafka's group state names (what ``kafka-consumer-groups`` prints) by librdkafka's enum name.
+_GROUP_STATE_NAMES = {
+    "UNKNOWN": "Unknown",
+    "PREPARING_REBALANCING": "PreparingRebalance",
+    "COMPLETING_REBALANCING": "CompletingRebalance",
+    "STABLE": "Stable",
+    "DEAD": "Dead",
+    "EMPTY": "Empty",
+}
+
+
+def _admin_error(exc: BaseException, what: str) -> TransportError:
+    """The transport error for a failed admin call (``exc`` from a future or a blocking call)."""
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    code = err.code() if isinstance(err, KafkaError) else None
+    if code in _UNREACHABLE_CODES or isinstance(exc, TimeoutError):
+        return BrokerUnavailableError(f"{what}: no answer from the broker ({err or 'timed out'})")
+    if code in _UNKNOWN_TOPIC_CODES:
+        return TopicNotFoundError(f"{what}: {err}")
+    return TransportError(f"{what}: {err or exc}")
+
+
+def _group_state(state: Any) -> str:
+    name = getattr(state, "name", None)
+    return _GROUP_STATE_NAMES.get(str(name), str(name or "Unknown"))
 
 
 class KafkaProducer(Producer):
@@ -433,3 +480,127 @@ class KafkaTransport(Transport):
         if client_id:
             config["client.id"] = client_id
         return KafkaConsumer(self._with_extra(config, consumer=True))
+
+    # -- administration ---------------------------------------------------------------------
+    # Every call waits at most ``timeout_s`` (REQUEST_TIMEOUT_S by default) on a worker thread;
+    # librdkafka's futures are waited on there too, so the event loop never blocks.
+
+    def _timeout_s(self, timeout_s: float | None) -> float:
+        return REQUEST_TIMEOUT_S if timeout_s is None else timeout_s
+
+    async def list_topics(self, *, timeout_s: float | None = None) -> list[str]:
+        wait_s = self._timeout_s(timeout_s)
+        try:
+            meta = await asyncio.to_thread(self.admin.list_topics, None, wait_s)
+        except KafkaException as exc:
+            raise _admin_error(exc, f"listing topics of {self.bootstrap}") from exc
+        return sorted(name for name, topic in meta.topics.items() if topic.error is None)
+
+    async def delete_topics(self, names: Sequence[str], *, timeout_s: float | None = None) -> None:
+        if not names:
+            return
+        wait_s = self._timeout_s(timeout_s)
+        futures = self.admin.delete_topics(list(names), request_timeout=wait_s, operation_timeout=wait_s)
+
+        def wait() -> None:
+            errors: list[TransportError] = []
+            for name, fut in futures.items():
+                try:
+                    fut.result(wait_s)
+                except (KafkaException, TimeoutError) as exc:
+                    errors.append(_admin_error(exc, f"deleting topic {name!r}"))
+            if errors:
+                # An unreachable broker matters more than a missing name; report it first.
+                errors.sort(key=lambda e: not isinstance(e, BrokerUnavailableError))
+                raise errors[0]
+
+        await asyncio.to_thread(wait)
+
+    async def topic_configs(self, name: str, *, timeout_s: float | None = None) -> dict[str, str]:
+        wait_s = self._timeout_s(timeout_s)
+        resource = ConfigResource(ResourceType.TOPIC, name)
+        futures = self.admin.describe_configs([resource], request_timeout=wait_s)
+
+        def wait() -> dict[str, str]:
+            try:
+                entries = futures[resource].result(wait_s)
+            except (KafkaException, TimeoutError) as exc:
+                raise _admin_error(exc, f"describing topic {name!r}") from exc
+            return {
+                key: entry.value or ""
+                for key, entry in entries.items()
+                # librdkafka hands sources over as ints or as the enum, depending on the call.
+                if entry.source in (ConfigSource.DYNAMIC_TOPIC_CONFIG, ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+            }
+
+        return await asyncio.to_thread(wait)
+
+    async def watermarks(
+        self, partitions: Sequence[TopicPartition], *, timeout_s: float | None = None
+    ) -> dict[TopicPartition, Watermarks]:
+        if not partitions:
+            return {}
+        wait_s = self._timeout_s(timeout_s)
+        parts = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
+        earliest = self.admin.list_offsets({p: OffsetSpec.earliest() for p in parts}, request_timeout=wait_s)
+        latest = self.admin.list_offsets({p: OffsetSpec.latest() for p in parts}, request_timeout=wait_s)
+
+        def wait() -> dict[TopicPartition, Watermarks]:
+            out: dict[TopicPartition, Watermarks] = {}
+            for low_key, low_fut in earliest.items():
+                tp = TopicPartition(low_key.topic, low_key.partition)
+                high_fut = next(f for k, f in latest.items() if (k.topic, k.partition) == tp)
+                try:
+                    out[tp] = Watermarks(low_fut.result(wait_s).offset, high_fut.result(wait_s).offset)
+                except (KafkaException, TimeoutError) as exc:
+                    raise _admin_error(exc, f"listing offsets of {tp.topic}[{tp.partition}]") from exc
+            return out
+
+        return await asyncio.to_thread(wait)
+
+    async def list_groups(self, *, timeout_s: float | None = None) -> list[GroupSummary]:
+        wait_s = self._timeout_s(timeout_s)
+        future = self.admin.list_consumer_groups(request_timeout=wait_s)
+        try:
+            listed = await asyncio.to_thread(future.result, wait_s)
+        except (KafkaException, TimeoutError) as exc:
+            raise _admin_error(exc, f"listing groups of {self.bootstrap}") from exc
+        if listed.errors:
+            log.warning("listing groups: %s", "; ".join(str(e) for e in listed.errors))
+        return sorted((GroupSummary(g.group_id, _group_state(g.state)) for g in listed.valid), key=lambda g: g.group_id)
+
+    async def describe_group(self, group_id: str, *, timeout_s: float | None = None) -> GroupDescription:
+        wait_s = self._timeout_s(timeout_s)
+        futures = self.admin.describe_consumer_groups([group_id], request_timeout=wait_s)
+        try:
+            described = await asyncio.to_thread(futures[group_id].result, wait_s)
+        except (KafkaException, TimeoutError) as exc:
+            err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError.GROUP_ID_NOT_FOUND:
+                return GroupDescription(group_id, "Dead")  # newer brokers say so instead of Dead
+            raise _admin_error(exc, f"describing group {group_id!r}") from exc
+        members = tuple(
+            GroupMember(
+                m.member_id, m.client_id or "", m.host or "",
+                tuple(TopicPartition(p.topic, p.partition) for p in (m.assignment.topic_partitions if m.assignment else [])),
+            )
+            for m in described.members
+        )
+        return GroupDescription(group_id, _group_state(described.state), members)
+
+    async def group_offsets(
+        self, group_id: str, *, timeout_s: float | None = None
+    ) -> dict[TopicPartition, int]:
+        from confluent_kafka import ConsumerGroupTopicPartitions
+
+        wait_s = self._timeout_s(timeout_s)
+        futures = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id)], request_timeout=wait_s)
+        try:
+            found = await asyncio.to_thread(futures[group_id].result, wait_s)
+        except (KafkaException, TimeoutError) as exc:
+            raise _admin_error(exc, f"fetching offsets of group {group_id!r}") from exc
+        return {
+            TopicPartition(p.topic, p.partition): p.offset
+            for p in found.topic_partitions or []
+            if p.error is None and p.offset >= 0
+        }

@@ -22,6 +22,9 @@ from flowbus.transports.base import (
     OFFSET_BEGINNING,
     OFFSET_END,
     Consumer,
+    GroupDescription,
+    GroupMember,
+    GroupSummary,
     Headers,
     IsolationLevel,
     OnAssigned,
@@ -33,6 +36,7 @@ from flowbus.transports.base import (
     TopicPartition,
     TopicSpec,
     Transport,
+    Watermarks,
 )
 from flowbus.transports.errors import (
     ProducerFencedError,
@@ -504,3 +508,50 @@ class MemoryTransport(Transport):
         client_id: str | None = None,
     ) -> MemoryConsumer:
         return MemoryConsumer(self.broker, group_id, isolation_level, auto_offset_reset)
+
+    # -- administration ---------------------------------------------------------------------
+
+    async def list_topics(self, *, timeout_s: float | None = None) -> list[str]:
+        return sorted(self.broker.topics)
+
+    async def delete_topics(self, names: Sequence[str], *, timeout_s: float | None = None) -> None:
+        missing = [n for n in names if n not in self.broker.topics]
+        for name in names:
+            self.broker.topics.pop(name, None)
+            self.broker.configs.pop(name, None)
+        if missing:
+            raise TopicNotFoundError(f"no topic {', '.join(map(repr, missing))}")
+
+    async def topic_configs(self, name: str, *, timeout_s: float | None = None) -> dict[str, str]:
+        if name not in self.broker.topics:
+            raise TopicNotFoundError(f"no topic {name!r}")
+        return dict(self.broker.configs.get(name, {}))
+
+    async def watermarks(
+        self, partitions: Sequence[TopicPartition], *, timeout_s: float | None = None
+    ) -> dict[TopicPartition, Watermarks]:
+        out: dict[TopicPartition, Watermarks] = {}
+        for tp in partitions:
+            parts = self.broker.topics.get(tp.topic)
+            if parts is None or not 0 <= tp.partition < len(parts):
+                raise TopicNotFoundError(f"no partition {tp.partition} of topic {tp.topic!r}")
+            out[tp] = Watermarks(0, len(parts[tp.partition].records))  # nothing is ever deleted here
+        return out
+
+    async def list_groups(self, *, timeout_s: float | None = None) -> list[GroupSummary]:
+        return [GroupSummary(g, "Stable" if group.members else "Empty") for g, group in sorted(self.broker.groups.items())]
+
+    async def describe_group(self, group_id: str, *, timeout_s: float | None = None) -> GroupDescription:
+        group = self.broker.groups.get(group_id)
+        if group is None:
+            return GroupDescription(group_id, "Dead")
+        members = tuple(
+            GroupMember(f"memory-{id(m):x}", "memory", "memory", tuple(m.assignment())) for m in group.members
+        )
+        return GroupDescription(group_id, "Stable" if members else "Empty", members)
+
+    async def group_offsets(
+        self, group_id: str, *, timeout_s: float | None = None
+    ) -> dict[TopicPartition, int]:
+        group = self.broker.groups.get(group_id)
+        return dict(group.committed) if group is not None else {}
