@@ -21,6 +21,14 @@ from flowbus.cli.broker import broker as _broker  # noqa: E402
 cli.add_command(_broker)
 from flowbus.cli.worker import worker as _worker  # noqa: E402
 cli.add_command(_worker)
+from flowbus.cli.topics import topics as _topics  # noqa: E402
+cli.add_command(_topics)
+from flowbus.cli.produce import produce as _produce  # noqa: E402
+cli.add_command(_produce)
+from flowbus.cli.consume import consume as _consume  # noqa: E402
+cli.add_command(_consume)
+from flowbus.cli.groups import groups as _groups  # noqa: E402
+cli.add_command(_groups)
 
 
 def main() -> None:

@@ -1,0 +1,196 @@
+"""What the broker-facing commands (topics, produce, consume, groups) share.
+
+They reach the broker through the transport layer only, like the framework does, so each one
+behaves the same on ``embedded://DIR`` and ``kafka://HOST:PORT``. This module turns the ways that
+can go wrong before a command's real work starts — a data dir held by a running worker, a broker
+that does not answer, a topic that does not exist — into one-line :class:`click.ClickException`
+messages instead of tracebacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from flowbus.errors import FlowbusError
+from flowbus.transports import TopicDescription, Transport, transport_from_url
+from flowbus.transports.errors import BrokerUnavailableError, TopicNotFoundError
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_BROKER_URL = "embedded://./flowbus-data"
+"""The broker a command uses without ``--broker``: the same as :class:`flowbus.App`'s default,
+so ``flowbus worker`` and these commands find the same data when neither is told otherwise."""
+BROKER_ENVVAR = "FLOWBUS_BROKER"
+"""Read by ``--broker`` of every command, ``flowbus worker`` included."""
+TIMEOUT_S_DEFAULT = 10.0
+"""How long a command waits for a kafka:// broker to answer before it gives up."""
+
+# librdkafka logs every failed connection attempt to stderr, twenty lines a second. A command
+# reports an unreachable broker itself, in one line, so the library stays quiet.
+_KAFKA_CLIENT_CONFIG: dict[str, Any] = {"log_level": 0}
+
+
+def broker_option(func: F) -> F:
+    """``--broker URL`` (or ``$FLOWBUS_BROKER``), defaulting to the app's default broker."""
+    return click.option(
+        "--broker",
+        "broker_url",
+        metavar="URL",
+        envvar=BROKER_ENVVAR,
+        show_envvar=True,
+        default=DEFAULT_BROKER_URL,
+        show_default=True,
+        help=(
+            "kafka://HOST:PORT (a flowbus broker, a worker started with --listen, any Kafka) "
+            "or embedded://DIR (an embedded broker's data dir that no worker has open)."
+        ),
+    )(func)
+
+
+def timeout_option(func: F) -> F:
+    """``--timeout-s``: how long to wait for a kafka:// broker."""
+    return click.option(
+        "--timeout-s",
+        type=click.FloatRange(min=0, min_open=True),
+        default=TIMEOUT_S_DEFAULT,
+        show_default=True,
+        help="Give up when the broker does not answer within this many seconds.",
+    )(func)
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; transport errors become one-line ClickExceptions (exit 1)."""
+    try:
+        return asyncio.run(main)
+    except BrokerUnavailableError as exc:
+        raise click.ClickException(f"{exc}; is the broker running? (--timeout-s waits longer)") from exc
+    except TopicNotFoundError as exc:
+        raise click.ClickException(f"unknown topic: {exc}") from exc
+    except FlowbusError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _embedded_dir(url: str) -> Path:
+    return Path(url.removeprefix("embedded://") or "./flowbus-data")
+
+
+def _check_embedded(url: str, *, create: bool) -> None:
+    """Refuse a data dir that a running worker or broker holds, or (unless creating) one that
+    does not exist — opening it would make an empty broker and answer "no topics", which hides
+    a mistyped path."""
+    from flowbus.transports.embedded import data_dir_in_use
+
+    data_dir = _embedded_dir(url)
+    if not create and not data_dir.is_dir():
+        raise click.ClickException(
+            f"no flowbus data in {data_dir} ({url}); pass --broker kafka://HOST:PORT, "
+            f"or embedded://DIR with your app's data dir (or set ${BROKER_ENVVAR})"
+        )
+    if data_dir_in_use(data_dir):
+        raise click.ClickException(
+            f"{data_dir} is in use by a running worker or broker, which alone may open it. "
+            f"Start the worker with --listen HOST:PORT and use --broker kafka://HOST:PORT."
+        )
+
+
+def make_transport(url: str) -> Transport:
+    """The transport for ``url``; kafka:// clients are told not to log connection failures."""
+    scheme = url.partition("://")[0]
+    if scheme == "kafka":
+        from flowbus.transports.kafka import KafkaTransport
+
+        return KafkaTransport(url, config=_KAFKA_CLIENT_CONFIG)
+    return transport_from_url(url)
+
+
+@asynccontextmanager
+async def connect(url: str, *, timeout_s: float, create: bool = False) -> AsyncIterator[Transport]:
+    """A started transport for ``url``, closed on exit.
+
+    A kafka:// broker is asked for its topics once, within ``timeout_s``, so an unreachable one
+    fails here with :class:`BrokerUnavailableError` rather than later inside a client's retries.
+
+    Args:
+        create: an embedded data dir may be created (``topics create``); otherwise it must exist.
+    """
+    if url.startswith("embedded://"):
+        _check_embedded(url, create=create)
+    try:
+        transport = make_transport(url)
+    except FlowbusError as exc:
+        raise click.BadParameter(str(exc), param_hint="--broker") from exc
+    try:
+        await transport.start()
+    except FlowbusError as exc:
+        raise click.ClickException(f"cannot open {url}: {exc}") from exc
+    try:
+        if url.startswith("kafka://"):
+            await transport.list_topics(timeout_s=timeout_s)
+        yield transport
+    finally:
+        await transport.close()
+
+
+async def require_topic(transport: Transport, name: str) -> TopicDescription:
+    """The topic's description, or a ClickException naming the topic when it does not exist."""
+    found = (await transport.describe_topics([name])).get(name)
+    if found is None:
+        raise click.ClickException(
+            f"unknown topic {name!r} (`flowbus topics list` shows them, `flowbus topics create` makes one)"
+        )
+    return found
+
+
+def echo_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Left-aligned columns, two spaces apart, as ``kafka-consumer-groups`` prints them."""
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+
+@contextmanager
+def stop_signals(on_stop: Callable[[], None]) -> Iterator[None]:
+    """Call ``on_stop`` on SIGINT or SIGTERM instead of raising KeyboardInterrupt, so a command
+    can finish its batch, commit and close its clients, then exit 0.
+
+    Must run inside the event loop; outside the main thread (where Python cannot install signal
+    handlers) the default behaviour stays.
+    """
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_stop)
+        except (ValueError, RuntimeError):
+            continue
+        installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def next_or_stop(queue: asyncio.Queue[T], stop: asyncio.Event) -> T | None:
+    """The next item of ``queue``, or None as soon as ``stop`` is set."""
+    if stop.is_set():
+        return None
+    getter = asyncio.ensure_future(queue.get())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not getter.done():
+            getter.cancel()
+    return getter.result() if getter.done() and not getter.cancelled() else None
