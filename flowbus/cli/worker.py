@@ -97,7 +97,10 @@ async def _run(app: App, listen: str | None, status: bool) -> None:
 
 @click.command("worker")
 @click.option("-A", "--app", "app_spec", required=True, help="The app to run, as module:attribute.")
-@click.option("--broker", default=None, help="Broker URL, overriding the app's (embedded://DIR, kafka://HOST:PORT).")
+@click.option(
+    "--broker", default=None, envvar="FLOWBUS_BROKER", show_envvar=True,
+    help="Broker URL, overriding the app's (embedded://DIR, kafka://HOST:PORT).",
+)
 @click.option("--data-dir", default=None, help="Data directory of the embedded broker (embedded://DATA_DIR).")
 @click.option("--listen", default=None, help="Also serve the embedded broker on HOST:PORT for other workers and tools.")
 @click.option(
@@ -111,7 +114,9 @@ def worker(app_spec: str, broker: str | None, data_dir: str | None, listen: str 
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(app_spec)
-    if broker and data_dir:
+    # $FLOWBUS_BROKER is a default for every flowbus command; an explicit --data-dir beats it.
+    from_env = click.get_current_context().get_parameter_source("broker") is click.core.ParameterSource.ENVIRONMENT
+    if broker and data_dir and not from_env:
         raise click.UsageError("give --broker or --data-dir, not both")
     if data_dir:
         broker = f"embedded://{data_dir}"
