@@ -25,6 +25,7 @@ from flowbus.cli.common import (
     stop_signals,
 )
 from flowbus.transports import Consumer, Record, TopicPartition
+from flowbus.transports.errors import CommitError
 
 POLL_RECORDS_MAX = 500
 """Records asked for per poll (and so written and committed per batch)."""
@@ -53,11 +54,18 @@ def _silence_stdout() -> None:
 
 
 async def _commit(consumer: Consumer, records: list[Record]) -> None:
-    """Commit the offset after the last written record of each partition."""
+    """Commit the offset after the last written record of each partition.
+
+    A failed commit (the group rebalancing meanwhile) is reported and reading goes on: the
+    records stay uncommitted and the group reads them again, which is what at-least-once means.
+    """
     offsets: dict[TopicPartition, int] = {}
     for r in records:
         offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
-    await consumer.commit(offsets)
+    try:
+        await consumer.commit(offsets)
+    except CommitError as exc:
+        click.echo(f"warning: commit failed, these records will be read again: {exc}", err=True)
 
 
 async def _consume(

@@ -9,7 +9,9 @@ reader down instead of letting memory grow.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
 import click
@@ -58,6 +60,22 @@ def _strip_cr(line: bytes) -> bytes:
     return line[:-1] if line.endswith(b"\r") else line
 
 
+def _chunk_reader(stdin: BinaryIO) -> Callable[[int], bytes]:
+    """A ``read(n)`` that returns what is ready (one typed line, or a pipe's buffer) instead of
+    waiting for ``n`` bytes.
+
+    A real file descriptor is read with ``os.read``, bypassing the buffered reader: after Ctrl-C
+    this thread may still be blocked in a read while the interpreter exits, and a thread stuck
+    inside a buffered reader holds its lock, which aborts the interpreter's shutdown. Streams
+    without a descriptor (a test runner's input) use ``read1``.
+    """
+    try:
+        fd = stdin.fileno()
+    except (OSError, ValueError, AttributeError):
+        return getattr(stdin, "read1", stdin.read)
+    return lambda size: os.read(fd, size)
+
+
 def _read_lines(
     stdin: BinaryIO, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[_Item], stopped: threading.Event
 ) -> None:
@@ -74,9 +92,7 @@ def _read_lines(
         future.cancel()
         return False
 
-    # read1 returns what is ready (one typed line, or a pipe's buffer) instead of waiting for
-    # a full chunk; a stream without it falls back to read.
-    read = getattr(stdin, "read1", stdin.read)
+    read = _chunk_reader(stdin)
     tail = b""
     try:
         while not stopped.is_set():

@@ -235,3 +235,26 @@ def test_a_line_is_sent_as_soon_as_it_is_written(
         if producer.poll() is None:
             producer.kill()
     assert producer.stderr is not None and b"2 records sent" in producer.stderr.read()
+
+
+def test_sigterm_while_stdin_is_open_ends_produce_cleanly(
+    invoke: Invoke, kafka_url: str, broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
+    topic = unique("cli-term")
+    assert invoke("topics", "create", topic, "--broker", kafka_url).exit_code == 0
+    producer = subprocess.Popen(
+        [*FLOWBUS, "produce", topic, "--broker", kafka_url], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert producer.stdin is not None and producer.stderr is not None
+    try:
+        producer.stdin.write(b"only line\n")
+        producer.stdin.flush()
+        assert _read_all(broker.bootstrap, topic, 1) == [(None, b"only line", 0)]
+        producer.send_signal(signal.SIGTERM)  # stdin still open, as in a terminal
+        assert producer.wait(20) == 0
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+        producer.stdin.close()
+    err = producer.stderr.read()
+    assert b"1 records sent" in err and b"Fatal" not in err and b"Traceback" not in err, err
