@@ -131,8 +131,14 @@ class BrokerProcess:
             raise BrokerStartError(
                 f"broker not ready after {self.start_timeout_s} s:\n{self.log_tail()}"
             )
-        if self.process.poll() is not None and not self._ready_seen:
-            self.process.wait()
+        if not self._ready_seen:
+            # The output ended without the ready line: the process is exiting (it may not be
+            # reaped yet, so poll() could still say it runs).
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            self._join_pump()
             raise BrokerStartError(
                 f"broker exited with {self.process.returncode} before it was ready:\n{self.log_tail()}"
             )
