@@ -1,8 +1,7 @@
 """``flowbus produce TOPIC``: one record per line of stdin.
 
-Lines are read on a thread in chunks of whatever stdin has ready (``read1``), so a pipe of a
-million lines goes out in large batches while an interactive terminal sends each line as soon as
-it is typed. Between the reader and the producer sits a bounded queue: a slow broker slows the
+Lines are read on a thread in chunks of whatever stdin has ready, so a pipe of a million lines
+goes out in large batches while an interactive terminal sends each line as soon as it is typed. Between the reader and the producer sits a bounded queue: a slow broker slows the
 reader down instead of letting memory grow.
 """
 
@@ -31,7 +30,8 @@ from flowbus.transports.errors import ProduceError
 READ_CHUNK_BYTES_MAX = 64 * 1024
 """At most this much is read from stdin at a time."""
 CHUNKS_QUEUED_MAX = 16
-"""Chunks of lines waiting for the producer; with the chunk limit, at most ~1 MiB of input."""
+"""Chunks of lines waiting for the producer: about 1 MiB of ordinary lines (a chunk holding one
+very long line can be up to LINE_BYTES_MAX)."""
 RECORDS_IN_FLIGHT_MAX = 10_000
 """Records sent but not yet acknowledged; at this many the command waits for acknowledgements."""
 LINE_BYTES_MAX = 16 * 1024 * 1024
@@ -82,6 +82,8 @@ def _read_lines(
     """Thread body: queue lists of complete lines (line endings removed), then EOF."""
 
     def put(item: _Item) -> bool:
+        if stopped.is_set():
+            return False  # the command is done (Ctrl-C); its loop may already be closed
         future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
         while not stopped.is_set():
             try:
@@ -93,21 +95,31 @@ def _read_lines(
         return False
 
     read = _chunk_reader(stdin)
-    tail = b""
+    # The start of the current line when it spans chunks; kept as pieces so a long line is
+    # joined once rather than copied again with every chunk.
+    pieces: list[bytes] = []
+    pieces_bytes = 0
     try:
         while not stopped.is_set():
             chunk = read(READ_CHUNK_BYTES_MAX)
             if not chunk:
                 break
-            lines = (tail + chunk).split(b"\n")
+            if b"\n" not in chunk:
+                pieces.append(chunk)
+                pieces_bytes += len(chunk)
+                if pieces_bytes > LINE_BYTES_MAX:
+                    put(click.ClickException(f"a line of stdin is longer than {LINE_BYTES_MAX} bytes"))
+                    return
+                continue
+            lines = chunk.split(b"\n")
+            if pieces:
+                lines[0] = b"".join(pieces) + lines[0]
             tail = lines.pop()
-            if len(tail) > LINE_BYTES_MAX:
-                put(click.ClickException(f"a line of stdin is longer than {LINE_BYTES_MAX} bytes"))
+            pieces, pieces_bytes = ([tail], len(tail)) if tail else ([], 0)
+            if not put([_strip_cr(line) for line in lines]):
                 return
-            if lines and not put([_strip_cr(line) for line in lines]):
-                return
-        if tail:
-            put([_strip_cr(tail)])
+        if pieces:
+            put([_strip_cr(b"".join(pieces))])
     except OSError as exc:
         put(click.ClickException(f"reading stdin failed: {exc}"))
     finally:

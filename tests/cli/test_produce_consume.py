@@ -258,3 +258,20 @@ def test_sigterm_while_stdin_is_open_ends_produce_cleanly(
         producer.stdin.close()
     err = producer.stderr.read()
     assert b"1 records sent" in err and b"Fatal" not in err and b"Traceback" not in err, err
+
+
+def test_long_lines_span_reads_and_have_a_limit(
+    invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowbus.cli import produce as produce_module
+
+    url = f"embedded://{tmp_path / 'data'}"
+    invoke("topics", "create", "long", "--broker", url)
+    long_line = b"x" * 300_000  # several 64 KiB reads
+    assert invoke("produce", "long", "--broker", url, input=b"short\n" + long_line + b"\nend").exit_code == 0
+    consumed = invoke("consume", "long", "--from-beginning", "--max", "3", "--broker", url)
+    assert consumed.stdout_bytes == b"short\n" + long_line + b"\nend\n"
+
+    monkeypatch.setattr(produce_module, "LINE_BYTES_MAX", 100_000)
+    too_long = invoke("produce", "long", "--broker", url, input=long_line + b"\n")
+    assert too_long.exit_code == 1 and "longer than 100000 bytes" in too_long.stderr
