@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -76,6 +77,13 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         raise click.ClickException(f"unknown topic: {exc}") from exc
     except FlowbusError as exc:
         raise click.ClickException(str(exc)) from exc
+    except Exception as exc:
+        # The kafka transport wraps librdkafka's errors where it expects them; one escaping from
+        # elsewhere (the broker going away mid-command) is still a broker error, not a bug.
+        kafka = sys.modules.get("confluent_kafka")
+        if kafka is not None and isinstance(exc, kafka.KafkaException):
+            raise click.ClickException(f"broker error: {exc}") from exc
+        raise
 
 
 def _embedded_dir(url: str) -> Path:
