@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flowbus.broker.errors import BrokerConfigError
 from flowbus.broker.group_coordinator import GroupConfig
+from flowbus.broker.txn_coordinator import TxnConfig
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -42,6 +43,8 @@ class BrokerConfig:
     #: Partitions of ``__consumer_offsets``; one is plenty for a single broker.
     offsets_topic_num_partitions: int = 1
     groups: GroupConfig = field(default_factory=GroupConfig)
+    #: Transaction coordinator limits (``transaction.max.timeout.ms``).
+    transactions: TxnConfig = field(default_factory=TxnConfig)
     #: How often the log (flush, roll, retention, compaction) and the groups are ticked.
     tick_interval_ms: int = 100
     #: Upper bound of a Fetch long poll, whatever the client asks (it must end before the

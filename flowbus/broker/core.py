@@ -22,6 +22,8 @@ from typing import Any
 
 from flowbus.broker.config import BrokerConfig
 from flowbus.broker.group_coordinator import GroupCoordinator, OffsetToCommit
+from flowbus.broker.txn_coordinator import TransactionCoordinator
+from flowbus.broker.txn_state import TXN_STATE_TOPIC
 from flowbus.broker.producer_state import (
     PartitionProducerState,
     ProducerIdManager,
@@ -39,15 +41,17 @@ from flowbus.log.errors import (
     UnknownTopicError,
 )
 from flowbus.protocol.error_codes import ErrorCode
+from flowbus.log.txn_index import AbortedTxn
 from flowbus.records.builder import BatchBuilder
+from flowbus.records.control import ControlType, build_control_batch, parse_control_record
 from flowbus.records.errors import CorruptRecordError
-from flowbus.records.header import BatchHeader, read_header
+from flowbus.records.header import NO_PRODUCER_ID, BatchHeader, read_header
 from flowbus.records.record import decode_batch
 
 log = logging.getLogger(__name__)
 
 OFFSETS_TOPIC = "__consumer_offsets"
-INTERNAL_TOPICS = frozenset({OFFSETS_TOPIC})
+INTERNAL_TOPICS = frozenset({OFFSETS_TOPIC, TXN_STATE_TOPIC})
 
 ISOLATION_READ_UNCOMMITTED = 0
 ISOLATION_READ_COMMITTED = 1
@@ -273,8 +277,10 @@ class BrokerCore:
         self._flush_due_future: asyncio.Future[int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        #: Set by the transaction coordinator (issue 4) once it can end what it lets begin.
-        self.transactions_enabled = False
+        #: Transactions (issue 4): the coordinator can end every transaction it lets begin, so
+        #: transactional batches are accepted (checked against it) and the LSO is enforced.
+        self.transactions_enabled = True
+        self.txn = TransactionCoordinator(self, clock=clock, config=config.transactions)
         self.node = BrokerNode(
             config.node_id, config.advertised_host, config.advertised_port
         )
@@ -289,6 +295,7 @@ class BrokerCore:
                 self.config.offsets_topic_num_partitions,
                 {"cleanup.policy": "compact", "segment.bytes": str(100 * 1024 * 1024)},
             )
+        self.txn.ensure_topic()
         self._tasks.append(
             asyncio.create_task(self._load_offsets(), name="flowbus-load-offsets")
         )
@@ -297,7 +304,7 @@ class BrokerCore:
         )
 
     async def wait_loaded(self) -> None:
-        """Return once committed offsets are loaded (tests and the embedded transport)."""
+        """Return once committed offsets and transactions are loaded (tests, the embedded transport)."""
         await self._loaded.wait()
 
     async def close(self) -> None:
@@ -349,6 +356,7 @@ class BrokerCore:
                 lambda f: _log_failure(f, "periodic flush")
             )
         self.groups.tick()
+        self.txn.tick()
         now_ms = self.clock.monotonic_ms()
         if now_ms - self._last_snapshot_ms >= self.config.producer_snapshot_interval_ms:
             self._last_snapshot_ms = now_ms
@@ -392,6 +400,12 @@ class BrokerCore:
             )
         finally:
             self.groups.finish_loading()
+            try:
+                ended = self.txn.load()
+                log.info("loaded transactions; recovery ended %d left in flight", ended)
+            except LogError:
+                log.exception("loading transactions failed")
+                self.txn.loading = False
             self._loaded.set()
 
     async def _replay_offsets(self) -> int:
@@ -399,9 +413,15 @@ class BrokerCore:
         for partition in range(self.logs.topic(OFFSETS_TOPIC).partitions):
             plog = self.logs.get_log(OFFSETS_TOPIC, partition)
             for i, (header, raw) in enumerate(plog.iter_batches(plog.log_start_offset)):
-                if header.is_control:
-                    continue
                 try:
+                    if header.is_control:
+                        # A transaction's end: its offsets become committed, or are dropped.
+                        _, control = decode_batch(raw)
+                        control_type, _ = parse_control_record(control[0])
+                        self.groups.complete_txn_offsets(
+                            header.producer_id, control_type is ControlType.COMMIT
+                        )
+                        continue
                     _, records = decode_batch(raw)
                 except CorruptRecordError as exc:
                     log.warning(
@@ -412,7 +432,12 @@ class BrokerCore:
                     )
                     continue
                 for record in records:
-                    self.groups.load_record(record.key, record.value)
+                    if header.is_transactional:
+                        self.groups.load_txn_record(
+                            header.producer_id, record.key, record.value
+                        )
+                    else:
+                        self.groups.load_record(record.key, record.value)
                     replayed += 1
                 if i % LOAD_BATCHES_PER_TURN == LOAD_BATCHES_PER_TURN - 1:
                     await asyncio.sleep(0)
@@ -436,6 +461,99 @@ class BrokerCore:
         self._waiters.wake((OFFSETS_TOPIC, partition))
         if result.flush_required:
             self._flush_in_background(plog)
+
+    async def append_txn_offsets(
+        self,
+        group_id: str,
+        producer_id: int,
+        producer_epoch: int,
+        records: list[tuple[bytes, bytes | None]],
+    ) -> None:
+        """Transactional offset records: one transactional batch of the producer (pending)."""
+        builder = BatchBuilder(
+            producer_id=producer_id, producer_epoch=producer_epoch, is_transactional=True
+        )
+        now_ms = self.clock.now_ms()
+        for key, value in records:
+            builder.append(key, value, timestamp_ms=now_ms)
+        self.append_internal(
+            OFFSETS_TOPIC, self.offsets_partition_for(group_id), builder.build()
+        )
+
+    # -- transactions (used by the transaction coordinator) ---------------------------------
+
+    def allocate_producer_id(self) -> int:
+        return self._producer_ids.allocate()
+
+    def offsets_partition_key(self, group_id: str) -> tuple[str, int]:
+        """The ``__consumer_offsets`` partition a group's (transactional) commits go to."""
+        return OFFSETS_TOPIC, self.offsets_partition_for(group_id)
+
+    def append_internal(self, topic: str, partition: int, batch: bytes) -> int:
+        """Append a broker-built batch to an internal topic; returns its base offset.
+
+        Written before the caller answers (one ``pwrite``), like every acknowledged produce.
+        """
+        plog = self.logs.get_log(topic, partition)
+        result = plog.append(batch, defer_flush=True)
+        self._waiters.wake((topic, partition))
+        if result.flush_required:
+            self._flush_in_background(plog)
+        return result.base_offset
+
+    def write_txn_marker(
+        self, topic: str, partition: int, producer_id: int, producer_epoch: int, commit: bool
+    ) -> None:
+        """Append a commit or abort marker for one producer, ending its transaction here.
+
+        The partition's producer state forgets the open transaction (the LSO moves on), and an
+        abort is indexed in the segment's ``.txnindex`` for read_committed fetches. A deleted
+        topic is skipped: there is nothing left to end.
+        """
+        try:
+            plog = self.logs.get_log(topic, partition)
+        except UnknownTopicError:
+            log.info("skipping the marker of %s-%d: no such partition", topic, partition)
+            return
+        now_ms = self.clock.now_ms()
+        batch = build_control_batch(
+            producer_id=producer_id,
+            producer_epoch=producer_epoch,
+            control_type=ControlType.COMMIT if commit else ControlType.ABORT,
+            coordinator_epoch=0,
+            timestamp_ms=now_ms,
+        )
+        if topic in INTERNAL_TOPICS:
+            self.append_internal(topic, partition, batch)
+            return
+        state = self._producer_state(topic, partition, plog)
+        entry = state.entry(producer_id)
+        first_offset = entry.current_txn_first_offset if entry is not None else None
+        result = plog.append(batch, defer_flush=True)
+        state.record(read_header(batch), result.base_offset, -1, now_ms)
+        if not commit and first_offset is not None:
+            self._index_abort(plog, state, producer_id, first_offset, result.base_offset)
+        self._waiters.wake((topic, partition))
+        if result.flush_required:
+            self._flush_in_background(plog)
+
+    @staticmethod
+    def _index_abort(
+        plog: PartitionLog,
+        state: PartitionProducerState,
+        producer_id: int,
+        first_offset: int,
+        marker_offset: int,
+    ) -> None:
+        stable = state.first_unstable_offset()
+        plog.add_aborted_txn(
+            AbortedTxn(
+                producer_id,
+                first_offset,
+                marker_offset,
+                marker_offset + 1 if stable is None else stable,
+            )
+        )
 
     # -- metadata and topics ---------------------------------------------------------------
 
@@ -673,9 +791,7 @@ class BrokerCore:
             state = PartitionProducerState()
         replayed = 0
         if start < plog.log_end_offset:
-            replayed = state.rebuild(
-                h for h, _ in plog.iter_batches(start) if h.base_offset >= start
-            )
+            replayed = self._replay_producer_state(state, plog, start)
         if replayed:
             log.info(
                 "rebuilt producer state of %s-%d from %d batches",
@@ -685,6 +801,38 @@ class BrokerCore:
             )
         self._producer_states[key] = state
         return state
+
+    def _replay_producer_state(
+        self, state: PartitionProducerState, plog: PartitionLog, start: int
+    ) -> int:
+        """Replay batches from ``start`` into ``state``, re-indexing abort markers on the way.
+
+        The ``.txnindex`` entries of markers replayed here may have been lost with a crash; adding
+        them again is idempotent. Returns how many batches had a producer id.
+        """
+        replayed = 0
+        for header, raw in plog.iter_batches(start):
+            if header.base_offset < start or header.producer_id == NO_PRODUCER_ID:
+                continue
+            replayed += 1
+            log_append_time_ms = header.max_timestamp if header.is_log_append_time else -1
+            if not header.is_control:
+                state.record(header, header.base_offset, log_append_time_ms)
+                continue
+            entry = state.entry(header.producer_id)
+            first_offset = entry.current_txn_first_offset if entry is not None else None
+            state.record(header, header.base_offset, log_append_time_ms)
+            if first_offset is None:
+                continue
+            try:
+                _, control = decode_batch(raw)
+                control_type, _ = parse_control_record(control[0])
+            except (CorruptRecordError, IndexError) as exc:
+                log.warning("unreadable marker at %d of %s-%d: %s", header.base_offset, plog.topic, plog.partition, exc)
+                continue
+            if control_type is ControlType.ABORT:
+                self._index_abort(plog, state, header.producer_id, first_offset, header.base_offset)
+        return replayed
 
     async def produce(
         self, topic: str, partition: int, records: bytes | bytearray | memoryview
@@ -727,13 +875,16 @@ class BrokerCore:
                     ErrorCode.INVALID_RECORD,
                     error_message="clients cannot write control batches",
                 )
-            if header.is_transactional and not self.transactions_enabled:
-                # Without a transaction coordinator nothing would ever end the transaction, and
-                # read_committed consumers would wait at its first offset forever.
-                return ProduceResult(
-                    ErrorCode.INVALID_TXN_STATE,
-                    error_message="transactions are not available",
+            if header.is_transactional:
+                # Only into a partition added to the producer's open transaction: otherwise no
+                # marker would ever end it and read_committed consumers would wait forever.
+                error = self.txn.check_produce(
+                    header.producer_id, header.producer_epoch, topic, partition
                 )
+                if error != ErrorCode.NONE:
+                    return ProduceResult(
+                        error, log_start_offset=plog.log_start_offset
+                    )
         idempotent = headers[0].producer_id >= 0
         state = self._producer_state(topic, partition, plog) if idempotent else None
         if state is not None:
@@ -840,6 +991,13 @@ class BrokerCore:
             result.records = plog.read(
                 offset, max_bytes, max_offset=upper, min_one_batch=first
             )
+            if isolation_level == ISOLATION_READ_COMMITTED and result.records:
+                # Every aborted transaction that may overlap the data returned (at most up to
+                # the LSO): the client drops those producers' batches up to their abort marker.
+                result.aborted_transactions = [
+                    (a.producer_id, a.first_offset)
+                    for a in plog.aborted_transactions(offset, upper)
+                ]
         except OffsetOutOfRangeError:
             result.error_code = ErrorCode.OFFSET_OUT_OF_RANGE
         except LogError as exc:  # e.g. the topic was deleted while this fetch waited
@@ -1015,9 +1173,13 @@ class BrokerCore:
         producer_id: int = -1,
         producer_epoch: int = -1,
     ) -> InitProducerIdResult:
-        """A new producer id with epoch 0 (idempotent producers); transactions are issue 4."""
+        """A new producer id with epoch 0 (idempotent producers), or the transaction
+        coordinator's answer for a transactional id (new id, or an epoch bump that fences)."""
         if transactional_id:
-            return InitProducerIdResult(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+            r = self.txn.init_producer_id(
+                transactional_id, transaction_timeout_ms, producer_id, producer_epoch
+            )
+            return InitProducerIdResult(r.error_code, r.producer_id, r.producer_epoch)
         return InitProducerIdResult(ErrorCode.NONE, self._producer_ids.allocate(), 0)
 
     async def commit_offsets(

@@ -29,8 +29,16 @@ start). The encoding is flowbus's own, all integers big-endian::
             commit_timestamp_ms int64
     value absent (tombstone) = the committed offset was deleted
 
-Key versions 2 and up are reserved for group metadata and transaction records; the loader skips
-versions it does not know, so an older broker can read a newer topic.
+Key versions 2 and up are reserved for group metadata; the loader skips versions it does not
+know, so an older broker can read a newer topic.
+
+Transactional offset commits (TxnOffsetCommit, KIP-98/KIP-447) use the same records, written in a
+*transactional* batch carrying the producer's id and epoch. They stay pending (invisible to
+OffsetFetch) until the transaction coordinator ends the transaction: a commit marker on the same
+``__consumer_offsets`` partition makes them the group's committed offsets, an abort marker drops
+them. The loader applies the same rule while replaying, so a restart sees exactly the committed
+ones; offsets still pending at the end of the replay are resolved by the transaction
+coordinator's recovery, which writes the missing marker.
 """
 
 from __future__ import annotations
@@ -180,6 +188,16 @@ class OffsetStore(Protocol):
         """Append the records durably enough to survive a broker process crash."""
         ...
 
+    async def append_txn_offsets(
+        self,
+        group_id: str,
+        producer_id: int,
+        producer_epoch: int,
+        records: list[tuple[bytes, bytes | None]],
+    ) -> None:
+        """Append the records as one transactional batch of that producer."""
+        ...
+
 
 @dataclass(slots=True, eq=False)
 class _Member:
@@ -314,6 +332,8 @@ class GroupCoordinator:
         self._store = store
         self._config = config or GroupConfig()
         self._groups: dict[str, _Group] = {}
+        #: Transactional commits not ended yet: producer id → group id → partition → offset.
+        self._pending_txn: dict[int, dict[str, dict[tuple[str, int], CommittedOffset]]] = {}
         #: True until :meth:`finish_loading`: group requests answer COORDINATOR_LOAD_IN_PROGRESS.
         self.loading = True
 
@@ -339,6 +359,115 @@ class GroupCoordinator:
         if group is None:
             group = self._groups[group_id] = _Group(group_id)
         group.offsets[(topic, partition)] = committed
+
+    def load_txn_record(
+        self, producer_id: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        """Replay one record of a transactional batch: pending until its marker is replayed."""
+        if key is None or value is None:
+            return
+        try:
+            decoded = decode_offset_record(key, value)
+        except InternalTopicError as exc:
+            log.warning("skipping a malformed record in __consumer_offsets: %s", exc)
+            return
+        if decoded is None or decoded[3] is None:
+            return
+        group_id, topic, partition, committed = decoded
+        by_group = self._pending_txn.setdefault(producer_id, {})
+        by_group.setdefault(group_id, {})[(topic, partition)] = committed
+
+    def complete_txn_offsets(self, producer_id: int, commit: bool) -> int:
+        """End a producer's pending transactional commits (the coordinator's hook, and replay).
+
+        Commit makes them the groups' committed offsets; abort drops them. Returns how many
+        offsets became visible.
+        """
+        by_group = self._pending_txn.pop(producer_id, None)
+        if not by_group or not commit:
+            return 0
+        applied = 0
+        for group_id, offsets in by_group.items():
+            group = self._groups.get(group_id)
+            if group is None:
+                group = self._groups[group_id] = _Group(group_id)
+            group.offsets.update(offsets)
+            applied += len(offsets)
+        return applied
+
+    def pending_txn_producers(self) -> set[int]:
+        """Producers with transactional commits still pending (for the coordinator's recovery)."""
+        return set(self._pending_txn)
+
+    async def commit_txn_offsets(
+        self,
+        group_id: str,
+        producer_id: int,
+        producer_epoch: int,
+        generation_id: int,
+        member_id: str,
+        offsets: list[OffsetToCommit],
+        *,
+        partition_exists: Callable[[str, int], bool],
+    ) -> list[int]:
+        """Write transactional commits, pending until the transaction ends (TxnOffsetCommit).
+
+        The transaction coordinator has checked the producer; here the group is checked when the
+        client names its generation and member (KIP-447), so a zombie of an older generation
+        cannot commit.
+        """
+        if self.loading:
+            return [ErrorCode.COORDINATOR_LOAD_IN_PROGRESS] * len(offsets)
+        if not group_id:
+            return [ErrorCode.INVALID_GROUP_ID] * len(offsets)
+        group = self._groups.get(group_id)
+        if member_id and generation_id >= 0 and group is not None and group.members:
+            if member_id not in group.members:
+                return [ErrorCode.UNKNOWN_MEMBER_ID] * len(offsets)
+            if generation_id != group.generation_id:
+                return [ErrorCode.ILLEGAL_GENERATION] * len(offsets)
+        now_wall_ms = self._clock.now_ms()
+        errors: list[int] = []
+        records: list[tuple[bytes, bytes | None]] = []
+        accepted: list[tuple[tuple[str, int], CommittedOffset]] = []
+        for item in offsets:
+            if (
+                item.metadata is not None
+                and len(item.metadata.encode()) > self._config.offset_metadata_max_bytes
+            ):
+                errors.append(ErrorCode.OFFSET_METADATA_TOO_LARGE)
+                continue
+            if not partition_exists(item.topic, item.partition):
+                errors.append(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+                continue
+            committed = CommittedOffset(
+                item.offset, item.leader_epoch, item.metadata, now_wall_ms
+            )
+            records.append(
+                (
+                    encode_offset_key(group_id, item.topic, item.partition),
+                    encode_offset_value(committed),
+                )
+            )
+            accepted.append(((item.topic, item.partition), committed))
+            errors.append(ErrorCode.NONE)
+        if records:
+            try:
+                await self._store.append_txn_offsets(
+                    group_id, producer_id, producer_epoch, records
+                )
+            except FlowbusError as exc:
+                log.error("transactional commit of group %s failed: %s", group_id, exc)
+                return [
+                    ErrorCode.COORDINATOR_NOT_AVAILABLE if e == ErrorCode.NONE else e
+                    for e in errors
+                ]
+            pending = self._pending_txn.setdefault(producer_id, {}).setdefault(
+                group_id, {}
+            )
+            for key, committed in accepted:
+                pending[key] = committed
+        return errors
 
     def finish_loading(self) -> None:
         """Start answering group requests (all offsets are loaded)."""

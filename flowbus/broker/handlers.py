@@ -40,6 +40,26 @@ AUTHORIZED_OPERATIONS_OMITTED = -(1 << 31)
 SASL_MECHANISMS = ["PLAIN"]
 
 
+#: First version of each transactional API that knows PRODUCER_FENCED (KIP-588); older
+#: versions are told INVALID_PRODUCER_EPOCH, which their clients treat as fenced.
+PRODUCER_FENCED_MIN_VERSION = {
+    ApiKey.INIT_PRODUCER_ID: 4,
+    ApiKey.ADD_PARTITIONS_TO_TXN: 2,
+    ApiKey.ADD_OFFSETS_TO_TXN: 2,
+    ApiKey.END_TXN: 2,
+    ApiKey.TXN_OFFSET_COMMIT: 3,
+}
+
+
+def _fenced_for(header: RequestHeader, error: int) -> int:
+    """PRODUCER_FENCED as the request's API version can express it."""
+    if error == ErrorCode.PRODUCER_FENCED and header.api_version < PRODUCER_FENCED_MIN_VERSION.get(
+        header.api_key, 0
+    ):
+        return ErrorCode.INVALID_PRODUCER_EPOCH
+    return error
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionInfo:
     """Who sent a request: used for group member descriptions and log lines."""
@@ -77,10 +97,10 @@ class Handlers:
             ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
             ApiKey.SASL_HANDSHAKE: self.sasl_handshake,
             ApiKey.SASL_AUTHENTICATE: self.sasl_authenticate,
-            ApiKey.ADD_PARTITIONS_TO_TXN: self.transactions_not_available,
-            ApiKey.ADD_OFFSETS_TO_TXN: self.transactions_not_available,
-            ApiKey.END_TXN: self.transactions_not_available,
-            ApiKey.TXN_OFFSET_COMMIT: self.transactions_not_available,
+            ApiKey.ADD_PARTITIONS_TO_TXN: self.add_partitions_to_txn,
+            ApiKey.ADD_OFFSETS_TO_TXN: self.add_offsets_to_txn,
+            ApiKey.END_TXN: self.end_txn,
+            ApiKey.TXN_OFFSET_COMMIT: self.txn_offset_commit,
         }
 
     def register(self, api_key: int, handler: Handler) -> None:
@@ -698,52 +718,99 @@ class Handlers:
         )
         return {
             "throttle_time_ms": 0,
-            "error_code": result.error_code,
+            "error_code": _fenced_for(header, result.error_code),
             "producer_id": result.producer_id,
             "producer_epoch": result.producer_epoch,
         }
 
-    async def transactions_not_available(
+    async def add_partitions_to_txn(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
     ) -> Body:
-        """Placeholder until the transaction coordinator (issue 4) registers its handlers.
+        wanted = [
+            (t["name"], p)
+            for t in body.get("v3_and_below_topics") or []
+            for p in t["partitions"]
+        ]
+        errors = self.core.txn.add_partitions(
+            body.get("v3_and_below_transactional_id") or "",
+            body.get("v3_and_below_producer_id", -1),
+            body.get("v3_and_below_producer_epoch", -1),
+            wanted,
+        )
+        topics: list[Body] = []
+        by_topic: dict[str, list[Body]] = {}
+        for (topic, partition), error in errors.items():
+            partitions = by_topic.get(topic)
+            if partitions is None:
+                partitions = by_topic[topic] = []
+                topics.append({"name": topic, "results_by_partition": partitions})
+            partitions.append(
+                {
+                    "partition_index": partition,
+                    "partition_error_code": _fenced_for(header, error),
+                }
+            )
+        return {"throttle_time_ms": 0, "results_by_topic_v3_and_below": topics}
 
-        Advertised for client compatibility (aiokafka infers the broker release from the set);
-        no client gets here, because InitProducerId with a transactional id already fails.
-        """
-        error = ErrorCode.UNSUPPORTED_VERSION
-        if header.api_key == ApiKey.ADD_PARTITIONS_TO_TXN:
-            return {
-                "throttle_time_ms": 0,
-                "results_by_topic_v3_and_below": [
-                    {
-                        "name": t["name"],
-                        "results_by_partition": [
-                            {"partition_index": p, "partition_error_code": error}
-                            for p in t["partitions"]
-                        ],
-                    }
-                    for t in body.get("v3_and_below_topics", [])
-                ],
-            }
-        if header.api_key == ApiKey.TXN_OFFSET_COMMIT:
-            return {
-                "throttle_time_ms": 0,
-                "topics": [
-                    {
-                        "name": t["name"],
-                        "partitions": [
-                            {
-                                "partition_index": p["partition_index"],
-                                "error_code": error,
-                            }
-                            for p in t["partitions"]
-                        ],
-                    }
-                    for t in body.get("topics", [])
-                ],
-            }
-        return {"throttle_time_ms": 0, "error_code": error}
+    async def add_offsets_to_txn(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        error = self.core.txn.add_offsets(
+            body["transactional_id"],
+            body["producer_id"],
+            body["producer_epoch"],
+            body["group_id"],
+        )
+        return {"throttle_time_ms": 0, "error_code": _fenced_for(header, error)}
+
+    async def end_txn(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        error = self.core.txn.end_txn(
+            body["transactional_id"],
+            body["producer_id"],
+            body["producer_epoch"],
+            bool(body["committed"]),
+        )
+        return {"throttle_time_ms": 0, "error_code": _fenced_for(header, error)}
+
+    async def txn_offset_commit(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        offsets = [
+            OffsetToCommit(
+                t["name"],
+                p["partition_index"],
+                p["committed_offset"],
+                p.get("committed_leader_epoch", -1),
+                p.get("committed_metadata"),
+            )
+            for t in body["topics"]
+            for p in t["partitions"]
+        ]
+        errors = await self.core.txn.txn_offset_commit(
+            body["transactional_id"],
+            body["group_id"],
+            body["producer_id"],
+            body["producer_epoch"],
+            body.get("generation_id", -1),
+            body.get("member_id") or "",
+            offsets,
+        )
+        topics: list[Body] = []
+        by_topic: dict[str, list[Body]] = {}
+        for item, error in zip(offsets, errors):
+            partitions = by_topic.get(item.topic)
+            if partitions is None:
+                partitions = by_topic[item.topic] = []
+                topics.append({"name": item.topic, "partitions": partitions})
+            partitions.append(
+                {
+                    "partition_index": item.partition,
+                    "error_code": _fenced_for(header, error),
+                }
+            )
+        return {"throttle_time_ms": 0, "topics": topics}
 
     async def sasl_handshake(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo

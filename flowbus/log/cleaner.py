@@ -15,7 +15,10 @@ How a partition is cleaned (Kafka's cleaner works the same way in outline):
    groups whose total size fits ``segment.bytes``, one group per :meth:`LogCleaner.clean_some`
    call so the broker's tick does bounded work. Per batch:
 
-   * control and transactional batches are copied unchanged (issue 4 will drop aborted data);
+   * control and transactional batches are copied unchanged, and the group's aborted-transaction
+     index entries are carried over: cleaning never changes what a read_committed consumer sees.
+     (Kafka also drops aborted records and, later, old markers; flowbus keeps both, which costs
+     space but can never make an aborted record visible or lose a committed one);
    * a record is dropped when the map holds a later offset for its key;
    * a tombstone (null value) that is the latest for its key survives its first cleaning and
      the batch gets a delete horizon of now + ``delete.retention.ms`` (KIP-534: stored in
@@ -273,6 +276,11 @@ class LogCleaner:
                         chunk, chunk_batches = bytearray(), []
             if chunk_batches:
                 cleaned.append(chunk, chunk_batches)
+            for segment in group:
+                # Transactional batches and markers are copied unchanged, so the aborted
+                # transactions indexed for the group stay true for the cleaned segment.
+                for entry in segment.txn_index.entries:
+                    cleaned.add_aborted_txn(entry)
             cleaned.on_become_inactive()
             cleaned.sync()
             cleaned.change_suffix(SWAP_SUFFIX)

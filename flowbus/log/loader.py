@@ -26,6 +26,7 @@ from flowbus.log.segment import (
     INDEX_SUFFIX,
     LOG_SUFFIX,
     TIME_INDEX_SUFFIX,
+    TXN_INDEX_SUFFIX,
     LogSegment,
     SegmentLimits,
     segment_stem,
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 DELETED_SUFFIX = ".deleted"
 CLEANED_SUFFIX = ".cleaned"
 SWAP_SUFFIX = ".swap"
-_SEGMENT_FILE = re.compile(r"^(\d{20})(\.log|\.index|\.timeindex)(\.swap|\.cleaned|\.deleted)?$")
+_SEGMENT_FILE = re.compile(r"^(\d{20})(\.log|\.index|\.timeindex|\.txnindex)(\.swap|\.cleaned|\.deleted)?$")
 
 
 @dataclass(slots=True)
@@ -141,7 +142,7 @@ def _delete_later(directory: Path, bases: list[int], reason: str = "after a corr
     """Delete whole segments: after a corrupt one (their offsets would no longer follow on), or overlapped."""
     cut = 0
     for base in bases:
-        for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX):
+        for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX):
             path = directory / f"{segment_stem(base)}{suffix}"
             if not path.exists():
                 continue
@@ -175,7 +176,7 @@ def _remove_leftovers(directory: Path) -> None:
 def _finish_swap(directory: Path, stem: str, names: set[str]) -> None:
     """Replace segment ``stem`` with its complete ``.swap`` files (a cleaner swap cut short)."""
     log.info("completing an interrupted cleaner swap of %s/%s", directory, stem)
-    for suffix in (INDEX_SUFFIX, TIME_INDEX_SUFFIX):
+    for suffix in (INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX):
         swap = f"{stem}{suffix}{SWAP_SUFFIX}"
         target = directory / f"{stem}{suffix}"
         if swap in names:

@@ -33,6 +33,7 @@ from flowbus.log.errors import (
 from flowbus.log.loader import DELETED_SUFFIX, load_partition
 from flowbus.log.segment import MAX_RELATIVE_OFFSET, LogSegment, SegmentLimits
 from flowbus.log.segments import LogSegments
+from flowbus.log.txn_index import AbortedTxn
 from flowbus.records.errors import CorruptRecordError
 from flowbus.records.header import (
     BatchHeader,
@@ -348,6 +349,32 @@ class PartitionLog:
             for header, data in segment.iter_batches(start if segment.base_offset <= start else None):
                 if header.last_offset >= start:
                     yield header, data
+
+    def add_aborted_txn(self, entry: AbortedTxn) -> bool:
+        """Index an abort marker in the segment that holds it (idempotent by marker offset).
+
+        The broker calls this right after appending an abort marker, and again for every abort
+        marker it replays while rebuilding producer state after a restart.
+        """
+        with self._lock:
+            self._require_open()
+            segment = self._segments.floor(entry.last_offset)
+            if segment is None or entry.last_offset >= segment.next_offset:
+                return False  # below the log start (deleted) or past the end (cut)
+            return segment.add_aborted_txn(entry)
+
+    def aborted_transactions(self, start_offset: int, end_offset: int) -> list[AbortedTxn]:
+        """Aborted transactions overlapping ``[start_offset, end_offset)``, for read_committed fetches.
+
+        An entry lives with its marker, which is at or after ``start_offset`` for every overlapping
+        transaction, so only segments from the one holding ``start_offset`` on are searched.
+        """
+        with self._lock:
+            self._require_open()
+            found: list[AbortedTxn] = []
+            for segment in self._segments.from_offset(start_offset):  # bounded by the segment count
+                found.extend(segment.txn_index.overlapping(start_offset, end_offset))
+            return found
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
         """``(offset, timestamp)`` of the first record with timestamp >= ``timestamp_ms``, or None.

@@ -5,6 +5,7 @@ Files, all named by the segment's base offset padded to 20 digits (Kafka's namin
     00000000000000000000.log        record batches exactly as stored (RecordBatch v2 bytes)
     00000000000000000000.index      sparse offset index (see offset_index.py)
     00000000000000000000.timeindex  sparse time index (see time_index.py)
+    00000000000000000000.txnindex   aborted transactions whose marker is here (see txn_index.py)
 
 A suffix (``.cleaned``, ``.swap``, ``.deleted``) is appended to every file name while the cleaner
 builds a replacement or while a segment waits for deletion; the loader knows what each means.
@@ -12,7 +13,9 @@ builds a replacement or while a segment waits for deletion; the loader knows wha
 A segment works per batch, never per record: it appends buffers of whole, already-validated
 batches with one ``pwrite``, serves reads with ``pread`` of whole batches located through the
 offset index and a walk over batch headers, and re-validates batches (CRC-32C) during recovery.
-The transaction index of issue 4 will be a third index held here next to the other two.
+The transaction index is the third index, kept next to the other two: it is never rebuilt from
+the records file here (that needs the producers' open transactions, which the broker tracks), only
+cut back with the data; the broker re-adds the entries of markers it replays after a crash.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from flowbus.log.errors import LogClosedError
 from flowbus.log.offset_index import OffsetIndex
 from flowbus.log.time_index import TimeIndex
+from flowbus.log.txn_index import TXN_INDEX_SUFFIX, AbortedTxn, TransactionIndex
 from flowbus.records.errors import CorruptRecordError
 from flowbus.records.header import (
     HEADER_SIZE,
@@ -48,7 +52,7 @@ LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIME_INDEX_SUFFIX = ".timeindex"
 #: Every file suffix a segment owns, in the order the cleaner's swap renames them (records last).
-SEGMENT_SUFFIXES = (INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX)
+SEGMENT_SUFFIXES = (INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX, LOG_SUFFIX)
 
 #: Bytes read per pread while walking only batch headers (lookups, tail scans).
 HEADER_SCAN_CHUNK_BYTES = 16 * 1024
@@ -103,6 +107,7 @@ class LogSegment:
         self.time_index = TimeIndex(
             directory / f"{stem}{TIME_INDEX_SUFFIX}{suffix}", base_offset, limits.time_index_max_entries
         )
+        self.txn_index = TransactionIndex(directory / f"{stem}{TXN_INDEX_SUFFIX}{suffix}")
         self.size_bytes = os.fstat(self._fd).st_size
         #: Offset after the last batch; the base offset while empty.
         self.next_offset = base_offset
@@ -128,6 +133,7 @@ class LogSegment:
             segment.size_bytes = 0
         segment.offset_index.clear()
         segment.time_index.clear()
+        segment.txn_index.clear()
         return segment
 
     @classmethod
@@ -151,6 +157,7 @@ class LogSegment:
         """
         segment = cls(directory, base_offset, limits)
         cut_bytes = segment._recover(validate_from_position, trusted_next_offset)
+        segment.txn_index.truncate_to_offset(segment.next_offset)
         return segment, cut_bytes
 
     # -- recovery ----------------------------------------------------------------------------
@@ -227,6 +234,7 @@ class LogSegment:
         self._records_dirty = True
         self.offset_index.truncate_to_position(position)
         self.time_index.truncate_to_offset(self.next_offset)
+        self.txn_index.truncate_to_offset(self.next_offset)
         assert os.fstat(self._fd).st_size == position
 
     def _load_first_timestamp(self) -> None:
@@ -459,7 +467,7 @@ class LogSegment:
         if self._records_dirty and self._fd >= 0:
             self._records_dirty = False
             fds.append(os.dup(self._fd))
-        for index in (self.offset_index, self.time_index):
+        for index in (self.offset_index, self.time_index, self.txn_index):
             fd = index.take_sync_fd()
             if fd is not None:
                 fds.append(fd)
@@ -470,11 +478,18 @@ class LogSegment:
         self._records_dirty = True
         self.offset_index.mark_dirty()
         self.time_index.mark_dirty()
+        self.txn_index.mark_dirty()
+
+    def add_aborted_txn(self, entry: AbortedTxn) -> bool:
+        """Index an abort marker held by this segment (False when it was indexed already)."""
+        assert self.base_offset <= entry.last_offset < self.next_offset
+        return self.txn_index.append(entry)
 
     def seal_indexes(self) -> None:
         """Release the index descriptors once the segment is inactive and its indexes synced."""
         self.offset_index.seal()
         self.time_index.seal()
+        self.txn_index.seal()
 
     def sync(self) -> None:
         """fsync the records file and both indexes now (on roll-free paths such as the cleaner)."""
@@ -488,17 +503,18 @@ class LogSegment:
                 os.close(fd)
 
     def change_suffix(self, suffix: str) -> None:
-        """Rename all three files to carry ``suffix`` (indexes first, records last)."""
+        """Rename all four files to carry ``suffix`` (indexes first, records last)."""
         stem = segment_stem(self.base_offset)
         self.offset_index.rename(self.directory / f"{stem}{INDEX_SUFFIX}{suffix}")
         self.time_index.rename(self.directory / f"{stem}{TIME_INDEX_SUFFIX}{suffix}")
+        self.txn_index.rename(self.directory / f"{stem}{TXN_INDEX_SUFFIX}{suffix}")
         new_path = self.directory / f"{stem}{LOG_SUFFIX}{suffix}"
         os.replace(self.path, new_path)
         self.path = new_path
         self.suffix = suffix
 
     def file_paths(self) -> list[Path]:
-        return [self.offset_index.path, self.time_index.path, self.path]
+        return [self.offset_index.path, self.time_index.path, self.txn_index.path, self.path]
 
     def _require_open(self) -> None:
         if self._fd < 0:
@@ -514,6 +530,7 @@ class LogSegment:
             self._fd = -1
         self.offset_index.close()
         self.time_index.close()
+        self.txn_index.close()
 
     def __repr__(self) -> str:
         return f"LogSegment(base={self.base_offset}, next={self.next_offset}, size={self.size_bytes}, path={self.path.name})"

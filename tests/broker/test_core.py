@@ -327,9 +327,12 @@ def test_producer_state_snapshot_is_used_after_a_clean_restart(tmp_path: Path) -
     with_core(tmp_path, third)
 
 
-def test_control_and_transactional_batches_from_clients_are_refused(
+def test_control_batches_and_transactional_batches_outside_a_transaction_are_refused(
     tmp_path: Path,
 ) -> None:
+    """Markers are the coordinator's to write; a transactional batch of an idempotent (not
+    transactional) producer belongs to no transaction that could ever end."""
+
     async def body(core: BrokerCore) -> None:
         await core.create_topics([NewTopic("tx", 1)])
         pid = (await core.init_producer_id(None, 60_000)).producer_id

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import pytest
 
 from flowbus.transports.base import TopicPartition, TopicSpec
-from flowbus.transports.errors import TransactionError
 from flowbus.transports.kafka import KafkaTransport
 from tests.support.broker_process import BrokerProcess
 
@@ -59,14 +58,47 @@ def test_topics_produce_consume_commit_and_lag(broker: BrokerProcess) -> None:
     asyncio.run(main())
 
 
-def test_transactions_are_refused_until_the_broker_has_them(broker: BrokerProcess) -> None:
-    """exactly_once over kafka:// needs the broker's transactions (not implemented yet): the
-    worker must fail at start with a TransactionError rather than run without them."""
+def test_transactions_commit_offsets_and_records_atomically(broker: BrokerProcess) -> None:
+    """exactly_once over kafka:// rests on the broker's transactions: records and the consumed
+    offsets commit together; an aborted transaction's records never reach read_committed."""
 
     async def main() -> None:
         t = KafkaTransport(f"kafka://{broker.bootstrap}?transaction.timeout.ms=10000")
+        src, dst = f"ktx-src-{time.monotonic_ns()}", f"ktx-dst-{time.monotonic_ns()}"
+        await t.create_topics([TopicSpec(src, 1), TopicSpec(dst, 1)])
+        plain = t.producer()
+        for i in range(5):
+            plain.send(src, b"in-%d" % i, partition=0)
+        await plain.flush()
+        consumer = t.consumer(f"g-{src}", isolation_level="read_committed")
+        consumer.subscribe([src])
+        got = []
+        deadline = time.monotonic() + 20
+        while len(got) < 5 and time.monotonic() < deadline:
+            got += await consumer.poll_batch(100, 100)
+        assert len(got) == 5
         producer = t.producer(transactional_id=f"tx-{time.monotonic_ns()}")
-        with pytest.raises(TransactionError):
-            await producer.init_transactions()
+        await producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(dst, b"aborted", partition=0)
+        await producer.abort_transaction()
+        producer.begin_transaction()
+        for record in got:
+            producer.send(dst, record.value.replace(b"in", b"out"), partition=0)
+        tp = TopicPartition(src, 0)
+        await producer.send_offsets_to_transaction({tp: 5}, consumer.group_metadata())
+        await producer.commit_transaction()
+        assert (await consumer.committed([tp]))[tp] == 5
+        reader = t.consumer(f"r-{dst}", isolation_level="read_committed")
+        reader.subscribe([dst])
+        out = []
+        deadline = time.monotonic() + 20
+        while len(out) < 5 and time.monotonic() < deadline:
+            out += await reader.poll_batch(100, 100)
+        assert [r.value for r in out] == [b"out-%d" % i for i in range(5)]
+        for c in (consumer, reader):
+            await c.close()
+        await producer.close()
+        await plain.close()
 
     asyncio.run(main())

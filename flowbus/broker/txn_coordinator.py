@@ -1,0 +1,455 @@
+"""The transaction coordinator: Kafka's transactions (KIP-98) on a single broker.
+
+A transactional producer (``transactional.id``) talks to the coordinator of its id — always
+this broker — in this order:
+
+1. **InitProducerId** with the transactional id: a producer id for a new id, or the same id
+   with the epoch bumped. The bump fences every older instance: their requests now carry an
+   older epoch and are refused (PRODUCER_FENCED on the versions that know it, else
+   INVALID_PRODUCER_EPOCH). A transaction the old instance left open is aborted first.
+2. **AddPartitionsToTxn** before the first write to a partition, **AddOffsetsToTxn** before
+   **TxnOffsetCommit** (offsets go to the group's ``__consumer_offsets`` partition, pending).
+3. **EndTxn** commit or abort: the decision is logged (PrepareCommit/PrepareAbort), a control
+   batch (marker) is appended to every partition of the transaction and to the offsets
+   partitions, pending offsets are applied or dropped, and the end is logged
+   (CompleteCommit/CompleteAbort).
+
+Every state change is appended to ``__transaction_state`` (see ``txn_state.py``) before it is
+acted on or answered, so a restarted broker finds each transaction where it was. Recovery
+never leaves one open: PrepareCommit/PrepareAbort are finished (the missing markers are
+written — a second marker for a transaction already ended in a partition is harmless), and an
+Ongoing one is aborted with a bumped epoch (its producer may still be alive and must not add
+to it). An open transaction would hold every read_committed consumer at its first offset.
+
+Markers are written synchronously, on the event loop, before EndTxn is answered; writes are
+page-cache appends, so this takes well under a millisecond per partition. When a marker write
+fails the transaction stays in its Prepare state, requests for it answer
+CONCURRENT_TRANSACTIONS (clients retry), and the periodic :meth:`TransactionCoordinator.tick`
+retries the markers. The tick also aborts transactions open for longer than their
+``transaction.timeout.ms``, bumping the epoch as Kafka does, so a producer that went silent
+cannot commit a transaction whose data consumers were told to wait for.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flowbus.broker.errors import InternalTopicError
+from flowbus.broker.group_coordinator import OffsetToCommit
+from flowbus.broker.txn_state import (
+    MAX_PRODUCER_EPOCH,
+    TXN_STATE_TOPIC,
+    TxnMetadata,
+    TxnState,
+    decode_txn_record,
+    encode_txn_key,
+    encode_txn_value,
+)
+from flowbus.clock import Clock
+from flowbus.errors import FlowbusError
+from flowbus.log.errors import LogError
+from flowbus.protocol.error_codes import ErrorCode
+from flowbus.records.builder import BatchBuilder
+from flowbus.records.errors import CorruptRecordError
+from flowbus.records.record import decode_batch
+
+if TYPE_CHECKING:
+    from flowbus.broker.core import BrokerCore
+
+log = logging.getLogger(__name__)
+
+#: Kafka's ``transaction.max.timeout.ms`` default: longer client timeouts are refused.
+TRANSACTION_MAX_TIMEOUT_MS = 900_000
+#: Transactions aborted for timeout per tick; the rest wait for the next tick (bounded work).
+TIMEOUT_ABORTS_PER_TICK_MAX = 100
+
+
+@dataclass(frozen=True, slots=True)
+class TxnConfig:
+    """Limits of the transaction coordinator (Kafka's broker setting names)."""
+
+    transaction_max_timeout_ms: int = TRANSACTION_MAX_TIMEOUT_MS
+    #: Partitions of ``__transaction_state``; one is plenty for a single broker.
+    transaction_state_topic_partitions: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class InitPidResult:
+    error_code: int
+    producer_id: int = -1
+    producer_epoch: int = -1
+
+
+class TransactionCoordinator:
+    """Every transactional id of this broker.
+
+    Args:
+        core: the broker (logs, producer ids, markers, the group coordinator's hook).
+        clock: ``monotonic_ms`` is not used: transaction timeouts are measured on the wall
+            clock, as Kafka's are, because start times are persisted across restarts.
+        config: limits.
+
+    Error codes returned use PRODUCER_FENCED for a fenced producer; the handlers turn it into
+    INVALID_PRODUCER_EPOCH for API versions older than KIP-588.
+    """
+
+    def __init__(
+        self, core: BrokerCore, *, clock: Clock, config: TxnConfig | None = None
+    ) -> None:
+        self._core = core
+        self._clock = clock
+        self.config = config or TxnConfig()
+        self._txns: dict[str, TxnMetadata] = {}
+        self._by_producer: dict[int, TxnMetadata] = {}
+        #: True until :meth:`load` finished recovery: requests answer COORDINATOR_LOAD_IN_PROGRESS.
+        self.loading = True
+
+    # -- loading and recovery --------------------------------------------------------------
+
+    def ensure_topic(self) -> None:
+        logs = self._core.logs
+        if TXN_STATE_TOPIC not in logs.topics():
+            logs.create_topic(
+                TXN_STATE_TOPIC,
+                self.config.transaction_state_topic_partitions,
+                {"cleanup.policy": "compact", "segment.bytes": str(100 * 1024 * 1024)},
+            )
+
+    def load(self) -> int:
+        """Replay ``__transaction_state`` and finish or abort every transaction left in flight.
+
+        Runs after committed offsets are loaded (pending transactional offsets must be known
+        before markers resolve them). Returns how many transactions recovery ended.
+        """
+        logs = self._core.logs
+        for partition in range(logs.topic(TXN_STATE_TOPIC).partitions):
+            plog = logs.get_log(TXN_STATE_TOPIC, partition)
+            for header, raw in plog.iter_batches(plog.log_start_offset):
+                if header.is_control:
+                    continue
+                try:
+                    _, records = decode_batch(raw)
+                except CorruptRecordError as exc:
+                    log.warning("skipping a corrupt batch of %s: %s", TXN_STATE_TOPIC, exc)
+                    continue
+                for record in records:
+                    self._load_record(record.key, record.value)
+        ended = 0
+        for meta in list(self._txns.values()):
+            if meta.state is TxnState.ONGOING:
+                log.info(
+                    "recovery: aborting transaction of %r left open", meta.transactional_id
+                )
+                self._end(meta, commit=False, fence=True)
+                ended += 1
+            elif meta.state.is_preparing:
+                commit = meta.state is TxnState.PREPARE_COMMIT
+                log.info(
+                    "recovery: completing the %s of %r",
+                    "commit" if commit else "abort",
+                    meta.transactional_id,
+                )
+                self._complete(meta, commit)
+                ended += 1
+        # Transactional offsets whose transaction no longer exists were never committed.
+        known = {m.producer_id for m in self._txns.values()}
+        for producer_id in self._core.groups.pending_txn_producers() - known:
+            self._core.groups.complete_txn_offsets(producer_id, commit=False)
+        self.loading = False
+        return ended
+
+    def _load_record(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        try:
+            decoded = decode_txn_record(key, value)
+        except InternalTopicError as exc:
+            log.warning("skipping a malformed record in %s: %s", TXN_STATE_TOPIC, exc)
+            return
+        if decoded is None:
+            return
+        transactional_id, meta = decoded
+        old = self._txns.pop(transactional_id, None)
+        if old is not None and self._by_producer.get(old.producer_id) is old:
+            del self._by_producer[old.producer_id]
+        if meta is not None:
+            self._txns[transactional_id] = meta
+            self._by_producer[meta.producer_id] = meta
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def _partition_for(self, transactional_id: str) -> int:
+        return zlib.crc32(transactional_id.encode()) % self.config.transaction_state_topic_partitions
+
+    def _persist(self, meta: TxnMetadata) -> None:
+        """Append the metadata's current state (durable against a process crash on return)."""
+        meta.update_ms = self._clock.now_ms()
+        builder = BatchBuilder()
+        builder.append(
+            encode_txn_key(meta.transactional_id),
+            encode_txn_value(meta),
+            timestamp_ms=meta.update_ms,
+        )
+        self._core.append_internal(
+            TXN_STATE_TOPIC, self._partition_for(meta.transactional_id), builder.build()
+        )
+
+    # -- producer checks -------------------------------------------------------------------
+
+    def _check(
+        self, transactional_id: str, producer_id: int, producer_epoch: int
+    ) -> tuple[int, TxnMetadata | None]:
+        if self.loading:
+            return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, None
+        if not transactional_id:
+            return ErrorCode.INVALID_REQUEST, None
+        meta = self._txns.get(transactional_id)
+        if meta is None or meta.producer_id != producer_id:
+            return ErrorCode.INVALID_PRODUCER_ID_MAPPING, None
+        if producer_epoch != meta.producer_epoch:
+            return ErrorCode.PRODUCER_FENCED, None
+        if meta.state.is_preparing:
+            return ErrorCode.CONCURRENT_TRANSACTIONS, None
+        return ErrorCode.NONE, meta
+
+    def check_produce(
+        self, producer_id: int, producer_epoch: int, topic: str, partition: int
+    ) -> int:
+        """May this transactional batch be appended? (Called by the produce path.)
+
+        A batch of an older epoch is a zombie (INVALID_PRODUCER_EPOCH, what Kafka's produce
+        answers); a partition not added to the producer's open transaction is INVALID_TXN_STATE
+        (KIP-890's verification): without the AddPartitionsToTxn, no marker would ever end it.
+        """
+        if self.loading:
+            return ErrorCode.NOT_ENOUGH_REPLICAS  # retriable: recovery is still running
+        meta = self._by_producer.get(producer_id)
+        if meta is None:
+            return ErrorCode.INVALID_TXN_STATE  # not a transactional producer: no transaction
+        if producer_epoch != meta.producer_epoch:
+            return ErrorCode.INVALID_PRODUCER_EPOCH
+        if meta.state is not TxnState.ONGOING or (topic, partition) not in meta.partitions:
+            return ErrorCode.INVALID_TXN_STATE
+        return ErrorCode.NONE
+
+    # -- APIs ------------------------------------------------------------------------------
+
+    def init_producer_id(
+        self,
+        transactional_id: str,
+        transaction_timeout_ms: int,
+        producer_id: int = -1,
+        producer_epoch: int = -1,
+    ) -> InitPidResult:
+        """InitProducerId with a transactional id: a new producer id, or an epoch bump that fences.
+
+        ``producer_id``/``producer_epoch`` (v3+, KIP-360) are set when a running producer asks
+        for a bump after an abortable error; they must match the current ones.
+        """
+        if self.loading:
+            return InitPidResult(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS)
+        if not 0 < transaction_timeout_ms <= self.config.transaction_max_timeout_ms:
+            return InitPidResult(ErrorCode.INVALID_TRANSACTION_TIMEOUT)
+        meta = self._txns.get(transactional_id)
+        if meta is None:
+            meta = TxnMetadata(
+                transactional_id,
+                self._core.allocate_producer_id(),
+                0,
+                transaction_timeout_ms,
+            )
+            self._txns[transactional_id] = meta
+            self._by_producer[meta.producer_id] = meta
+            self._persist(meta)
+            return InitPidResult(ErrorCode.NONE, meta.producer_id, meta.producer_epoch)
+        if meta.state.is_preparing:
+            return InitPidResult(ErrorCode.CONCURRENT_TRANSACTIONS)
+        if producer_id >= 0 and (
+            producer_id != meta.producer_id or producer_epoch != meta.producer_epoch
+        ):
+            return InitPidResult(ErrorCode.PRODUCER_FENCED)
+        if meta.state is TxnState.ONGOING:
+            # The previous instance's transaction: abort it with a bumped epoch, which is also
+            # the epoch handed to the new instance (the markers already fence the old one).
+            self._end(meta, commit=False, fence=True)
+            bumped = True
+        else:
+            bumped = False
+        if not bumped or meta.producer_epoch >= MAX_PRODUCER_EPOCH - 1:
+            self._bump(meta)
+        meta.transaction_timeout_ms = transaction_timeout_ms
+        meta.state = TxnState.EMPTY
+        meta.partitions = set()
+        meta.groups = set()
+        meta.txn_start_ms = -1
+        self._persist(meta)
+        return InitPidResult(ErrorCode.NONE, meta.producer_id, meta.producer_epoch)
+
+    def _bump(self, meta: TxnMetadata) -> None:
+        """Next epoch, or a fresh producer id when the epoch space is used up."""
+        if meta.producer_epoch + 1 >= MAX_PRODUCER_EPOCH:
+            if self._by_producer.get(meta.producer_id) is meta:
+                del self._by_producer[meta.producer_id]
+            meta.producer_id = self._core.allocate_producer_id()
+            meta.producer_epoch = 0
+            self._by_producer[meta.producer_id] = meta
+        else:
+            meta.producer_epoch += 1
+
+    def add_partitions(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        producer_epoch: int,
+        partitions: Iterable[tuple[str, int]],
+    ) -> dict[tuple[str, int], int]:
+        """AddPartitionsToTxn: one error per partition (all fail together, as in Kafka)."""
+        wanted = list(dict.fromkeys(partitions))
+        error, meta = self._check(transactional_id, producer_id, producer_epoch)
+        if meta is None:
+            return {tp: error for tp in wanted}
+        unknown = {tp for tp in wanted if not self._core.partition_exists(*tp)}
+        if unknown:
+            return {
+                tp: ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                if tp in unknown
+                else ErrorCode.OPERATION_NOT_ATTEMPTED
+                for tp in wanted
+            }
+        self._add(meta, wanted)
+        return {tp: ErrorCode.NONE for tp in wanted}
+
+    def _add(self, meta: TxnMetadata, partitions: list[tuple[str, int]]) -> None:
+        new = [tp for tp in partitions if tp not in meta.partitions]
+        if not new and meta.state is TxnState.ONGOING:
+            return
+        if meta.state is not TxnState.ONGOING:
+            meta.state = TxnState.ONGOING
+            meta.partitions = set()
+            meta.groups = set()
+            meta.txn_start_ms = self._clock.now_ms()
+        meta.partitions.update(new)
+        self._persist(meta)
+
+    def add_offsets(
+        self, transactional_id: str, producer_id: int, producer_epoch: int, group_id: str
+    ) -> int:
+        """AddOffsetsToTxn: the group's offsets partition joins the transaction."""
+        error, meta = self._check(transactional_id, producer_id, producer_epoch)
+        if meta is None:
+            return error
+        if not group_id:
+            return ErrorCode.INVALID_GROUP_ID
+        self._add(meta, [self._core.offsets_partition_key(group_id)])
+        meta.groups.add(group_id)
+        return ErrorCode.NONE
+
+    async def txn_offset_commit(
+        self,
+        transactional_id: str,
+        group_id: str,
+        producer_id: int,
+        producer_epoch: int,
+        generation_id: int,
+        member_id: str,
+        offsets: list[OffsetToCommit],
+    ) -> list[int]:
+        """TxnOffsetCommit: offsets pending in the transaction, visible to OffsetFetch on commit."""
+        error, meta = self._check(transactional_id, producer_id, producer_epoch)
+        if meta is None:
+            return [error] * len(offsets)
+        if (
+            meta.state is not TxnState.ONGOING
+            or self._core.offsets_partition_key(group_id) not in meta.partitions
+        ):
+            return [ErrorCode.INVALID_TXN_STATE] * len(offsets)
+        return await self._core.groups.commit_txn_offsets(
+            group_id,
+            producer_id,
+            producer_epoch,
+            generation_id,
+            member_id,
+            offsets,
+            partition_exists=self._core.partition_exists,
+        )
+
+    def end_txn(
+        self, transactional_id: str, producer_id: int, producer_epoch: int, commit: bool
+    ) -> int:
+        """EndTxn: markers everywhere, then the end is logged; a retried end succeeds again."""
+        error, meta = self._check(transactional_id, producer_id, producer_epoch)
+        if meta is None:
+            return error
+        if meta.state is TxnState.ONGOING:
+            return self._end(meta, commit=commit, fence=False)
+        if meta.state is TxnState.COMPLETE_COMMIT and commit:
+            return ErrorCode.NONE  # a retry of an end that already happened
+        if meta.state is TxnState.COMPLETE_ABORT and not commit:
+            return ErrorCode.NONE
+        return ErrorCode.INVALID_TXN_STATE
+
+    def _end(self, meta: TxnMetadata, *, commit: bool, fence: bool) -> int:
+        """Log the decision, then complete it; ``fence`` bumps the epoch first (zombie abort)."""
+        if fence:
+            self._bump(meta)
+        meta.state = TxnState.PREPARE_COMMIT if commit else TxnState.PREPARE_ABORT
+        self._persist(meta)
+        return self._complete(meta, commit)
+
+    def _complete(self, meta: TxnMetadata, commit: bool) -> int:
+        """Write every marker and log the completion; on failure stay in Prepare for the tick."""
+        try:
+            for topic, partition in sorted(meta.partitions):
+                self._core.write_txn_marker(
+                    topic, partition, meta.producer_id, meta.producer_epoch, commit
+                )
+        except (LogError, FlowbusError, OSError) as exc:
+            log.error(
+                "writing markers for %r failed (will retry): %s", meta.transactional_id, exc
+            )
+            return ErrorCode.CONCURRENT_TRANSACTIONS
+        self._core.groups.complete_txn_offsets(meta.producer_id, commit)
+        meta.state = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
+        meta.partitions = set()
+        meta.groups = set()
+        meta.txn_start_ms = -1
+        self._persist(meta)
+        return ErrorCode.NONE
+
+    # -- time ------------------------------------------------------------------------------
+
+    def tick(self) -> int:
+        """Abort transactions past their timeout; retry unfinished ends. Returns how many ended."""
+        if self.loading:
+            return 0
+        now_ms = self._clock.now_ms()
+        ended = 0
+        for meta in list(self._txns.values()):
+            if ended >= TIMEOUT_ABORTS_PER_TICK_MAX:
+                break
+            if meta.state.is_preparing:
+                commit = meta.state is TxnState.PREPARE_COMMIT
+                if self._complete(meta, commit) == ErrorCode.NONE:
+                    ended += 1
+            elif (
+                meta.state is TxnState.ONGOING
+                and now_ms - meta.txn_start_ms > meta.transaction_timeout_ms
+            ):
+                log.info(
+                    "aborting transaction of %r after its timeout of %d ms",
+                    meta.transactional_id,
+                    meta.transaction_timeout_ms,
+                )
+                self._end(meta, commit=False, fence=True)
+                ended += 1
+        return ended
+
+    # -- inspection ------------------------------------------------------------------------
+
+    def describe(self, transactional_id: str) -> TxnMetadata | None:
+        """The metadata of a transactional id (tests and tools)."""
+        return self._txns.get(transactional_id)
