@@ -9,7 +9,7 @@ It exits 0 once it has copied and committed everything up to SRC's end, 3 on a f
 Usage::
 
     python tests/broker/txn_copier.py --bootstrap H:P --src A --dst B --group G --txn-id T \
-        [--client confluent|kafka-python] [--batch 200] [--subscribe]
+        [--client confluent|kafka-python] [--batch 200] [--subscribe] [--pause-ms 0]
 
 The consumer is assigned all of SRC's partitions by hand (restarts need no rebalance); with
 ``--subscribe`` it joins GROUP instead. Each transaction prints ``committed N`` on stdout.
@@ -75,7 +75,11 @@ def run_confluent(args: argparse.Namespace) -> int:
         assignment = consumer.assignment()
         if not messages:
             if assignment and len(assignment) == len(partitions):
+                # A partition with nothing left to read reports no position yet (-1001):
+                # its committed offset says where it stands.
                 positions = consumer.position(assignment)
+                if any(tp.offset < 0 for tp in positions):
+                    positions = consumer.committed(assignment, timeout=10)
                 if all(tp.offset >= ends[tp.partition] for tp in positions):
                     consumer.close()
                     return EXIT_DONE
@@ -86,6 +90,9 @@ def run_confluent(args: argparse.Namespace) -> int:
                 producer.produce(
                     args.dst, value=m.value(), key=m.key(), partition=m.partition()
                 )
+            if args.pause_ms:
+                producer.flush(30)  # the records are in the log, the transaction still open
+                time.sleep(args.pause_ms / 1000)
             producer.send_offsets_to_transaction(
                 consumer.position(assignment), consumer.consumer_group_metadata(), 30
             )
@@ -178,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--txn-timeout-ms", type=int, default=10_000)
     parser.add_argument("--deadline-s", type=float, default=60.0)
     parser.add_argument("--subscribe", action="store_true")
+    parser.add_argument(
+        "--pause-ms",
+        type=int,
+        default=0,
+        help="sleep this long inside each transaction (so a kill finds one open)",
+    )
     args = parser.parse_args(argv)
     if args.client == "confluent":
         return run_confluent(args)

@@ -1,0 +1,226 @@
+"""Transactions with real clients against a real ``flowbus broker`` process (issue 4).
+
+The copier (``txn_copier.py``) runs as a subprocess so it can be SIGKILLed like a real worker.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.support.broker_process import BrokerProcess
+
+pytestmark = pytest.mark.timeout(120)
+
+COPIER = Path(__file__).with_name("txn_copier.py")
+PARTITIONS = 6
+
+
+def create_topics(broker: BrokerProcess, *names: str) -> None:
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for future in admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names]).values():
+        future.result(10)
+
+
+def fill(broker: BrokerProcess, topic: str, count: int) -> dict[int, list[bytes]]:
+    """Produce ``count`` records round-robin over the partitions; returns them per partition."""
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    expected: dict[int, list[bytes]] = {p: [] for p in range(PARTITIONS)}
+    for i in range(count):
+        value = b"record-%06d" % i
+        producer.produce(topic, value=value, key=b"%d" % i, partition=i % PARTITIONS)
+        expected[i % PARTITIONS].append(value)
+    assert producer.flush(30) == 0
+    return expected
+
+
+def read_all(
+    broker: BrokerProcess, topic: str, count: int, isolation: str = "read_committed"
+) -> dict[int, list[bytes]]:
+    """Every record of ``topic`` per partition, reading until ``count`` arrived and a short quiet."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": f"verify-{time.monotonic_ns()}",
+            "isolation.level": isolation,
+            "enable.auto.commit": False,
+            "fetch.queue.backoff.ms": 5,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    got: dict[int, list[bytes]] = {p: [] for p in range(PARTITIONS)}
+    total = 0
+    deadline = time.monotonic() + 30
+    quiet_until = None
+    while time.monotonic() < deadline:
+        messages = [m for m in consumer.consume(1000, 0.2) if m.error() is None]
+        for m in messages:
+            got[m.partition()].append(m.value())
+        total += len(messages)
+        if total >= count:
+            quiet_until = quiet_until or time.monotonic() + 0.5
+            if time.monotonic() >= quiet_until:
+                break
+    consumer.close()
+    return got
+
+
+def copier(
+    broker: BrokerProcess, src: str, dst: str, group: str, txn_id: str, *extra: str
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(COPIER),
+            "--bootstrap",
+            broker.bootstrap,
+            "--src",
+            src,
+            "--dst",
+            dst,
+            "--group",
+            group,
+            "--txn-id",
+            txn_id,
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout_s: float = 60) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=timeout_s)
+    return process.returncode, output
+
+
+def test_copier_output_equals_input_record_for_record(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
+    src, dst = unique("a"), unique("b")
+    create_topics(broker, src, dst)
+    expected = fill(broker, src, 3_000)
+    rc, output = finish(copier(broker, src, dst, unique("g"), unique("t"), "--subscribe"))
+    assert rc == 0, output
+    assert read_all(broker, dst, 3_000) == expected
+
+
+def test_kafka_python_transactional_copier(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
+    src, dst = unique("a"), unique("b")
+    create_topics(broker, src, dst)
+    expected = fill(broker, src, 2_000)
+    rc, output = finish(
+        copier(broker, src, dst, unique("g"), unique("t"), "--client", "kafka-python")
+    )
+    assert rc == 0, output
+    assert read_all(broker, dst, 2_000) == expected
+
+
+def test_aborted_transaction_is_invisible_to_read_committed_only(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
+    topic = unique("iso")
+    create_topics(broker, topic)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": unique("t")})
+    producer.init_transactions(10)
+    producer.begin_transaction()
+    for i in range(10):
+        producer.produce(topic, value=b"aborted-%d" % i, partition=i % PARTITIONS)
+    producer.flush(10)
+    producer.abort_transaction(10)
+    producer.begin_transaction()
+    for i in range(5):
+        producer.produce(topic, value=b"committed-%d" % i, partition=i % PARTITIONS)
+    producer.commit_transaction(10)
+    committed = read_all(broker, topic, 5)
+    assert sorted(v for vs in committed.values() for v in vs) == [b"committed-%d" % i for i in range(5)]
+    uncommitted = read_all(broker, topic, 15, isolation="read_uncommitted")
+    assert sum(len(vs) for vs in uncommitted.values()) == 15
+
+
+def test_second_producer_with_the_same_id_fences_the_first(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
+    topic, txn_id = unique("fence"), unique("t")
+    create_topics(broker, topic)
+    first = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": txn_id})
+    first.init_transactions(10)
+    first.begin_transaction()
+    first.produce(topic, value=b"zombie", partition=0)
+    first.flush(10)
+    second = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": txn_id})
+    second.init_transactions(10)  # aborts the first one's transaction and fences it
+    with pytest.raises(KafkaException) as raised:
+        first.produce(topic, value=b"late", partition=0)
+        first.commit_transaction(10)
+    assert raised.value.args[0].fatal(), raised.value
+    second.begin_transaction()
+    second.produce(topic, value=b"winner", partition=0)
+    second.commit_transaction(10)
+    got = read_all(broker, topic, 1)
+    assert got[0] == [b"winner"]
+
+
+def test_copier_sigkilled_again_and_again_copies_exactly_once(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
+    src, dst, group, txn_id = unique("a"), unique("b"), unique("g"), unique("t")
+    create_topics(broker, src, dst)
+    expected = fill(broker, src, 12_000)
+    rng = random.Random(4)
+    kills = 0
+    for _ in range(30):  # bounded: each round either kills the copier or it finishes
+        process = copier(broker, src, dst, group, txn_id, "--batch", "100", "--pause-ms", "20")
+        time.sleep(rng.uniform(0.4, 1.2))
+        if process.poll() is None and kills < 10:
+            process.kill()
+            process.wait(10)
+            kills += 1
+            continue
+        rc, output = finish(process)
+        assert rc == 0, output
+        break
+    assert kills >= 10
+    assert read_all(broker, dst, 12_000) == expected
+
+
+def test_broker_sigkilled_mid_run_recovers_and_the_copier_finishes(
+    fresh_broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
+    broker = fresh_broker
+    src, dst, group, txn_id = unique("a"), unique("b"), unique("g"), unique("t")
+    create_topics(broker, src, dst)
+    expected = fill(broker, src, 6_000)
+    # An open transaction of another producer, its records already in the log.
+    dangling = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "dangling"})
+    dangling.init_transactions(10)
+    dangling.begin_transaction()
+    for p in range(PARTITIONS):
+        dangling.produce(dst, value=b"never-committed", partition=p)
+    dangling.flush(10)
+    process = copier(broker, src, dst, group, txn_id, "--batch", "100", "--pause-ms", "20")
+    time.sleep(1.5)
+    broker.kill()
+    broker.start()
+    restarts = 0
+    while True:
+        rc, output = finish(process, timeout_s=90)
+        if rc == 0:
+            break
+        # A copier that found its transaction aborted by the recovery is fenced: restart it.
+        assert restarts < 5, output
+        restarts += 1
+        process = copier(broker, src, dst, group, txn_id, "--batch", "100")
+    assert "recovery: aborting transaction of 'dangling'" in broker.log_text()
+    assert read_all(broker, dst, 6_000) == expected
