@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from flowbus.clock import SYSTEM_CLOCK, Clock
-from flowbus.log.catalog import Catalog, TopicEntry, collision_key, validate_topic_name
+from flowbus.log.catalog import CATALOG_FILE, Catalog, TopicEntry, collision_key, validate_topic_name
 from flowbus.log.checkpoint import CHECKPOINT_FILE, fsync_directory
 from flowbus.log.cleaner import LogCleaner
 from flowbus.log.config import TopicConfig
@@ -95,6 +95,7 @@ class LogManager:
         self._closed = False
         marker = self.data_dir / CLEAN_SHUTDOWN_FILE
         clean_shutdown = marker.exists()
+        is_new = not (self.data_dir / CATALOG_FILE).exists()
         self._catalog = Catalog(self.data_dir)
         self._configs: dict[str, TopicConfig] = {}
         self._logs: dict[tuple[str, int], PartitionLog] = {}
@@ -111,11 +112,11 @@ class LogManager:
         self.cleaner = LogCleaner(clock)
         cut = sum(plog.bytes_cut_on_open for plog in self._logs.values())
         log.info(
-            "opened %s: %d topics, %d partitions, %s shutdown%s",
+            "opened %s: %d topics, %d partitions, %s%s",
             self.data_dir,
             len(self._catalog.topics),
             len(self._logs),
-            "clean" if clean_shutdown else "unclean",
+            "new data directory" if is_new else "clean shutdown" if clean_shutdown else "unclean shutdown",
             f", {cut} bytes cut in recovery" if cut else "",
         )
 
