@@ -79,14 +79,13 @@ def test_status_line_shows_rates_and_lag(monkeypatch: pytest.MonkeyPatch, capsys
     assert "demo: in" in line and "out" in line and "lag 6" in line
 
 
-def test_exactly_once_without_broker_transactions_fails_clearly(tmp_path: Path) -> None:
-    (tmp_path / "eos_app.py").write_text(
-        "from flowbus import App\napp = App('eos', processing_guarantee='exactly_once')\n"
-        "@app.agent(app.topic('in'))\nasync def a(stream):\n    async for _ in stream:\n        pass\n"
-    )
+def test_exactly_once_runs_on_the_embedded_broker(tmp_path: Path) -> None:
+    """The embedded broker has transactions: the task's send is committed in the worker's
+    transaction, so the read_committed agent receives it (and stops the worker on purpose)."""
+    (tmp_path / "eos_app.py").write_text(FAILING_APP.replace('App("failing", ', 'App("eos", processing_guarantee="exactly_once", '))
     result = subprocess.run(
         [sys.executable, "-m", "flowbus", "worker", "-A", "eos_app:app", "--data-dir", str(tmp_path / "data")],
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
     )
-    assert result.returncode == 1
-    assert "could not run 'eos'" in result.stderr and "transactions" in result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "numbers[0]@0" in result.stderr, result.stderr

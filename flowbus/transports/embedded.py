@@ -9,8 +9,11 @@ Batching: :meth:`EmbeddedProducer.send_soon` appends to a per-partition batch bu
 are shipped once per event-loop turn (or when a batch reaches :data:`BATCH_BYTES_MAX`), so a
 dataflow's whole output for one polled batch becomes one append per partition.
 
-Not yet: transactions — the broker core answers transactional ids with an error until it
-implements them (exactly_once needs ``memory://`` for now).
+Transactions (``exactly_once``): a producer with a transactional id talks to the core's
+transaction coordinator directly — InitProducerId, AddPartitionsToTxn before a partition's first
+batch, AddOffsetsToTxn + TxnOffsetCommit, EndTxn — and writes transactional batches with its
+producer id, epoch and per-partition sequences, exactly what a Kafka client sends over TCP. A
+read_committed consumer drops the batches of the aborted transactions each fetch reports.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from flowbus.transports.base import (
 from flowbus.transports.errors import (
     CommitError,
     ProduceError,
+    ProducerFencedError,
     TopicNotFoundError,
     TransactionError,
     TransportError,
@@ -87,6 +91,16 @@ def _record_bytes(key: bytes | None, value: bytes | None, headers: Headers) -> i
     for name, data in headers:
         size += len(name) + len(data) + 10
     return size
+TRANSACTION_TIMEOUT_MS = 60_000
+"""``transaction.timeout.ms`` of embedded transactional producers (Kafka's client default)."""
+TXN_RETRY_ATTEMPTS_MAX = 500
+TXN_RETRY_DELAY_S = 0.01
+"""A coordinator answering CONCURRENT_TRANSACTIONS or COORDINATOR_LOAD_IN_PROGRESS is asked
+again this often, at most this many times (5 s), before the call fails."""
+_FENCED = (ErrorCode.PRODUCER_FENCED, ErrorCode.INVALID_PRODUCER_EPOCH)
+_RETRIABLE_TXN = (ErrorCode.CONCURRENT_TRANSACTIONS, ErrorCode.COORDINATOR_LOAD_IN_PROGRESS)
+#: Sequences wrap at INT32 max (Kafka's DefaultRecordBatch.incrementSequence).
+SEQUENCE_MODULUS = 1 << 31
 FETCH_PARTITION_BYTES_MAX = 1024 * 1024
 FETCH_RESPONSE_BYTES_MAX = 8 * 1024 * 1024
 SESSION_TIMEOUT_MS = 10_000
@@ -201,6 +215,32 @@ class EmbeddedProducer(Producer):
         self._round_robin = itertools.count()
         self._sticky: dict[str, int] = {}
         self._now_ms = transport.clock.now_ms
+        #: Transactional state: producer id and epoch from init_transactions (-1 before).
+        self._pid = -1
+        self._epoch = -1
+        self._sequences: dict[tuple[str, int], int] = {}
+        self._in_txn = False
+        #: Partitions added to the open transaction, and whether offsets were sent in it.
+        self._txn_partitions: set[tuple[str, int]] = set()
+        self._txn_offsets = False
+        self._txn_failed = False
+        #: Set when the coordinator or a partition said this producer was fenced: fatal.
+        self._fenced = False
+
+    def _new_builder(self, tp: tuple[str, int]) -> BatchBuilder:
+        """A batch for ``tp``: plain, or transactional with the partition's next sequence.
+
+        A partition has at most one open builder and its sequence advances when a builder ships,
+        so the sequence read here follows every batch shipped before.
+        """
+        if self._pid < 0:
+            return BatchBuilder()
+        return BatchBuilder(
+            producer_id=self._pid,
+            producer_epoch=self._epoch,
+            base_sequence=self._sequences.get(tp, 0),
+            is_transactional=True,
+        )
 
     def _partition(self, topic: str, key: bytes | None) -> int:
         count = self._t.partition_count(topic)
@@ -227,7 +267,7 @@ class EmbeddedProducer(Producer):
                 self._ship(tp)  # ship before the batch outgrows what the log accepts
                 builder = None
         if builder is None:
-            builder = self._builders[tp] = BatchBuilder()
+            builder = self._builders[tp] = self._new_builder(tp)
         if fut is not None:
             self._futures.setdefault(tp, []).append((len(builder), fut))
         builder.append(key, value, timestamp_ms=self._now_ms() if timestamp_ms is None else timestamp_ms, headers=headers)
@@ -252,10 +292,10 @@ class EmbeddedProducer(Producer):
             tp = (topic, partition)
             builder = builders.get(tp)
             if builder is None:
-                builder = builders[tp] = BatchBuilder()
+                builder = builders[tp] = self._new_builder(tp)
             elif builder.size_estimate_bytes + (len(value) if value else 0) + (len(key) if key else 0) > limit:
                 self._ship(tp)
-                builder = builders[tp] = BatchBuilder()
+                builder = builders[tp] = self._new_builder(tp)
             builder.append(key, value, timestamp_ms=now_ms())
             if not self._scheduled:
                 self._scheduled = True
@@ -284,18 +324,43 @@ class EmbeddedProducer(Producer):
         builder = self._builders.pop(tp)
         self.records_sent += len(builder)
         futures = self._futures.pop(tp, [])
+        if self._pid >= 0:
+            error = self._add_to_txn(tp)
+            if error is not None:
+                self._fail(futures, error)
+                return
+            self._sequences[tp] = (self._sequences.get(tp, 0) + len(builder)) % SEQUENCE_MODULUS
         task = self._loop.create_task(self._produce(tp, builder.build(), futures))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+    def _add_to_txn(self, tp: tuple[str, int]) -> str | None:
+        """AddPartitionsToTxn before a partition's first batch in the transaction; an error text."""
+        if not self._in_txn:
+            return f"a transactional producer sent to {tp[0]}[{tp[1]}] outside a transaction"
+        if tp in self._txn_partitions:
+            return None
+        assert self._transactional_id is not None
+        code = self._core.txn.add_partitions(self._transactional_id, self._pid, self._epoch, [tp])[tp]
+        self._fenced = self._fenced or code in _FENCED
+        if code != ErrorCode.NONE:
+            return f"adding {tp[0]}[{tp[1]}] to the transaction failed with error {code}"
+        self._txn_partitions.add(tp)
+        return None
+
+    def _fail(self, futures: list[tuple[int, asyncio.Future[RecordMetadata]]], message: str) -> None:
+        self._errors.append(message)
+        self._txn_failed = self._txn_failed or self._pid >= 0
+        for _, fut in futures:
+            if not fut.done():
+                fut.set_exception(ProduceError(message))
 
     async def _produce(self, tp: tuple[str, int], batch: bytes, futures: list[tuple[int, asyncio.Future[RecordMetadata]]]) -> None:
         result = await self._core.produce(tp[0], tp[1], batch)
         if result.error_code != ErrorCode.NONE:
             message = f"produce to {tp[0]}[{tp[1]}] failed with error {result.error_code}: {result.error_message}"
-            self._errors.append(message)
-            for _, fut in futures:
-                if not fut.done():
-                    fut.set_exception(ProduceError(message))
+            self._fenced = self._fenced or (self._pid >= 0 and result.error_code in _FENCED)
+            self._fail(futures, message)
             return
         for index, fut in futures:
             if not fut.done():
@@ -312,25 +377,110 @@ class EmbeddedProducer(Producer):
     async def partitions_for(self, topic: str) -> int:
         return self._t.partition_count(topic)
 
-    def _no_transactions(self) -> TransactionError:
-        return TransactionError(
-            "the embedded broker core does not implement transactions yet; exactly_once needs them"
-        )
+    async def _coordinator(self, call: Callable[[], int], what: str) -> None:
+        """Run a coordinator call, retrying while it is busy; raise on fencing or failure."""
+        for _ in range(TXN_RETRY_ATTEMPTS_MAX):
+            code = call()
+            if code not in _RETRIABLE_TXN:
+                break
+            await asyncio.sleep(TXN_RETRY_DELAY_S)
+        if code in _FENCED:
+            raise ProducerFencedError(f"{what}: a newer producer with transactional id {self._transactional_id!r} fenced this one")
+        if code != ErrorCode.NONE:
+            raise TransactionError(f"{what} failed with error {ErrorCode(code).name}")
 
     async def init_transactions(self) -> None:
-        raise self._no_transactions()
+        """Get the producer id and epoch of the transactional id (fencing older instances and
+        ending the transaction they left open)."""
+        if self._transactional_id is None:
+            raise TransactionError("init_transactions needs a transactional_id")
+        await self._core.wait_loaded()
+        tid = self._transactional_id
+        result = None
+
+        def call() -> int:
+            nonlocal result
+            result = self._core.txn.init_producer_id(tid, TRANSACTION_TIMEOUT_MS, self._pid, self._epoch)
+            return result.error_code
+
+        await self._coordinator(call, "init_transactions")
+        assert result is not None
+        self._pid, self._epoch = result.producer_id, result.producer_epoch
+        self._sequences.clear()
+        self._txn_failed = False
 
     def begin_transaction(self) -> None:
-        raise self._no_transactions()
+        if self._pid < 0:
+            raise TransactionError("begin_transaction before init_transactions")
+        if self._in_txn:
+            raise TransactionError("a transaction is already open")
+        self._in_txn = True
+        self._txn_partitions = set()
+        self._txn_offsets = False
 
     async def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], group_metadata: object) -> None:
-        raise self._no_transactions()
+        """Commit the consumer's offsets in the transaction (visible to the group on commit)."""
+        if not self._in_txn:
+            raise TransactionError("send_offsets_to_transaction outside a transaction")
+        if not offsets:
+            return
+        assert self._transactional_id is not None
+        group_id, generation, member_id = group_metadata  # type: ignore[misc]
+        tid, pid, epoch = self._transactional_id, self._pid, self._epoch
+        await self._coordinator(lambda: self._core.txn.add_offsets(tid, pid, epoch, group_id), "AddOffsetsToTxn")
+        self._txn_offsets = True
+        codes = await self._core.txn.txn_offset_commit(
+            tid, group_id, pid, epoch, generation, member_id,
+            [OffsetToCommit(tp.topic, tp.partition, offset) for tp, offset in offsets.items()],
+        )
+        failed = sorted({c for c in codes if c != ErrorCode.NONE})
+        if any(c in _FENCED for c in failed):
+            raise ProducerFencedError(f"TxnOffsetCommit: transactional id {tid!r} was fenced")
+        if failed:
+            raise TransactionError(f"TxnOffsetCommit failed with errors {failed}")
+
+    async def _end(self, commit: bool) -> None:
+        assert self._transactional_id is not None
+        tid, pid, epoch = self._transactional_id, self._pid, self._epoch
+        try:
+            if self._txn_partitions or self._txn_offsets:
+                await self._coordinator(lambda: self._core.txn.end_txn(tid, pid, epoch, commit),
+                                        "commit_transaction" if commit else "abort_transaction")
+        finally:
+            self._in_txn = False
+            self._txn_partitions = set()
+            self._txn_offsets = False
 
     async def commit_transaction(self) -> None:
-        raise self._no_transactions()
+        """Flush the transaction's records, then commit them with its offsets (EndTxn)."""
+        if not self._in_txn:
+            raise TransactionError("commit_transaction outside a transaction")
+        try:
+            await self.flush()
+        except ProduceError as exc:
+            if self._fenced:
+                raise ProducerFencedError(f"transactional id {self._transactional_id!r}: {exc}") from exc
+            raise TransactionError(f"the transaction must be aborted: {exc}") from exc
+        if self._txn_failed:
+            raise TransactionError("a batch of the transaction failed; it must be aborted")
+        await self._end(commit=True)
 
     async def abort_transaction(self) -> None:
-        return None
+        """Drop unsent records and abort; after a failed batch the epoch is bumped (KIP-360) so
+        the partitions' sequences start again."""
+        if not self._in_txn:
+            return None
+        for tp in list(self._builders):
+            self._builders.pop(tp)
+            for _, fut in self._futures.pop(tp, []):
+                if not fut.done():
+                    fut.set_exception(ProduceError("the transaction was aborted"))
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        self._errors.clear()
+        await self._end(commit=False)
+        if self._txn_failed:
+            await self.init_transactions()
 
     async def close(self) -> None:
         await self.flush()
@@ -491,21 +641,33 @@ class EmbeddedConsumer(Consumer):
                 continue
             if res.error_code != ErrorCode.NONE or not res.records:
                 continue
-            self._decode_into(tp, res.records, out, max_records)
+            self._decode_into(tp, res.records, out, max_records, res.aborted_transactions)
         return out
 
-    def _decode_into(self, tp: TopicPartition, buf: bytes | memoryview, out: list[Record], max_records: int) -> None:
+    def _decode_into(self, tp: TopicPartition, buf: bytes | memoryview, out: list[Record], max_records: int,
+                     aborted_transactions: list[tuple[int, int]] | None = None) -> None:
         position = self._positions[tp]
         topic, partition = tp
         pos, end = 0, len(buf)
         new = tuple.__new__
+        # read_committed: a producer's batches are dropped from the first offset of one of its
+        # aborted transactions up to its next marker (as Kafka clients do).
+        aborted = sorted((first, pid) for pid, first in aborted_transactions) if aborted_transactions else []
+        aborting: set[int] = set()
         while pos < end and len(out) < max_records:
             if end - pos < 61:
                 break  # a partial header at the end of the fetch
             header = read_header(buf, pos)
             if pos + header.size_bytes > end:
                 break  # a partial batch cut by the byte limit; fetched again next time
+            while aborted and aborted[0][0] <= header.base_offset:
+                aborting.add(aborted.pop(0)[1])
             if header.is_control:
+                aborting.discard(header.producer_id)
+                position = max(position, header.base_offset + header.last_offset_delta + 1)
+                pos += header.size_bytes
+                continue
+            if aborting and header.is_transactional and header.producer_id in aborting:
                 position = max(position, header.base_offset + header.last_offset_delta + 1)
                 pos += header.size_bytes
                 continue

@@ -78,3 +78,65 @@ def test_two_members_split_partitions_and_resume_from_commits(tmp_path: Path) ->
         await t.close()
 
     asyncio.run(main())
+
+
+def test_transactions_through_the_core(tmp_path: Path) -> None:
+    """exactly_once on embedded:// uses the core's transaction coordinator: aborted records never
+    reach read_committed, offsets commit with the records, a newer instance fences the older."""
+    import pytest
+
+    from flowbus.transports.errors import ProducerFencedError
+
+    async def main() -> None:
+        t = EmbeddedTransport(f"embedded://{tmp_path}")
+        await t.start()
+        await t.create_topics([TopicSpec("src", 1), TopicSpec("dst", 2)])
+        plain = t.producer()
+        for i in range(4):
+            plain.send_soon("src", b"in-%d" % i)
+        await plain.flush()
+        source = t.consumer("copier", isolation_level="read_committed")
+        source.subscribe(["src"])
+        got = []
+        for _ in range(20):
+            got += await source.poll_batch(100, 50)
+            if len(got) == 4:
+                break
+        producer = t.producer(transactional_id="embedded-tx")
+        await producer.init_transactions()
+        producer.begin_transaction()
+        for i in range(10):
+            producer.send_soon("dst", b"aborted-%d" % i, b"k%d" % i)
+        await producer.flush()
+        await producer.abort_transaction()
+        producer.begin_transaction()
+        for record in got:
+            producer.send_soon("dst", record.value.replace(b"in", b"out"), record.value)
+        tp = TopicPartition("src", 0)
+        await producer.send_offsets_to_transaction({tp: 4}, source.group_metadata())
+        assert (await source.committed([tp]))[tp] is None  # pending until the commit
+        await producer.commit_transaction()
+        assert (await source.committed([tp]))[tp] == 4
+        committed = t.consumer("reader", isolation_level="read_committed")
+        committed.subscribe(["dst"])
+        everything = t.consumer("raw")
+        everything.subscribe(["dst"])
+        out, raw = [], []
+        for _ in range(20):
+            out += await committed.poll_batch(100, 50)
+            raw += await everything.poll_batch(100, 50)
+            if len(out) >= 4 and len(raw) >= 14:
+                break
+        assert sorted(r.value for r in out) == [b"out-%d" % i for i in range(4)]
+        assert len(raw) == 14  # read_uncommitted sees the aborted records too
+        newer = t.producer(transactional_id="embedded-tx")
+        await newer.init_transactions()
+        producer.begin_transaction()
+        producer.send_soon("dst", b"zombie", b"z")
+        with pytest.raises(ProducerFencedError):
+            await producer.commit_transaction()
+        for c in (source, committed, everything):
+            await c.close()
+        await t.close()
+
+    asyncio.run(main())
