@@ -1,9 +1,7 @@
 """Each processing guarantee across a worker SIGKILL, with ``flowbus worker`` processes on a real
-broker: at_least_once loses nothing (and may repeat), at_most_once repeats nothing (and may lose).
-
-exactly_once needs the broker's transactions, which ``flowbus broker`` does not implement yet;
-its behaviour (outputs and offsets committed together, aborted on failure) is covered on the
-memory transport in tests/test_app.py, and this file says so by failing loudly if asked to run it.
+broker: at_least_once loses nothing (and may repeat), at_most_once repeats nothing (and may lose),
+exactly_once does neither (outputs and input offsets commit in one broker transaction; the
+transaction open at the kill is aborted, and its outputs never reach a read_committed reader).
 """
 
 from __future__ import annotations
@@ -60,8 +58,11 @@ def start_worker(workdir: Path, env: dict[str, str], extra_args: list[str]) -> s
     )
 
 
-async def read_values(url: str, topic: str) -> list[int]:
-    consumer = KafkaTransport(url).consumer(f"reader-{time.monotonic_ns()}")
+async def read_values(url: str, topic: str, *, read_committed: bool = False) -> list[int]:
+    consumer = KafkaTransport(url).consumer(
+        f"reader-{time.monotonic_ns()}",
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
+    )
     consumer.subscribe([topic])
     values: list[int] = []
     idle_polls = 0
@@ -139,7 +140,7 @@ def run_with_a_kill(where: str, request: pytest.FixtureRequest, tmp_path: Path, 
             time.sleep(0.1)
         # Outputs are flushed before offsets are committed: all there now. Read them while the
         # (embedded) broker is still up.
-        outputs = asyncio.run(read_values(url, env["OUT"]))
+        outputs = asyncio.run(read_values(url, env["OUT"], read_committed=guarantee == "exactly_once"))
         second.send_signal(signal.SIGTERM)
         assert second.wait(WAIT_S) == 0, log_path.read_text()
     finally:
@@ -169,3 +170,11 @@ def test_at_most_once_repeats_nothing_across_a_sigkill(where: str, request: pyte
     assert len(outputs) == len(set(outputs)), "no event is processed twice"
     assert set(outputs) <= set(range(EVENTS))
     print(f"at_most_once: {EVENTS - len(outputs)} events lost to the kill")
+
+
+@pytest.mark.parametrize("where", ["kafka", "embedded"])
+def test_exactly_once_neither_loses_nor_repeats_across_a_sigkill(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    outputs = run_with_a_kill(where, request, tmp_path, "exactly_once")
+    assert sorted(outputs) == list(range(EVENTS)), "every event has exactly one committed output"
