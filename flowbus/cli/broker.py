@@ -84,6 +84,13 @@ def _host_port(
     show_default=True,
 )
 @click.option(
+    "--transaction-max-timeout-ms",
+    type=click.IntRange(1),
+    default=900_000,
+    show_default=True,
+    help="Largest transaction.timeout.ms a transactional producer may ask for.",
+)
+@click.option(
     "--connections-max-idle-ms",
     type=click.IntRange(1),
     default=600_000,
@@ -107,6 +114,7 @@ def broker(
     group_initial_rebalance_delay_ms: int,
     group_min_session_timeout_ms: int,
     group_max_session_timeout_ms: int,
+    transaction_max_timeout_ms: int,
     connections_max_idle_ms: int,
     max_frame_bytes: int,
 ) -> None:
@@ -115,6 +123,7 @@ def broker(
     from flowbus.broker.group_coordinator import GroupConfig
     from flowbus.broker.runner import run_broker
     from flowbus.broker.server import ServerLimits
+    from flowbus.broker.txn_coordinator import TxnConfig
 
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
@@ -138,6 +147,7 @@ def broker(
             group_min_session_timeout_ms=group_min_session_timeout_ms,
             group_max_session_timeout_ms=group_max_session_timeout_ms,
         ),
+        transactions=TxnConfig(transaction_max_timeout_ms=transaction_max_timeout_ms),
     )
     limits = ServerLimits(
         max_frame_bytes=max_frame_bytes, connections_max_idle_ms=connections_max_idle_ms

@@ -25,6 +25,8 @@ from typing import Any
 EXIT_DONE = 0
 EXIT_FENCED = 3
 EXIT_DEADLINE = 4
+#: Timeout of each blocking client call: a stuck call fails the transaction instead of the run.
+CALL_TIMEOUT_S = 10
 
 
 def run_confluent(args: argparse.Namespace) -> int:
@@ -42,6 +44,7 @@ def run_confluent(args: argparse.Namespace) -> int:
             "transactional.id": args.txn_id,
             "transaction.timeout.ms": args.txn_timeout_ms,
             "linger.ms": 5,
+            **({"debug": args.debug} if args.debug else {}),
         }
     )
     producer.init_transactions(30)  # fences older instances and ends their transaction first
@@ -91,12 +94,12 @@ def run_confluent(args: argparse.Namespace) -> int:
                     args.dst, value=m.value(), key=m.key(), partition=m.partition()
                 )
             if args.pause_ms:
-                producer.flush(30)  # the records are in the log, the transaction still open
+                producer.flush(CALL_TIMEOUT_S)  # the records are in the log, the transaction still open
                 time.sleep(args.pause_ms / 1000)
             producer.send_offsets_to_transaction(
-                consumer.position(assignment), consumer.consumer_group_metadata(), 30
+                consumer.position(assignment), consumer.consumer_group_metadata(), CALL_TIMEOUT_S
             )
-            producer.commit_transaction(30)
+            producer.commit_transaction(CALL_TIMEOUT_S)
             total += len(messages)
             print(f"committed {total}", flush=True)
         except KafkaException as exc:
@@ -105,7 +108,7 @@ def run_confluent(args: argparse.Namespace) -> int:
                 print(f"fatal: {error}", flush=True)
                 return EXIT_FENCED
             if error.txn_requires_abort():
-                producer.abort_transaction(30)
+                producer.abort_transaction(CALL_TIMEOUT_S)
             # Rewind to the committed offsets and try again.
             committed = consumer.committed(assignment, timeout=10)
             for tp in committed:
@@ -185,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--txn-timeout-ms", type=int, default=10_000)
     parser.add_argument("--deadline-s", type=float, default=60.0)
     parser.add_argument("--subscribe", action="store_true")
+    parser.add_argument("--debug", default="", help="librdkafka debug contexts of the producer")
     parser.add_argument(
         "--pause-ms",
         type=int,
