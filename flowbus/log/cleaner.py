@@ -15,10 +15,15 @@ How a partition is cleaned (Kafka's cleaner works the same way in outline):
    groups whose total size fits ``segment.bytes``, one group per :meth:`LogCleaner.clean_some`
    call so the broker's tick does bounded work. Per batch:
 
-   * control and transactional batches are copied unchanged, and the group's aborted-transaction
-     index entries are carried over: cleaning never changes what a read_committed consumer sees.
-     (Kafka also drops aborted records and, later, old markers; flowbus keeps both, which costs
-     space but can never make an aborted record visible or lose a committed one);
+   * transactions: when a pass starts, a headers-only scan of the log finds each transactional
+     batch's outcome (the commit or abort marker of its producer that follows it). A batch of a
+     committed transaction is compacted like any other (its records are mapped, and it keeps its
+     transactional bit when rebuilt); a batch of an aborted transaction is dropped (unless it is
+     its producer's last batch, kept for producer state); a batch whose marker is not in the log
+     yet, or beyond the scan's limit, is copied unchanged. Markers are always kept, and the
+     group's aborted-transaction index entries are carried over (an entry whose data was dropped
+     is harmless). Kafka also removes markers after ``delete.retention.ms``; flowbus keeps them.
+     Without this, every exactly-once commit would stay in ``__consumer_offsets`` forever;
    * a record is dropped when the map holds a later offset for its key;
    * a tombstone (null value) that is the latest for its key survives its first cleaning and
      the batch gets a delete horizon of now + ``delete.retention.ms`` (KIP-534: stored in
@@ -46,6 +51,8 @@ from flowbus.log.loader import CLEANED_SUFFIX, SWAP_SUFFIX
 from flowbus.log.partition_log import PartitionLog, segment_limits
 from flowbus.log.segment import MAX_RELATIVE_OFFSET, LogSegment
 from flowbus.records import BatchBuilder, decode_batch
+from flowbus.records.control import ControlType, parse_control_record
+from flowbus.records.errors import CorruptRecordError
 from flowbus.records.header import (
     ATTR_DELETE_HORIZON_MASK,
     NO_PRODUCER_ID,
@@ -88,6 +95,9 @@ class _Pass:
     pending: list[int]
     last_batch_of_producer: dict[int, int]
     started_ms: int
+    #: Base offsets of transactional batches whose transaction committed / aborted.
+    txn_committed: set[int] = field(default_factory=set)
+    txn_aborted: set[int] = field(default_factory=set)
     groups: int = 0
     stats: CleanerStats = field(default_factory=CleanerStats)
 
@@ -200,7 +210,36 @@ class LogCleaner:
         dirty_bytes = sum(s.size_bytes for s in dirty)
         if total_bytes == 0 or dirty_bytes / total_bytes < plog.config.min_cleanable_dirty_ratio:
             return None
-        return _Pass(plog, {}, [d.base_offset for d in dirty], dirty[0].base_offset, [], {}, self.clock.now_ms())
+        current = _Pass(plog, {}, [d.base_offset for d in dirty], dirty[0].base_offset, [], {}, self.clock.now_ms())
+        self._scan_txn_outcomes(current)
+        return current
+
+    def _scan_txn_outcomes(self, current: _Pass) -> None:
+        """Find which transaction each transactional batch belonged to, and how it ended.
+
+        Headers only, over the whole log; only markers are read (one small record each). At most
+        ``max_map_entries`` outcomes are remembered: batches past that stay unknown (kept as is).
+        """
+        open_batches: dict[int, list[int]] = {}
+        remembered = 0
+        for segment in current.log.segments():  # bounded by the segment count
+            for position, header in segment.iter_headers():
+                if not header.is_transactional or header.producer_id == NO_PRODUCER_ID:
+                    continue
+                if not header.is_control:
+                    open_batches.setdefault(header.producer_id, []).append(header.base_offset)
+                    continue
+                batches = open_batches.pop(header.producer_id, [])
+                try:
+                    _, records = decode_batch(segment.read_batch(position, header.size_bytes))
+                    control_type, _ = parse_control_record(records[0])
+                except (CorruptRecordError, IndexError):
+                    continue  # unknown outcome: those batches are kept unchanged
+                if remembered + len(batches) > self.max_map_entries:
+                    return
+                remembered += len(batches)
+                target = current.txn_committed if control_type is ControlType.COMMIT else current.txn_aborted
+                target.update(batches)
 
     def _map_next_segment(self, current: _Pass) -> None:
         """Add one dirty segment's keys to the map; after the last, plan the rewrite."""
@@ -212,8 +251,10 @@ class LogCleaner:
         if segment is not None and not map_full:
             self.stats.bytes_read += segment.size_bytes
             for header, data in segment.iter_batches():
-                if header.is_control or header.is_transactional or header.record_count == 0:
+                if header.is_control or header.record_count == 0:
                     continue
+                if header.is_transactional and header.base_offset not in current.txn_committed:
+                    continue  # aborted or undecided: its keys must not supersede anything
                 for record in decode_batch(data)[1]:  # per record: every key must be mapped
                     if record.key is not None:
                         current.offset_map[record.key] = record.offset
@@ -298,12 +339,17 @@ class LogCleaner:
         self, current: _Pass, header: BatchHeader, data: bytes, now_ms: int, delete_retention_ms: int
     ) -> bytes | None:
         """The batch to write in place of ``data``: itself, a rebuilt one, or None to drop it."""
-        if header.is_control or header.is_transactional:
+        if header.is_control:
             return data
         is_last_of_producer = (
             header.producer_id != NO_PRODUCER_ID
             and current.last_batch_of_producer.get(header.producer_id) == header.last_offset
         )
+        if header.is_transactional and header.base_offset not in current.txn_committed:
+            if header.base_offset in current.txn_aborted and not is_last_of_producer:
+                self.stats.records_removed += header.record_count
+                return None
+            return data
         if header.record_count == 0:
             return data if is_last_of_producer else None
         _, records = decode_batch(data)
@@ -338,6 +384,7 @@ class LogCleaner:
             base_offset=header.base_offset,
             partition_leader_epoch=header.partition_leader_epoch,
             delete_horizon_ms=horizon_ms,
+            is_transactional=header.is_transactional,
         )
         for record in kept:
             builder.append(record.key, record.value, timestamp_ms=record.timestamp_ms, headers=record.headers, offset=record.offset)

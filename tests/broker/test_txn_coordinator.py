@@ -392,3 +392,34 @@ def test_many_short_transactions_keep_the_lso_moving(tmp_path: Path) -> None:
         assert len(result.aborted_transactions) == 25
 
     with_core(tmp_path, body)
+
+
+def test_cleaning_the_offsets_topic_keeps_the_last_committed_transactional_offset(tmp_path: Path) -> None:
+    """Every exactly-once commit writes a transactional batch and a marker to __consumer_offsets;
+    the cleaner must compact committed ones and drop aborted ones, or the topic grows forever."""
+    from flowbus.log.cleaner import LogCleaner
+
+    clock = ManualClock(now_ms=BASE_TS + 10_000)
+
+    async def first(core: BrokerCore) -> None:
+        await core.create_topics([NewTopic("in", 1)])
+        txn = Txn(core, "eos")
+        await txn.init()
+        for i in range(40):
+            core.txn.add_offsets(txn.tid, txn.pid, txn.epoch, "g")
+            await core.txn.txn_offset_commit(txn.tid, "g", txn.pid, txn.epoch, -1, "", [OffsetToCommit("in", 0, i)])
+            assert txn.end(commit=i % 4 != 3) == 0
+        plog = core.logs.get_log(OFFSETS_TOPIC, 0)
+        plog.roll()
+        plog.flush()
+        before = plog.size_bytes
+        LogCleaner(clock).clean_all([plog])
+        data_batches = [h for h, _ in plog.iter_batches() if not h.is_control]
+        assert len(data_batches) == 1 and plog.size_bytes < before
+        assert core.groups.fetch_offsets("g", [("in", 0)])[1][0].offset == 38
+
+    async def second(core: BrokerCore) -> None:
+        assert core.groups.fetch_offsets("g", [("in", 0)])[1][0].offset == 38
+
+    with_core(tmp_path, first, clock=clock)
+    with_core(tmp_path, second, clock=clock)

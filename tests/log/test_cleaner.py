@@ -137,6 +137,37 @@ def test_control_and_transactional_batches_are_kept(open_log, clock) -> None:
     assert [v for _, _, v in _records(plog)] == [b"1", b"2"]
 
 
+def test_transactions_committed_compact_aborted_dropped_undecided_kept(open_log, clock) -> None:
+    from flowbus.records.control import ControlType, build_control_batch
+
+    def txn(pid: int, key: bytes, value: bytes, seq: int = 0) -> bytes:
+        return make_batch(1, keys=[key], values=[value], producer_id=pid, producer_epoch=0, base_sequence=seq,
+                          is_transactional=True)
+
+    def marker(pid: int, kind: ControlType) -> bytes:
+        return build_control_batch(producer_id=pid, producer_epoch=0, control_type=kind, coordinator_epoch=0,
+                                   timestamp_ms=START_MS)
+
+    plog = _compact(open_log, segment_bytes="100000")
+    plog.append(txn(3, b"a", b"t1"))  # 0: committed, then superseded by offset 4
+    plog.append(marker(3, ControlType.COMMIT))  # 1
+    plog.append(txn(4, b"a", b"x"))  # 2: aborted
+    plog.append(marker(4, ControlType.ABORT))  # 3
+    plog.append(make_batch(1, keys=[b"a"], values=[b"2"]))  # 4
+    plog.append(txn(3, b"b", b"t2", seq=1))  # 5: no marker yet: kept as it is
+    plog.append(txn(5, b"c", b"c1"))  # 6: committed, latest for its key
+    plog.append(marker(5, ControlType.COMMIT))  # 7
+    plog.roll()
+    plog.flush()
+    LogCleaner(clock).clean_all([plog])
+    data = [(h, r) for h, raw in plog.iter_batches() for r in decode_batch(raw)[1]]
+    assert [(r.offset, r.key, r.value) for h, r in data if not h.is_control] == [
+        (4, b"a", b"2"), (5, b"b", b"t2"), (6, b"c", b"c1")
+    ]
+    assert [r.offset for h, r in data if h.is_control] == [1, 3, 7]  # markers are kept
+    assert all(h.is_transactional for h, r in data if r.offset in (5, 6))
+
+
 def test_reads_are_consistent_during_and_after_cleaning(open_log, clock) -> None:
     plog = _compact(open_log, segment_bytes="300")
     _fill(plog, rounds=30, keys=2)
