@@ -22,8 +22,6 @@ from typing import Any
 
 from flowbus.broker.config import BrokerConfig
 from flowbus.broker.group_coordinator import GroupCoordinator, OffsetToCommit
-from flowbus.broker.txn_coordinator import TransactionCoordinator
-from flowbus.broker.txn_state import TXN_STATE_TOPIC
 from flowbus.broker.producer_state import (
     PartitionProducerState,
     ProducerIdManager,
@@ -31,6 +29,8 @@ from flowbus.broker.producer_state import (
     SnapshotEntry,
     Verdict,
 )
+from flowbus.broker.txn_coordinator import TransactionCoordinator
+from flowbus.broker.txn_state import TXN_STATE_TOPIC
 from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.log import LogManager, PartitionLog, TopicConfig
 from flowbus.log.errors import (
@@ -40,10 +40,14 @@ from flowbus.log.errors import (
     RecordTooLargeError,
     UnknownTopicError,
 )
-from flowbus.protocol.error_codes import ErrorCode
 from flowbus.log.txn_index import AbortedTxn
+from flowbus.protocol.error_codes import ErrorCode
 from flowbus.records.builder import BatchBuilder
-from flowbus.records.control import ControlType, build_control_batch, parse_control_record
+from flowbus.records.control import (
+    ControlType,
+    build_control_batch,
+    parse_control_record,
+)
 from flowbus.records.errors import CorruptRecordError
 from flowbus.records.header import NO_PRODUCER_ID, BatchHeader, read_header
 from flowbus.records.record import decode_batch

@@ -371,9 +371,11 @@ class GroupCoordinator:
         except InternalTopicError as exc:
             log.warning("skipping a malformed record in __consumer_offsets: %s", exc)
             return
-        if decoded is None or decoded[3] is None:
+        if decoded is None:
             return
         group_id, topic, partition, committed = decoded
+        if committed is None:
+            return
         by_group = self._pending_txn.setdefault(producer_id, {})
         by_group.setdefault(group_id, {})[(topic, partition)] = committed
 

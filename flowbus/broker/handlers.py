@@ -42,7 +42,7 @@ SASL_MECHANISMS = ["PLAIN"]
 
 #: First version of each transactional API that knows PRODUCER_FENCED (KIP-588); older
 #: versions are told INVALID_PRODUCER_EPOCH, which their clients treat as fenced.
-PRODUCER_FENCED_MIN_VERSION = {
+PRODUCER_FENCED_MIN_VERSION: dict[int, int] = {
     ApiKey.INIT_PRODUCER_ID: 4,
     ApiKey.ADD_PARTITIONS_TO_TXN: 2,
     ApiKey.ADD_OFFSETS_TO_TXN: 2,

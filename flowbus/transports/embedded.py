@@ -26,7 +26,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from flowbus.broker.config import BrokerConfig
 from flowbus.broker.core import (
@@ -425,7 +425,7 @@ class EmbeddedProducer(Producer):
         if not offsets:
             return
         assert self._transactional_id is not None
-        group_id, generation, member_id = group_metadata  # type: ignore[misc]
+        group_id, generation, member_id = cast("tuple[str, int, str]", group_metadata)
         tid, pid, epoch = self._transactional_id, self._pid, self._epoch
         await self._coordinator(lambda: self._core.txn.add_offsets(tid, pid, epoch, group_id), "AddOffsetsToTxn")
         self._txn_offsets = True
@@ -469,7 +469,7 @@ class EmbeddedProducer(Producer):
         """Drop unsent records and abort; after a failed batch the epoch is bumped (KIP-360) so
         the partitions' sequences start again."""
         if not self._in_txn:
-            return None
+            return
         for tp in list(self._builders):
             self._builders.pop(tp)
             for _, fut in self._futures.pop(tp, []):
