@@ -423,3 +423,33 @@ def test_cleaning_the_offsets_topic_keeps_the_last_committed_transactional_offse
 
     with_core(tmp_path, first, clock=clock)
     with_core(tmp_path, second, clock=clock)
+
+
+def test_read_committed_fetches_progress_across_a_long_run_of_aborted_data(tmp_path: Path) -> None:
+    """Small fetches over hundreds of aborted batches each return data (the client drops it and
+    moves on), so a read_committed consumer never stalls before the committed record."""
+
+    async def body(core: BrokerCore) -> None:
+        await core.create_topics([NewTopic("t", 1)])
+        txn = Txn(core, "aborts")
+        await txn.init()
+        for i in range(200):
+            txn.add("t", 0)
+            await txn.send("t", 0, [b"x" * 100])
+            txn.end(commit=False)
+        txn.add("t", 0)
+        await txn.send("t", 0, [b"kept"])
+        txn.end(commit=True)
+        offset, seen, fetches = 0, [], 0
+        while offset < 402 and fetches < 1_000:
+            [result] = await core.fetch(
+                [FetchRequestPartition("t", 0, offset, 300)],
+                max_wait_ms=0, min_bytes=1, max_bytes=300, isolation_level=ISOLATION_READ_COMMITTED,
+            )
+            fetches += 1
+            assert result.records, f"no progress at offset {offset}"
+            seen += visible(result)
+            offset = max(h.last_offset for _, h in iter_batches(bytes(result.records))) + 1
+        assert seen == [b"kept"] and offset == 402
+
+    with_core(tmp_path, body)
