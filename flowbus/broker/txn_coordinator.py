@@ -272,13 +272,15 @@ class TransactionCoordinator:
             producer_id != meta.producer_id or producer_epoch != meta.producer_epoch
         ):
             return InitPidResult(ErrorCode.PRODUCER_FENCED)
-        if meta.state is TxnState.ONGOING:
+        bumped = meta.state is TxnState.ONGOING
+        if bumped:
             # The previous instance's transaction: abort it with a bumped epoch, which is also
-            # the epoch handed to the new instance (the markers already fence the old one).
-            self._end(meta, commit=False, fence=True)
-            bumped = True
-        else:
-            bumped = False
+            # the epoch handed to the new instance (the markers already fence the old one). If
+            # its markers cannot be written yet, the abort stays in PrepareAbort for the tick
+            # and the client retries on CONCURRENT_TRANSACTIONS.
+            error = self._end(meta, commit=False, fence=True)
+            if error != ErrorCode.NONE:
+                return InitPidResult(error)
         if not bumped or meta.producer_epoch >= MAX_PRODUCER_EPOCH - 1:
             self._bump(meta)
         meta.transaction_timeout_ms = transaction_timeout_ms

@@ -453,3 +453,28 @@ def test_read_committed_fetches_progress_across_a_long_run_of_aborted_data(tmp_p
         assert seen == [b"kept"] and offset == 402
 
     with_core(tmp_path, body)
+
+
+def test_fencing_init_waits_for_the_abort_of_the_old_transaction(tmp_path: Path) -> None:
+    async def body(core: BrokerCore) -> None:
+        await core.create_topics([NewTopic("t", 1)])
+        old = Txn(core, "slow-abort")
+        await old.init()
+        old.add("t", 0)
+        await old.send("t", 0, [b"v"])
+        real = core.write_txn_marker
+
+        def failing(*args: object, **kwargs: object) -> None:
+            raise OSError("disk full")
+
+        core.write_txn_marker = failing  # type: ignore[method-assign]
+        new = Txn(core, "slow-abort")
+        assert await new.init() == ErrorCode.CONCURRENT_TRANSACTIONS
+        assert core.txn.describe("slow-abort").state is TxnState.PREPARE_ABORT
+        core.write_txn_marker = real  # type: ignore[method-assign]
+        assert core.txn.tick() == 1
+        assert await new.init() == 0 and new.epoch == old.epoch + 2
+        assert old.end(commit=True) == ErrorCode.PRODUCER_FENCED
+        assert visible(await fetch(core, "t", ISOLATION_READ_COMMITTED)) == []
+
+    with_core(tmp_path, body)
