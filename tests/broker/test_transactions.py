@@ -233,3 +233,48 @@ def test_broker_sigkilled_mid_run_recovers_and_the_copier_finishes(
     assert read_all(broker, dst, 6_000) == expected
     if any(not o.startswith("exit 3") for o in outputs):
         print("copier runs other than a fenced exit:", *outputs, sep="\n")
+
+
+def test_aiokafka_transactions(broker: BrokerProcess, unique: Callable[[str], str]) -> None:
+    """aiokafka speaks the transactional APIs at v0 (it infers the broker release)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.structs import OffsetAndMetadata
+    from aiokafka.structs import TopicPartition as AioTopicPartition
+
+    topic, group = unique("aio"), unique("g")
+    create_topics(broker, topic)
+
+    async def main() -> list[bytes]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id=unique("t"))
+        await producer.start()
+        try:
+            async with producer.transaction():
+                await producer.send_and_wait(topic, b"first", partition=0)
+            await producer.begin_transaction()
+            await producer.send_and_wait(topic, b"aborted", partition=0)
+            await producer.abort_transaction()
+            async with producer.transaction():
+                await producer.send_and_wait(topic, b"second", partition=0)
+                await producer.send_offsets_to_transaction(
+                    {AioTopicPartition(topic, 0): OffsetAndMetadata(7, "")}, group
+                )
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker.bootstrap, isolation_level="read_committed", group_id=group,
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            tp = AioTopicPartition(topic, 0)
+            assert await consumer.committed(tp) == 7
+            consumer.assign([tp])
+            consumer.seek(tp, 0)
+            got = await consumer.getmany(tp, timeout_ms=3000)
+            return [m.value for m in got.get(tp, [])]
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(main()) == [b"first", b"second"]
