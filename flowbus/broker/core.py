@@ -201,6 +201,18 @@ def _log_failure(future: asyncio.Future[Any], what: str) -> None:
         log.error("%s failed: %s", what, future.exception())
 
 
+def _next_offset_after(records: bytes | memoryview) -> int:
+    """The offset after the last of whole batches (a header walk: per batch, never per record)."""
+    view = memoryview(records)
+    pos = 0
+    next_offset = -1
+    while pos < len(view):  # bounded by the batches in one fetch
+        header = read_header(view, pos)
+        next_offset = header.next_offset
+        pos += header.size_bytes
+    return next_offset
+
+
 def valid_topic_name(name: str) -> bool:
     return bool(_TOPIC_NAME.match(name)) and name not in (".", "..")
 
@@ -996,11 +1008,13 @@ class BrokerCore:
                 offset, max_bytes, max_offset=upper, min_one_batch=first
             )
             if isolation_level == ISOLATION_READ_COMMITTED and result.records:
-                # Every aborted transaction that may overlap the data returned (at most up to
-                # the LSO): the client drops those producers' batches up to their abort marker.
+                # Every aborted transaction overlapping the data returned: the client drops those
+                # producers' batches up to their abort marker.
                 result.aborted_transactions = [
                     (a.producer_id, a.first_offset)
-                    for a in plog.aborted_transactions(offset, upper)
+                    for a in plog.aborted_transactions(
+                        offset, _next_offset_after(result.records)
+                    )
                 ]
         except OffsetOutOfRangeError:
             result.error_code = ErrorCode.OFFSET_OUT_OF_RANGE

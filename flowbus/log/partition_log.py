@@ -367,13 +367,19 @@ class PartitionLog:
         """Aborted transactions overlapping ``[start_offset, end_offset)``, for read_committed fetches.
 
         An entry lives with its marker, which is at or after ``start_offset`` for every overlapping
-        transaction, so only segments from the one holding ``start_offset`` on are searched.
+        transaction, so only segments from the one holding ``start_offset`` on are searched; the
+        search stops at the first entry whose LSO-at-abort is past ``end_offset`` (every
+        transaction aborted after it began after that LSO, so after the range: Kafka's rule).
         """
         with self._lock:
             self._require_open()
             found: list[AbortedTxn] = []
             for segment in self._segments.from_offset(start_offset):  # bounded by the segment count
-                found.extend(segment.txn_index.overlapping(start_offset, end_offset))
+                for entry in segment.txn_index.entries:
+                    if entry.last_offset >= start_offset and entry.first_offset < end_offset:
+                        found.append(entry)
+                    if entry.last_stable_offset > end_offset:
+                        return found
             return found
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
