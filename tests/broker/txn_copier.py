@@ -108,7 +108,13 @@ def run_confluent(args: argparse.Namespace) -> int:
                 print(f"fatal: {error}", flush=True)
                 return EXIT_FENCED
             if error.txn_requires_abort():
-                producer.abort_transaction(CALL_TIMEOUT_S)
+                try:
+                    producer.abort_transaction(CALL_TIMEOUT_S)
+                except KafkaException as abort_exc:
+                    if abort_exc.args[0].fatal():  # fenced while aborting
+                        print(f"fatal: {abort_exc.args[0]}", flush=True)
+                        return EXIT_FENCED
+                    raise
             # Rewind to the committed offsets and try again.
             committed = consumer.committed(assignment, timeout=10)
             for tp in committed:
