@@ -151,6 +151,6 @@ def consume(
     separator = None
     if print_key or key_separator is not None:
         separator = (key_separator if key_separator is not None else "\t").encode()
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     written = run(_consume(broker_url, topic, from_beginning, group, max_records, timeout_s, separator, out))
     click.echo(f"consumed {written} records", err=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import BinaryIO
@@ -236,7 +237,7 @@ def produce(topic: str, key_separator: str | None, partition: int | None, broker
     if key_separator == "":
         raise click.BadParameter("the key separator cannot be empty", param_hint="--key-separator")
     separator = key_separator.encode() if key_separator is not None else None
-    stdin = click.get_binary_stream("stdin")
+    stdin = sys.stdin.buffer
     deliveries = run(_produce(broker_url, topic, separator, partition, timeout_s, stdin))
     click.echo(f"{deliveries.acked} records sent to {topic} and acknowledged", err=True)
     if deliveries.failed:
