@@ -18,8 +18,10 @@ The consumer is assigned all of SRC's partitions by hand (restarts need no rebal
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 EXIT_DONE = 0
@@ -27,6 +29,23 @@ EXIT_FENCED = 3
 EXIT_DEADLINE = 4
 #: Timeout of each blocking client call: a stuck call fails the transaction instead of the run.
 CALL_TIMEOUT_S = 10
+#: Attempts of a transactional call that fails with a retriable error.
+RETRIES_MAX = 5
+
+
+def retrying(call: Callable[[], object]) -> None:
+    """Run a transactional call again while it fails with a retriable error (a timeout while
+    the broker restarts, say), as confluent-kafka's documentation asks; bounded."""
+    from confluent_kafka import KafkaException
+
+    for attempt in range(RETRIES_MAX):
+        try:
+            call()
+            return
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or attempt == RETRIES_MAX - 1:
+                raise
+            print(f"retrying: {exc.args[0]}", flush=True)
 
 
 def run_confluent(args: argparse.Namespace) -> int:
@@ -96,10 +115,14 @@ def run_confluent(args: argparse.Namespace) -> int:
             if args.pause_ms:
                 producer.flush(CALL_TIMEOUT_S)  # the records are in the log, the transaction still open
                 time.sleep(args.pause_ms / 1000)
-            producer.send_offsets_to_transaction(
-                consumer.position(assignment), consumer.consumer_group_metadata(), CALL_TIMEOUT_S
+            positions = consumer.position(assignment)
+            metadata = consumer.consumer_group_metadata()
+            retrying(
+                functools.partial(
+                    producer.send_offsets_to_transaction, positions, metadata, CALL_TIMEOUT_S
+                )
             )
-            producer.commit_transaction(CALL_TIMEOUT_S)
+            retrying(lambda: producer.commit_transaction(CALL_TIMEOUT_S))
             total += len(messages)
             print(f"committed {total}", flush=True)
         except KafkaException as exc:
@@ -107,14 +130,14 @@ def run_confluent(args: argparse.Namespace) -> int:
             if error.fatal():
                 print(f"fatal: {error}", flush=True)
                 return EXIT_FENCED
-            if error.txn_requires_abort():
-                try:
-                    producer.abort_transaction(CALL_TIMEOUT_S)
-                except KafkaException as abort_exc:
-                    if abort_exc.args[0].fatal():  # fenced while aborting
-                        print(f"fatal: {abort_exc.args[0]}", flush=True)
-                        return EXIT_FENCED
-                    raise
+            print(f"aborting: {error}", flush=True)
+            try:
+                retrying(lambda: producer.abort_transaction(CALL_TIMEOUT_S))
+            except KafkaException as abort_exc:
+                if abort_exc.args[0].fatal():  # fenced while aborting
+                    print(f"fatal: {abort_exc.args[0]}", flush=True)
+                    return EXIT_FENCED
+                raise
             # Rewind to the committed offsets and try again.
             committed = consumer.committed(assignment, timeout=10)
             for tp in committed:
