@@ -18,7 +18,9 @@ The consumer is assigned all of SRC's partitions by hand (restarts need no rebal
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -206,6 +208,8 @@ def run_kafka_python(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGUSR1 prints every thread's stack: how a test shows where a stuck copier waits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--src", required=True)
