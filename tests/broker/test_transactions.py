@@ -224,7 +224,12 @@ def test_broker_sigkilled_mid_run_recovers_and_the_copier_finishes(
         if rc == 0:
             break
         # A copier that found its transaction aborted by the recovery is fenced (exit 3): start
-        # it again, as a supervisor would. Any other end is kept for the failure message.
+        # it again, as a supervisor would. About one run in twenty, librdkafka 2.16's
+        # send_offsets_to_transaction blocks past its timeout after the broker came back (the
+        # group-coordinator request waits for a broker state change that never comes: upstream
+        # confluentinc/librdkafka#5456 and #5511; SIGUSR1 shows the copier inside that call, the
+        # broker shows AddOffsetsToTxn answered and no TxnOffsetCommit sent). The copier is then
+        # killed and restarted too. Any other end is kept for the failure message.
         outputs.append(f"exit {rc}:\n{output[-3000:]}")
         assert restarts < 5, "\n".join(outputs)
         restarts += 1
