@@ -9,7 +9,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,18 @@ pytestmark = pytest.mark.timeout(120)
 
 COPIER = Path(__file__).with_name("txn_copier.py")
 PARTITIONS = 6
+#: Copier processes of the running test, killed at its end whatever happened (no orphans).
+_RUNNING: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_copiers() -> Iterator[None]:
+    yield
+    while _RUNNING:
+        process = _RUNNING.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 def create_topics(broker: BrokerProcess, *names: str) -> None:
@@ -76,7 +88,7 @@ def read_all(
 def copier(
     broker: BrokerProcess, src: str, dst: str, group: str, txn_id: str, *extra: str
 ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [
             sys.executable,
             str(COPIER),
@@ -96,6 +108,8 @@ def copier(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    _RUNNING.append(process)
+    return process
 
 
 def finish(process: subprocess.Popen[str], timeout_s: float = 60) -> tuple[int, str]:
