@@ -20,11 +20,13 @@ from array import array
 from bisect import bisect_left
 from pathlib import Path
 
+from flowbus.log.index_file import IndexFile
+
 ENTRY_BYTES = 12
 _ENTRY = struct.Struct(">qi")
 
 
-class TimeIndex:
+class TimeIndex(IndexFile):
     """Sparse, strictly increasing map from timestamps to offsets of one segment.
 
     Args:
@@ -35,14 +37,11 @@ class TimeIndex:
 
     def __init__(self, path: Path, base_offset: int, max_entries: int) -> None:
         assert max_entries >= 1
-        self.path = path
+        super().__init__(path)
         self.base_offset = base_offset
         self.max_entries = max_entries
         self._timestamps = array("q")
         self._relative_offsets = array("i")
-        self._dirty = False
-        self._closed = False
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def load(self, max_relative_offset: int | None = None) -> bool:
         """Read the file into memory; False (and empty) when it fails the sanity check.
@@ -128,40 +127,3 @@ class TimeIndex:
         self._relative_offsets = array("i")
         os.ftruncate(self._file(), 0)
         self._dirty = True
-
-    def take_sync_fd(self) -> int | None:
-        """A duplicate descriptor to fsync when entries changed since the last call, else None."""
-        if not self._dirty:
-            return None
-        self._dirty = False
-        return os.dup(self._file())
-
-    def _file(self) -> int:
-        """The descriptor, reopened if :meth:`seal` released it."""
-        assert not self._closed, f"{self.path} is closed"
-        if self._fd < 0:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        return self._fd
-
-    def mark_dirty(self) -> None:
-        self._dirty = True
-
-    def seal(self) -> None:
-        """Release the descriptor of a synced index of an inactive segment.
-
-        Entries stay in memory and lookups never touch the file, so an inactive segment costs
-        one open descriptor (its records) instead of three; a later write reopens the file.
-        """
-        if not self._dirty and self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def rename(self, path: Path) -> None:
-        os.replace(self.path, path)
-        self.path = path
-
-    def close(self) -> None:
-        self._closed = True
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1

@@ -27,6 +27,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from flowbus.log.index_file import IndexFile
+
 log = logging.getLogger(__name__)
 
 TXN_INDEX_SUFFIX = ".txnindex"
@@ -47,7 +49,7 @@ class AbortedTxn:
     last_stable_offset: int
 
 
-class TransactionIndex:
+class TransactionIndex(IndexFile):
     """Append-only file of :class:`AbortedTxn` entries, mirrored in memory.
 
     Not thread-safe by itself; the owning segment's log serialises access. Most segments never
@@ -56,16 +58,9 @@ class TransactionIndex:
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        super().__init__(path, open_now=False)
         self.entries: list[AbortedTxn] = []
-        self._fd = -1
-        self._dirty = False
         self._load()
-
-    def _file(self) -> int:
-        if self._fd < 0:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        return self._fd
 
     def _load(self) -> None:
         try:
@@ -137,20 +132,8 @@ class TransactionIndex:
             if e.last_offset >= start_offset and e.first_offset < end_offset
         ]
 
-    def take_sync_fd(self) -> int | None:
-        if not self._dirty:
-            return None
-        self._dirty = False
-        return os.dup(self._file())
-
     def mark_dirty(self) -> None:
         self._dirty = self._fd >= 0 or self.path.exists()
-
-    def seal(self) -> None:
-        """Release the descriptor when nothing is left to sync (it reopens on demand)."""
-        if not self._dirty and self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
     def rename(self, path: Path) -> None:
         try:
@@ -159,7 +142,3 @@ class TransactionIndex:
             pass  # never written: nothing to rename
         self.path = path
 
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
