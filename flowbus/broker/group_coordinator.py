@@ -428,31 +428,7 @@ class GroupCoordinator:
                 return [ErrorCode.UNKNOWN_MEMBER_ID] * len(offsets)
             if generation_id != group.generation_id:
                 return [ErrorCode.ILLEGAL_GENERATION] * len(offsets)
-        now_wall_ms = self._clock.now_ms()
-        errors: list[int] = []
-        records: list[tuple[bytes, bytes | None]] = []
-        accepted: list[tuple[tuple[str, int], CommittedOffset]] = []
-        for item in offsets:
-            if (
-                item.metadata is not None
-                and len(item.metadata.encode()) > self._config.offset_metadata_max_bytes
-            ):
-                errors.append(ErrorCode.OFFSET_METADATA_TOO_LARGE)
-                continue
-            if not partition_exists(item.topic, item.partition):
-                errors.append(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
-                continue
-            committed = CommittedOffset(
-                item.offset, item.leader_epoch, item.metadata, now_wall_ms
-            )
-            records.append(
-                (
-                    encode_offset_key(group_id, item.topic, item.partition),
-                    encode_offset_value(committed),
-                )
-            )
-            accepted.append(((item.topic, item.partition), committed))
-            errors.append(ErrorCode.NONE)
+        errors, records, accepted = self._offset_records(group_id, offsets, partition_exists)
         if records:
             try:
                 await self._store.append_txn_offsets(
@@ -742,31 +718,7 @@ class GroupCoordinator:
         group = self._groups.get(group_id)
         if group is None:
             group = self._groups[group_id] = _Group(group_id)
-        now_wall_ms = self._clock.now_ms()
-        errors: list[int] = []
-        records: list[tuple[bytes, bytes | None]] = []
-        accepted: list[tuple[tuple[str, int], CommittedOffset]] = []
-        for item in offsets:
-            if (
-                item.metadata is not None
-                and len(item.metadata.encode()) > self._config.offset_metadata_max_bytes
-            ):
-                errors.append(ErrorCode.OFFSET_METADATA_TOO_LARGE)
-                continue
-            if not partition_exists(item.topic, item.partition):
-                errors.append(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
-                continue
-            committed = CommittedOffset(
-                item.offset, item.leader_epoch, item.metadata, now_wall_ms
-            )
-            records.append(
-                (
-                    encode_offset_key(group_id, item.topic, item.partition),
-                    encode_offset_value(committed),
-                )
-            )
-            accepted.append(((item.topic, item.partition), committed))
-            errors.append(ErrorCode.NONE)
+        errors, records, accepted = self._offset_records(group_id, offsets, partition_exists)
         if records:
             try:
                 await self._store.append_offsets(group_id, records)
@@ -780,6 +732,38 @@ class GroupCoordinator:
             for key, committed in accepted:
                 group.offsets[key] = committed
         return errors
+
+    def _offset_records(
+        self,
+        group_id: str,
+        offsets: list[OffsetToCommit],
+        partition_exists: Callable[[str, int], bool],
+    ) -> tuple[list[int], list[tuple[bytes, bytes | None]], list[tuple[tuple[str, int], CommittedOffset]]]:
+        """Check each offset to commit and encode the accepted ones for ``__consumer_offsets``.
+
+        Shared by plain and transactional commits, which differ only in where the records go
+        and when they become visible. Returns one error code per entry, the records to append,
+        and the accepted ``((topic, partition), offset)`` pairs in order.
+        """
+        now_wall_ms = self._clock.now_ms()
+        errors: list[int] = []
+        records: list[tuple[bytes, bytes | None]] = []
+        accepted: list[tuple[tuple[str, int], CommittedOffset]] = []
+        metadata_max_bytes = self._config.offset_metadata_max_bytes
+        for item in offsets:
+            if item.metadata is not None and len(item.metadata.encode()) > metadata_max_bytes:
+                errors.append(ErrorCode.OFFSET_METADATA_TOO_LARGE)
+                continue
+            if not partition_exists(item.topic, item.partition):
+                errors.append(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+                continue
+            committed = CommittedOffset(item.offset, item.leader_epoch, item.metadata, now_wall_ms)
+            records.append(
+                (encode_offset_key(group_id, item.topic, item.partition), encode_offset_value(committed))
+            )
+            accepted.append(((item.topic, item.partition), committed))
+            errors.append(ErrorCode.NONE)
+        return errors, records, accepted
 
     def _check_commit(self, group_id: str, generation_id: int, member_id: str) -> int:
         if self.loading:
