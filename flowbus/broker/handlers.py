@@ -579,32 +579,14 @@ class Handlers:
     async def offset_commit(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
     ) -> Body:
-        offsets = [
-            OffsetToCommit(
-                t["name"],
-                p["partition_index"],
-                p["committed_offset"],
-                p.get("committed_leader_epoch", -1),
-                p.get("committed_metadata"),
-            )
-            for t in body["topics"]
-            for p in t["partitions"]
-        ]
+        offsets = _offsets_to_commit(body)
         errors = await self.core.commit_offsets(
             body["group_id"],
             body.get("generation_id_or_member_epoch", -1),
             body.get("member_id", ""),
             offsets,
         )
-        topics: list[Body] = []
-        by_topic: dict[str, list[Body]] = {}
-        for item, error in zip(offsets, errors):
-            partitions = by_topic.get(item.topic)
-            if partitions is None:
-                partitions = by_topic[item.topic] = []
-                topics.append({"name": item.topic, "partitions": partitions})
-            partitions.append({"partition_index": item.partition, "error_code": error})
-        return {"throttle_time_ms": 0, "topics": topics}
+        return {"throttle_time_ms": 0, "topics": _commit_results(offsets, errors)}
 
     async def offset_fetch(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
@@ -777,17 +759,7 @@ class Handlers:
     async def txn_offset_commit(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
     ) -> Body:
-        offsets = [
-            OffsetToCommit(
-                t["name"],
-                p["partition_index"],
-                p["committed_offset"],
-                p.get("committed_leader_epoch", -1),
-                p.get("committed_metadata"),
-            )
-            for t in body["topics"]
-            for p in t["partitions"]
-        ]
+        offsets = _offsets_to_commit(body)
         errors = await self.core.txn.txn_offset_commit(
             body["transactional_id"],
             body["group_id"],
@@ -797,20 +769,8 @@ class Handlers:
             body.get("member_id") or "",
             offsets,
         )
-        topics: list[Body] = []
-        by_topic: dict[str, list[Body]] = {}
-        for item, error in zip(offsets, errors):
-            partitions = by_topic.get(item.topic)
-            if partitions is None:
-                partitions = by_topic[item.topic] = []
-                topics.append({"name": item.topic, "partitions": partitions})
-            partitions.append(
-                {
-                    "partition_index": item.partition,
-                    "error_code": _fenced_for(header, error),
-                }
-            )
-        return {"throttle_time_ms": 0, "topics": topics}
+        fenced = [_fenced_for(header, error) for error in errors]
+        return {"throttle_time_ms": 0, "topics": _commit_results(offsets, fenced)}
 
     async def sasl_handshake(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
@@ -831,3 +791,31 @@ class Handlers:
             "auth_bytes": b"",
             "session_lifetime_ms": 0,
         }
+
+
+def _offsets_to_commit(body: Body) -> list[OffsetToCommit]:
+    """The offsets of an OffsetCommit or TxnOffsetCommit request (same topic layout in both)."""
+    return [
+        OffsetToCommit(
+            t["name"],
+            p["partition_index"],
+            p["committed_offset"],
+            p.get("committed_leader_epoch", -1),
+            p.get("committed_metadata"),
+        )
+        for t in body["topics"]
+        for p in t["partitions"]
+    ]
+
+
+def _commit_results(offsets: list[OffsetToCommit], errors: list[int]) -> list[Body]:
+    """Per-partition error codes grouped by topic, in request order, for a commit response."""
+    topics: list[Body] = []
+    by_topic: dict[str, list[Body]] = {}
+    for item, error in zip(offsets, errors):
+        partitions = by_topic.get(item.topic)
+        if partitions is None:
+            partitions = by_topic[item.topic] = []
+            topics.append({"name": item.topic, "partitions": partitions})
+        partitions.append({"partition_index": item.partition, "error_code": error})
+    return topics
