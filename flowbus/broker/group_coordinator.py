@@ -53,6 +53,7 @@ from enum import Enum
 from typing import Protocol
 
 from flowbus.broker.errors import InternalTopicError
+from flowbus.broker.internal_records import decode_str, encode_str
 from flowbus.clock import Clock
 from flowbus.errors import FlowbusError
 from flowbus.protocol.error_codes import ErrorCode
@@ -241,25 +242,12 @@ class _Group:
     offsets: dict[tuple[str, int], CommittedOffset] = field(default_factory=dict)
 
 
-def _encode_str(value: str) -> bytes:
-    raw = value.encode()
-    return _INT16.pack(len(raw)) + raw
-
-
-def _decode_str(buf: bytes, pos: int) -> tuple[str, int]:
-    (length,) = _INT16.unpack_from(buf, pos)
-    pos += 2
-    if length < 0 or pos + length > len(buf):
-        raise InternalTopicError("string runs past the end of the record")
-    return buf[pos : pos + length].decode(), pos + length
-
-
 def encode_offset_key(group_id: str, topic: str, partition: int) -> bytes:
     """Key of a committed-offset record (see the module doc)."""
     return (
         _INT16.pack(OFFSET_KEY_VERSION)
-        + _encode_str(group_id)
-        + _encode_str(topic)
+        + encode_str(group_id)
+        + encode_str(topic)
         + _INT32.pack(partition)
     )
 
@@ -269,7 +257,7 @@ def encode_offset_value(committed: CommittedOffset) -> bytes:
     if committed.metadata is None:
         metadata = _INT16.pack(-1)
     else:
-        metadata = _encode_str(committed.metadata)
+        metadata = encode_str(committed.metadata)
     return (
         _OFFSET_VALUE.pack(
             OFFSET_VALUE_VERSION, committed.offset, committed.leader_epoch
@@ -291,8 +279,8 @@ def decode_offset_record(
         (version,) = _INT16.unpack_from(key, 0)
         if version != OFFSET_KEY_VERSION:
             return None
-        group_id, pos = _decode_str(key, 2)
-        topic, pos = _decode_str(key, pos)
+        group_id, pos = decode_str(key, 2)
+        topic, pos = decode_str(key, pos)
         (partition,) = _INT32.unpack_from(key, pos)
         if value is None:
             return group_id, topic, partition, None
@@ -304,7 +292,7 @@ def decode_offset_record(
         if meta_len < 0:
             metadata, pos = None, pos + 2
         else:
-            metadata, pos = _decode_str(value, pos)
+            metadata, pos = decode_str(value, pos)
         (commit_timestamp_ms,) = _INT64.unpack_from(value, pos)
     except (struct.error, UnicodeDecodeError) as exc:
         raise InternalTopicError(f"malformed committed-offset record: {exc}") from exc

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from flowbus.broker.errors import InternalTopicError
+from flowbus.broker.internal_records import decode_str, encode_str
 
 TXN_STATE_TOPIC = "__transaction_state"
 TXN_KEY_VERSION = 0
@@ -92,21 +93,8 @@ class TxnMetadata:
     groups: set[str] = field(default_factory=set)
 
 
-def _encode_str(value: str) -> bytes:
-    raw = value.encode()
-    return _INT16.pack(len(raw)) + raw
-
-
-def _decode_str(buf: bytes, pos: int) -> tuple[str, int]:
-    (length,) = _INT16.unpack_from(buf, pos)
-    pos += 2
-    if length < 0 or pos + length > len(buf):
-        raise InternalTopicError("string runs past the end of the record")
-    return buf[pos : pos + length].decode(), pos + length
-
-
 def encode_txn_key(transactional_id: str) -> bytes:
-    return _INT16.pack(TXN_KEY_VERSION) + _encode_str(transactional_id)
+    return _INT16.pack(TXN_KEY_VERSION) + encode_str(transactional_id)
 
 
 def encode_txn_value(meta: TxnMetadata) -> bytes:
@@ -121,7 +109,7 @@ def encode_txn_value(meta: TxnMetadata) -> bytes:
         _INT32.pack(len(meta.partitions)),
     ]
     for topic, partition in sorted(meta.partitions):
-        parts.append(_encode_str(topic))
+        parts.append(encode_str(topic))
         parts.append(_INT32.pack(partition))
     parts.append(_TIMES.pack(meta.txn_start_ms, meta.update_ms))
     return b"".join(parts)
@@ -139,7 +127,7 @@ def decode_txn_record(
         (version,) = _INT16.unpack_from(key, 0)
         if version != TXN_KEY_VERSION:
             return None
-        transactional_id, _ = _decode_str(key, 2)
+        transactional_id, _ = decode_str(key, 2)
         if value is None:
             return transactional_id, None
         value_version, pid, epoch, timeout_ms, state = _VALUE_HEAD.unpack_from(value, 0)
@@ -152,7 +140,7 @@ def decode_txn_record(
             raise InternalTopicError(f"bad partition count {count}")
         partitions: set[tuple[str, int]] = set()
         for _ in range(count):
-            topic, pos = _decode_str(value, pos)
+            topic, pos = decode_str(value, pos)
             (partition,) = _INT32.unpack_from(value, pos)
             pos += 4
             partitions.add((topic, partition))
