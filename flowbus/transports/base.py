@@ -236,8 +236,19 @@ class Consumer(abc.ABC):
     ) -> None:
         """Join the group for these topics; callbacks run inside :meth:`poll_batch`."""
 
-    def assign(self, partitions: Sequence[TopicPartition]) -> None:
-        """Read these partitions directly, outside group management (changelog recovery)."""
+    def assign(self, partitions: Sequence[TopicPartition], offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        """Read exactly these partitions, outside group management (changelog restore), each from
+        ``offsets[tp]`` when given (else as ``auto_offset_reset`` says). Replaces the previous
+        assignment."""
+        raise NotImplementedError
+
+    def position(self, partition: TopicPartition) -> int | None:
+        """The next offset this consumer will read from ``partition`` (``None`` if not known yet).
+
+        It steps over transaction markers and aborted records, so a reader that has read
+        everything up to the end of a partition has ``position == end offset`` even when the last
+        offsets hold control records: that is how a restore knows it is done (no ``-1``
+        arithmetic on offsets)."""
         raise NotImplementedError
 
     @abc.abstractmethod

@@ -518,10 +518,14 @@ class EmbeddedConsumer(Consumer):
         self._on_assigned, self._on_revoked = on_assigned, on_revoked
         self._rejoin = True
 
-    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+    def assign(self, partitions: Sequence[TopicPartition], offsets: Mapping[TopicPartition, int] | None = None) -> None:
         self._owned = list(partitions)
-        for tp in self._owned:
-            self._positions.setdefault(tp, OFFSET_BEGINNING if self._reset == EARLIEST_TIMESTAMP else OFFSET_END)
+        default = OFFSET_BEGINNING if self._reset == EARLIEST_TIMESTAMP else OFFSET_END
+        self._positions = {tp: (offsets or {}).get(tp, self._positions.get(tp, default)) for tp in self._owned}
+
+    def position(self, partition: TopicPartition) -> int | None:
+        position = self._positions.get(partition)
+        return position if position is not None and position >= 0 else None
 
     async def _join(self) -> None:
         groups = self._core.groups
@@ -577,16 +581,24 @@ class EmbeddedConsumer(Consumer):
         raise TransportError(f"could not join group {self._group_id!r} after {JOIN_ATTEMPTS_MAX} attempts")
 
     def _plan(self, subscriptions: dict[str, list[str]]) -> dict[str, bytes]:
-        """Deal every subscribed partition round robin over the members subscribed to its topic."""
-        members = sorted(subscriptions)
-        shares: dict[str, list[TopicPartition]] = {m: [] for m in members}
-        topics = sorted({t for ts in subscriptions.values() for t in ts})
-        turn = 0
-        for topic in topics:
-            takers = [m for m in members if topic in subscriptions[m]]
-            for partition in range(self._t.partition_count(topic)):
-                shares[takers[turn % len(takers)]].append(TopicPartition(topic, partition))
-                turn += 1
+        """Kafka's range assignment: for each topic, its members (sorted by id) take consecutive
+        runs of partitions, the first ones one more when it does not divide evenly.
+
+        Topics with the same partition count are therefore co-partitioned: partition ``p`` of
+        each goes to the same member, which is what tables need (the partition of a table and of
+        the stream updating it must be on one worker), and what Java and librdkafka members of
+        the same group compute too.
+        """
+        shares: dict[str, list[TopicPartition]] = {m: [] for m in subscriptions}
+        for topic in sorted({t for ts in subscriptions.values() for t in ts}):
+            takers = sorted(m for m, ts in subscriptions.items() if topic in ts)
+            count = self._t.partition_count(topic)
+            each, extra = divmod(count, len(takers))
+            start = 0
+            for index, member in enumerate(takers):
+                length = each + (1 if index < extra else 0)
+                shares[member].extend(TopicPartition(topic, p) for p in range(start, start + length))
+                start += length
         return {m: encode_assignment(parts) for m, parts in shares.items()}
 
     async def _start_positions(self, partitions: list[TopicPartition]) -> None:

@@ -288,6 +288,8 @@ class KafkaConsumer(Consumer):
         self._on_revoked: OnRevoked | None = None
         self._assignment: list[TopicPartition] = []
         self._closed = False
+        self._in_rebalance = False
+        self._pause_after_rebalance: list[KafkaTopicPartition] = []
 
     def _run_on_loop(self, coro: Any) -> None:
         asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -295,8 +297,21 @@ class KafkaConsumer(Consumer):
     def _assign_cb(self, consumer: Any, partitions: list[KafkaTopicPartition]) -> None:
         tps = [TopicPartition(p.topic, p.partition) for p in partitions]
         self._assignment.extend(tp for tp in tps if tp not in self._assignment)
-        if self._on_assigned is not None:
+        if self._on_assigned is None:
+            return
+        # Assign now (instead of letting confluent-kafka do it after this callback), so partitions
+        # the callback pauses stay paused. librdkafka serves pause() through the thread that runs
+        # this callback, so a pause asked for from the event loop meanwhile would wait forever:
+        # it is queued and applied here, once the callback is done.
+        consumer.assign(partitions)
+        self._in_rebalance = True
+        try:
             self._run_on_loop(self._on_assigned(tps))
+        finally:
+            self._in_rebalance = False
+            if self._pause_after_rebalance:
+                consumer.pause(self._pause_after_rebalance)
+                self._pause_after_rebalance = []
 
     def _revoke_cb(self, consumer: Any, partitions: list[KafkaTopicPartition]) -> None:
         tps = [TopicPartition(p.topic, p.partition) for p in partitions]
@@ -314,9 +329,21 @@ class KafkaConsumer(Consumer):
         self._on_assigned, self._on_revoked = on_assigned, on_revoked
         self._consumer.subscribe(list(topics), on_assign=self._assign_cb, on_revoke=self._revoke_cb, on_lost=self._revoke_cb)
 
-    def assign(self, partitions: Sequence[TopicPartition]) -> None:
-        self._consumer.assign([KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions])
+    def assign(self, partitions: Sequence[TopicPartition], offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        starts = offsets or {}
+        self._consumer.assign([
+            KafkaTopicPartition(tp.topic, tp.partition, starts[tp]) if tp in starts
+            else KafkaTopicPartition(tp.topic, tp.partition)  # auto.offset.reset decides
+            for tp in partitions
+        ])
         self._assignment = list(partitions)
+
+    def position(self, partition: TopicPartition) -> int | None:
+        # librdkafka moves the application position past control records (transaction markers),
+        # so a read_committed reader at the end of a partition reports the end offset.
+        found = self._consumer.position([KafkaTopicPartition(partition.topic, partition.partition)])
+        offset = found[0].offset if found else -1
+        return offset if offset >= 0 else None
 
     async def poll_batch(self, max_records: int, timeout_ms: int) -> list[Record]:
         messages = await asyncio.to_thread(self._consumer.consume, max_records, timeout_ms / 1000)
@@ -343,7 +370,11 @@ class KafkaConsumer(Consumer):
         return list(self._assignment)
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
-        self._consumer.pause([KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions])
+        parts = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
+        if self._in_rebalance:
+            self._pause_after_rebalance.extend(parts)
+        else:
+            self._consumer.pause(parts)
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         self._consumer.resume([KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions])

@@ -331,11 +331,12 @@ class MemoryConsumer(Consumer):
                 group.members.append(self)
             group.generation += 1
 
-    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+    def assign(self, partitions: Sequence[TopicPartition], offsets: Mapping[TopicPartition, int] | None = None) -> None:
         self._manual = True
         self._owned = list(partitions)
-        for tp in self._owned:
-            self._positions.setdefault(tp, self._initial_position(tp))
+        self._positions = {
+            tp: (offsets or {}).get(tp, self._positions.get(tp, self._initial_position(tp))) for tp in self._owned
+        }
 
     def _initial_position(self, tp: TopicPartition) -> int:
         if self._group_id is not None:
@@ -345,15 +346,19 @@ class MemoryConsumer(Consumer):
         return len(self._broker.partitions(tp.topic)[tp.partition].records) if self._reset_latest else 0
 
     def _target(self) -> list[TopicPartition]:
-        """This member's share: all subscribed partitions dealt round robin over the members."""
+        """This member's share, as Kafka's range assignor deals it (members in join order): topics
+        with equal partition counts are co-partitioned, as tables need."""
         if self._group_id is None:
             return [TopicPartition(t, p) for t in self._topics for p in range(len(self._broker.partitions(t)))]
         members = self._broker.group(self._group_id).members
-        index = members.index(self)
-        every = sorted(
-            {TopicPartition(t, p) for m in members for t in m._topics for p in range(len(self._broker.partitions(t)))}
-        )
-        return [tp for i, tp in enumerate(every) if i % len(members) == index and tp.topic in self._topics]
+        mine: list[TopicPartition] = []
+        for topic in self._topics:
+            takers = [m for m in members if topic in m._topics]
+            each, extra = divmod(len(self._broker.partitions(topic)), len(takers))
+            index = takers.index(self)
+            start = index * each + min(index, extra)
+            mine.extend(TopicPartition(topic, p) for p in range(start, start + each + (1 if index < extra else 0)))
+        return mine
 
     async def _rebalance(self) -> None:
         if self._manual or not self._topics:
