@@ -8,6 +8,7 @@ import logging
 import re
 import signal
 import socket
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -17,6 +18,10 @@ from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.operators.dataflow import Dataflow
 from flowbus.operators.steps import GroupByStep
 from flowbus.serializers import Serializer
+from flowbus.state import MemoryBudget, make_backend
+from flowbus.state.budget import STATE_CACHE_BYTES_DEFAULT, STATE_WRITE_BUFFER_BYTES_DEFAULT
+from flowbus.state.manager import RESTORE_TIMEOUT_MS_DEFAULT, StateManager, default_state_dir
+from flowbus.state.table import GlobalTable, Table
 from flowbus.stream import DEFAULT_MAX_BUFFERED_EVENTS
 from flowbus.timers import CronSpec, Scheduler, TimerSpec, parse_timezone
 from flowbus.topic import Topic
@@ -32,6 +37,7 @@ log = logging.getLogger("flowbus.app")
 ProcessingGuarantee = Literal["at_least_once", "at_most_once", "exactly_once"]
 ErrorPolicy = Literal["log", "skip", "dead_letter", "stop"]
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T", bound="Table")
 
 _GUARANTEES = ("at_least_once", "at_most_once", "exactly_once")
 _POLICIES = ("log", "skip", "dead_letter", "stop")
@@ -55,6 +61,13 @@ class App:
         transactional_id: for exactly-once; stable across restarts so a restarted worker fences
             its predecessor and aborts its open transaction. Defaults to ``<id>-<hostname>``: run
             several workers of one app on a host with distinct ids.
+        state_dir: where tables keep their partition databases; ``<data dir>/state`` for
+            ``embedded://`` and ``./flowbus-state`` otherwise.
+        state_backend: ``rocksdb`` (default) or ``memory`` (small state, rebuilt from the
+            changelog at every start).
+        state_cache_bytes, state_write_buffer_bytes: the RocksDB block cache and write-buffer
+            budget shared by every partition database of the worker.
+        restore_timeout_ms: a table restore that makes no progress for this long stops the worker.
 
     Example:
         >>> app = App("clicks", broker="memory://")
@@ -78,6 +91,11 @@ class App:
         commit_interval_ms: int | None = None,
         transactional_id: str | None = None,
         max_poll_records: int = 2_000,
+        state_dir: str | Path | None = None,
+        state_backend: str = "rocksdb",
+        state_cache_bytes: int = STATE_CACHE_BYTES_DEFAULT,
+        state_write_buffer_bytes: int = STATE_WRITE_BUFFER_BYTES_DEFAULT,
+        restore_timeout_ms: int = RESTORE_TIMEOUT_MS_DEFAULT,
     ) -> None:
         if processing_guarantee not in _GUARANTEES:
             raise ConfigurationError(f"processing_guarantee must be one of {_GUARANTEES}, not {processing_guarantee!r}")
@@ -94,6 +112,12 @@ class App:
         self.commit_interval_ms = commit_interval_ms
         self.transactional_id = transactional_id or f"{id}-{socket.gethostname()}"
         self.max_poll_records = max_poll_records
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.state_backend = state_backend
+        self.state_cache_bytes = state_cache_bytes
+        self.state_write_buffer_bytes = state_write_buffer_bytes
+        self.restore_timeout_ms = restore_timeout_ms
+        self.tables: dict[str, Table] = {}
         self.topics: dict[str, Topic] = {}
         self.agents: list[Agent] = []
         self.dataflows: list[Dataflow] = []
@@ -182,6 +206,62 @@ class App:
             return agent
 
         return decorate
+
+    def Table(  # noqa: N802 - faust's name for it
+        self,
+        name: str,
+        *,
+        default: Callable[[], Any] | None = None,
+        key_type: Any = None,
+        value_type: Any = None,
+        partitions: int | None = None,
+        key_serializer: str | Serializer | None = None,
+        value_serializer: str | Serializer = "json",
+    ) -> Table:
+        """Declare a table (see :class:`flowbus.state.table.Table`), changelogged to
+        ``<id>-<name>-changelog``; used from agents as a dict: ``counts[word] += 1``."""
+        return self._add_table(Table(
+            self, name, default=default, key_type=key_type, value_type=value_type, partitions=partitions,
+            key_serializer=key_serializer, value_serializer=value_serializer,
+        ))
+
+    def GlobalTable(  # noqa: N802 - faust's name for it
+        self,
+        name: str,
+        *,
+        default: Callable[[], Any] | None = None,
+        key_type: Any = None,
+        value_type: Any = None,
+        partitions: int | None = None,
+        key_serializer: str | Serializer | None = None,
+        value_serializer: str | Serializer = "json",
+    ) -> GlobalTable:
+        """Declare a table every worker holds in full, for lookups; it changes only through its
+        changelog topic ``<id>-<name>-changelog`` (send records there to update it)."""
+        return self._add_table(GlobalTable(
+            self, name, default=default, key_type=key_type, value_type=value_type, partitions=partitions,
+            key_serializer=key_serializer, value_serializer=value_serializer,
+        ))
+
+    def _add_table(self, table: T) -> T:
+        if table.name in self.tables:
+            raise ConfigurationError(f"a table named {table.name!r} is already declared")
+        if not re.fullmatch(r"[a-zA-Z0-9._-]+", table.name):
+            raise ConfigurationError(f"table name {table.name!r}: use letters, digits, '.', '_' and '-' (it names a topic)")
+        self.tables[table.name] = table
+        return table
+
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir if self.state_dir is not None else default_state_dir(self.broker)
+
+    def make_state_manager(self, transport: Transport, *, on_failure: Callable[[BaseException], None]) -> StateManager:
+        """The state of one worker: its partition databases under :meth:`resolved_state_dir`."""
+        budget = MemoryBudget(cache_bytes=self.state_cache_bytes, write_buffer_bytes=self.state_write_buffer_bytes)
+        return StateManager(
+            self.id, list(self.tables.values()), transport, make_backend(self.state_backend, budget),
+            state_dir=self.resolved_state_dir(), clock=self.clock,
+            restore_timeout_ms=self.restore_timeout_ms, on_failure=on_failure,
+        )
 
     def stream(self, topic: Topic | str) -> Dataflow:
         """A declarative dataflow reading ``topic``: ``app.stream(src).filter(f).map(g).to(dst)``."""

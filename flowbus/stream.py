@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from flowbus.app_errors import DecodeError
+from flowbus.context import current_source
 from flowbus.transports.base import Headers, Record, TopicPartition
 
 if TYPE_CHECKING:
@@ -181,9 +182,11 @@ class Stream:
         channel = self.channel
         decode_value = self.topic.value_codec.decode
         decode_key_fn = self.topic.key_codec.decode
+        set_source = current_source.set
         while True:
             record = await channel.next_record()
             channel.in_flight.append(record)
+            set_source(TopicPartition(record.topic, record.partition))
             try:
                 key = decode_key_fn(record.key) if decode_key else None
                 value = decode_value(record.value)
@@ -236,6 +239,7 @@ class Stream:
                     channel.idle.set()
                 await channel.wait()
             if values:
+                current_source.set(None)  # a list may mix partitions: table writes check ownership
                 yield values
             channel.in_flight.clear()
             for record in records:

@@ -171,6 +171,9 @@ class TestContext:
     def _quiescent(self, worker: Any, scheduler: Scheduler) -> bool:
         if worker._deadline_tasks:
             return False
+        state = worker.state
+        if state is not None and (state.restoring or state.ready_sources):
+            return False
         consumer = worker.consumer
         if consumer is not None and not consumer.caught_up():
             return False

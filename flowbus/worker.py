@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flowbus.app_errors import AgentError, DecodeError
+from flowbus.context import current_source
 from flowbus.operators import compile_dataflows
 from flowbus.operators.steps import Emit, fan_out
 from flowbus.stream import Channel, Stream
@@ -47,6 +48,7 @@ from flowbus.transports.errors import CommitError
 if TYPE_CHECKING:
     from flowbus.agent import Agent
     from flowbus.app import App
+    from flowbus.state.manager import StateManager
     from flowbus.topic import Topic
 
 log = logging.getLogger("flowbus.worker")
@@ -93,6 +95,11 @@ class Worker:
         self.next_commit_ms = 0
         self.events_in = 0
         self.leader_topic: str | None = None
+        self.state: StateManager | None = None
+        self.restoring: set[TopicPartition] = set()
+        """Source partitions held back (paused) until the state they feed is restored."""
+        self.rewind: dict[TopicPartition, int] = {}
+        """For a held partition, the first offset of a record fetched and dropped meanwhile."""
         self._tasks: list[asyncio.Task[Any]] = []
         self._agent_tasks: list[asyncio.Task[Any]] = []
         self._deadline_tasks: set[asyncio.Task[None]] = set()
@@ -121,6 +128,9 @@ class Worker:
         for agent in app.agents:
             self._start_agent(agent)
         sources = sorted(set(self.runners) | set(self.routes) | ({self.leader_topic} if self.leader_topic else set()))
+        if app.tables:
+            self.state = app.make_state_manager(self.transport, on_failure=self.fail)
+            await self.state.start(sources, sorted(self.routes) or sources)
         self.consumer = self.transport.consumer(
             app.id,
             isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
@@ -193,6 +203,8 @@ class Worker:
         handle = self.handle_error
 
         def run(records: list[Record]) -> None:
+            first = records[0]
+            current_source.set(TopicPartition(first.topic, first.partition))
             for record in records:
                 try:
                     key = record.key
@@ -322,6 +334,8 @@ class Worker:
             except CommitError as exc:
                 # The group is rebalancing: the revocation callback commits these offsets.
                 log.warning("periodic commit failed, retrying at the next one: %s", exc)
+        if self.state is not None and self.state.ready_sources:
+            self._release_restored()
         if self.paused:
             self.drained.clear()  # before checking, so a drain that happens next is not missed
             self._resume_drained()
@@ -351,6 +365,11 @@ class Worker:
                 end += 1
             run = records if start == 0 and end == count else records[start:end]
             tp = TopicPartition(topic, partition)
+            if tp in self.restoring:
+                # Fetched before the pause took effect: read again once the state is restored.
+                self.rewind.setdefault(tp, first.offset)
+                start = end
+                continue
             runner = self.runners.get(topic)
             if runner is not None:
                 runner(run)
@@ -376,7 +395,18 @@ class Worker:
             for tp in ready:
                 del self.paused[tp]
             assert self.consumer is not None
-            self.consumer.resume(ready)
+            self.consumer.resume([tp for tp in ready if tp not in self.restoring])
+
+    def _release_restored(self) -> None:
+        """Resume the source partitions whose state finished restoring (rewinding any dropped)."""
+        assert self.state is not None and self.consumer is not None
+        for tp in self.state.take_ready():
+            self.restoring.discard(tp)
+            offset = self.rewind.pop(tp, None)
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+            if tp not in self.paused:
+                self.consumer.resume([tp])
 
     # -- commits ----------------------------------------------------------------------------
     def committable(self) -> dict[TopicPartition, int]:
@@ -413,20 +443,38 @@ class Worker:
         assert self.producer is not None and self.consumer is not None
         if barrier or self.exactly_once:
             await self._barrier()
+        state = self.state
         try:
             for hook in self.before_commit_hooks:
                 hook()
             offsets = self.committable()
-            if self.exactly_once:
-                await self.producer.flush()
-                if offsets:
-                    await self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
-                await self.producer.commit_transaction()
-                self.producer.begin_transaction()
-            else:
-                await self.producer.flush()
-                if offsets and not self.at_most_once:
-                    await self.consumer.commit(offsets)
+            # Table changes reach the changelogs inside the transaction (or before the offsets,
+            # at least once); the local databases get them only once that is durable.
+            collected = state.collect() if state is not None else []
+            futures = state.produce(self.producer, collected) if collected else []
+            try:
+                if self.exactly_once:
+                    await self.producer.flush()
+                    if offsets:
+                        await self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+                    await self.producer.commit_transaction()
+                    self.producer.begin_transaction()
+                else:
+                    await self.producer.flush()
+                    if offsets and not self.at_most_once:
+                        try:
+                            await self.consumer.commit(offsets)
+                        except CommitError:
+                            if collected:  # the changelog holds them already: keep the database level
+                                state.store(collected, futures)  # type: ignore[union-attr]
+                                collected = []
+                            raise
+            except BaseException:
+                if collected:
+                    state.failed(collected)  # type: ignore[union-attr]
+                raise
+            if collected:
+                state.store(collected, futures)  # type: ignore[union-attr]
             self.committed.update(offsets)
         finally:
             self._open_gates()
@@ -442,6 +490,12 @@ class Worker:
     async def _on_assigned(self, partitions: list[TopicPartition]) -> None:
         self.assigned.update(partitions)
         log.info("assigned %s", sorted(partitions))
+        if self.state is not None:
+            held = await self.state.assigned(partitions)
+            if held:
+                assert self.consumer is not None
+                self.consumer.pause(held)
+                self.restoring.update(held)
 
     async def _on_revoked(self, partitions: list[TopicPartition]) -> None:
         log.info("revoking %s", sorted(partitions))
@@ -460,6 +514,10 @@ class Worker:
             self.dispatched_next.pop(tp, None)
             self.committed.pop(tp, None)
             self.paused.pop(tp, None)
+            self.restoring.discard(tp)
+            self.rewind.pop(tp, None)
+        if self.state is not None:
+            await self.state.revoked(gone)
 
     # -- shutdown ---------------------------------------------------------------------------
     async def shutdown(self) -> None:
@@ -487,6 +545,8 @@ class Worker:
             await asyncio.gather(*self._agent_tasks, return_exceptions=True)
             if self.consumer is not None:
                 await self.consumer.close()
+            if self.state is not None:
+                await self.state.close()
             if self.producer is not None:
                 if self.exactly_once and self.started:
                     try:

@@ -65,7 +65,7 @@ def test_status_line_shows_rates_and_lag(monkeypatch: pytest.MonkeyPatch, capsys
 
     worker = SimpleNamespace(
         app=SimpleNamespace(id="demo"), events_in=0, producer=SimpleNamespace(records_sent=0),
-        consumer=Consumer(), assigned={("t", 0)}, dispatched_next={("t", 0): 4},
+        consumer=Consumer(), assigned={("t", 0)}, dispatched_next={("t", 0): 4}, state=None,
     )
 
     async def main() -> None:

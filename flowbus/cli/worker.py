@@ -66,9 +66,13 @@ async def _status_line(worker: Worker) -> None:
                 lag = str(sum(max(0, end - worker.dispatched_next.get(tp, 0)) for tp, end in ends.items()))
             except Exception:  # noqa: BLE001 - a status line never stops the worker
                 lag = "?"
+        restoring = ""
+        if worker.state is not None and worker.state.restoring:
+            done, total, rate = worker.state.restore_progress()
+            restoring = f" | restoring {done:,}/{total:,} ({rate:,.0f}/s)"
         sys.stderr.write(
             f"\r{worker.app.id}: in {rate_in:,.0f} ev/s | out {rate_out:,.0f} ev/s | "
-            f"{len(worker.assigned)} partitions | lag {lag}   "
+            f"{len(worker.assigned)} partitions | lag {lag}{restoring}   "
         )
         sys.stderr.flush()
 
@@ -104,10 +108,15 @@ async def _run(app: App, listen: str | None, status: bool) -> None:
 @click.option("--data-dir", default=None, help="Data directory of the embedded broker (embedded://DATA_DIR).")
 @click.option("--listen", default=None, help="Also serve the embedded broker on HOST:PORT for other workers and tools.")
 @click.option(
+    "--state-dir", default=None, envvar="FLOWBUS_STATE_DIR", show_envvar=True,
+    help="Where tables keep their local databases (default: DATA_DIR/state on embedded://, ./flowbus-state otherwise).",
+)
+@click.option(
     "-l", "--log-level", default="info", show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
-def worker(app_spec: str, broker: str | None, data_dir: str | None, listen: str | None, log_level: str) -> None:
+def worker(app_spec: str, broker: str | None, data_dir: str | None, listen: str | None, state_dir: str | None,
+           log_level: str) -> None:
     """Run an app's worker until SIGTERM/SIGINT."""
     from flowbus.app_errors import AgentError
     from flowbus.errors import FlowbusError
@@ -122,6 +131,10 @@ def worker(app_spec: str, broker: str | None, data_dir: str | None, listen: str 
         broker = f"embedded://{data_dir}"
     if broker:
         app.broker = broker
+    if state_dir:
+        from pathlib import Path
+
+        app.state_dir = Path(state_dir)
     status = sys.stderr.isatty()
     try:
         asyncio.run(_run(app, listen, status))

@@ -1,0 +1,18 @@
+"""Which input partition the code running now is processing.
+
+Tables need it: a table is partitioned like the stream that updates it, so a write made while
+processing an event of ``orders[3]`` belongs to partition 3 of the table (and of its changelog).
+Agents run as separate asyncio tasks and interleave at every ``await``, so a plain global would
+let one agent's event leak into another's write: a :class:`~contextvars.ContextVar` is per task.
+The stream sets it before handing an event to an agent; the worker sets it before running a
+dataflow over a run of records of one partition.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+from flowbus.transports.base import TopicPartition
+
+current_source: ContextVar[TopicPartition | None] = ContextVar("flowbus_current_source", default=None)
+"""The topic partition of the event being processed in this task, ``None`` outside any event."""

@@ -1,0 +1,308 @@
+"""Tables, faust style: a dict-like view of a keyed store, partitioned like the stream updating it.
+
+A :class:`Table` is used from agents (``table[word] += 1``) and from the stateful dataflow steps
+(:mod:`flowbus.operators.stateful`). Every partition of a table lives in that partition's database
+(:mod:`flowbus.state.base`), and every change reaches the table's changelog topic
+``<app>-<table>-changelog`` at the next commit, so a worker that takes the partition over (or
+restarts) rebuilds it from there.
+
+Writes are buffered per partition as Python objects (``pending``) and encoded once per commit;
+reads see their own writes. While a commit is in flight the changes it carries move to a second
+layer (``committing``), still visible to reads, until the database holds them.
+
+Partitioning: a key belongs to partition ``murmur2(key bytes) % partitions`` (Kafka's default
+partitioner, as every flowbus transport uses). A write made while processing an event of
+``topic[p]`` must be for a key of partition ``p``: otherwise the table and the stream disagree on
+where the key lives and the write would land in a changelog partition some other worker owns.
+That is an error naming the key, the partitions and the fix, never a silent write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from flowbus.context import current_source
+from flowbus.serializers import Codec, Serializer
+from flowbus.state.errors import PartitionNotOwnedError, ReadOnlyTableError
+from flowbus.transports.partitioner import partition_for_key
+
+if TYPE_CHECKING:
+    from flowbus.app import App
+    from flowbus.state.base import PartitionDatabase
+
+PARTITION_CACHE_KEYS_MAX = 100_000
+"""Keys whose partition (a pure-Python murmur2) is remembered; the cache is emptied when full."""
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Any = _Missing()
+DELETED: Any = object()
+"""Marks a key deleted in a write layer (a tombstone in the changelog)."""
+
+
+class TablePartition:
+    """One partition of a table on this worker: its database and the two write layers."""
+
+    __slots__ = ("committing", "db", "partition", "pending", "ready", "store")
+
+    def __init__(self, partition: int, db: PartitionDatabase, store: str) -> None:
+        self.partition = partition
+        self.db = db
+        self.store = store
+        self.pending: dict[bytes, Any] = {}
+        self.committing: dict[bytes, Any] = {}
+        self.ready = False
+        """False while the partition is restored from the changelog (reads and writes refused)."""
+
+
+class Table:
+    """A keyed, partitioned, durable dict; made by :meth:`flowbus.App.Table`.
+
+    Args:
+        name: the store name; the changelog topic is ``<app id>-<name>-changelog``.
+        default: a callable giving the value of a missing key (``int``, ``list``); without it a
+            missing key raises ``KeyError``.
+        key_type, value_type: declared types (dataclasses are checked on decode, as for topics).
+        partitions: defaults to the partition count of the app's source topics.
+        key_serializer: ``raw`` for ``str``/``bytes`` keys, ``json`` otherwise (as topics).
+        value_serializer: ``json`` by default.
+
+    Values are stored as written: mutating a value in place (``table[k].append(x)``) is not
+    seen; assign it back (``table[k] = table[k] + [x]``).
+    """
+
+    read_only = False
+    global_table = False
+
+    def __init__(
+        self,
+        app: App,
+        name: str,
+        *,
+        default: Callable[[], Any] | None = None,
+        key_type: Any = None,
+        value_type: Any = None,
+        partitions: int | None = None,
+        key_serializer: str | Serializer | None = None,
+        value_serializer: str | Serializer = "json",
+    ) -> None:
+        self.app = app
+        self.name = name
+        self.default = default
+        self.key_type = key_type
+        self.value_type = value_type
+        self.declared_partitions = partitions
+        self.partitions = partitions or 0
+        """Resolved when the worker starts (the source topics' count when not declared)."""
+        if key_serializer is None:
+            key_serializer = "raw" if key_type in (bytes, str) else "json"
+        self.key_codec = Codec(key_serializer, key_type)
+        self.value_codec = Codec(value_serializer, value_type)
+        self.changelog_topic = f"{app.id}-{name}-changelog"
+        self.source_topic: str | None = None
+        """Set for a dataflow step's table: the topic it is partitioned like."""
+        self.parts: dict[int, TablePartition] = {}
+        self._partition_cache: dict[bytes, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} partitions={self.partitions or '?'}>"
+
+    # -- where keys live --------------------------------------------------------------------
+    def encode_key(self, key: Any) -> bytes:
+        data = self.key_codec.encode(key)
+        if data is None:
+            raise KeyError(f"table {self.name!r}: a key cannot be None")
+        return data
+
+    def partition_of(self, key_bytes: bytes) -> int:
+        """The partition a key belongs to (Kafka's murmur2 partitioner)."""
+        cache = self._partition_cache
+        partition = cache.get(key_bytes)
+        if partition is None:
+            if len(cache) >= PARTITION_CACHE_KEYS_MAX:
+                cache.clear()
+            partition = cache[key_bytes] = partition_for_key(key_bytes, self.partitions)
+        return partition
+
+    def _part_for_read(self, key: Any, key_bytes: bytes) -> TablePartition:
+        partition = self.partition_of(key_bytes)
+        part = self.parts.get(partition)
+        if part is None or not part.ready:
+            raise PartitionNotOwnedError(self._not_owned(key, partition, part is not None))
+        return part
+
+    def _part_for_write(self, key: Any, key_bytes: bytes) -> TablePartition:
+        if self.read_only:
+            raise ReadOnlyTableError(
+                f"global table {self.name!r} is read-only: it changes only through its changelog "
+                f"topic {self.changelog_topic!r} (send to that topic to update it)"
+            )
+        partition = self.partition_of(key_bytes)
+        source = current_source.get()
+        if source is not None and source.partition != partition:
+            raise PartitionNotOwnedError(
+                f"table {self.name!r}: key {key!r} belongs to partition {partition} of {self.partitions}, "
+                f"but the event being processed came from {source.topic}[{source.partition}]; a table is "
+                f"partitioned like the stream that updates it: re-key the stream by the table's key "
+                f"(group_by) or co-partition the topic with the table (same key, {self.partitions} partitions)"
+            )
+        part = self.parts.get(partition)
+        if part is None or not part.ready:
+            raise PartitionNotOwnedError(self._not_owned(key, partition, part is not None))
+        return part
+
+    def _not_owned(self, key: Any, partition: int, restoring: bool) -> str:
+        if restoring:
+            return f"table {self.name!r}: partition {partition} (key {key!r}) is still being restored from {self.changelog_topic!r}"
+        owned = sorted(p for p, part in self.parts.items() if part.ready)
+        return (
+            f"table {self.name!r}: key {key!r} belongs to partition {partition}, which this worker does not own "
+            f"(it owns {owned}); update a table only from a stream co-partitioned with it "
+            f"(group_by the table's key), or read it where that partition is processed"
+        )
+
+    # -- reading and writing one partition (the dataflow steps call these directly) -----------
+    @staticmethod
+    def lookup(part: TablePartition, key_bytes: bytes, decode: Callable[[bytes | None], Any]) -> Any:
+        """The value of a key in a partition, or :data:`MISSING`."""
+        value = part.pending.get(key_bytes, MISSING)
+        if value is MISSING:
+            value = part.committing.get(key_bytes, MISSING)
+            if value is MISSING:
+                raw = part.db.get(part.store, key_bytes)
+                return MISSING if raw is None else decode(raw)
+        return MISSING if value is DELETED else value
+
+    # -- the mapping API --------------------------------------------------------------------
+    def __getitem__(self, key: Any) -> Any:
+        key_bytes = self.encode_key(key)
+        value = self.lookup(self._part_for_read(key, key_bytes), key_bytes, self.value_codec.decode)
+        if value is MISSING:
+            if self.default is None:
+                raise KeyError(key)
+            return self.default()
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        key_bytes = self.encode_key(key)
+        value = self.lookup(self._part_for_read(key, key_bytes), key_bytes, self.value_codec.decode)
+        return default if value is MISSING else value
+
+    def __contains__(self, key: Any) -> bool:
+        key_bytes = self.encode_key(key)
+        return self.lookup(self._part_for_read(key, key_bytes), key_bytes, self.value_codec.decode) is not MISSING
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if value is None:
+            raise ValueError(f"table {self.name!r}: None is not a value (it would be a tombstone); use del")
+        key_bytes = self.encode_key(key)
+        self._part_for_write(key, key_bytes).pending[key_bytes] = value
+
+    def __delitem__(self, key: Any) -> None:
+        key_bytes = self.encode_key(key)
+        part = self._part_for_write(key, key_bytes)
+        if self.lookup(part, key_bytes, self.value_codec.decode) is MISSING:
+            raise KeyError(key)
+        part.pending[key_bytes] = DELETED
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        try:
+            value = self[key] if self.default is None else self.get(key, MISSING)
+            if value is MISSING:
+                raise KeyError(key)
+        except KeyError:
+            if default:
+                return default[0]
+            raise
+        del self[key]
+        return value
+
+    def _partition_items(self, part: TablePartition) -> Iterator[tuple[bytes, Any]]:
+        """(key bytes, value) of one partition in key byte order, write layers included."""
+        decode = self.value_codec.decode
+        if not part.pending and not part.committing:
+            for key_bytes, raw in part.db.items(part.store):
+                yield key_bytes, decode(raw)
+            return
+        overlay = {**part.committing, **part.pending}
+        merged: dict[bytes, Any] = {k: MISSING for k in overlay}
+        for key_bytes, raw in part.db.items(part.store):
+            if key_bytes not in overlay:
+                merged[key_bytes] = decode(raw)
+        for key_bytes, value in overlay.items():
+            merged[key_bytes] = value
+        for key_bytes in sorted(merged):
+            value = merged[key_bytes]
+            if value is not DELETED and value is not MISSING:
+                yield key_bytes, value
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        """(key, value) of every partition this worker owns, partition by partition."""
+        decode_key = self.key_codec.decode
+        for partition in sorted(self.parts):
+            part = self.parts[partition]
+            if part.ready:
+                for key_bytes, value in self._partition_items(part):
+                    yield decode_key(key_bytes), value
+
+    def keys(self) -> Iterator[Any]:
+        return (k for k, _ in self.items())
+
+    def values(self) -> Iterator[Any]:
+        return (v for _, v in self.items())
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.keys()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.items())
+
+    def owned_partitions(self) -> list[int]:
+        """Partitions of this table held and restored on this worker."""
+        return sorted(p for p, part in self.parts.items() if part.ready)
+
+    # -- commits (the state manager calls these) ---------------------------------------------
+    def take_changes(self, partition: int) -> dict[bytes, bytes | None]:
+        """Move a partition's pending writes into the committing layer and return them encoded
+        (``None`` for a deletion): exactly what the changelog and the database get."""
+        part = self.parts.get(partition)
+        if part is None or not part.pending:
+            return {}
+        pending, part.pending = part.pending, {}
+        if part.committing:
+            part.committing.update(pending)
+        else:
+            part.committing = pending
+        encode = self.value_codec.encode
+        return {k: None if v is DELETED else encode(v) for k, v in pending.items()}
+
+    def changes_stored(self, partition: int) -> None:
+        """The committing layer is in the database now."""
+        part = self.parts.get(partition)
+        if part is not None:
+            part.committing = {}
+
+    def changes_failed(self, partition: int) -> None:
+        """A commit failed: its changes go back under the newer pending writes, to be retried."""
+        part = self.parts.get(partition)
+        if part is not None and part.committing:
+            part.committing.update(part.pending)
+            part.pending, part.committing = part.committing, {}
+
+
+class GlobalTable(Table):
+    """Every partition on every worker, kept up to date from the changelog; read-only for agents.
+
+    Its changelog topic is the way in: send ``(key, value)`` records to ``changelog_topic`` (any
+    Kafka client can) and every worker applies them. Reads find the key's partition like a table.
+    """
+
+    read_only = True
+    global_table = True
