@@ -7,6 +7,7 @@ starts, :func:`compile_dataflows` walks the tree once and composes the nodes int
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,8 @@ from flowbus.operators.steps import (
     ToStep,
     fan_out,
 )
+from flowbus.operators.stateful import AggregateStep, StatefulStep
+from flowbus.state.table import Table
 
 if TYPE_CHECKING:
     from flowbus.app import App
@@ -48,13 +51,88 @@ class Dataflow:
         self.children.append(child)
         return child
 
-    def map(self, fn: Callable[[Any], Any]) -> Dataflow:
-        """Replace each value by ``fn(value)``."""
+    def map(self, fn: Callable[..., Any], *, stateful: bool = False) -> Dataflow:
+        """Replace each value by ``fn(value)`` (``fn(value, state)`` with ``stateful=True``)."""
+        if stateful:
+            return self._add(StatefulStep("map", fn, self._state_table()))
         return self._add(MapStep(fn))
 
-    def filter(self, predicate: Callable[[Any], Any]) -> Dataflow:
-        """Keep the values for which ``predicate(value)`` is true."""
+    def filter(self, predicate: Callable[..., Any], *, stateful: bool = False) -> Dataflow:
+        """Keep the values for which ``predicate(value)`` (or ``predicate(value, state)``) is true."""
+        if stateful:
+            return self._add(StatefulStep("filter", predicate, self._state_table()))
         return self._add(FilterStep(predicate))
+
+    def update(self, fn: Callable[..., Any], *, stateful: bool = False) -> Dataflow:
+        """Call ``fn(value)`` (or ``fn(value, state)``) for its effect and pass the value on unchanged."""
+        if stateful:
+            return self._add(StatefulStep("update", fn, self._state_table()))
+
+        def call_and_pass(value: Any) -> Any:
+            fn(value)
+            return value
+
+        return self._add(MapStep(call_and_pass))
+
+    # -- keyed aggregations (Kafka Streams: groupByKey().count() ... .toStream()) ------------
+    def count(self, *, name: str | None = None) -> Dataflow:
+        """Count records per key in table ``name``; passes each new count on."""
+        return self._aggregate("count", name, lambda: 0, lambda total, _value: total + 1)
+
+    def sum(self, fn: Callable[[Any], Any] | None = None, *, name: str | None = None) -> Dataflow:
+        """Sum ``fn(value)`` (the value itself by default) per key; passes each new sum on."""
+        if fn is None:
+            return self._aggregate("sum", name, lambda: 0, lambda total, value: total + value)
+        return self._aggregate("sum", name, lambda: 0, lambda total, value: total + fn(value))
+
+    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> Dataflow:
+        """Combine values per key with ``fn(aggregate, value)``; the first value starts it."""
+        first = object()
+
+        def step(aggregate: Any, value: Any) -> Any:
+            return value if aggregate is first else fn(aggregate, value)
+
+        return self._aggregate("reduce", name, lambda: first, step)
+
+    def aggregate(self, initial: Any, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> Dataflow:
+        """Fold values per key with ``fn(aggregate, value)`` starting from ``initial`` (a value, or
+        a callable making one: ``list``, ``dict``); passes each new aggregate on."""
+        make = initial if callable(initial) else (lambda: copy.deepcopy(initial))
+        return self._aggregate("aggregate", name, make, fn)
+
+    def _aggregate(self, kind: str, name: str | None, initial: Callable[[], Any], fn: Callable[[Any, Any], Any]) -> Dataflow:
+        topic = self._current_topic()
+        table = self.app._add_table(Table(
+            self.app, name or f"{topic.name}-{kind}", key_serializer=topic.key_codec.serializer,
+            key_type=topic.key_type,
+        ))
+        table.source_topic = topic.name
+        return self._add(AggregateStep(kind, table, initial, fn))
+
+    def _state_table(self) -> Table:
+        topic = self._current_topic()
+        name = f"{topic.name}-state"
+        table = self.app.tables.get(name)
+        if table is None:
+            table = self.app._add_table(Table(
+                self.app, name, key_serializer=topic.key_codec.serializer, key_type=topic.key_type,
+            ))
+            table.source_topic = topic.name
+        return table
+
+    def _current_topic(self) -> Topic:
+        """The topic the records at this node are read from: the last group_by/through above it,
+        else the root's source (state is partitioned like that topic)."""
+        for root in self.app.dataflows:
+            path = _path_to(root, self)
+            if path is not None:
+                topic = root.source
+                for node in path:
+                    if isinstance(node.step, ThroughStep):
+                        topic = node.step.topic
+                assert topic is not None
+                return topic
+        raise ValueError("this dataflow node is not part of the app's dataflows")
 
     def flat_map(self, fn: Callable[[Any], Iterable[Any]]) -> Dataflow:
         """Replace each value by every item of ``fn(value)`` (zero or more)."""
@@ -97,6 +175,17 @@ class Dataflow:
 
     def _root_source(self) -> Topic | None:
         return self.app._dataflow_source(self)
+
+
+def _path_to(root: Dataflow, target: Dataflow) -> list[Dataflow] | None:
+    """The nodes from ``root`` down to ``target`` (both included), or None."""
+    stack: list[tuple[Dataflow, list[Dataflow]]] = [(root, [root])]
+    while stack:
+        node, path = stack.pop()
+        if node is target:
+            return path
+        stack.extend((child, [*path, child]) for child in node.children)
+    return None
 
 
 def _compile(node: Dataflow, runtime: Runtime) -> Emit:
