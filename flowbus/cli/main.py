@@ -29,6 +29,8 @@ from flowbus.cli.consume import consume as _consume  # noqa: E402
 cli.add_command(_consume)
 from flowbus.cli.groups import groups as _groups  # noqa: E402
 cli.add_command(_groups)
+from flowbus.cli.tables import tables as _tables  # noqa: E402
+cli.add_command(_tables)
 
 
 def main() -> None:
