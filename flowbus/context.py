@@ -11,8 +11,19 @@ dataflow over a run of records of one partition.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from typing import Protocol
 
-from flowbus.transports.base import TopicPartition
 
-current_source: ContextVar[TopicPartition | None] = ContextVar("flowbus_current_source", default=None)
+class Source(Protocol):
+    """Where an event comes from: a :class:`~flowbus.transports.base.TopicPartition`, or the
+    :class:`~flowbus.transports.base.Record` itself (set as is, so no object is made per event)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+
+current_source: ContextVar[Source | None] = ContextVar("flowbus_current_source", default=None)
 """The topic partition of the event being processed in this task, ``None`` outside any event."""

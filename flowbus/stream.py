@@ -186,7 +186,7 @@ class Stream:
         while True:
             record = await channel.next_record()
             channel.in_flight.append(record)
-            set_source(TopicPartition(record.topic, record.partition))
+            set_source(record)
             try:
                 key = decode_key_fn(record.key) if decode_key else None
                 value = decode_value(record.value)

@@ -203,8 +203,7 @@ class Worker:
         handle = self.handle_error
 
         def run(records: list[Record]) -> None:
-            first = records[0]
-            current_source.set(TopicPartition(first.topic, first.partition))
+            current_source.set(records[0])
             for record in records:
                 try:
                     key = record.key

@@ -422,21 +422,30 @@ class StateManager:
     def _apply(self, records: list[Any], assigned: dict[TopicPartition, PartitionSlot], consumer: Consumer) -> None:
         per_slot: dict[int, tuple[PartitionSlot, dict[str, dict[bytes, bytes | None]], dict[bytes, bytes | None]]] = {}
         stores = {t.changelog_topic: t.name for s in assigned.values() for t in s.tables}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
+        count = len(records)
+        start = 0
+        while start < count:
+            # Records of one partition come in runs: look the partition up once per run.
+            first = records[start]
+            topic, partition = first.topic, first.partition
+            end = start + 1
+            while end < count and records[end].partition == partition and records[end].topic == topic:
+                end += 1
+            tp = TopicPartition(topic, partition)
             slot = assigned.get(tp)
-            if slot is None or slot.closed or not (slot.follow or tp in slot.restoring):
-                continue
-            entry = per_slot.get(id(slot))
-            if entry is None:
-                entry = per_slot[id(slot)] = (slot, {}, {})
-            store = stores[record.topic]
-            changes = entry[1].get(store)
-            if changes is None:
-                changes = entry[1][store] = {}
-            changes[record.key] = record.value
-            entry[2][offset_meta_key(store)] = encode_offset(record.offset + 1)
-            slot.done_records += 1
+            if slot is not None and not slot.closed and (slot.follow or tp in slot.restoring):
+                entry = per_slot.get(id(slot))
+                if entry is None:
+                    entry = per_slot[id(slot)] = (slot, {}, {})
+                store = stores[topic]
+                changes = entry[1].get(store)
+                if changes is None:
+                    changes = entry[1][store] = {}
+                for record in records[start:end]:
+                    changes[record.key] = record.value
+                entry[2][offset_meta_key(store)] = encode_offset(records[end - 1].offset + 1)
+                slot.done_records += end - start
+            start = end
         now = self.clock.monotonic_ms()
         for slot, changes, meta in per_slot.values():
             slot.db.write(changes, meta, bulk=bool(slot.restoring))
