@@ -17,12 +17,14 @@ import pytest
 from flowbus import App
 from flowbus.state import make_backend
 from flowbus.state.changelog import encode_offset, offset_meta_key
-from flowbus.state.errors import ChangelogMismatchError, StoreLockedError
+from flowbus.app_errors import AgentError
+from flowbus.state.errors import ChangelogMismatchError, RestoreTimeoutError, StoreLockedError
 from flowbus.state.manager import StateManager
 from flowbus.state.opening import open_partition
 from flowbus.transports.base import TopicPartition, TopicSpec
 from flowbus.transports import transport_from_url
 from flowbus.transports.embedded import EmbeddedTransport
+from flowbus.transports.partitioner import partition_for_key
 from tests.support.broker_process import BrokerProcess
 
 WORDS = [f"w{i}" for i in range(40)]
@@ -260,3 +262,68 @@ def test_a_global_table_holds_every_partition_and_follows_its_changelog(tmp_path
             await task
 
     asyncio.run(main())
+
+
+def test_a_restore_that_cannot_progress_stops_the_worker_with_a_typed_error(tmp_path: Path) -> None:
+    """A transaction left open on the changelog holds read_committed readers back: the restore
+    gives up after restore_timeout_ms instead of hanging."""
+    app, counts = make_app(tmp_path, restore_timeout_ms=500)
+
+    async def main() -> None:
+        transport = EmbeddedTransport(f"embedded://{tmp_path / 'data'}")
+        await transport.start()
+        await transport.create_topics([TopicSpec("words-wc", 4), TopicSpec("wc-counts-changelog", 4)])
+        stuck = transport.producer(transactional_id="never-commits")
+        await stuck.init_transactions()
+        stuck.begin_transaction()
+        stuck.send_soon("wc-counts-changelog", b"1", b"w1", partition=0)
+        await stuck.flush()
+        worker = app.make_worker()
+        with pytest.raises(AgentError) as failure:
+            await asyncio.wait_for(worker.run(), WAIT_S)
+        assert isinstance(failure.value.__cause__, RestoreTimeoutError)
+        assert "made no progress for 500 ms" in str(failure.value.__cause__)
+        await stuck.abort_transaction()
+        await stuck.close()
+        await transport.close()
+
+    asyncio.run(main())
+
+
+def test_a_restoring_partition_waits_while_the_others_go_on(tmp_path: Path) -> None:
+    """Events of a partition are processed only once its state is restored; the other
+    partitions do not wait for it."""
+    app = App("wc", broker=f"embedded://{tmp_path / 'data'}", topic_partitions=2, commit_interval_ms=50,
+              state_dir=tmp_path / "state")
+    words = app.topic("words", key_type=str, value_type=str)
+    counts = app.Table("counts", default=int, key_type=str, value_type=int)
+    big_key = next(f"k{i}" for i in range(100) if partition_for_key(f"k{i}".encode(), 2) == 0)
+    small_key = next(f"k{i}" for i in range(100) if partition_for_key(f"k{i}".encode(), 2) == 1)
+    seen: list[tuple[str, int, bool]] = []
+    restored_records = 60_000
+
+    @app.agent(words)
+    async def count(stream):  # type: ignore[no-untyped-def]
+        async for word in stream:
+            counts[word] += 1
+            seen.append((word, counts[word], app.worker.state.restoring))  # type: ignore[union-attr]
+
+    async def main() -> None:
+        transport = EmbeddedTransport(f"embedded://{tmp_path / 'data'}")
+        await transport.start()
+        await transport.create_topics([TopicSpec("words", 2), TopicSpec("wc-counts-changelog", 2)])
+        producer = transport.producer()
+        for i in range(restored_records):  # partition 0's changelog: many keys, big_key last at 1000
+            producer.send_soon("wc-counts-changelog", b"5", f"filler-{i}".encode() if i else big_key.encode(), partition=0)
+        producer.send_soon("wc-counts-changelog", b"1000", big_key.encode(), partition=0)
+        producer.send_soon("words", b'"%s"' % big_key.encode(), big_key.encode(), partition=0)
+        producer.send_soon("words", b'"%s"' % small_key.encode(), small_key.encode(), partition=1)
+        await producer.close()
+        await transport.close()
+        await run_until(app, lambda: len(seen) == 2)
+
+    asyncio.run(main())
+    by_word = {word: (value, restoring) for word, value, restoring in seen}
+    assert by_word[big_key] == (1001, False), "partition 0's event waited for its whole state"
+    assert by_word[small_key] == (1, True), "partition 1's event was processed during partition 0's restore"
+    assert [w for w, _, _ in seen] == [small_key, big_key], "partition 1 did not wait for partition 0"
