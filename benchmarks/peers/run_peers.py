@@ -41,7 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = {"faust": HERE / "faust_wordcount.py", "quix": HERE / "quix_wordcount.py"}
+SCRIPTS = {
+    "flowbus": HERE / "flowbus_wordcount.py",
+    "faust": HERE / "faust_wordcount.py",
+    "quix": HERE / "quix_wordcount.py",
+}
 TOPIC = "words"
 PARTITIONS = 4
 RESULT = re.compile(r"events_per_s=([0-9.]+|inf) events=(\d+) seconds=([0-9.]+)")
@@ -84,7 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "than Quix here, so e.g. 20000 keeps a long run short")
     parser.add_argument("--words", type=int, default=10_000, help="distinct words")
     parser.add_argument("--runs", type=int, default=3, help="runs of each peer, interleaved")
-    parser.add_argument("--peers", default="faust,quix", help="comma-separated subset of: faust, quix")
+    parser.add_argument("--peers", default="flowbus,faust,quix",
+                        help="comma-separated subset of: flowbus, faust, quix (flowbus's own word count runs "
+                             "interleaved with the others, on the same broker and interpreter)")
     parser.add_argument("--python", default=sys.executable,
                         help="python of the environment with faust-streaming and quixstreams (default: this one)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed to each peer run")
@@ -233,7 +239,8 @@ def committed_total(bootstrap: str, group: str) -> int:
 
 
 def changelog_total(bootstrap: str, app_id: str) -> int:
-    """Records in the app's changelog topics (faust: <app>-counts-changelog; Quix: changelog__<group>--...)."""
+    """Records in the app's changelog topics (flowbus and faust: <app>-counts-changelog; Quix:
+    changelog__<group>--...)."""
     from confluent_kafka.admin import AdminClient
 
     topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
@@ -297,13 +304,18 @@ def summarize(runs: list[Run], peers: list[str]) -> None:
         ok = [r for r in runs if r.peer == peer and r.ok]
         failed = sum(1 for r in runs if r.peer == peer and not r.ok)
         if not ok:
-            print(f"  {peer:5s}  no successful run ({failed} failed)")
+            print(f"  {peer:7s}  no successful run ({failed} failed)")
             continue
         rates = [r.events_per_s for r in ok]
         walls = [r.wall_s for r in ok]
-        print(f"  {peer:5s}  median {statistics.median(rates):10.1f} ev/s  range {min(rates):.1f} - {max(rates):.1f}"
+        print(f"  {peer:7s}  median {statistics.median(rates):10.1f} ev/s  range {min(rates):.1f} - {max(rates):.1f}"
               f"  ({len(ok)} runs of {ok[0].events} events{f', {failed} failed' if failed else ''});"
               f"  wall median {statistics.median(walls):.1f}s")
+    ours = [r.events_per_s for r in runs if r.peer == "flowbus" and r.ok]
+    for peer in peers:
+        theirs = [r.events_per_s for r in runs if r.peer == peer and r.ok]
+        if peer != "flowbus" and ours and theirs:
+            print(f"  flowbus / {peer}: {statistics.median(ours) / statistics.median(theirs):.1f}x (medians)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         if sum(offsets) != args.events:
             print(f"warning: the topic holds {sum(offsets)} records, {args.events} were produced")
         print(f"runs: {args.runs} x {args.peers} interleaved; faust processes {args.faust_events} events, "
-              f"quix {args.events}\n")
+              f"flowbus and quix {args.events}\n")
         for index in range(args.runs):
             for peer in args.peers:
                 run = run_peer(args, bootstrap, peer, index, work, distinct)
