@@ -238,7 +238,7 @@ class StateManager:
         from flowbus.state.table import TablePartition
 
         for table in tables:
-            table.parts[partition] = TablePartition(partition, db, table.name)
+            table.parts[partition] = TablePartition(partition, db, table.name, cached=not table.global_table)
         try:
             await self._plan_restore(slot, rebuilt=moved is not None)
         except BaseException:
@@ -510,18 +510,10 @@ class StateManager:
     ) -> list[asyncio.Future[RecordMetadata]]:
         """Send the collected changes to the changelogs: one future per (table, partition), on
         its last record, whose offset tells how far the changelog reaches."""
-        futures = []
-        for slot, table, changes in collected:
-            topic, partition = table.changelog_topic, slot.partition
-            items = iter(changes.items())
-            last_key, last_value = None, None
-            for count, (key, value) in enumerate(items, 1):
-                if count == len(changes):
-                    last_key, last_value = key, value
-                    break
-                producer.send_soon(topic, value, key, partition=partition)
-            futures.append(producer.send(topic, last_value, last_key, partition=partition))
-        return futures
+        return [
+            producer.send_many(table.changelog_topic, slot.partition, list(changes.items()))
+            for slot, table, changes in collected
+        ]
 
     def store(
         self,

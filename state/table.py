@@ -51,17 +51,28 @@ DELETED: Any = object()
 """Marks a key deleted in a write layer (a tombstone in the changelog)."""
 
 
+READ_CACHE_KEYS_MAX = 20_000
+"""Committed values kept decoded per table partition, so a hot key is not read back from RocksDB
+and decoded after every commit; the cache is emptied when full."""
+_CACHED_VALUE_TYPES = frozenset({int, float, str, bytes, bool})
+"""Only immutable values are cached: a list or dict changed in place (without being assigned
+back) must not look stored when it is not."""
+
+
 class TablePartition:
-    """One partition of a table on this worker: its database and the two write layers."""
+    """One partition of a table on this worker: its database, the two write layers, and a small
+    cache of committed values (``None`` for a partition that changes behind its back: a global
+    table's, which its changelog reader writes directly)."""
 
-    __slots__ = ("committing", "db", "partition", "pending", "ready", "store")
+    __slots__ = ("cache", "committing", "db", "partition", "pending", "ready", "store")
 
-    def __init__(self, partition: int, db: PartitionDatabase, store: str) -> None:
+    def __init__(self, partition: int, db: PartitionDatabase, store: str, *, cached: bool = True) -> None:
         self.partition = partition
         self.db = db
         self.store = store
         self.pending: dict[bytes, Any] = {}
         self.committing: dict[bytes, Any] = {}
+        self.cache: dict[bytes, Any] | None = {} if cached else None
         self.ready = False
         """False while the partition is restored from the changelog (reads and writes refused)."""
 
@@ -194,8 +205,20 @@ class Table:
         if value is MISSING:
             value = part.committing.get(key_bytes, MISSING)
             if value is MISSING:
+                cache = part.cache
+                if cache is not None:
+                    value = cache.get(key_bytes, MISSING)
+                    if value is not MISSING:
+                        return value
                 raw = part.db.get(part.store, key_bytes)
-                return MISSING if raw is None else decode(raw)
+                if raw is None:
+                    return MISSING
+                value = decode(raw)
+                if cache is not None and type(value) in _CACHED_VALUE_TYPES:
+                    if len(cache) >= READ_CACHE_KEYS_MAX:
+                        cache.clear()
+                    cache[key_bytes] = value
+                return value
         return MISSING if value is DELETED else value
 
     # -- the mapping API --------------------------------------------------------------------
@@ -308,8 +331,18 @@ class Table:
     def changes_stored(self, partition: int) -> None:
         """The committing layer is in the database now."""
         part = self.parts.get(partition)
-        if part is not None:
-            part.committing = {}
+        if part is None:
+            return
+        cache = part.cache
+        if cache is not None:
+            if len(cache) + len(part.committing) > READ_CACHE_KEYS_MAX:
+                cache.clear()
+            for key_bytes, value in part.committing.items():
+                if type(value) in _CACHED_VALUE_TYPES:
+                    cache[key_bytes] = value
+                else:
+                    cache.pop(key_bytes, None)
+        part.committing = {}
 
     def changes_failed(self, partition: int) -> None:
         """A commit failed: its changes go back under the newer pending writes, to be retried."""

@@ -303,6 +303,32 @@ class EmbeddedProducer(Producer):
 
         return send
 
+    def send_many(self, topic: str, partition: int,
+                  records: Sequence[tuple[bytes | None, bytes | None]]) -> asyncio.Future[RecordMetadata]:
+        """A changelog commit's records straight into the partition's batch builder."""
+        if not records:
+            raise ValueError("send_many needs at least one record")
+        tp = (topic, partition)
+        builders = self._builders
+        limit = BATCH_BYTES_MAX - RECORD_OVERHEAD_BYTES_MAX
+        now_ms = self._now_ms()
+        builder = builders.get(tp)
+        if builder is None:
+            builder = builders[tp] = self._new_builder(tp)
+        append = builder.append
+        for key, value in records:
+            if builder.size_estimate_bytes + (len(value) if value else 0) + (len(key) if key else 0) > limit:
+                self._ship(tp)
+                builder = builders[tp] = self._new_builder(tp)
+                append = builder.append
+            append(key, value, timestamp_ms=now_ms)
+        fut: asyncio.Future[RecordMetadata] = self._loop.create_future()
+        self._futures.setdefault(tp, []).append((len(builder) - 1, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._ship_all)
+        return fut
+
     def send_soon(self, topic: str, value: bytes | None, key: bytes | None = None, *, partition: int | None = None,
                   headers: Headers = (), timestamp_ms: int | None = None) -> None:
         self._append(topic, value, key, partition, headers, timestamp_ms, None)
