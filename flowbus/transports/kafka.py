@@ -14,9 +14,12 @@ on the same partitions as with the Java client and flowbus's other transports.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import queue
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import confluent_kafka
@@ -102,6 +105,11 @@ _UNREACHABLE_CODES = frozenset(
 )
 """librdkafka's codes for "no broker answered in time": the admin calls below report them as
 :class:`BrokerUnavailableError` so a tool can say *unreachable* instead of a raw error."""
+_LEADER_UNKNOWN_CODES = frozenset(
+    {KafkaError._NOENT, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION, *_UNREACHABLE_CODES}
+)
+"""Codes of a list-offsets call made while the partition's leader is not known (yet): retried."""
+WATERMARKS_RETRY_S = 0.2
 _UNKNOWN_TOPIC_CODES = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION})
 
 #: Kafka's group state names (what ``kafka-consumer-groups`` prints) by librdkafka's enum name.
@@ -278,6 +286,22 @@ def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
+class _Call:
+    """A consumer call another thread asked the rebalance callback's thread to make."""
+
+    __slots__ = ("fn", "result")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run(self) -> None:
+        try:
+            self.result.set_result(self.fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self.result.set_exception(exc)
+
+
 class KafkaConsumer(Consumer):
     """confluent-kafka's Consumer; auto-commit and auto offset store are off."""
 
@@ -290,9 +314,43 @@ class KafkaConsumer(Consumer):
         self._closed = False
         self._in_rebalance = False
         self._pause_after_rebalance: list[KafkaTopicPartition] = []
+        self._calls_lock = threading.Lock()
+        self._calls: queue.SimpleQueue[_Call | None] | None = None
+        """Consumer calls for the thread running a rebalance callback to make (see _run_on_loop)."""
+        self._callback_thread: int | None = None
 
     def _run_on_loop(self, coro: Any) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        """Run a rebalance callback's coroutine on the event loop and wait for it, making the
+        consumer calls other threads ask for meanwhile (the coroutine's commit, group metadata):
+        librdkafka serves some of them through the thread that runs the rebalance callback, so
+        made from another thread while this one waits here they would wait forever."""
+        calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        with self._calls_lock:
+            self._calls, self._callback_thread = calls, threading.get_ident()
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        future.add_done_callback(lambda _: calls.put(None))
+        try:
+            while (call := calls.get()) is not None:
+                call.run()
+        finally:
+            with self._calls_lock:
+                self._calls = self._callback_thread = None
+            while not calls.empty():  # asked for just before the coroutine ended
+                late = calls.get_nowait()
+                if late is not None:
+                    late.run()
+        future.result()
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on the thread running a rebalance callback when one runs (see _run_on_loop)."""
+        with self._calls_lock:
+            calls = self._calls
+            if calls is None or self._callback_thread == threading.get_ident():
+                call = None
+            else:
+                call = _Call(fn)
+                calls.put(call)
+        return fn() if call is None else call.result.result()
 
     def _assign_cb(self, consumer: Any, partitions: list[KafkaTopicPartition]) -> None:
         tps = [TopicPartition(p.topic, p.partition) for p in partitions]
@@ -377,7 +435,8 @@ class KafkaConsumer(Consumer):
             self._consumer.pause(parts)
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
-        self._consumer.resume([KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions])
+        parts = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
+        self._call(lambda: self._consumer.resume(parts))
 
     async def commit(self, offsets: Mapping[TopicPartition, int], *, asynchronous: bool = False) -> None:
         parts = [KafkaTopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
@@ -385,14 +444,15 @@ class KafkaConsumer(Consumer):
             return
         try:
             if asynchronous:
-                self._consumer.commit(offsets=parts, asynchronous=True)
+                self._call(lambda: self._consumer.commit(offsets=parts, asynchronous=True))
             else:
-                await asyncio.to_thread(self._consumer.commit, offsets=parts, asynchronous=False)
+                await asyncio.to_thread(self._call, lambda: self._consumer.commit(offsets=parts, asynchronous=False))
         except KafkaException as exc:
             raise CommitError(str(exc)) from exc
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
-        self._consumer.seek(KafkaTopicPartition(partition.topic, partition.partition, offset))
+        target = KafkaTopicPartition(partition.topic, partition.partition, offset)
+        self._call(lambda: self._consumer.seek(target))
 
     async def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         parts = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
@@ -413,7 +473,7 @@ class KafkaConsumer(Consumer):
         return await asyncio.to_thread(fetch)
 
     def group_metadata(self) -> object:
-        return self._consumer.consumer_group_metadata()
+        return self._call(self._consumer.consumer_group_metadata)
 
     async def close(self) -> None:
         if not self._closed:
@@ -577,22 +637,31 @@ class KafkaTransport(Transport):
         if not partitions:
             return {}
         wait_s = self._timeout_s(timeout_s)
+        deadline = time.monotonic() + wait_s
         parts = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
-        earliest = self.admin.list_offsets({p: OffsetSpec.earliest() for p in parts}, request_timeout=wait_s)
-        latest = self.admin.list_offsets({p: OffsetSpec.latest() for p in parts}, request_timeout=wait_s)
 
-        def wait() -> dict[TopicPartition, Watermarks]:
+        def wait(earliest: dict[Any, Any], latest: dict[Any, Any], left_s: float) -> dict[TopicPartition, Watermarks]:
             out: dict[TopicPartition, Watermarks] = {}
             for low_key, low_fut in earliest.items():
                 tp = TopicPartition(low_key.topic, low_key.partition)
                 high_fut = next(f for k, f in latest.items() if (k.topic, k.partition) == tp)
-                try:
-                    out[tp] = Watermarks(low_fut.result(wait_s).offset, high_fut.result(wait_s).offset)
-                except (KafkaException, TimeoutError) as exc:
-                    raise _admin_error(exc, f"listing offsets of {tp.topic}[{tp.partition}]") from exc
+                out[tp] = Watermarks(low_fut.result(left_s).offset, high_fut.result(left_s).offset)
             return out
 
-        return await asyncio.to_thread(wait)
+        while True:
+            left_s = max(deadline - time.monotonic(), 0.001)
+            earliest = self.admin.list_offsets({p: OffsetSpec.earliest() for p in parts}, request_timeout=left_s)
+            latest = self.admin.list_offsets({p: OffsetSpec.latest() for p in parts}, request_timeout=left_s)
+            try:
+                return await asyncio.to_thread(wait, earliest, latest, left_s)
+            except (KafkaException, TimeoutError) as exc:
+                err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+                code = err.code() if isinstance(err, KafkaError) else None
+                # Right after a broker restart librdkafka knows no partition leader yet and fails
+                # at once ("No leaders found"): ask again until the deadline.
+                if code not in _LEADER_UNKNOWN_CODES or time.monotonic() + WATERMARKS_RETRY_S >= deadline:
+                    raise _admin_error(exc, f"listing offsets of {', '.join(f'{p.topic}[{p.partition}]' for p in parts)}") from exc
+            await asyncio.sleep(WATERMARKS_RETRY_S)
 
     async def list_groups(self, *, timeout_s: float | None = None) -> list[GroupSummary]:
         wait_s = self._timeout_s(timeout_s)
