@@ -420,6 +420,22 @@ class Worker:
                 out[tp] = offset
         return out
 
+    async def _catch_up(self) -> None:
+        """Let agents process every record a dataflow of the same topic already ran.
+
+        A dataflow runs a record as soon as it is polled, an agent of the same topic later, from
+        its channel; the offset committed for the partition is the lower of the two. Committing
+        the dataflow's effects (outputs, table changes) before the agent caught up would replay
+        those records through the dataflow after a restart or a rebalance: counted twice.
+        """
+        shared = {name for name in self.runners if name in self.routes}
+        if not shared:
+            return
+        for channel, task in zip(self.channels, self._agent_tasks, strict=True):
+            while not task.done() and any(n and tp.topic in shared for tp, n in channel.outstanding.items()):
+                channel.idle.clear()
+                await channel.idle.wait()
+
     async def _barrier(self) -> None:
         """Bring every agent to an event boundary: close the gates and wait until all are idle."""
         for channel in self.channels:
@@ -441,6 +457,7 @@ class Worker:
     async def _commit_locked(self, *, barrier: bool) -> None:
         assert self.producer is not None and self.consumer is not None
         if barrier or self.exactly_once:
+            await self._catch_up()
             await self._barrier()
         state = self.state
         try:
