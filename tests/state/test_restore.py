@@ -230,7 +230,6 @@ def test_a_partition_database_held_by_another_process_is_not_opened(tmp_path: Pa
 def test_a_global_table_holds_every_partition_and_follows_its_changelog(tmp_path: Path) -> None:
     app = App("g", broker=f"embedded://{tmp_path / 'data'}", topic_partitions=2)
     lookups = app.topic("lookups", key_type=str, value_type=str)
-    found = app.topic("found", key_type=str)
     countries = app.GlobalTable("countries", key_type=str, value_type=str, partitions=3)
     results: list[tuple[str, str | None]] = []
 
