@@ -15,7 +15,7 @@ from typing import Self
 
 import pytest
 
-from examples.pipelines import clickstream, fanout, log_parsing
+from examples.pipelines import clickstream, fanout, log_parsing, pageviews
 from flowbus.transports.kafka import KafkaTransport
 from tests.support.broker_process import free_port
 
@@ -39,6 +39,28 @@ def test_clickstream_drops_bots_and_enriches() -> None:
                 clickstream.EnrichedClick("u1", "/shop/shoes", "shop", "news.example.com"),
                 clickstream.EnrichedClick("u2", "/", "home", None),
             ]
+
+    run(main())
+
+
+def test_pageviews_counts_per_user_and_per_page(tmp_path: Path) -> None:
+    app = pageviews.app
+    app.state_dir = tmp_path
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            for i in range(14):
+                url = f"/shop/item{i}" if i % 2 else "/blog/post"
+                await t.send(pageviews.clicks, {"user": "u2" if i % 7 == 0 else "u1", "url": url}, settle=False)
+            await t.settle()
+            # exactly_once: the repartitioned clicks reach the counts once their transaction commits
+            await t.commit()
+            await t.settle()
+            await t.commit()
+            assert dict(pageviews.views_per_user.items()) == {"u1": 12, "u2": 2}
+            assert t.items(pageviews.user_views) == [("u1", {"user": "u1", "views": 10})]
+            assert dict(app.tables["views-per-page"].items()) == {"/blog": 7, "/shop": 7}
+            assert [v for k, v in t.items(pageviews.page_views) if k == "/shop"] == list(range(1, 8))
 
     run(main())
 
