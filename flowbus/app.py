@@ -8,8 +8,8 @@ import logging
 import re
 import signal
 import socket
-from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from flowbus.agent import Agent, AgentFun, Sink

@@ -477,14 +477,13 @@ class Worker:
                     self.producer.begin_transaction()
                 else:
                     await self.producer.flush()
+                    # Without a transaction the flush is the point of no return: the changelog
+                    # holds the changes now, whatever becomes of the offset commit below.
+                    if collected:
+                        state.store(collected, futures)  # type: ignore[union-attr]
+                        collected = []
                     if offsets and not self.at_most_once:
-                        try:
-                            await self.consumer.commit(offsets)
-                        except CommitError:
-                            if collected:  # the changelog holds them already: keep the database level
-                                state.store(collected, futures)  # type: ignore[union-attr]
-                                collected = []
-                            raise
+                        await self.consumer.commit(offsets)
             except BaseException:
                 if collected:
                     state.failed(collected)  # type: ignore[union-attr]

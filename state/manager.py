@@ -21,9 +21,9 @@ Commits (called by the worker inside its commit):
 
 1. :meth:`collect` takes every table's pending writes (the last value of each changed key);
 2. :meth:`produce` sends them to the changelogs (inside the transaction under exactly-once);
-3. the worker flushes, commits the transaction (or the offsets), and only then
+3. the worker flushes and commits the transaction (at least once: flushes), and only then
 4. :meth:`store` writes each partition's changes to its database in one batch, together with
-   the changelog offsets they reach. A crash before 3 loses nothing (the transaction aborts; or,
+   the changelog offsets they reach (at least once, the input offsets are committed after it). A crash before 3 loses nothing (the transaction aborts; or,
    at least once, the changelog is ahead and restore catches up); a crash between 3 and 4 is
    caught up by restore.
 """
@@ -42,6 +42,7 @@ from flowbus.state.changelog import changelog_spec, decode_offset, encode_offset
 from flowbus.state.errors import ChangelogMismatchError, RestoreTimeoutError
 from flowbus.state.locking import PartitionLock
 from flowbus.state.opening import open_partition
+from flowbus.state.table import TablePartition
 from flowbus.transports.base import Consumer, Producer, RecordMetadata, TopicPartition, Transport
 
 if TYPE_CHECKING:
@@ -235,8 +236,6 @@ class StateManager:
         slot = PartitionSlot(count, partition, path, lock, db, tables, follow=tables[0].global_table)
         if not slot.follow:
             self.slots[slot.key] = slot
-        from flowbus.state.table import TablePartition
-
         for table in tables:
             table.parts[partition] = TablePartition(partition, db, table.name, cached=not table.global_table)
         try:
