@@ -4,8 +4,9 @@ Tables need it: a table is partitioned like the stream that updates it, so a wri
 processing an event of ``orders[3]`` belongs to partition 3 of the table (and of its changelog).
 Agents run as separate asyncio tasks and interleave at every ``await``, so a plain global would
 let one agent's event leak into another's write: a :class:`~contextvars.ContextVar` is per task.
-The stream sets it before handing an event to an agent; the worker sets it before running a
-dataflow over a run of records of one partition.
+The stream sets it before handing an event to an agent; the worker sets it to each record before
+running a dataflow on it (and back to ``None`` after the run), and a dataflow's outputs take that
+record's timestamp and headers from it.
 """
 
 from __future__ import annotations
@@ -26,4 +27,4 @@ class Source(Protocol):
 
 
 current_source: ContextVar[Source | None] = ContextVar("flowbus_current_source", default=None)
-"""The topic partition of the event being processed in this task, ``None`` outside any event."""
+"""The event being processed in this task (its topic partition, or the record), ``None`` outside any event."""

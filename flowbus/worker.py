@@ -163,13 +163,26 @@ class Worker:
 
     # -- dataflow runtime (flowbus.operators.steps.Runtime) ----------------------------------
     def sender(self, topic: Topic) -> Emit:
+        """A dataflow output to ``topic`` whose records keep the timestamp and headers of the input
+        record being processed, as Kafka Streams does: event time survives ``group_by`` and
+        ``through``, so windows downstream of a repartition see the original times. Outside any
+        record (a ``take`` deadline or a commit flushing it) the transport stamps the send time
+        and no headers are sent."""
         assert self.producer is not None, "dataflows are compiled after the producer starts"
         send_raw = self.producer.sender_for(topic.name)
         encode_value = topic.value_codec.encode
         encode_key = topic.key_codec.encode
+        get_source = current_source.get
 
         def send(key: Any, value: Any) -> None:
-            send_raw(None if key is None else encode_key(key), encode_value(value))
+            source = get_source()
+            if type(source) is Record:
+                # A negative timestamp means "none" (pre-0.10 records): let the transport stamp one.
+                timestamp_ms = source.timestamp_ms
+                send_raw(None if key is None else encode_key(key), encode_value(value),
+                         timestamp_ms if timestamp_ms >= 0 else None, source.headers)
+            else:
+                send_raw(None if key is None else encode_key(key), encode_value(value))
 
         return send
 
@@ -201,15 +214,22 @@ class Worker:
         decode_key = topic.key_codec.decode
         decode_value = topic.value_codec.decode
         handle = self.handle_error
+        set_source = current_source.set
 
         def run(records: list[Record]) -> None:
-            current_source.set(records[0])
-            for record in records:
-                try:
-                    key = record.key
-                    head(None if key is None else decode_key(key), decode_value(record.value))
-                except Exception as exc:  # noqa: BLE001 - every failure goes to the error policy
-                    handle(exc, [record], f"dataflow on {topic.name}")
+            # The source is each record itself (its partition for tables, its timestamp and
+            # headers for outputs), and None once the run is over, so what runs later in this
+            # task (a commit flushing a take) is not taken for part of the last record.
+            try:
+                for record in records:
+                    set_source(record)
+                    try:
+                        key = record.key
+                        head(None if key is None else decode_key(key), decode_value(record.value))
+                    except Exception as exc:  # noqa: BLE001 - every failure goes to the error policy
+                        handle(exc, [record], f"dataflow on {topic.name}")
+            finally:
+                set_source(None)
 
         return run
 

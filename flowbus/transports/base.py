@@ -23,7 +23,7 @@ import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 Headers = tuple[tuple[str, bytes], ...]
 """Record headers as an ordered tuple of (name, value); names may repeat, as in Kafka."""
@@ -127,6 +127,18 @@ class GroupDescription:
     members: tuple[GroupMember, ...] = ()
 
 
+class RawSender(Protocol):
+    """What :meth:`Producer.sender_for` returns: send one record's bytes to a fixed topic.
+
+    ``timestamp_ms`` None lets the transport stamp the send time; a dataflow passes the input
+    record's timestamp and headers so event time survives a repartition, as in Kafka Streams.
+    """
+
+    def __call__(
+        self, key: bytes | None, value: bytes | None, timestamp_ms: int | None = None, headers: Headers = ()
+    ) -> None: ...
+
+
 OnAssigned = Callable[[list[TopicPartition]], Awaitable[None]]
 """Called with the partitions just given to this consumer, before any of their records is polled."""
 OnRevoked = Callable[[list[TopicPartition]], Awaitable[None]]
@@ -186,14 +198,16 @@ class Producer(abc.ABC):
         key, value = records[-1]
         return self.send(topic, value, key, partition=partition)
 
-    def sender_for(self, topic: str) -> Callable[[bytes | None, bytes | None], None]:
-        """A function ``(key, value)`` sending to ``topic`` like :meth:`send_soon` with default
-        partitioning, headers and timestamp. Made once per output of a compiled dataflow, so a
-        transport can resolve per-topic work up front; the default just calls :meth:`send_soon`."""
+    def sender_for(self, topic: str) -> RawSender:
+        """A function ``(key, value, timestamp_ms=None, headers=())`` sending to ``topic`` like
+        :meth:`send_soon` with default partitioning. Made once per output of a compiled dataflow,
+        so a transport can resolve per-topic work up front; the default just calls :meth:`send_soon`."""
         send_soon = self.send_soon
 
-        def send(key: bytes | None, value: bytes | None) -> None:
-            send_soon(topic, value, key)
+        def send(
+            key: bytes | None, value: bytes | None, timestamp_ms: int | None = None, headers: Headers = ()
+        ) -> None:
+            send_soon(topic, value, key, headers=headers, timestamp_ms=timestamp_ms)
 
         return send
 

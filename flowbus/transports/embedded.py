@@ -59,6 +59,7 @@ from flowbus.transports.base import (
     OnAssigned,
     OnRevoked,
     Producer,
+    RawSender,
     Record,
     RecordMetadata,
     TopicDescription,
@@ -86,11 +87,19 @@ RECORD_OVERHEAD_BYTES_MAX = 32
 """Upper bound of a record's framing (length, attributes, deltas, counts) in a batch."""
 
 
-def _record_bytes(key: bytes | None, value: bytes | None, headers: Headers) -> int:
-    size = RECORD_OVERHEAD_BYTES_MAX + (len(key) if key else 0) + (len(value) if value else 0)
+def _headers_bytes(headers: Headers) -> int:
+    """Upper bound of the bytes ``headers`` add to a record: UTF-8 name, value (None when null)
+    and two varint lengths of at most 5 bytes each (KIP-82)."""
+    size = 0
     for name, data in headers:
-        size += len(name) + len(data) + 10
+        size += len(name.encode()) + (len(data) if data else 0) + 10
     return size
+
+
+def _record_bytes(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    return RECORD_OVERHEAD_BYTES_MAX + (len(key) if key else 0) + (len(value) if value else 0) + _headers_bytes(headers)
+
+
 TRANSACTION_TIMEOUT_MS = 60_000
 """``transaction.timeout.ms`` of embedded transactional producers (Kafka's client default)."""
 TXN_RETRY_ATTEMPTS_MAX = 500
@@ -275,14 +284,16 @@ class EmbeddedProducer(Producer):
             self._scheduled = True
             self._loop.call_soon(self._ship_all)
 
-    def sender_for(self, topic: str) -> Callable[[bytes | None, bytes | None], None]:
-        """The hot path of a dataflow's ``to(topic)``: no headers, no explicit partition or timestamp."""
+    def sender_for(self, topic: str) -> RawSender:
+        """The hot path of a dataflow's ``to(topic)``: default partitioning, straight into the
+        partition's batch builder. Headers cost only when there are some (their size is added to
+        the batch-full check); a ``None`` timestamp is the send time."""
         count = self._t.partition_count(topic)
         builders, sticky, now_ms = self._builders, self._sticky, self._now_ms
         limit = BATCH_BYTES_MAX - RECORD_OVERHEAD_BYTES_MAX
         loop = self._loop
 
-        def send(key: bytes | None, value: bytes | None) -> None:
+        def send(key: bytes | None, value: bytes | None, timestamp_ms: int | None = None, headers: Headers = ()) -> None:
             if key is None:
                 partition = sticky.get(topic)
                 if partition is None:
@@ -293,10 +304,11 @@ class EmbeddedProducer(Producer):
             builder = builders.get(tp)
             if builder is None:
                 builder = builders[tp] = self._new_builder(tp)
-            elif builder.size_estimate_bytes + (len(value) if value else 0) + (len(key) if key else 0) > limit:
+            elif (builder.size_estimate_bytes + (len(value) if value else 0) + (len(key) if key else 0)
+                  + (_headers_bytes(headers) if headers else 0)) > limit:
                 self._ship(tp)
                 builder = builders[tp] = self._new_builder(tp)
-            builder.append(key, value, timestamp_ms=now_ms())
+            builder.append(key, value, timestamp_ms=now_ms() if timestamp_ms is None else timestamp_ms, headers=headers)
             if not self._scheduled:
                 self._scheduled = True
                 loop.call_soon(self._ship_all)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from flowbus.clock import ManualClock
 from flowbus.transports.base import TopicPartition, TopicSpec
 from flowbus.transports.embedded import (
     EmbeddedTransport,
@@ -137,6 +138,43 @@ def test_transactions_through_the_core(tmp_path: Path) -> None:
             await producer.commit_transaction()
         for c in (source, committed, everything):
             await c.close()
+        await t.close()
+
+    asyncio.run(main())
+
+
+def test_sender_for_keeps_timestamps_and_headers_and_counts_headers_in_the_batch_size(tmp_path: Path) -> None:
+    """A dataflow's sender passes the input record's timestamp and headers through, and a ``None``
+    timestamp is the send time. Headers count toward the batch-full check: a record with 600 kB of
+    headers arriving at a batch of almost 512 kB ships that batch first, or the two together would
+    pass the log's max.message.bytes (1 MiB) and be refused."""
+
+    async def main() -> None:
+        clock = ManualClock()
+        t = EmbeddedTransport(f"embedded://{tmp_path}", clock=clock)
+        await t.start()
+        await t.create_topics([TopicSpec("out", 1)])
+        producer = t.producer()
+        send = producer.sender_for("out")
+        small = (("trace", b"t"), ("empty", b""))
+        big = (("trace", b"h" * 600_000),)
+        for i in range(50):
+            send(b"k", b"v" * 10_000, 1_600_000_000_000 + i, small)
+        send(b"k", b"v", 1_600_000_000_050, big)
+        send(None, b"now")
+        await producer.flush()
+        consumer = t.consumer("g")
+        consumer.subscribe(["out"])
+        got = []
+        for _ in range(50):
+            got += await consumer.poll_batch(1000, 50)
+            if len(got) == 52:
+                break
+        assert [r.offset for r in got] == list(range(52))
+        assert [r.timestamp_ms for r in got[:51]] == [1_600_000_000_000 + i for i in range(51)]
+        assert [r.headers for r in got[:51]] == [small] * 50 + [big]
+        assert (got[51].timestamp_ms, got[51].headers) == (clock.now_ms(), ())
+        await consumer.close()
         await t.close()
 
     asyncio.run(main())
