@@ -17,6 +17,7 @@ from flowbus.app_errors import ConfigurationError
 from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.operators.dataflow import Dataflow
 from flowbus.operators.steps import GroupByStep
+from flowbus.operators.windowed import IDLE_MS_DEFAULT as WINDOW_IDLE_MS_DEFAULT
 from flowbus.serializers import Serializer
 from flowbus.state import MemoryBudget, make_backend
 from flowbus.state.budget import STATE_CACHE_BYTES_DEFAULT, STATE_WRITE_BUFFER_BYTES_DEFAULT
@@ -68,6 +69,9 @@ class App:
         state_cache_bytes, state_write_buffer_bytes: the RocksDB block cache and write-buffer
             budget shared by every partition database of the worker.
         restore_timeout_ms: a table restore that makes no progress for this long stops the worker.
+        window_idle_ms: a partition that saw no record for this long and is caught up lets its
+            windows' watermark move on with the wall clock, so the last window of a quiet stream
+            closes; ``None`` closes windows on event time only (see ``docs/windows.md``).
 
     Example:
         >>> app = App("clicks", broker="memory://")
@@ -96,6 +100,7 @@ class App:
         state_cache_bytes: int = STATE_CACHE_BYTES_DEFAULT,
         state_write_buffer_bytes: int = STATE_WRITE_BUFFER_BYTES_DEFAULT,
         restore_timeout_ms: int = RESTORE_TIMEOUT_MS_DEFAULT,
+        window_idle_ms: int | None = WINDOW_IDLE_MS_DEFAULT,
     ) -> None:
         if processing_guarantee not in _GUARANTEES:
             raise ConfigurationError(f"processing_guarantee must be one of {_GUARANTEES}, not {processing_guarantee!r}")
@@ -117,6 +122,7 @@ class App:
         self.state_cache_bytes = state_cache_bytes
         self.state_write_buffer_bytes = state_write_buffer_bytes
         self.restore_timeout_ms = restore_timeout_ms
+        self.window_idle_ms = window_idle_ms
         self.tables: dict[str, Table] = {}
         self.topics: dict[str, Topic] = {}
         self.agents: list[Agent] = []

@@ -200,6 +200,45 @@ class Worker:
 
         self.scheduler.call_at(self.clock.monotonic_ms() + delay_ms, spawn)
 
+    def idle_check(self, delay_ms: int, tp: TopicPartition, callback: Callable[[bool], None]) -> None:
+        """After ``delay_ms``, tell ``callback`` whether ``tp`` is caught up, under the commit guard
+        (so what it emits lands in one commit); skipped once ``tp`` is revoked."""
+
+        async def check() -> None:
+            if tp not in self.assigned:
+                return
+            try:
+                caught_up = await self._caught_up(tp)
+            except Exception as exc:  # noqa: BLE001 - a broker hiccup means "not now", not a crash
+                log.debug("could not tell whether %s is caught up: %r", tp, exc)
+                caught_up = False
+            async with self.commit_guard:
+                if tp in self.assigned and not self.closing:
+                    callback(caught_up)
+
+        def spawn() -> None:
+            task = asyncio.get_running_loop().create_task(check())
+            self._deadline_tasks.add(task)
+            task.add_done_callback(self._deadline_tasks.discard)
+
+        self.scheduler.call_at(self.clock.monotonic_ms() + delay_ms, spawn)
+
+    async def _caught_up(self, tp: TopicPartition) -> bool:
+        """True when everything of ``tp`` in the log (up to the last stable offset under
+        read_committed) was polled and processed: not held back, nothing buffered for agents."""
+        if tp in self.restoring or tp in self.paused or self.consumer is None:
+            return False
+        if any(channel.outstanding.get(tp) for channel in self.channels):
+            return False
+        position = self.consumer.position(tp)
+        if position is None:
+            return False
+        end = (await self.consumer.end_offsets([tp]))[tp]
+        return position >= end
+
+    def commit_soon(self, within_ms: int) -> None:
+        self.next_commit_ms = min(self.next_commit_ms, self.clock.monotonic_ms() + within_ms)
+
     def before_commit(self, callback: Callable[[], None]) -> None:
         self.before_commit_hooks.append(callback)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from flowbus.operators.steps import (
@@ -26,7 +27,9 @@ from flowbus.operators.steps import (
     fan_out,
 )
 from flowbus.operators.stateful import AggregateStep, StatefulStep
+from flowbus.operators.windowed import _APP_DEFAULT, WindowDefinition, definition
 from flowbus.state.table import Table
+from flowbus.state.windows import Hopping, Session, Sliding, Tumbling, as_ms
 
 if TYPE_CHECKING:
     from flowbus.app import App
@@ -133,6 +136,78 @@ class Dataflow:
                 assert topic is not None
                 return topic
         raise ValueError("this dataflow node is not part of the app's dataflows")
+
+    # -- windows (Quix Streams names; Kafka Streams: windowedBy(...).count().suppress(...)) ----
+    def tumbling_window(
+        self,
+        duration_ms: int | timedelta,
+        *,
+        grace_ms: int | timedelta = 0,
+        name: str | None = None,
+        timestamp: Callable[[Any], int] | None = None,
+        on_late: Topic | str | None = None,
+        idle_ms: int | timedelta | None = _APP_DEFAULT,
+    ) -> WindowDefinition:
+        """Back-to-back windows of ``duration_ms`` per key: ``.count().final()`` and friends.
+
+        ``grace_ms``: how long after its end a window still takes out-of-order records;
+        ``timestamp``: event time from the value (default: the record timestamp);
+        ``on_late``: a topic for records whose windows closed (default: dropped and counted);
+        ``idle_ms``: see ``App(window_idle_ms=...)``; ``name``: the window store's name.
+        """
+        spec = Tumbling(grace_ms=as_ms(grace_ms, "grace_ms"), size_ms=as_ms(duration_ms, "duration_ms", minimum=1))
+        return definition(self, spec, name, timestamp, on_late, idle_ms)
+
+    def hopping_window(
+        self,
+        duration_ms: int | timedelta,
+        step_ms: int | timedelta,
+        *,
+        grace_ms: int | timedelta = 0,
+        name: str | None = None,
+        timestamp: Callable[[Any], int] | None = None,
+        on_late: Topic | str | None = None,
+        idle_ms: int | timedelta | None = _APP_DEFAULT,
+    ) -> WindowDefinition:
+        """Windows of ``duration_ms`` starting every ``step_ms``; a record counts in each one
+        containing it. Other arguments as :meth:`tumbling_window`."""
+        spec = Hopping(
+            grace_ms=as_ms(grace_ms, "grace_ms"), size_ms=as_ms(duration_ms, "duration_ms", minimum=1),
+            step_ms=as_ms(step_ms, "step_ms", minimum=1),
+        )
+        return definition(self, spec, name, timestamp, on_late, idle_ms)
+
+    def sliding_window(
+        self,
+        duration_ms: int | timedelta,
+        *,
+        grace_ms: int | timedelta = 0,
+        name: str | None = None,
+        timestamp: Callable[[Any], int] | None = None,
+        on_late: Topic | str | None = None,
+        idle_ms: int | timedelta | None = _APP_DEFAULT,
+    ) -> WindowDefinition:
+        """One window per record: the ``duration_ms`` up to and including it. Records are kept
+        until no open window needs them (their values must be JSON-serializable). Other
+        arguments as :meth:`tumbling_window`."""
+        spec = Sliding(grace_ms=as_ms(grace_ms, "grace_ms"), size_ms=as_ms(duration_ms, "duration_ms", minimum=1))
+        return definition(self, spec, name, timestamp, on_late, idle_ms)
+
+    def session_window(
+        self,
+        gap_ms: int | timedelta,
+        *,
+        grace_ms: int | timedelta = 0,
+        name: str | None = None,
+        timestamp: Callable[[Any], int] | None = None,
+        on_late: Topic | str | None = None,
+        idle_ms: int | timedelta | None = _APP_DEFAULT,
+    ) -> WindowDefinition:
+        """Per key, records at most ``gap_ms`` apart form one session; a session closes once the
+        watermark is ``gap_ms + grace_ms`` past its last record. Other arguments as
+        :meth:`tumbling_window`."""
+        spec = Session(grace_ms=as_ms(grace_ms, "grace_ms"), gap_ms=as_ms(gap_ms, "gap_ms", minimum=1))
+        return definition(self, spec, name, timestamp, on_late, idle_ms)
 
     def flat_map(self, fn: Callable[[Any], Iterable[Any]]) -> Dataflow:
         """Replace each value by every item of ``fn(value)`` (zero or more)."""

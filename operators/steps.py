@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from flowbus.clock import Clock
     from flowbus.topic import Topic
+    from flowbus.transports.base import TopicPartition
 
 Emit = Callable[[Any, Any], None]
 """A compiled step: called with (key, value)."""
@@ -29,7 +31,8 @@ class Runtime(Protocol):
 
     def sender(self, topic: Topic) -> Emit:
         """A function (key, value) that encodes with the topic's codecs and enqueues the record
-        (no waiting; delivery is checked at commit). Made once per step, at compile time."""
+        (no waiting; delivery is checked at commit), with the timestamp and headers of the record
+        being processed. Made once per step, at compile time."""
 
     def call_at_ms(self, delay_ms: int, callback: Callable[[], None]) -> None:
         """Run ``callback`` after ``delay_ms`` on the app clock."""
@@ -39,6 +42,18 @@ class Runtime(Protocol):
 
     def add_source(self, topic: Topic, head: Emit) -> None:
         """Feed records of ``topic`` into ``head`` (how group_by and through continue a chain)."""
+
+    @property
+    def clock(self) -> Clock:
+        """The app clock (windows measure idle time on its monotonic reading)."""
+
+    def idle_check(self, delay_ms: int, tp: TopicPartition, callback: Callable[[bool], None]) -> None:
+        """After ``delay_ms``, call ``callback(caught_up)`` outside any commit, where ``caught_up``
+        says the partition's position is at the end of its log with nothing of it buffered or
+        held back; not called at all once ``tp`` is no longer assigned to this worker."""
+
+    def commit_soon(self, within_ms: int) -> None:
+        """Commit within ``within_ms`` rather than at the next interval (results are waiting)."""
 
 
 def fan_out(targets: list[Emit]) -> Emit:

@@ -20,8 +20,8 @@ CHANGELOG_CONFIG = {"cleanup.policy": "compact"}
 _OFFSET = struct.Struct(">q")
 
 
-def changelog_spec(topic: str, partitions: int) -> TopicSpec:
-    return TopicSpec(topic, partitions, config=dict(CHANGELOG_CONFIG))
+def changelog_spec(topic: str, partitions: int, config: dict[str, str] | None = None) -> TopicSpec:
+    return TopicSpec(topic, partitions, config=dict(CHANGELOG_CONFIG if config is None else config))
 
 
 def offset_meta_key(store: str) -> bytes:

@@ -42,7 +42,6 @@ from flowbus.state.changelog import changelog_spec, decode_offset, encode_offset
 from flowbus.state.errors import ChangelogMismatchError, RestoreTimeoutError
 from flowbus.state.locking import PartitionLock
 from flowbus.state.opening import open_partition
-from flowbus.state.table import TablePartition
 from flowbus.transports.base import Consumer, Producer, RecordMetadata, TopicPartition, Transport
 
 if TYPE_CHECKING:
@@ -186,7 +185,10 @@ class StateManager:
                     f"(and the state directory {self.app_dir}) to rebuild the table from its input"
                 )
         await self.transport.create_topics(
-            [changelog_spec(t.changelog_topic, t.partitions) for t in self.tables if t.changelog_topic not in existing]
+            [
+                changelog_spec(t.changelog_topic, t.partitions, t.changelog_config())
+                for t in self.tables if t.changelog_topic not in existing
+            ]
         )
         self._restore_consumer = self.transport.consumer(
             None, isolation_level="read_committed", client_id=f"{self.app_id}-restore"
@@ -229,7 +231,8 @@ class StateManager:
         if tables is None:
             tables = [t for t in self.tables if t.partitions == count]
         try:
-            db, moved = open_partition(self.backend, path, [t.name for t in tables], now_ms=self.clock.now_ms())
+            stores = [store for t in tables for store in t.store_names()]
+            db, moved = open_partition(self.backend, path, stores, now_ms=self.clock.now_ms())
         except BaseException:
             lock.release()
             raise
@@ -237,7 +240,7 @@ class StateManager:
         if not slot.follow:
             self.slots[slot.key] = slot
         for table in tables:
-            table.parts[partition] = TablePartition(partition, db, table.name, cached=not table.global_table)
+            table.parts[partition] = table.make_partition(partition, db)
         try:
             await self._plan_restore(slot, rebuilt=moved is not None)
         except BaseException:
@@ -282,6 +285,8 @@ class StateManager:
     def _mark_ready(self, slot: PartitionSlot) -> None:
         for table in slot.tables:
             table.parts[slot.partition].ready = True
+        for table in slot.tables:
+            table.partition_ready(slot.partition)
         if slot.follow:
             return
         released = [tp for tp, key in self.held.items() if key == slot.key]
@@ -447,6 +452,11 @@ class StateManager:
             start = end
         now = self.clock.monotonic_ms()
         for slot, changes, meta in per_slot.values():
+            for table in slot.tables:
+                replayed = changes.get(table.name)
+                if replayed:
+                    for derived_store, derived in table.restored_changes(replayed).items():
+                        changes.setdefault(derived_store, {}).update(derived)
             slot.db.write(changes, meta, bulk=bool(slot.restoring))
             slot.progress_ms = now
         for tp, slot in assigned.items():
@@ -528,6 +538,7 @@ class StateManager:
             if entry is None:
                 entry = batches[id(slot)] = (slot, {}, {})
             entry[1][table.name] = changes
+            entry[1].update(table.local_changes(slot.partition))
             entry[2][offset_meta_key(table.name)] = encode_offset(future.result().offset + 1)
         for slot, changes, meta in batches.values():
             slot.db.write(changes, meta)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowbus.context import current_source
 from flowbus.serializers import Codec, Serializer
+from flowbus.state.changelog import CHANGELOG_CONFIG
 from flowbus.state.errors import PartitionNotOwnedError, ReadOnlyTableError
 from flowbus.transports.partitioner import partition_for_key
 
@@ -95,6 +96,8 @@ class Table:
 
     read_only = False
     global_table = False
+    hidden_keys: frozenset[bytes] = frozenset()
+    """Store keys that are bookkeeping, not entries (a window store's clock)."""
 
     def __init__(
         self,
@@ -270,14 +273,18 @@ class Table:
     def _partition_items(self, part: TablePartition) -> Iterator[tuple[bytes, Any]]:
         """(key bytes, value) of one partition in key byte order, write layers included."""
         decode = self.value_codec.decode
+        hidden = self.hidden_keys
         if not part.pending and not part.committing:
             for key_bytes, raw in part.db.items(part.store):
-                yield key_bytes, decode(raw)
+                if key_bytes not in hidden:
+                    yield key_bytes, decode(raw)
             return
         overlay = {**part.committing, **part.pending}
+        for key_bytes in hidden:
+            overlay.pop(key_bytes, None)
         merged: dict[bytes, Any] = {k: MISSING for k in overlay}
         for key_bytes, raw in part.db.items(part.store):
-            if key_bytes not in overlay:
+            if key_bytes not in overlay and key_bytes not in hidden:
                 merged[key_bytes] = decode(raw)
         for key_bytes, value in overlay.items():
             merged[key_bytes] = value
@@ -310,6 +317,29 @@ class Table:
     def owned_partitions(self) -> list[int]:
         """Partitions of this table held and restored on this worker."""
         return sorted(p for p, part in self.parts.items() if part.ready)
+
+    # -- what the state manager asks (window stores add to these) -----------------------------
+    def store_names(self) -> list[str]:
+        """The stores this table keeps in its partition databases."""
+        return [self.name]
+
+    def make_partition(self, partition: int, db: PartitionDatabase) -> TablePartition:
+        return TablePartition(partition, db, self.name, cached=not self.global_table)
+
+    def changelog_config(self) -> dict[str, str]:
+        return dict(CHANGELOG_CONFIG)
+
+    def partition_ready(self, partition: int) -> None:
+        """A partition finished restoring (reads and writes are allowed from now on)."""
+
+    def local_changes(self, partition: int) -> dict[str, dict[bytes, bytes | None]]:
+        """Changes of other stores that the database gets with this table's commit but the
+        changelog does not (derived data, such as a window store's close index)."""
+        return {}
+
+    def restored_changes(self, changes: dict[bytes, bytes | None]) -> dict[str, dict[bytes, bytes | None]]:
+        """Derived changes to write with a batch of replayed changelog records."""
+        return {}
 
     # -- commits (the state manager calls these) ---------------------------------------------
     def take_changes(self, partition: int) -> dict[bytes, bytes | None]:

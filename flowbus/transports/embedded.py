@@ -767,7 +767,8 @@ class EmbeddedConsumer(Consumer):
     async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         out = {}
         for tp in partitions:
-            result = await self._core.list_offsets(tp.topic, tp.partition, LATEST_TIMESTAMP)
+            # As a Kafka client's end offsets: the last stable offset when reading committed data.
+            result = await self._core.list_offsets(tp.topic, tp.partition, LATEST_TIMESTAMP, isolation_level=self._isolation)
             out[tp] = result.offset
         return out
 

@@ -1,0 +1,645 @@
+"""Windowed aggregations in the declarative form, Quix Streams and Kafka Streams style.
+
+``app.stream(clicks).group_by(user, name="by-user").tumbling_window(10_000).count().final()``
+counts each key's records per 10-second window of *event time* and passes one result per window
+on, once the window closes; ``.current()`` passes every update on instead. A result is
+``{"start": ms, "end": ms, "value": aggregate}`` (the window is ``start <= t < end``), keyed by
+the record key; a final result carries the window start as its timestamp.
+
+Time: a record's event time is its timestamp (or ``timestamp=fn(value)``). Per partition, stream
+time is the largest event time seen and the watermark how far windows are closed: a window
+closes when the watermark reaches its end + grace. The watermark follows stream time and, when
+the partition has seen no record for ``idle_ms`` and is caught up (its position at the end of
+the log, nothing buffered, not restoring), it moves on with the wall clock, so the last window
+of a quiet stream closes without any new record. Records whose windows all closed are late:
+counted, and dropped or sent to the ``on_late`` topic.
+
+The windows live in a :class:`~flowbus.state.windowed.WindowedTable` partitioned like the
+stream, committed and changelogged with the input offsets (in one transaction under
+exactly-once): a window closed in a transaction that aborts is closed again after the restart,
+so a final result is emitted once.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from flowbus.context import current_source
+from flowbus.operators.stateful import NoKeyError
+from flowbus.operators.steps import Emit, Runtime, Step
+from flowbus.state.errors import PartitionNotOwnedError
+from flowbus.state.table import DELETED, MISSING
+from flowbus.state.windowed import NO_CLOSE_MS, WindowedTable, WindowPartition
+from flowbus.state.windows import (
+    KIND_ENTRIES,
+    KIND_SESSIONS,
+    KIND_WINDOW,
+    Hopping,
+    Session,
+    Sliding,
+    Tumbling,
+    WindowSpec,
+    key_prefix,
+    split_key,
+    window_key,
+)
+from flowbus.transports.base import Record, TopicPartition
+
+if TYPE_CHECKING:
+    from flowbus.operators.dataflow import Dataflow
+    from flowbus.topic import Topic
+
+log = logging.getLogger("flowbus.windows")
+
+IDLE_MS_DEFAULT = 5_000
+"""How long a partition must see no record (and be caught up) before its watermark moves on with
+the wall clock; ``App(window_idle_ms=...)`` or ``idle_ms=`` on a window changes it."""
+CLOSE_COMMIT_DELAY_MS = 20
+"""After windows close, the worker commits within this much, so a final result is readable soon
+(under exactly-once, only a commit makes it visible) without a commit per record."""
+
+
+# -- aggregations ----------------------------------------------------------------------------
+class Aggregation:
+    """How one window's records fold into a value: ``initial``, ``add``, ``merge`` (two windows
+    into one, for sessions), ``result`` (what is emitted), and ``keep`` (what a sliding window
+    buffers of each record). Aggregates are stored with the table's serializer (JSON)."""
+
+    name = "aggregate"
+
+    def initial(self) -> Any:
+        raise NotImplementedError
+
+    def add(self, acc: Any, value: Any) -> Any:
+        raise NotImplementedError
+
+    def merge(self, a: Any, b: Any) -> Any:
+        raise NotImplementedError
+
+    def result(self, acc: Any) -> Any:
+        return acc
+
+    def keep(self, value: Any) -> Any:
+        return value
+
+    def mergeable(self) -> bool:
+        return True
+
+
+def _field(fn: Callable[[Any], Any] | str | None) -> Callable[[Any], Any] | None:
+    """A value extractor from a callable or a field name (``sum("amount")``)."""
+    if fn is None or callable(fn):
+        return fn
+    name = fn
+    return lambda value: value[name]
+
+
+class Count(Aggregation):
+    name = "count"
+
+    def initial(self) -> Any:
+        return 0
+
+    def add(self, acc: Any, value: Any) -> Any:
+        return acc + 1
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return a + b
+
+    def keep(self, value: Any) -> Any:
+        return None
+
+
+class Sum(Aggregation):
+    name = "sum"
+
+    def __init__(self, fn: Callable[[Any], Any] | str | None = None) -> None:
+        self.fn = _field(fn)
+
+    def initial(self) -> Any:
+        return 0
+
+    def add(self, acc: Any, value: Any) -> Any:
+        return acc + value
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return a + b
+
+    def keep(self, value: Any) -> Any:
+        return value if self.fn is None else self.fn(value)
+
+
+class Extreme(Aggregation):
+    """min or max; ``None`` until the first value."""
+
+    def __init__(self, name: str, fn: Callable[[Any], Any] | str | None = None) -> None:
+        self.name = name
+        self.pick = min if name == "min" else max
+        self.fn = _field(fn)
+
+    def initial(self) -> Any:
+        return None
+
+    def add(self, acc: Any, value: Any) -> Any:
+        return value if acc is None else self.pick(acc, value)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return b if a is None else a if b is None else self.pick(a, b)
+
+    def keep(self, value: Any) -> Any:
+        return value if self.fn is None else self.fn(value)
+
+
+class Mean(Aggregation):
+    """Stored as ``[sum, count]``; the result is their quotient."""
+
+    name = "mean"
+
+    def __init__(self, fn: Callable[[Any], Any] | str | None = None) -> None:
+        self.fn = _field(fn)
+
+    def initial(self) -> Any:
+        return [0, 0]
+
+    def add(self, acc: Any, value: Any) -> Any:
+        return [acc[0] + value, acc[1] + 1]
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return [a[0] + b[0], a[1] + b[1]]
+
+    def result(self, acc: Any) -> Any:
+        return acc[0] / acc[1] if acc[1] else None
+
+    def keep(self, value: Any) -> Any:
+        return value if self.fn is None else self.fn(value)
+
+
+class Reduce(Aggregation):
+    """``fn(aggregate, value)``; the first value starts it (so values must not be ``None``);
+    two sessions merge as ``fn(a, b)``."""
+
+    name = "reduce"
+
+    def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
+        self.fn = fn
+
+    def initial(self) -> Any:
+        return None
+
+    def add(self, acc: Any, value: Any) -> Any:
+        return value if acc is None else self.fn(acc, value)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return b if a is None else a if b is None else self.fn(a, b)
+
+
+class Fold(Aggregation):
+    """``aggregate(initial, fn, merge=None)``: sessions need ``merge`` (two partial aggregates
+    cannot be combined otherwise)."""
+
+    name = "aggregate"
+
+    def __init__(self, initial: Any, fn: Callable[[Any, Any], Any], merge: Callable[[Any, Any], Any] | None) -> None:
+        self.make = initial if callable(initial) else (lambda: copy.deepcopy(initial))
+        self.fn = fn
+        self.merge_fn = merge
+
+    def initial(self) -> Any:
+        return self.make()
+
+    def add(self, acc: Any, value: Any) -> Any:
+        return self.fn(acc, value)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        assert self.merge_fn is not None
+        return self.merge_fn(a, b)
+
+    def mergeable(self) -> bool:
+        return self.merge_fn is not None
+
+
+class Collect(Aggregation):
+    """Every value (or ``fn(value)``) of the window, in arrival order."""
+
+    name = "collect"
+
+    def __init__(self, fn: Callable[[Any], Any] | str | None = None) -> None:
+        self.fn = _field(fn)
+
+    def initial(self) -> Any:
+        return []
+
+    def add(self, acc: Any, value: Any) -> Any:
+        acc.append(value)
+        return acc
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return [*a, *b]
+
+    def keep(self, value: Any) -> Any:
+        return value if self.fn is None else self.fn(value)
+
+
+# -- the declarative builder -----------------------------------------------------------------
+class WindowDefinition:
+    """``stream.tumbling_window(...)`` and friends: pick an aggregation next."""
+
+    def __init__(
+        self,
+        node: Dataflow,
+        spec: WindowSpec,
+        *,
+        name: str | None,
+        timestamp: Callable[[Any], int] | None,
+        on_late: Topic | str | None,
+        idle_ms: int | None | object,
+    ) -> None:
+        self.node = node
+        self.spec = spec
+        self.name = name
+        self.timestamp = timestamp
+        self.on_late = node.app._as_topic(on_late) if on_late is not None else None
+        self.idle_ms = idle_ms
+
+    def count(self) -> WindowedAggregate:
+        return WindowedAggregate(self, Count())
+
+    def sum(self, fn: Callable[[Any], Any] | str | None = None) -> WindowedAggregate:
+        return WindowedAggregate(self, Sum(fn))
+
+    def min(self, fn: Callable[[Any], Any] | str | None = None) -> WindowedAggregate:
+        return WindowedAggregate(self, Extreme("min", fn))
+
+    def max(self, fn: Callable[[Any], Any] | str | None = None) -> WindowedAggregate:
+        return WindowedAggregate(self, Extreme("max", fn))
+
+    def mean(self, fn: Callable[[Any], Any] | str | None = None) -> WindowedAggregate:
+        return WindowedAggregate(self, Mean(fn))
+
+    def reduce(self, fn: Callable[[Any, Any], Any]) -> WindowedAggregate:
+        return WindowedAggregate(self, Reduce(fn))
+
+    def aggregate(
+        self, initial: Any, fn: Callable[[Any, Any], Any], *, merge: Callable[[Any, Any], Any] | None = None
+    ) -> WindowedAggregate:
+        """Fold with ``fn(aggregate, value)`` from ``initial`` (a value or a callable making one);
+        session windows also need ``merge(a, b)``."""
+        return WindowedAggregate(self, Fold(initial, fn, merge))
+
+    def collect(self, fn: Callable[[Any], Any] | str | None = None) -> WindowedAggregate:
+        return WindowedAggregate(self, Collect(fn))
+
+
+class WindowedAggregate:
+    """An aggregation over windows; ``.final()`` or ``.current()`` makes it a dataflow again."""
+
+    def __init__(self, definition: WindowDefinition, aggregation: Aggregation) -> None:
+        self.definition = definition
+        self.aggregation = aggregation
+        if isinstance(definition.spec, Session) and not aggregation.mergeable():
+            raise ValueError(
+                "session windows merge when a record bridges two sessions: aggregate(..., merge=fn) needs "
+                "fn(a, b) combining two aggregates"
+            )
+
+    def final(self) -> Dataflow:
+        """One result per window, when it closes (end + grace reached by the watermark)."""
+        return self._attach("final")
+
+    def current(self) -> Dataflow:
+        """A result after every record, with the window's aggregate so far."""
+        return self._attach("current")
+
+    def _attach(self, mode: str) -> Dataflow:
+        d = self.definition
+        node = d.node
+        topic = node._current_topic()
+        spec = d.spec
+        size = getattr(spec, "size_ms", None) or getattr(spec, "gap_ms", 0)
+        name = d.name or f"{topic.name}-{spec.kind}-{size}-{self.aggregation.name}"
+        table = node.app._add_table(WindowedTable(
+            node.app, name, spec, key_serializer=topic.key_codec.serializer, key_type=topic.key_type,
+        ))
+        table.source_topic = topic.name
+        idle_ms = d.idle_ms if d.idle_ms is not _APP_DEFAULT else node.app.window_idle_ms
+        step = WindowStep(table, self.aggregation, mode, timestamp=d.timestamp, on_late=d.on_late,
+                          idle_ms=idle_ms)  # type: ignore[arg-type]
+        return node._add(step)
+
+
+_APP_DEFAULT: Any = object()
+"""``idle_ms`` not given: the app's ``window_idle_ms``."""
+
+
+def definition(
+    node: Dataflow,
+    spec: WindowSpec,
+    name: str | None,
+    timestamp: Callable[[Any], int] | None,
+    on_late: Topic | str | None,
+    idle_ms: int | timedelta | None | object,
+) -> WindowDefinition:
+    if isinstance(idle_ms, timedelta):
+        idle_ms = int(idle_ms.total_seconds() * 1000)
+    return WindowDefinition(node, spec, name=name, timestamp=timestamp, on_late=on_late, idle_ms=idle_ms)
+
+
+# -- the step --------------------------------------------------------------------------------
+class WindowStep(Step):
+    """Updates the windows of each record, closes what the watermark passed, emits results."""
+
+    def __init__(
+        self,
+        table: WindowedTable,
+        aggregation: Aggregation,
+        mode: str,
+        *,
+        timestamp: Callable[[Any], int] | None,
+        on_late: Topic | None,
+        idle_ms: int | None,
+    ) -> None:
+        self.name = f"{table.spec.kind} window {aggregation.name} ({mode})"
+        self.table = table
+        self.aggregation = aggregation
+        self.mode = mode
+        self.timestamp = timestamp
+        self.on_late = on_late
+        self.idle_ms = idle_ms
+
+    def compile(self, nxt: Emit, runtime: Runtime) -> Emit:  # noqa: C901 - one closure per window kind
+        table, agg, spec = self.table, self.aggregation, self.table.spec
+        final = self.mode == "final"
+        grace = spec.grace_ms
+        parts = table.parts
+        encode_key = table.key_codec.encode
+        decode_key = table.key_codec.decode
+        get, add_close = table.get, table.add_close
+        initial, add, merge, result, keep = agg.initial, agg.add, agg.merge, agg.result, agg.keep
+        extract = self.timestamp
+        clock = runtime.clock
+        mono = clock.monotonic_ms
+        get_source = current_source.get
+        source_topic = table.source_topic
+        assert source_topic is not None
+        late_send = runtime.sender(self.on_late) if self.on_late is not None else None
+        idle_ms = self.idle_ms
+        warned = [False]
+
+        def emit_at(start_ms: int, key: Any, value: Any, partition: int) -> None:
+            """Pass a closed window's result on, stamped with the window start."""
+            token = current_source.set(Record(source_topic, partition, -1, start_ms, None, None))
+            try:
+                nxt(key, value)
+            finally:
+                current_source.reset(token)
+
+        def late(key: Any, value: Any, t: int, part: WindowPartition) -> None:
+            table.late_records += 1
+            if late_send is not None:
+                late_send(key, value)
+            elif not warned[0]:
+                warned[0] = True
+                log.warning(
+                    "window %r: a record of key %r at %d ms came after its windows closed (watermark %d ms); "
+                    "late records are dropped and counted (pass on_late=topic to keep them)",
+                    table.name, key, t, part.watermark_ms,
+                )
+
+        # -- closing ------------------------------------------------------------------------
+        def close_window(part: WindowPartition, close_ms: int, data_key: bytes) -> None:
+            acc = get(part, data_key)
+            if acc is MISSING:
+                return
+            part.pending[data_key] = DELETED
+            table.closed_windows += 1
+            if final:
+                _, key_bytes, window = split_key(data_key)
+                assert window is not None
+                emit_at(window.start, decode_key(key_bytes),
+                        {"start": window.start, "end": window.end, "value": result(acc)}, part.partition)
+
+        def close_sessions(part: WindowPartition, close_ms: int, data_key: bytes) -> None:
+            sessions = get(part, data_key)
+            if sessions is MISSING:
+                return
+            gap = spec.gap_ms  # type: ignore[attr-defined]
+            watermark = part.watermark_ms
+            keep_open = [s for s in sessions if s[1] + 1 + gap + grace > watermark]
+            if len(keep_open) == len(sessions):
+                return
+            part.pending[data_key] = keep_open if keep_open else DELETED
+            key = decode_key(split_key(data_key)[1]) if final else None
+            for start, last, acc in sessions:
+                if last + 1 + gap + grace <= watermark:
+                    table.closed_windows += 1
+                    if final:
+                        emit_at(start, key, {"start": start, "end": last + 1, "value": result(acc)}, part.partition)
+
+        def fold(entries: list[Any], low: int, high: int) -> Any:
+            acc = initial()
+            for ts, kept in entries:
+                if low <= ts <= high:
+                    acc = add(acc, kept)
+            return acc
+
+        def close_entries(part: WindowPartition, close_ms: int, data_key: bytes) -> None:
+            entries = get(part, data_key)
+            if entries is MISSING:
+                return
+            size = spec.size_ms  # type: ignore[attr-defined]
+            if final:
+                t = close_ms - 1 - grace
+                if any(ts == t for ts, _ in entries):
+                    table.closed_windows += 1
+                    start = max(t - size + 1, 0)
+                    emit_at(start, decode_key(split_key(data_key)[1]),
+                            {"start": start, "end": t + 1, "value": result(fold(entries, t - size + 1, t))},
+                            part.partition)
+            remaining = [e for e in entries if e[0] + size + grace > close_ms]
+            if len(remaining) != len(entries):
+                part.pending[data_key] = remaining if remaining else DELETED
+
+        closers = {KIND_WINDOW: close_window, KIND_SESSIONS: close_sessions, KIND_ENTRIES: close_entries}
+
+        def close_due(part: WindowPartition) -> None:
+            due = table.due(part, part.watermark_ms)
+            if not due:
+                return
+            for close_ms, data_key in due:
+                closers[data_key[:1]](part, close_ms, data_key)
+            runtime.commit_soon(CLOSE_COMMIT_DELAY_MS)
+
+        # -- the idle close -------------------------------------------------------------------
+        def arm(part: WindowPartition) -> None:
+            if idle_ms is None or part.idle_armed or part.next_close_ms >= NO_CLOSE_MS:
+                return
+            part.idle_armed = True
+            now = mono()
+            due_at = part.seen_ms + max(idle_ms, part.next_close_ms - max(part.stream_time_ms, 0))
+            runtime.idle_check(max(due_at - now, 1), TopicPartition(source_topic, part.partition), on_idle(part))
+
+        def on_idle(part: WindowPartition) -> Callable[[bool], None]:
+            def check(caught_up: bool) -> None:
+                part.idle_armed = False
+                if parts.get(part.partition) is not part or not part.ready or idle_ms is None:
+                    return
+                idle_for = mono() - part.seen_ms
+                if idle_for >= idle_ms and caught_up:
+                    target = max(part.stream_time_ms, 0) + idle_for
+                    if target > part.watermark_ms:
+                        part.watermark_ms = target
+                        part.time_dirty = True
+                        if target >= part.next_close_ms:
+                            token = current_source.set(TopicPartition(source_topic, part.partition))
+                            try:
+                                close_due(part)
+                            finally:
+                                current_source.reset(token)
+                elif idle_for >= idle_ms:
+                    part.seen_ms = mono()  # not caught up: look again after another idle period
+                arm(part)
+
+            return check
+
+        def on_ready(partition: int) -> None:
+            part = parts.get(partition)
+            if isinstance(part, WindowPartition):
+                part.seen_ms = mono()
+                arm(part)
+
+        table.on_ready = on_ready
+
+        # -- per record ---------------------------------------------------------------------
+        def locate(key: Any, value: Any) -> tuple[WindowPartition, bytes, int]:
+            if key is None:
+                raise NoKeyError(f"window {table.name!r}: the record has no key; windows are kept per key (group_by)")
+            source = get_source()
+            part = parts.get(source.partition) if source is not None else None
+            if part is None or not part.ready:
+                raise PartitionNotOwnedError(f"window {table.name!r} has no ready partition for {source}")
+            if extract is not None:
+                t = int(extract(value))
+            else:
+                t = source.timestamp_ms  # type: ignore[union-attr]
+                if t < 0:
+                    t = 0  # a record without a timestamp (pre-0.10 format) counts as time 0
+            return part, encode_key(key), t  # type: ignore[return-value]
+
+        def observe(part: WindowPartition, t: int) -> None:
+            part.seen_ms = mono()
+            if t > part.stream_time_ms:
+                part.stream_time_ms = t
+                part.time_dirty = True
+                if t > part.watermark_ms:
+                    part.watermark_ms = t
+                    if t >= part.next_close_ms:
+                        close_due(part)
+
+        emit_current = not final
+
+        if isinstance(spec, Tumbling | Hopping):
+            windows_of = spec.windows
+            single = isinstance(spec, Tumbling)
+
+            def window_step(key: Any, value: Any) -> None:
+                part, key_bytes, t = locate(key, value)
+                observe(part, t)
+                prefix = key_prefix(KIND_WINDOW, key_bytes)
+                watermark = part.watermark_ms
+                updated = False
+                kept = keep(value)
+                for window in windows_of(t) if not single else (windows_of(t)[0],):
+                    close_ms = window.end + grace
+                    if close_ms <= watermark:
+                        continue
+                    data_key = window_key(prefix, window.start, window.end)
+                    acc = get(part, data_key)
+                    if acc is MISSING:
+                        acc = initial()
+                        add_close(part, close_ms, data_key)
+                    acc = add(acc, kept)
+                    part.pending[data_key] = acc
+                    updated = True
+                    if emit_current:
+                        nxt(key, {"start": window.start, "end": window.end, "value": result(acc)})
+                if not updated:
+                    late(key, value, t, part)
+                elif not part.idle_armed:
+                    arm(part)
+
+            return window_step
+
+        if isinstance(spec, Session):
+            gap = spec.gap_ms
+
+            def session_step(key: Any, value: Any) -> None:
+                part, key_bytes, t = locate(key, value)
+                observe(part, t)
+                if t + 1 + gap + grace <= part.watermark_ms:
+                    late(key, value, t, part)
+                    return
+                data_key = key_prefix(KIND_SESSIONS, key_bytes)
+                sessions = get(part, data_key)
+                if sessions is MISSING:
+                    sessions = []
+                start, last, acc = t, t, None
+                others = []
+                for session in sessions:
+                    s_start, s_last, s_acc = session
+                    if s_start - gap <= t <= s_last + gap:
+                        start, last = min(start, s_start), max(last, s_last)
+                        acc = s_acc if acc is None else merge(acc, s_acc)
+                    else:
+                        others.append(session)
+                acc = add(initial() if acc is None else acc, keep(value))
+                others.append([start, last, acc])
+                others.sort(key=lambda s: s[0])
+                part.pending[data_key] = others
+                add_close(part, last + 1 + gap + grace, data_key)
+                if emit_current:
+                    nxt(key, {"start": start, "end": last + 1, "value": result(acc)})
+                if not part.idle_armed:
+                    arm(part)
+
+            return session_step
+
+        assert isinstance(spec, Sliding)
+        size = spec.size_ms
+
+        def sliding_step(key: Any, value: Any) -> None:
+            part, key_bytes, t = locate(key, value)
+            observe(part, t)
+            watermark = part.watermark_ms
+            expiry = t + size + grace
+            if expiry <= watermark:
+                late(key, value, t, part)
+                return
+            data_key = key_prefix(KIND_ENTRIES, key_bytes)
+            entries = get(part, data_key)
+            if entries is MISSING:
+                entries = []
+            entry = [t, keep(value)]
+            if not entries or entries[-1][0] <= t:
+                entries.append(entry)
+            else:
+                at = len(entries)
+                while at > 0 and entries[at - 1][0] > t:
+                    at -= 1
+                entries.insert(at, entry)
+            part.pending[data_key] = entries
+            add_close(part, expiry, data_key)
+            own_close = t + 1 + grace
+            if own_close > watermark:
+                if final:
+                    add_close(part, own_close, data_key)
+                else:
+                    start = max(t - size + 1, 0)
+                    nxt(key, {"start": start, "end": t + 1, "value": result(fold(entries, t - size + 1, t))})
+            if not part.idle_armed:
+                arm(part)
+
+        return sliding_step

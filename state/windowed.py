@@ -1,0 +1,317 @@
+"""Window stores: a table of windows per partition, its event-time clock, and its close index.
+
+A :class:`WindowedTable` is a :class:`~flowbus.state.table.Table` whose keys are window store keys
+(:mod:`flowbus.state.windows`), so it commits, changelogs and restores like any table. It adds
+three things per partition (:class:`WindowPartition`):
+
+* **Stream time and watermark.** Stream time is the largest event time seen on the partition;
+  the watermark is how far windows are closed (a window closes when the watermark reaches its
+  end + grace). The watermark follows stream time, and, when the partition is idle and caught
+  up, the wall clock (the dataflow step drives that). Both are stored under the empty key of the
+  store, so they reach the changelog and come back on restore: a record that was late before a
+  crash is late after it, and a window closed before it is not opened again.
+* **A close index**, in a second store (``<table>#close``) written in the same batch as the
+  data but not changelogged: ``close time ‖ store key``. Closing walks it from the last
+  watermark to the new one, so it costs what closes, never a scan of every key. Entries added
+  since the last commit are also kept in a heap, so they close before they reach the database.
+  An entry only says "look at this key at this time": an entry that finds nothing due is
+  dropped, which lets restore rebuild the index from every changelog record it replays.
+* **Lateness**: records whose windows are all closed are counted (``late_records``) and handed
+  to the step's late-record policy, never silently merged into a closed window.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from flowbus.serializers import Serializer
+from flowbus.state.table import DELETED, MISSING, Table, TablePartition
+from flowbus.state.windows import (
+    KIND_ENTRIES,
+    KIND_SESSIONS,
+    KIND_WINDOW,
+    TIME_KEY,
+    TIME_MAX_MS,
+    Hopping,
+    Session,
+    Sliding,
+    Tumbling,
+    WindowRange,
+    WindowSpec,
+    index_bound,
+    index_key,
+    split_index_key,
+    split_key,
+)
+
+if TYPE_CHECKING:
+    from flowbus.app import App
+    from flowbus.state.base import PartitionDatabase
+
+_TIME = struct.Struct(">qq")
+NO_CLOSE_MS = TIME_MAX_MS
+"""``next_close_ms`` of a partition with nothing to close."""
+INDEX_STORE_SUFFIX = "#close"
+"""The close index store of table ``t`` is ``t#close`` ('#' is not allowed in table names)."""
+CHANGELOG_EXTRA_RETENTION_MS = 24 * 3600 * 1000
+"""Window changelogs are ``compact,delete``: a record is deleted once older than the window's
+size + grace plus this margin (Kafka Streams keeps one day too), so closed windows do not stay
+in the changelog forever even where compaction keeps their tombstones."""
+
+
+class WindowPartition(TablePartition):
+    """One partition of a window store, with its clock and the part of its index in memory."""
+
+    __slots__ = (
+        "heap",
+        "idle_armed",
+        "index_committing",
+        "index_pending",
+        "next_close_ms",
+        "scan_from_ms",
+        "seen_ms",
+        "stream_time_ms",
+        "time_dirty",
+        "time_loaded",
+        "watermark_ms",
+    )
+
+    def __init__(self, partition: int, db: PartitionDatabase, store: str) -> None:
+        super().__init__(partition, db, store)
+        self.time_loaded = False
+        self.stream_time_ms = -1
+        self.watermark_ms = -1
+        """Every window closing at or before this time is closed."""
+        self.time_dirty = False
+        self.index_pending: dict[bytes, bytes | None] = {}
+        self.index_committing: dict[bytes, bytes | None] = {}
+        self.heap: list[bytes] = []
+        """Index keys added and not yet in the database (smallest close time first)."""
+        self.scan_from_ms = 0
+        """The database's index is closed below this time already (entries there are stale)."""
+        self.next_close_ms = NO_CLOSE_MS
+        self.seen_ms = 0
+        """Monotonic time the last record of this partition was seen (for the idle close)."""
+        self.idle_armed = False
+
+
+class WindowedTable(Table):
+    """The store of one windowed aggregation (made by the dataflow window steps and by
+    :meth:`flowbus.state.table.Table.tumbling` and friends).
+
+    Values are aggregates encoded with ``value_serializer``; the time record is encoded apart.
+    """
+
+    hidden_keys = frozenset({TIME_KEY})
+
+    def __init__(
+        self,
+        app: App,
+        name: str,
+        spec: WindowSpec,
+        *,
+        key_type: Any = None,
+        key_serializer: str | Serializer | None = None,
+        value_serializer: str | Serializer = "json",
+        partitions: int | None = None,
+    ) -> None:
+        super().__init__(
+            app, name, key_type=key_type, key_serializer=key_serializer, value_serializer=value_serializer,
+            partitions=partitions,
+        )
+        self.spec = spec
+        self.index_store = name + INDEX_STORE_SUFFIX
+        self.late_records = 0
+        """Records that came after every window they belong to had closed."""
+        self.closed_windows = 0
+        self.on_ready: Callable[[int], None] | None = None
+        """Called with a partition number once it is restored (the step arms its idle close)."""
+
+    # -- what the state manager asks -------------------------------------------------------
+    def store_names(self) -> list[str]:
+        return [self.name, self.index_store]
+
+    def make_partition(self, partition: int, db: PartitionDatabase) -> TablePartition:
+        return WindowPartition(partition, db, self.name)
+
+    def changelog_config(self) -> dict[str, str]:
+        return {
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(self.spec.retention_ms() + CHANGELOG_EXTRA_RETENTION_MS),
+        }
+
+    def partition_ready(self, partition: int) -> None:
+        part = self.parts.get(partition)
+        if isinstance(part, WindowPartition):
+            self.load_time(part)
+        if self.on_ready is not None:
+            self.on_ready(partition)
+
+    def take_changes(self, partition: int) -> dict[bytes, bytes | None]:
+        changes = super().take_changes(partition)
+        part = self.parts.get(partition)
+        if isinstance(part, WindowPartition):
+            if part.time_dirty:
+                part.time_dirty = False
+                changes[TIME_KEY] = _TIME.pack(part.stream_time_ms, part.watermark_ms)
+            if part.index_pending:
+                if part.index_committing:
+                    part.index_committing.update(part.index_pending)
+                else:
+                    part.index_committing = part.index_pending
+                part.index_pending = {}
+        return changes
+
+    def local_changes(self, partition: int) -> dict[str, dict[bytes, bytes | None]]:
+        """The index changes the database gets with the commit (never the changelog)."""
+        part = self.parts.get(partition)
+        if not isinstance(part, WindowPartition) or not part.index_committing:
+            return {}
+        return {self.index_store: part.index_committing}
+
+    def changes_stored(self, partition: int) -> None:
+        part = self.parts.get(partition)
+        if isinstance(part, WindowPartition):
+            if part.index_committing:
+                stored = part.index_committing
+                part.index_committing = {}
+                heap = [k for k in part.heap if k not in stored]
+                if len(heap) != len(part.heap):
+                    heapq.heapify(heap)
+                    part.heap = heap
+        super().changes_stored(partition)
+
+    def changes_failed(self, partition: int) -> None:
+        part = self.parts.get(partition)
+        if isinstance(part, WindowPartition):
+            part.time_dirty = True
+            if part.index_committing:
+                part.index_committing.update(part.index_pending)
+                part.index_pending, part.index_committing = part.index_committing, {}
+        super().changes_failed(partition)
+
+    def restored_changes(self, changes: dict[bytes, bytes | None]) -> dict[str, dict[bytes, bytes | None]]:
+        """The index entries of replayed changelog records (written in the same restore batch)."""
+        index: dict[bytes, bytes | None] = {}
+        decode = self.value_codec.decode
+        for data_key, raw in changes.items():
+            if raw is None or data_key == TIME_KEY:
+                continue
+            for close_ms in self.close_times(data_key, decode(raw)):
+                index[index_key(close_ms, data_key)] = b""
+        return {self.index_store: index} if index else {}
+
+    def close_times(self, data_key: bytes, value: Any) -> list[int]:
+        """When the record under ``data_key`` has something to close (for the index)."""
+        spec = self.spec
+        kind, _, window = split_key(data_key)
+        if kind == KIND_WINDOW and window is not None:
+            return [window.end + spec.grace_ms]
+        if kind == KIND_SESSIONS and isinstance(spec, Session):
+            return [last + 1 + spec.gap_ms + spec.grace_ms for _, last, _ in value]
+        if kind == KIND_ENTRIES and isinstance(spec, Sliding):
+            times = sorted({ts for ts, _ in value})
+            out = [ts + 1 + spec.grace_ms for ts in times]
+            out.append(times[-1] + spec.size_ms + spec.grace_ms)
+            return out
+        return []
+
+    # -- the clock ---------------------------------------------------------------------------
+    def load_time(self, part: WindowPartition) -> None:
+        """Read the partition's stream time and watermark back (after open or restore)."""
+        if part.time_loaded:
+            return
+        raw = part.db.get(self.name, TIME_KEY)
+        if raw is not None:
+            part.stream_time_ms, part.watermark_ms = _TIME.unpack(raw)
+        part.time_loaded = True
+        part.scan_from_ms = 0
+        part.next_close_ms = self._next_close(part)
+
+    def _next_close(self, part: WindowPartition) -> int:
+        best = split_index_key(part.heap[0])[0] if part.heap else NO_CLOSE_MS
+        for ikey, _ in part.db.items(self.index_store, index_bound(part.scan_from_ms), index_bound(best)):
+            if part.index_pending.get(ikey, b"") is None or part.index_committing.get(ikey, b"") is None:
+                continue  # closed already; its deletion is not stored yet
+            return split_index_key(ikey)[0]
+        return best
+
+    def add_close(self, part: WindowPartition, close_ms: int, data_key: bytes) -> None:
+        """Index ``data_key`` to be looked at when the watermark reaches ``close_ms``."""
+        ikey = index_key(close_ms, data_key)
+        if part.index_pending.get(ikey) == b"":
+            return
+        part.index_pending[ikey] = b""
+        heapq.heappush(part.heap, ikey)
+        if close_ms < part.next_close_ms:
+            part.next_close_ms = close_ms
+
+    def due(self, part: WindowPartition, upto_ms: int) -> list[tuple[int, bytes]]:
+        """Take every index entry closing at or before ``upto_ms``: (close time, store key),
+        in close-time order; they are deleted from the index with the next commit."""
+        found: set[bytes] = set()
+        bound = index_bound(upto_ms + 1)
+        if part.scan_from_ms <= upto_ms:
+            for ikey, _ in part.db.items(self.index_store, index_bound(part.scan_from_ms), bound):
+                found.add(ikey)
+            part.scan_from_ms = upto_ms + 1
+        heap = part.heap
+        while heap and heap[0] < bound:
+            found.add(heapq.heappop(heap))
+        pending, committing = part.index_pending, part.index_committing
+        out = []
+        for ikey in sorted(found):
+            if pending.get(ikey, b"") is None or committing.get(ikey, b"") is None:
+                continue
+            pending[ikey] = None
+            out.append(split_index_key(ikey))
+        part.next_close_ms = self._next_close(part)
+        return out
+
+    # -- reading and writing windows ---------------------------------------------------------
+    def get(self, part: WindowPartition, data_key: bytes) -> Any:  # type: ignore[override]
+        """The value under a store key, or :data:`~flowbus.state.table.MISSING`."""
+        return Table.lookup(part, data_key, self.value_codec.decode)
+
+    @staticmethod
+    def put(part: WindowPartition, data_key: bytes, value: Any) -> None:
+        part.pending[data_key] = value
+
+    @staticmethod
+    def delete(part: WindowPartition, data_key: bytes) -> None:
+        part.pending[data_key] = DELETED
+
+    # -- reading the table (flowbus tables, tests, faust-style access) -----------------------
+    def windows_of(self, partition_items: Iterator[tuple[bytes, Any]]) -> Iterator[tuple[Any, WindowRange, Any]]:
+        """(key, window, aggregate) of the open windows among store items."""
+        decode_key = self.key_codec.decode
+        spec = self.spec
+        for data_key, value in partition_items:
+            kind, key_bytes, window = split_key(data_key)
+            if kind == KIND_WINDOW and window is not None:
+                yield decode_key(key_bytes), window, value
+            elif kind == KIND_SESSIONS:
+                for start, last, acc in value:
+                    yield decode_key(key_bytes), WindowRange(start, last + 1), acc
+            elif kind == KIND_ENTRIES and isinstance(spec, Sliding):
+                continue
+
+    def items(self) -> Iterator[tuple[Any, Any]]:  # type: ignore[override]
+        """((key, (start, end)), aggregate) of every open window this worker holds."""
+        for partition in sorted(self.parts):
+            part = self.parts[partition]
+            if part.ready:
+                for key, window, value in self.windows_of(self._partition_items(part)):
+                    yield (key, (window.start, window.end)), value
+
+
+def window_spec(kind: str, **kwargs: int) -> WindowSpec:
+    """A spec by kind name (``tumbling``, ``hopping``, ``sliding``, ``session``)."""
+    kinds: dict[str, type[WindowSpec]] = {"tumbling": Tumbling, "hopping": Hopping, "sliding": Sliding, "session": Session}
+    return kinds[kind](**kwargs)
+
+
+__all__ = ["MISSING", "NO_CLOSE_MS", "WindowPartition", "WindowedTable", "window_spec"]
