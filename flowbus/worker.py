@@ -94,6 +94,8 @@ class Worker:
         self.closing = False
         self.next_commit_ms = 0
         self.events_in = 0
+        self.dispatch_ms = 0
+        """Monotonic time of the batch being dispatched (see :attr:`Runtime.dispatch_ms`)."""
         self.leader_topic: str | None = None
         self.state: StateManager | None = None
         self.restoring: set[TopicPartition] = set()
@@ -413,6 +415,7 @@ class Worker:
     def dispatch(self, records: list[Record]) -> None:
         """Hand a polled batch to dataflows (synchronously) and agents (through their channels)."""
         self.events_in += len(records)
+        self.dispatch_ms = self.clock.monotonic_ms()
         count = len(records)
         start = 0
         while start < count:

@@ -43,6 +43,10 @@ class Runtime(Protocol):
     def add_source(self, topic: Topic, head: Emit) -> None:
         """Feed records of ``topic`` into ``head`` (how group_by and through continue a chain)."""
 
+    dispatch_ms: int
+    """The monotonic time (app clock) the batch being processed was polled: windows note when a
+    partition last saw a record without reading the clock per record."""
+
     @property
     def clock(self) -> Clock:
         """The app clock (windows measure idle time on its monotonic reading)."""

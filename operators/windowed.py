@@ -35,6 +35,7 @@ from flowbus.state.errors import PartitionNotOwnedError
 from flowbus.state.table import DELETED, MISSING
 from flowbus.state.windowed import NO_CLOSE_MS, WindowedTable, WindowPartition
 from flowbus.state.windows import (
+    _SPAN,
     KIND_ENTRIES,
     KIND_SESSIONS,
     KIND_WINDOW,
@@ -58,6 +59,8 @@ log = logging.getLogger("flowbus.windows")
 IDLE_MS_DEFAULT = 5_000
 """How long a partition must see no record (and be caught up) before its watermark moves on with
 the wall clock; ``App(window_idle_ms=...)`` or ``idle_ms=`` on a window changes it."""
+PREFIX_CACHE_KEYS_MAX = 100_000
+"""Keys whose store-key prefix a tumbling window step remembers (emptied when full)."""
 CLOSE_COMMIT_DELAY_MS = 20
 """After windows close, the worker commits within this much, so a final result is readable soon
 (under exactly-once, only a commit makes it visible) without a commit per record."""
@@ -530,7 +533,7 @@ class WindowStep(Step):
             return part, encode_key(key), t  # type: ignore[return-value]
 
         def observe(part: WindowPartition, t: int) -> None:
-            part.seen_ms = mono()
+            part.seen_ms = runtime.dispatch_ms
             if t > part.stream_time_ms:
                 part.stream_time_ms = t
                 part.time_dirty = True
@@ -540,6 +543,59 @@ class WindowStep(Step):
                         close_due(part)
 
         emit_current = not final
+
+        if isinstance(spec, Tumbling) and extract is None:
+            # The common case, kept to plain arithmetic and dict operations per record.
+            size = spec.size_ms
+            span = _SPAN.pack
+            prefixes: dict[Any, bytes] = {}
+            lookup = table.lookup
+            decode = table.value_codec.decode
+
+            def tumbling_step(key: Any, value: Any) -> None:
+                prefix = prefixes.get(key)
+                if prefix is None:
+                    if key is None:
+                        raise NoKeyError(f"window {table.name!r}: the record has no key; windows are kept per key")
+                    prefix = key_prefix(KIND_WINDOW, encode_key(key))  # type: ignore[arg-type]
+                    if len(prefixes) >= PREFIX_CACHE_KEYS_MAX:
+                        prefixes.clear()
+                    prefixes[key] = prefix
+                source = get_source()
+                part = parts.get(source.partition)  # type: ignore[union-attr]
+                if part is None or not part.ready:
+                    raise PartitionNotOwnedError(f"window {table.name!r} has no ready partition for {source}")
+                t = source.timestamp_ms  # type: ignore[union-attr]
+                if t < 0:
+                    t = 0
+                part.seen_ms = runtime.dispatch_ms
+                if t > part.stream_time_ms:
+                    part.stream_time_ms = t
+                    part.time_dirty = True
+                    if t > part.watermark_ms:
+                        part.watermark_ms = t
+                        if t >= part.next_close_ms:
+                            close_due(part)
+                start = t - t % size
+                close_ms = start + size + grace
+                if close_ms <= part.watermark_ms:
+                    late(key, value, t, part)
+                    return
+                data_key = prefix + span(start, start + size)
+                pending = part.pending
+                acc = pending.get(data_key, MISSING)
+                if acc is MISSING:
+                    acc = lookup(part, data_key, decode)
+                    if acc is MISSING:
+                        acc = initial()
+                        add_close(part, close_ms, data_key)
+                acc = pending[data_key] = add(acc, keep(value))
+                if emit_current:
+                    nxt(key, {"start": start, "end": start + size, "value": result(acc)})
+                if not part.idle_armed:
+                    arm(part)
+
+            return tumbling_step
 
         if isinstance(spec, Tumbling | Hopping):
             windows_of = spec.windows
