@@ -27,6 +27,7 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from flowbus.context import current_source
 from flowbus.serializers import Serializer
 from flowbus.state.table import DELETED, MISSING, Table, TablePartition
 from flowbus.state.windows import (
@@ -46,9 +47,11 @@ from flowbus.state.windows import (
     split_index_key,
     split_key,
 )
+from flowbus.transports.base import TopicPartition
 
 if TYPE_CHECKING:
     from flowbus.app import App
+    from flowbus.operators.steps import Runtime
     from flowbus.state.base import PartitionDatabase
 
 _TIME = struct.Struct(">qq")
@@ -56,6 +59,9 @@ NO_CLOSE_MS = TIME_MAX_MS
 """``next_close_ms`` of a partition with nothing to close."""
 INDEX_STORE_SUFFIX = "#close"
 """The close index store of table ``t`` is ``t#close`` ('#' is not allowed in table names)."""
+CLOSE_COMMIT_DELAY_MS = 20
+"""After windows close, the worker commits within this much, so their results are readable soon
+(under exactly-once, only a commit makes them visible) without a commit per record."""
 CHANGELOG_EXTRA_RETENTION_MS = 24 * 3600 * 1000
 """Window changelogs are ``compact,delete``: a record is deleted once older than the window's
 size + grace plus this margin (Kafka Streams keeps one day too), so closed windows do not stay
@@ -197,8 +203,13 @@ class WindowedTable(Table):
         """The index entries of replayed changelog records (written in the same restore batch)."""
         index: dict[bytes, bytes | None] = {}
         decode = self.value_codec.decode
+        grace = self.spec.grace_ms
+        end_at = struct.Struct(">Q").unpack_from
         for data_key, raw in changes.items():
             if raw is None or data_key == TIME_KEY:
+                continue
+            if data_key[:1] == KIND_WINDOW:  # the close time is in the key: no need to decode
+                index[index_key(end_at(data_key, len(data_key) - 8)[0] + grace, data_key)] = b""
                 continue
             for close_ms in self.close_times(data_key, decode(raw)):
                 index[index_key(close_ms, data_key)] = b""
@@ -228,7 +239,13 @@ class WindowedTable(Table):
         if raw is not None:
             part.stream_time_ms, part.watermark_ms = _TIME.unpack(raw)
         part.time_loaded = True
-        part.scan_from_ms = 0
+        # Everything closing at or before the stored watermark was closed in the commit that
+        # stored it: index entries there are stale (a restore rebuilds entries for every record
+        # it replays, including a sliding window's records whose own window is done), so they
+        # are dropped, never closed a second time.
+        part.scan_from_ms = max(part.watermark_ms + 1, 0)
+        for ikey, _ in part.db.items(self.index_store, None, index_bound(part.scan_from_ms)):
+            part.index_pending[ikey] = None
         part.next_close_ms = self._next_close(part)
 
     def _next_close(self, part: WindowPartition) -> int:
@@ -308,10 +325,118 @@ class WindowedTable(Table):
                     yield (key, (window.start, window.end)), value
 
 
+class WindowClock:
+    """Event time and closing of one window store on a running worker.
+
+    :meth:`observe` moves a partition's stream time (and watermark) with each event time and
+    closes what the watermark passed; :meth:`arm` schedules the idle close: once the partition
+    saw nothing for ``idle_ms`` and its sources are caught up, the watermark moves on with the
+    wall clock, so the last window of a quiet stream closes with no further record (never while
+    restoring or behind: the worker's ``idle_check`` says whether the sources are caught up).
+
+    Args:
+        table: the window store.
+        close: ``close(part, close_ms, data_key)`` for each due close-index entry, in close-time
+            order; it looks the key up and closes what is due (an entry may find nothing).
+        idle_ms: idle time before the wall clock moves the watermark; ``None``: event time only.
+
+    Example (what a store's owner does):
+        >>> clock = WindowClock(table, close_one, idle_ms=5_000)       # doctest: +SKIP
+        >>> clock.start(worker, lambda p: [TopicPartition("events", p)])  # doctest: +SKIP
+        >>> clock.observe(part, event_time_ms, worker.clock.monotonic_ms())  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, table: WindowedTable, close: Callable[[WindowPartition, int, bytes], None], *, idle_ms: int | None
+    ) -> None:
+        self.table = table
+        self.close = close
+        self.idle_ms = idle_ms
+        self.runtime: Runtime | None = None
+        self.sources: Callable[[int], list[TopicPartition]] = lambda partition: []
+        """The source partitions of a table partition, which must be caught up for the idle close."""
+
+    def start(self, runtime: Runtime, sources: Callable[[int], list[TopicPartition]]) -> None:
+        """Run on ``runtime`` (the worker): commits soon after closing, and arms the idle close of
+        every partition once it is restored."""
+        self.runtime = runtime
+        self.sources = sources
+        self.table.on_ready = self.on_ready
+
+    def observe(self, part: WindowPartition, t: int, seen_ms: int) -> None:
+        """An event at event time ``t`` (ms) was seen at monotonic ``seen_ms``."""
+        part.seen_ms = seen_ms
+        if t > part.stream_time_ms:
+            part.stream_time_ms = t
+            part.time_dirty = True
+            if t > part.watermark_ms:
+                part.watermark_ms = t
+                if t >= part.next_close_ms:
+                    self.close_due(part)
+
+    def close_due(self, part: WindowPartition) -> None:
+        """Close everything the partition's watermark passed, then commit soon (so the closed
+        windows' results and tombstones are readable without waiting for the interval)."""
+        due = self.table.due(part, part.watermark_ms)
+        if not due:
+            return
+        close = self.close
+        for close_ms, data_key in due:
+            close(part, close_ms, data_key)
+        if self.runtime is not None:
+            self.runtime.commit_soon(CLOSE_COMMIT_DELAY_MS)
+
+    def arm(self, part: WindowPartition) -> None:
+        """Schedule the idle close of a partition with something to close (once at a time)."""
+        runtime, idle_ms = self.runtime, self.idle_ms
+        if runtime is None or idle_ms is None or part.idle_armed or part.next_close_ms >= NO_CLOSE_MS:
+            return
+        tps = self.sources(part.partition)
+        if not tps:
+            return
+        part.idle_armed = True
+        now = runtime.clock.monotonic_ms()
+        due_at = part.seen_ms + max(idle_ms, part.next_close_ms - max(part.stream_time_ms, 0))
+        runtime.idle_check(max(due_at - now, 1), tps, self._on_idle(part, tps[0].topic))
+
+    def _on_idle(self, part: WindowPartition, topic: str) -> Callable[[bool], None]:
+        def check(caught_up: bool) -> None:
+            part.idle_armed = False
+            runtime, idle_ms = self.runtime, self.idle_ms
+            if self.table.parts.get(part.partition) is not part or not part.ready or runtime is None or idle_ms is None:
+                return
+            now = runtime.clock.monotonic_ms()
+            idle_for = now - part.seen_ms
+            if idle_for >= idle_ms and caught_up:
+                target = max(part.stream_time_ms, 0) + idle_for
+                if target > part.watermark_ms:
+                    part.watermark_ms = target
+                    part.time_dirty = True
+                    if target >= part.next_close_ms:
+                        # What closing emits or writes belongs to this partition.
+                        token = current_source.set(TopicPartition(topic, part.partition))
+                        try:
+                            self.close_due(part)
+                        finally:
+                            current_source.reset(token)
+            elif idle_for >= idle_ms:
+                part.seen_ms = now  # not caught up: look again after another idle period
+            self.arm(part)
+
+        return check
+
+    def on_ready(self, partition: int) -> None:
+        """A partition is restored: idle from now on, and armed if it has windows to close."""
+        part = self.table.parts.get(partition)
+        if isinstance(part, WindowPartition) and self.runtime is not None:
+            part.seen_ms = self.runtime.clock.monotonic_ms()
+            self.arm(part)
+
+
 def window_spec(kind: str, **kwargs: int) -> WindowSpec:
     """A spec by kind name (``tumbling``, ``hopping``, ``sliding``, ``session``)."""
     kinds: dict[str, type[WindowSpec]] = {"tumbling": Tumbling, "hopping": Hopping, "sliding": Sliding, "session": Session}
     return kinds[kind](**kwargs)
 
 
-__all__ = ["MISSING", "NO_CLOSE_MS", "WindowPartition", "WindowedTable", "window_spec"]
+__all__ = ["MISSING", "NO_CLOSE_MS", "WindowClock", "WindowPartition", "WindowedTable", "window_spec"]
