@@ -61,9 +61,9 @@ IDLE_MS_DEFAULT = 5_000
 the wall clock; ``App(window_idle_ms=...)`` or ``idle_ms=`` on a window changes it."""
 PREFIX_CACHE_KEYS_MAX = 100_000
 """Keys whose store-key prefix a tumbling window step remembers (emptied when full)."""
-CLOSE_COMMIT_DELAY_MS = 20
-"""After windows close, the worker commits within this much, so a final result is readable soon
-(under exactly-once, only a commit makes it visible) without a commit per record."""
+CLOSE_COMMIT_DELAY_MS = 100
+"""After windows close under exactly-once, the worker commits within this much, so a final result
+is readable soon (only a commit makes it visible) without a commit per record."""
 
 
 # -- aggregations ----------------------------------------------------------------------------
