@@ -223,12 +223,17 @@ class App:
         partitions: int | None = None,
         key_serializer: str | Serializer | None = None,
         value_serializer: str | Serializer = "json",
+        on_window_close: Callable[[Any, Any], None] | None = None,
     ) -> Table:
         """Declare a table (see :class:`flowbus.state.table.Table`), changelogged to
-        ``<id>-<name>-changelog``; used from agents as a dict: ``counts[word] += 1``."""
+        ``<id>-<name>-changelog``; used from agents as a dict: ``counts[word] += 1``.
+
+        ``.tumbling(size)`` or ``.hopping(size, step)`` on it makes it windowed, faust style
+        (:mod:`flowbus.state.window_tables`); ``on_window_close(key, value)`` is then called once
+        per window as it closes, with ``key = (key, (start_s, end_s))``."""
         return self._add_table(Table(
             self, name, default=default, key_type=key_type, value_type=value_type, partitions=partitions,
-            key_serializer=key_serializer, value_serializer=value_serializer,
+            key_serializer=key_serializer, value_serializer=value_serializer, on_window_close=on_window_close,
         ))
 
     def GlobalTable(  # noqa: N802 - faust's name for it

@@ -26,7 +26,7 @@ import inspect
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flowbus.app_errors import AgentError, DecodeError
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from flowbus.agent import Agent
     from flowbus.app import App
     from flowbus.state.manager import StateManager
+    from flowbus.state.table import Table
     from flowbus.topic import Topic
 
 log = logging.getLogger("flowbus.worker")
@@ -126,6 +127,8 @@ class Worker:
             self.producer = self.transport.producer()
         app._attach_producer(self.producer)
         compile_dataflows(app.dataflows, self)
+        for table in app.tables.values():
+            table.attach(self)  # faust-style windowed tables arm their idle close through the worker
         self._build_runners()
         for agent in app.agents:
             self._start_agent(agent)
@@ -202,20 +205,28 @@ class Worker:
 
         self.scheduler.call_at(self.clock.monotonic_ms() + delay_ms, spawn)
 
-    def idle_check(self, delay_ms: int, tp: TopicPartition, callback: Callable[[bool], None]) -> None:
+    def idle_check(
+        self, delay_ms: int, tp: TopicPartition | Sequence[TopicPartition], callback: Callable[[bool], None]
+    ) -> None:
         """After ``delay_ms``, tell ``callback`` whether ``tp`` is caught up, under the commit guard
-        (so what it emits lands in one commit); skipped once ``tp`` is revoked."""
+        (so what it emits lands in one commit); skipped once ``tp`` is revoked. ``tp`` may be
+        several partitions (a table fed by several topics): caught up means every one still
+        assigned is, and the check is skipped once none of them is assigned."""
+        tps = (tp,) if isinstance(tp, TopicPartition) else tuple(tp)
 
         async def check() -> None:
-            if tp not in self.assigned:
+            live = [p for p in tps if p in self.assigned]
+            if not live:
                 return
             try:
-                caught_up = await self._caught_up(tp)
+                caught_up = True
+                for p in live:
+                    caught_up = caught_up and await self._caught_up(p)
             except Exception as exc:  # noqa: BLE001 - a broker hiccup means "not now", not a crash
-                log.debug("could not tell whether %s is caught up: %r", tp, exc)
+                log.debug("could not tell whether %s is caught up: %r", live, exc)
                 caught_up = False
             async with self.commit_guard:
-                if tp in self.assigned and not self.closing:
+                if any(p in self.assigned for p in tps) and not self.closing:
                     callback(caught_up)
 
         def spawn() -> None:
@@ -238,8 +249,18 @@ class Worker:
         end = (await self.consumer.end_offsets([tp]))[tp]
         return position >= end
 
+    def table_sources(self, table: Table, partition: int) -> list[TopicPartition]:
+        """The assigned source partitions whose events may update ``partition`` of ``table``:
+        those feeding its partition database (same partition number and count)."""
+        if self.state is None:
+            return []
+        return sorted(self.state.feeders.get((table.partitions, partition), ()))
+
     def commit_soon(self, within_ms: int) -> None:
-        self.next_commit_ms = min(self.next_commit_ms, self.clock.monotonic_ms() + within_ms)
+        """Under exactly-once, outputs are readable only once committed: bring the next commit
+        forward. Otherwise they are readable once sent, and the commit interval stands."""
+        if self.exactly_once:
+            self.next_commit_ms = min(self.next_commit_ms, self.clock.monotonic_ms() + within_ms)
 
     def before_commit(self, callback: Callable[[], None]) -> None:
         self.before_commit_hooks.append(callback)

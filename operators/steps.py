@@ -10,7 +10,7 @@ that need time (``take``) or that leave the chain (``group_by``, ``through``) as
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -51,10 +51,13 @@ class Runtime(Protocol):
     def clock(self) -> Clock:
         """The app clock (windows measure idle time on its monotonic reading)."""
 
-    def idle_check(self, delay_ms: int, tp: TopicPartition, callback: Callable[[bool], None]) -> None:
+    def idle_check(
+        self, delay_ms: int, tp: TopicPartition | Sequence[TopicPartition], callback: Callable[[bool], None]
+    ) -> None:
         """After ``delay_ms``, call ``callback(caught_up)`` outside any commit, where ``caught_up``
         says the partition's position is at the end of its log with nothing of it buffered or
-        held back; not called at all once ``tp`` is no longer assigned to this worker."""
+        held back; not called at all once ``tp`` is no longer assigned to this worker. Several
+        partitions are caught up when each one still assigned is."""
 
     def commit_soon(self, within_ms: int) -> None:
         """Commit within ``within_ms`` rather than at the next interval (results are waiting)."""

@@ -33,7 +33,7 @@ from flowbus.operators.stateful import NoKeyError
 from flowbus.operators.steps import Emit, Runtime, Step
 from flowbus.state.errors import PartitionNotOwnedError
 from flowbus.state.table import DELETED, MISSING
-from flowbus.state.windowed import NO_CLOSE_MS, WindowedTable, WindowPartition
+from flowbus.state.windowed import NO_CLOSE_MS, WindowClock, WindowedTable, WindowPartition
 from flowbus.state.windows import (
     _SPAN,
     KIND_ENTRIES,
@@ -61,9 +61,6 @@ IDLE_MS_DEFAULT = 5_000
 the wall clock; ``App(window_idle_ms=...)`` or ``idle_ms=`` on a window changes it."""
 PREFIX_CACHE_KEYS_MAX = 100_000
 """Keys whose store-key prefix a tumbling window step remembers (emptied when full)."""
-CLOSE_COMMIT_DELAY_MS = 100
-"""After windows close under exactly-once, the worker commits within this much, so a final result
-is readable soon (only a commit makes it visible) without a commit per record."""
 
 
 # -- aggregations ----------------------------------------------------------------------------
@@ -383,8 +380,6 @@ class WindowStep(Step):
         get, add_close = table.get, table.add_close
         initial, add, merge, result, keep = agg.initial, agg.add, agg.merge, agg.result, agg.keep
         extract = self.timestamp
-        clock = runtime.clock
-        mono = clock.monotonic_ms
         get_source = current_source.get
         source_topic = table.source_topic
         assert source_topic is not None
@@ -468,53 +463,15 @@ class WindowStep(Step):
 
         closers = {KIND_WINDOW: close_window, KIND_SESSIONS: close_sessions, KIND_ENTRIES: close_entries}
 
-        def close_due(part: WindowPartition) -> None:
-            due = table.due(part, part.watermark_ms)
-            if not due:
-                return
-            for close_ms, data_key in due:
-                closers[data_key[:1]](part, close_ms, data_key)
-            runtime.commit_soon(CLOSE_COMMIT_DELAY_MS)
+        def close_one(part: WindowPartition, close_ms: int, data_key: bytes) -> None:
+            closers[data_key[:1]](part, close_ms, data_key)
 
-        # -- the idle close -------------------------------------------------------------------
-        def arm(part: WindowPartition) -> None:
-            if idle_ms is None or part.idle_armed or part.next_close_ms >= NO_CLOSE_MS:
-                return
-            part.idle_armed = True
-            now = mono()
-            due_at = part.seen_ms + max(idle_ms, part.next_close_ms - max(part.stream_time_ms, 0))
-            runtime.idle_check(max(due_at - now, 1), TopicPartition(source_topic, part.partition), on_idle(part))
-
-        def on_idle(part: WindowPartition) -> Callable[[bool], None]:
-            def check(caught_up: bool) -> None:
-                part.idle_armed = False
-                if parts.get(part.partition) is not part or not part.ready or idle_ms is None:
-                    return
-                idle_for = mono() - part.seen_ms
-                if idle_for >= idle_ms and caught_up:
-                    target = max(part.stream_time_ms, 0) + idle_for
-                    if target > part.watermark_ms:
-                        part.watermark_ms = target
-                        part.time_dirty = True
-                        if target >= part.next_close_ms:
-                            token = current_source.set(TopicPartition(source_topic, part.partition))
-                            try:
-                                close_due(part)
-                            finally:
-                                current_source.reset(token)
-                elif idle_for >= idle_ms:
-                    part.seen_ms = mono()  # not caught up: look again after another idle period
-                arm(part)
-
-            return check
-
-        def on_ready(partition: int) -> None:
-            part = parts.get(partition)
-            if isinstance(part, WindowPartition):
-                part.seen_ms = mono()
-                arm(part)
-
-        table.on_ready = on_ready
+        # Closing what the watermark passed, and the idle close: shared with the faust-style
+        # windowed tables (flowbus.state.window_tables).
+        window_clock = WindowClock(table, close_one, idle_ms=idle_ms)
+        window_clock.start(runtime, lambda partition: [TopicPartition(source_topic, partition)])
+        close_due, arm = window_clock.close_due, window_clock.arm
+        rearm_ms = idle_ms if idle_ms is not None else NO_CLOSE_MS
 
         # -- per record ---------------------------------------------------------------------
         def locate(key: Any, value: Any) -> tuple[WindowPartition, bytes, int]:
@@ -592,7 +549,7 @@ class WindowStep(Step):
                 acc = pending[data_key] = add(acc, keep(value))
                 if emit_current:
                     nxt(key, {"start": start, "end": start + size, "value": result(acc)})
-                if not part.idle_armed:
+                if not part.idle_armed or part.stream_time_ms > part.armed_stream_ms + rearm_ms:
                     arm(part)
 
             return tumbling_step
@@ -624,7 +581,7 @@ class WindowStep(Step):
                         nxt(key, {"start": window.start, "end": window.end, "value": result(acc)})
                 if not updated:
                     late(key, value, t, part)
-                elif not part.idle_armed:
+                elif not part.idle_armed or part.stream_time_ms > part.armed_stream_ms + rearm_ms:
                     arm(part)
 
             return window_step
@@ -658,7 +615,7 @@ class WindowStep(Step):
                 add_close(part, last + 1 + gap + grace, data_key)
                 if emit_current:
                     nxt(key, {"start": start, "end": last + 1, "value": result(acc)})
-                if not part.idle_armed:
+                if not part.idle_armed or part.stream_time_ms > part.armed_stream_ms + rearm_ms:
                     arm(part)
 
             return session_step
@@ -695,7 +652,7 @@ class WindowStep(Step):
                 else:
                     start = max(t - size + 1, 0)
                     nxt(key, {"start": start, "end": t + 1, "value": result(fold(entries, t - size + 1, t))})
-            if not part.idle_armed:
+            if not part.idle_armed or part.stream_time_ms > part.armed_stream_ms + rearm_ms:
                 arm(part)
 
         return sliding_step

@@ -20,17 +20,22 @@ That is an error naming the key, the partitions and the fix, never a silent writ
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from flowbus.app_errors import ConfigurationError
 from flowbus.context import current_source
 from flowbus.serializers import Codec, Serializer
 from flowbus.state.changelog import CHANGELOG_CONFIG
 from flowbus.state.errors import PartitionNotOwnedError, ReadOnlyTableError
+from flowbus.state.windows import Hopping, Tumbling, as_ms
 from flowbus.transports.partitioner import partition_for_key
 
 if TYPE_CHECKING:
     from flowbus.app import App
+    from flowbus.operators.steps import Runtime
     from flowbus.state.base import PartitionDatabase
+    from flowbus.state.window_tables import WindowWrapper
 
 KEY_CACHE_KEYS_MAX = 100_000
 """Keys whose encoding and partition (a pure-Python murmur2) are remembered, so ``table[k] += 1``
@@ -89,6 +94,8 @@ class Table:
         partitions: defaults to the partition count of the app's source topics.
         key_serializer: ``raw`` for ``str``/``bytes`` keys, ``json`` otherwise (as topics).
         value_serializer: ``json`` by default.
+        on_window_close: ``fn(key, value)`` called once per closed window of a windowed table
+            (:meth:`tumbling`, :meth:`hopping`); an error for a table without windows.
 
     Values are stored as written: mutating a value in place (``table[k].append(x)``) is not
     seen; assign it back (``table[k] = table[k] + [x]``).
@@ -110,10 +117,12 @@ class Table:
         partitions: int | None = None,
         key_serializer: str | Serializer | None = None,
         value_serializer: str | Serializer = "json",
+        on_window_close: Callable[[Any, Any], None] | None = None,
     ) -> None:
         self.app = app
         self.name = name
         self.default = default
+        self.on_window_close = on_window_close
         self.key_type = key_type
         self.value_type = value_type
         self.declared_partitions = partitions
@@ -318,7 +327,49 @@ class Table:
         """Partitions of this table held and restored on this worker."""
         return sorted(p for p, part in self.parts.items() if part.ready)
 
-    # -- what the state manager asks (window stores add to these) -----------------------------
+    # -- windows, faust style (flowbus.state.window_tables) -------------------------------------
+    def tumbling(self, size: float | timedelta, expires: float | timedelta | None = None) -> WindowWrapper:
+        """This table in back-to-back windows of ``size`` seconds (faust's ``Table.tumbling``).
+
+        ``expires`` (seconds): how long after its end a window still takes updates (its grace
+        period); then it closes: ``on_window_close`` runs and it is deleted. Windows follow event
+        time (:meth:`~flowbus.state.window_tables.WindowWrapper.relative_to_stream`) unless told
+        otherwise. Call it on a fresh declaration: the windowed table replaces this one in the app.
+
+        Example:
+            >>> counts = app.Table("views", default=int).tumbling(10.0, expires=5.0)  # doctest: +SKIP
+        """
+        from flowbus.state.window_tables import windowed  # it builds on this module
+
+        return windowed(self, Tumbling(
+            grace_ms=as_ms(expires or 0, "expires", seconds=True), size_ms=as_ms(size, "size", seconds=True, minimum=1),
+        ))
+
+    def hopping(
+        self, size: float | timedelta, step: float | timedelta, expires: float | timedelta | None = None
+    ) -> WindowWrapper:
+        """This table in windows of ``size`` seconds starting every ``step`` seconds (faust's
+        ``Table.hopping``): an update goes to every window containing its time; see :meth:`tumbling`."""
+        from flowbus.state.window_tables import windowed  # it builds on this module
+
+        return windowed(self, Hopping(
+            grace_ms=as_ms(expires or 0, "expires", seconds=True), size_ms=as_ms(size, "size", seconds=True, minimum=1),
+            step_ms=as_ms(step, "step", seconds=True, minimum=1),
+        ))
+
+    # -- what the worker and the state manager ask (window stores add to these) ---------------
+    def attach(self, runtime: Runtime) -> None:
+        """The worker starts with ``runtime`` (itself): a table that needs timers takes it here.
+
+        Raises:
+            ConfigurationError: ``on_window_close`` was given to a table without windows.
+        """
+        if self.on_window_close is not None:
+            raise ConfigurationError(
+                f"table {self.name!r} has on_window_close but no windows: declare it with "
+                f".tumbling(size) or .hopping(size, step) (windows close, a plain table's keys do not)"
+            )
+
     def store_names(self) -> list[str]:
         """The stores this table keeps in its partition databases."""
         return [self.name]

@@ -59,9 +59,9 @@ NO_CLOSE_MS = TIME_MAX_MS
 """``next_close_ms`` of a partition with nothing to close."""
 INDEX_STORE_SUFFIX = "#close"
 """The close index store of table ``t`` is ``t#close`` ('#' is not allowed in table names)."""
-CLOSE_COMMIT_DELAY_MS = 20
-"""After windows close, the worker commits within this much, so their results are readable soon
-(under exactly-once, only a commit makes them visible) without a commit per record."""
+CLOSE_COMMIT_DELAY_MS = 100
+"""After windows close under exactly-once, the worker commits within this much, so what closing
+produced is readable soon (only a commit makes it visible) without a commit per record."""
 CHANGELOG_EXTRA_RETENTION_MS = 24 * 3600 * 1000
 """Window changelogs are ``compact,delete``: a record is deleted once older than the window's
 size + grace plus this margin (Kafka Streams keeps one day too), so closed windows do not stay
@@ -72,8 +72,10 @@ class WindowPartition(TablePartition):
     """One partition of a window store, with its clock and the part of its index in memory."""
 
     __slots__ = (
+        "armed_stream_ms",
         "heap",
         "idle_armed",
+        "idle_due_ms",
         "index_committing",
         "index_pending",
         "next_close_ms",
@@ -102,6 +104,11 @@ class WindowPartition(TablePartition):
         self.seen_ms = 0
         """Monotonic time the last record of this partition was seen (for the idle close)."""
         self.idle_armed = False
+        self.idle_due_ms = 0
+        self.armed_stream_ms = 0
+        """Stream time when the idle check was armed: a step re-arms once stream time ran more
+        than the idle time past it (a catch-up), so the check is not left due too late."""
+        """When the armed idle check fires (monotonic); a :class:`WindowClock` check only."""
 
 
 class WindowedTable(Table):
@@ -387,20 +394,28 @@ class WindowClock:
             self.runtime.commit_soon(CLOSE_COMMIT_DELAY_MS)
 
     def arm(self, part: WindowPartition) -> None:
-        """Schedule the idle close of a partition with something to close (once at a time)."""
+        """Schedule the idle close of a partition with something to close: one check at a time,
+        brought forward when stream time moved closer to the next close (after a restart, or a
+        backlog whose event time runs ahead of the wall clock); cheap to call per event."""
         runtime, idle_ms = self.runtime, self.idle_ms
-        if runtime is None or idle_ms is None or part.idle_armed or part.next_close_ms >= NO_CLOSE_MS:
+        if runtime is None or idle_ms is None or part.next_close_ms >= NO_CLOSE_MS:
             return
+        due_at = part.seen_ms + max(idle_ms, part.next_close_ms - max(part.stream_time_ms, 0))
+        if part.idle_armed and part.idle_due_ms <= due_at:
+            return  # the armed check comes first; it re-arms from what it finds
         tps = self.sources(part.partition)
         if not tps:
             return
         part.idle_armed = True
+        part.idle_due_ms = due_at
+        part.armed_stream_ms = part.stream_time_ms
         now = runtime.clock.monotonic_ms()
-        due_at = part.seen_ms + max(idle_ms, part.next_close_ms - max(part.stream_time_ms, 0))
-        runtime.idle_check(max(due_at - now, 1), tps, self._on_idle(part, tps[0].topic))
+        runtime.idle_check(max(due_at - now, 1), tps, self._on_idle(part, tps[0].topic, due_at))
 
-    def _on_idle(self, part: WindowPartition, topic: str) -> Callable[[bool], None]:
+    def _on_idle(self, part: WindowPartition, topic: str, due_at: int) -> Callable[[bool], None]:
         def check(caught_up: bool) -> None:
+            if part.idle_due_ms != due_at:
+                return  # superseded by a check armed for earlier
             part.idle_armed = False
             runtime, idle_ms = self.runtime, self.idle_ms
             if self.table.parts.get(part.partition) is not part or not part.ready or runtime is None or idle_ms is None:
