@@ -170,6 +170,12 @@ class StateManager:
                     f"of the topic that updates it"
                 )
             table.partitions = feeding[0] if feeding else max(self.source_counts.values(), default=1)
+        # A join reads its two inputs partition by partition: each join leaves a check of its
+        # inputs' partition counts on a table it reads (flowbus.operators.joins), run here, once
+        # every count is known and before anything is processed.
+        for table in self.tables:
+            for check in getattr(table, "partition_checks", ()):
+                check(self.source_counts)
         await self._start_globals()
         if not self.tables:
             return

@@ -149,10 +149,14 @@ class MemoryBroker:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation that comes
+        # while the future completes (gh-86296). A consumer closing notifies every waiter, so a
+        # poll loop cancelled right then (a global table's follower at shutdown) went on forever.
         try:
-            await asyncio.wait_for(fut, timeout_ms / 1000)
-        except TimeoutError:
-            pass
+            await asyncio.wait((fut,), timeout=timeout_ms / 1000)
+        finally:
+            if not fut.done():
+                fut.cancel()
 
     def group(self, group_id: str) -> _Group:
         return self.groups.setdefault(group_id, _Group())
