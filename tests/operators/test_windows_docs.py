@@ -14,7 +14,10 @@ S = 1_000
 
 
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    """The examples of the declarative windows (the faust-style section's example is run by
+    tests/state/test_window_tables.py)."""
+    text = DOC.read_text().split("## Windowed tables, faust style", 1)[0]
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
 def test_the_windowed_count_examples(tmp_path: Path) -> None:
