@@ -248,11 +248,18 @@ class Dataflow:
         node.children = [Dataflow(self.app, None, None) for _ in predicates]
         return tuple(node.children)
 
-    def group_by(self, key: Callable[[Any], Any], *, name: str, partitions: int | None = None) -> Dataflow:
-        """Re-key by ``key(value)`` through the internal topic ``<app>-<name>-repartition``."""
+    def group_by(
+        self, key: Callable[[Any], Any], *, name: str, partitions: int | None = None, key_type: Any = None
+    ) -> Dataflow:
+        """Re-key by ``key(value)`` through the internal topic ``<app>-<name>-repartition``.
+
+        Keys are written as JSON; ``key_type=str`` (or ``bytes``) writes them raw, as a topic
+        declared with that key type does, so the result joins with such a topic's table.
+        """
         source = self._root_source()
         topic = self.app.topic(
             f"{self.app.id}-{name}-repartition",
+            key_type=key_type,
             value_serializer=source.value_codec.serializer if source else "json",
             value_type=source.value_type if source else None,
             partitions=partitions,

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
+import orjson
 import pytest
 
-from examples.pipelines import clickstream, fanout, log_parsing, pageviews
+from examples.pipelines import clickstream, fanout, log_parsing, pageviews, revenue
+from flowbus.transports.base import IsolationLevel
 from flowbus.transports.kafka import KafkaTransport
 from tests.support.broker_process import free_port
 
@@ -61,6 +63,34 @@ def test_pageviews_counts_per_user_and_per_page(tmp_path: Path) -> None:
             assert t.items(pageviews.user_views) == [("u1", {"user": "u1", "views": 10})]
             assert dict(app.tables["views-per-page"].items()) == {"/blog": 7, "/shop": 7}
             assert [v for k, v in t.items(pageviews.page_views) if k == "/shop"] == list(range(1, 8))
+
+    run(main())
+
+
+def test_revenue_sums_each_customer_minute_and_joins_the_profile(tmp_path: Path) -> None:
+    app = revenue.app
+    app.state_dir = tmp_path
+    minute = 60_000
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            base = t.clock.now_ms() - t.clock.now_ms() % minute - 10 * minute
+            await t.send(revenue.customers, {"name": "Ada", "tier": "gold"}, key="c1")
+            for at_s, customer, amount in [(1, "c1", 10.0), (2, "c2", 4.5), (30, "c1", 2.25), (61, "c1", 1.0)]:
+                await t.send(revenue.orders, {"customer": customer, "amount": amount}, timestamp_ms=base + at_s * 1000)
+            # exactly_once: the repartitioned orders reach the windows once their transaction commits
+            await t.commit()
+            await t.settle()
+            await t.commit()
+            assert t.items(revenue.revenue) == []  # 61 s is within the grace of the first minute
+            await t.send(revenue.orders, {"customer": "c2", "amount": 1.0}, timestamp_ms=base + 63_000)
+            await t.commit()
+            await t.settle()
+            await t.commit()
+            assert sorted(t.items(revenue.revenue), key=str) == [
+                ("c1", {"start": base, "end": base + minute, "revenue": 12.25, "name": "Ada", "tier": "gold"}),
+                ("c2", {"start": base, "end": base + minute, "revenue": 4.5, "name": None, "tier": None}),
+            ]
 
     run(main())
 
@@ -134,17 +164,21 @@ class WorkerProcess:
         return f"kafka://127.0.0.1:{self.port}"
 
 
-async def produce(url: str, topic: str, values: list[bytes], keys: list[bytes] | None = None) -> None:
+async def produce(
+    url: str, topic: str, values: list[bytes], keys: list[bytes] | None = None, timestamps_ms: list[int] | None = None
+) -> None:
     transport = KafkaTransport(url)
     producer = transport.producer()
     for i, value in enumerate(values):
-        producer.send_soon(topic, value, keys[i] if keys else None)
+        producer.send_soon(topic, value, keys[i] if keys else None, timestamp_ms=timestamps_ms[i] if timestamps_ms else None)
     await producer.close()
 
 
-async def consume(url: str, topic: str, count: int) -> list[bytes | None]:
+async def consume(
+    url: str, topic: str, count: int, isolation_level: IsolationLevel = "read_uncommitted"
+) -> list[bytes | None]:
     transport = KafkaTransport(url)
-    consumer = transport.consumer(f"check-{topic}-{time.monotonic_ns()}")
+    consumer = transport.consumer(f"check-{topic}-{time.monotonic_ns()}", isolation_level=isolation_level)
     consumer.subscribe([topic])
     out: list[bytes | None] = []
     deadline = time.monotonic() + WAIT_S
@@ -187,3 +221,20 @@ def test_fanout_end_to_end(workdir: Path) -> None:
         eu = run(consume(worker.url, "orders-eu", 8))
         other = run(consume(worker.url, "orders-other", 8))
     assert (len(large), len(eu), len(other)) == (4, 8, 8)
+
+
+def test_revenue_end_to_end(workdir: Path) -> None:
+    """Orders of two customers in one minute of event time, a profile, then a later order: the
+    minute's totals come out once, joined with the profile, under exactly-once."""
+    minute = 60_000
+    now = time.time_ns() // 1_000_000
+    base = now - now % minute - 5 * minute
+    with WorkerProcess("examples.pipelines.revenue:app", workdir / "data", workdir / "worker.log") as worker:
+        run(produce(worker.url, "customers", [b'{"name": "Ada", "tier": "gold"}'], keys=[b"c1"]))
+        time.sleep(0.5)  # the profile is in the table before the totals are joined (poll order)
+        orders = [b'{"customer": "c1", "amount": 10}', b'{"customer": "c2", "amount": 3}', b'{"customer": "c1", "amount": 5}',
+                  b'{"customer": "c2", "amount": 1}']
+        run(produce(worker.url, "orders", orders, timestamps_ms=[base + 1000, base + 2000, base + 3000, base + 2 * minute]))
+        out = run(consume(worker.url, "revenue-per-minute", 2, isolation_level="read_committed"))
+    totals = [orjson.loads(v or b"null") for v in out]
+    assert sorted((t["revenue"], str(t["name"]), t["start"] - base) for t in totals) == [(3, "None", 0), (15, "Ada", 0)]
