@@ -272,6 +272,51 @@ def _format_value(table: Table, raw: bytes, show_raw: bool) -> str:
         return repr(value)
 
 
+# -- windows ----------------------------------------------------------------------------------
+
+
+def _window_prefixes(table: Table, key: bytes) -> tuple[bytes, ...]:
+    """The store-key prefixes of a key's windows and sessions in a window store (``()`` for a
+    plain table, whose store key is the key itself)."""
+    from flowbus.state.windowed import WindowedTable
+    from flowbus.state.windows import KIND_SESSIONS, KIND_WINDOW, key_prefix
+
+    if not isinstance(table, WindowedTable):
+        return ()
+    return (key_prefix(KIND_WINDOW, key), key_prefix(KIND_SESSIONS, key))
+
+
+def _kind(table: Table) -> str:
+    from flowbus.state.windowed import WindowedTable
+
+    if isinstance(table, WindowedTable):
+        return f"{table.spec.kind} window"
+    return "global" if table.global_table else "table"
+
+
+def _format_windows(table: Table, values: dict[bytes, bytes | None], show_raw: bool) -> list[str]:
+    """One JSON line per open window of the key (``--raw``: per stored record), oldest first."""
+    from flowbus.serializers import get_serializer
+    from flowbus.state.windows import KIND_SESSIONS, split_key
+
+    lines: list[tuple[int, str]] = []
+    dumps = get_serializer("json").dumps
+    for data_key, raw in sorted(values.items()):
+        if raw is None:
+            continue
+        kind, _, window = split_key(data_key)
+        if show_raw:
+            lines.append((window.start if window else 0, f"{data_key!r} {raw!r}"))
+            continue
+        decoded = table.value_codec.decode(raw)
+        if window is not None:
+            lines.append((window.start, dumps({"start": window.start, "end": window.end, "value": decoded}).decode()))
+        elif kind == KIND_SESSIONS:
+            for start, last, acc in decoded:
+                lines.append((start, dumps({"start": start, "end": last + 1, "value": acc}).decode()))
+    return [line for _, line in sorted(lines, key=lambda item: item[0])]
+
+
 # -- reading one key --------------------------------------------------------------------------
 
 
@@ -311,7 +356,8 @@ def _local_count(target: _Target, table: Table, timeout_s: float) -> int:
     return count
 
 
-def _read_local(target: _Target, table: Table, key: bytes, timeout_s: float) -> tuple[_Where, bytes | None]:
+def _read_local(target: _Target, table: Table, key: bytes, timeout_s: float) -> tuple[_Where, dict[bytes, bytes | None]]:
+    from flowbus.state.base import prefix_end
     from flowbus.state.rocksdb.database import open_rocksdb_read_only
 
     count = _local_count(target, table, timeout_s)
@@ -325,23 +371,30 @@ def _read_local(target: _Target, table: Table, key: bytes, timeout_s: float) -> 
             f"{target.app_dir} (partitions here: {held}); it is on the worker that owns it, or use --from changelog"
         )
     db = open_rocksdb_read_only(local.database)
+    values: dict[bytes, bytes | None] = {}
     try:
-        value = db.get(table.name, key) if table.name in db.stores() else None
+        if table.name in db.stores():
+            prefixes = _window_prefixes(table, key)
+            if prefixes:
+                for prefix in prefixes:
+                    values.update(db.items(table.name, prefix, prefix_end(prefix)))
+            else:
+                values[key] = db.get(table.name, key)
     finally:
         db.close()
-    return _Where(partition, count, str(local.database)), value
+    return _Where(partition, count, str(local.database)), values
 
 
 async def _scan_changelog(
-    transport: Transport, tp: TopicPartition, key: bytes, deadline: float, timeout_s: float
-) -> bytes | None:
-    """The last committed value of ``key`` in ``tp`` up to the end offset taken now (``None``:
-    never written, or deleted)."""
+    transport: Transport, tp: TopicPartition, match: Callable[[bytes], bool], deadline: float, timeout_s: float
+) -> dict[bytes, bytes | None]:
+    """The last committed value of every store key in ``tp`` that ``match`` accepts, up to the
+    end offset taken now (``None``: deleted)."""
     low, end = (await transport.watermarks([tp], timeout_s=max(deadline - time.monotonic(), 0.001)))[tp]
     if end <= low:
-        return None
+        return {}
     consumer = transport.consumer(None, isolation_level="read_committed", client_id=CLIENT_ID)
-    value: bytes | None = None
+    value: dict[bytes, bytes | None] = {}
     try:
         consumer.assign([tp], {tp: low})
         while True:
@@ -358,17 +411,24 @@ async def _scan_changelog(
                 )
             poll_ms = max(1, min(CHANGELOG_POLL_TIMEOUT_MS, int(remaining_s * 1000)))
             for record in await consumer.poll_batch(CHANGELOG_POLL_RECORDS, poll_ms):
-                if record.offset < end and record.key == key:
-                    value = record.value
+                if record.offset < end and record.key is not None and match(record.key):
+                    value[record.key] = record.value
     finally:
         await consumer.close()
 
 
-def _read_changelog(target: _Target, table: Table, key: bytes, timeout_s: float) -> tuple[_Where, bytes | None]:
+def _read_changelog(
+    target: _Target, table: Table, key: bytes, timeout_s: float
+) -> tuple[_Where, dict[bytes, bytes | None]]:
     deadline = time.monotonic() + timeout_s
     topic = table.changelog_topic
 
-    async def main() -> tuple[_Where, bytes | None]:
+    prefixes = _window_prefixes(table, key)
+
+    def match(record_key: bytes) -> bool:
+        return record_key.startswith(prefixes) if prefixes else record_key == key
+
+    async def main() -> tuple[_Where, dict[bytes, bytes | None]]:
         async with connect(target.broker_url, timeout_s=timeout_s) as transport:
             description = (await transport.describe_topics([topic])).get(topic)
             if description is None:
@@ -376,7 +436,7 @@ def _read_changelog(target: _Target, table: Table, key: bytes, timeout_s: float)
                     f"no changelog topic {topic!r} on {target.broker_url}: has a worker of {target.app.id!r} run there?"
                 )
             partition = partition_for_key(key, description.partitions)
-            value = await _scan_changelog(transport, TopicPartition(topic, partition), key, deadline, timeout_s)
+            value = await _scan_changelog(transport, TopicPartition(topic, partition), match, deadline, timeout_s)
             return _Where(partition, description.partitions, topic), value
 
     return run(main())
@@ -396,7 +456,7 @@ def tables() -> None:
 def list_tables(app_spec: str, state_dir: Path | None, broker_url: str | None, timeout_s: float) -> None:
     """Print one line per table of the app (GlobalTables and dataflow aggregations included).
 
-    Columns: the table's name; its kind (table, or global); its key and value serializers with
+    Columns: the table's name; its kind (table, global, or the window kind of a window store); its key and value serializers with
     the declared type; its changelog topic with the topic's partition count and the sum of its
     partitions' end offsets, from the broker ("unreachable" when it cannot be asked, "-" when
     the topic does not exist yet); and the partitions whose database exists under the state dir
@@ -421,7 +481,7 @@ def list_tables(app_spec: str, state_dir: Path | None, broker_url: str | None, t
         else:
             partitions, ends = str(changelog.partitions), str(changelog.end_offsets_sum)
         rows.append((
-            table.name, "global" if table.global_table else "table",
+            table.name, _kind(table),
             _codec_name(table.key_codec), _codec_name(table.value_codec),
             table.changelog_topic, partitions, ends,
             _local_summary(_local_partitions(target.app_dir, table, count)),
@@ -451,6 +511,10 @@ def get_value(
 ) -> None:
     """Print the value of KEY in TABLE as JSON; print "not found" and exit 1 when it has none.
 
+    For a window store (a windowed aggregation), print each open window of KEY on its own line,
+    oldest first: {"start": ms, "end": ms, "value": aggregate} (a session's end is its last
+    record's time + 1). Closed windows are deleted, so they are not shown.
+
     KEY is read as the table's key type: as given for raw (str or bytes) keys; as JSON for other
     serializers, falling back to the plain string (42 is a number, '"42"' and apple are strings).
     Its partition is Kafka's murmur2 of the encoded key modulo the table's partition count, as
@@ -472,17 +536,23 @@ def get_value(
     key = _parse_key(table, key_text)
     try:
         if source == "changelog":
-            where, value = _read_changelog(target, table, key, timeout_s)
+            where, values = _read_changelog(target, table, key, timeout_s)
         else:
-            where, value = _read_local(target, table, key, timeout_s)
+            where, values = _read_local(target, table, key, timeout_s)
     except FlowbusError as exc:
         raise click.ClickException(str(exc)) from exc
-    if value is None:
+    lines = _format_windows(table, values, show_raw) if _window_prefixes(table, key) else []
+    value = values.get(key)
+    if not lines and value is None:
         click.echo(
             f"not found: {key_text!r} in table {table.name!r} (partition {where.partition} of {where.count}, "
             f"{where.read_from})",
             err=True,
         )
         sys.exit(1)
-    click.echo(_format_value(table, value, show_raw))
+    if lines:
+        click.echo("\n".join(lines))
+    else:
+        assert value is not None
+        click.echo(_format_value(table, value, show_raw))
 
