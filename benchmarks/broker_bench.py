@@ -12,11 +12,19 @@ Targets (issue 3, client and broker on one 2-core machine): produce ≥ 300k msg
 consume ≥ 500k msgs/s, p99 ≤ 10 ms at 10k msgs/s. Run::
 
     python benchmarks/broker_bench.py [--messages 2000000] [--rate 10000] [--latency-seconds 10]
+
+``--durability`` measures produce throughput only, with and without durable acks (issue 10):
+a broker with the default flush policy (fsync within ``flush.ms``, 1 s) against one started
+with ``--flush-messages 1`` (every produce answered after an fsync, with group commit), each
+``--runs`` times (median and range)::
+
+    python benchmarks/broker_bench.py --durability [--runs 3] [--messages 2000000]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import statistics
 import struct
@@ -66,8 +74,17 @@ def bench_produce(bootstrap: str, topic: str, messages: int) -> float:
         try:
             produce(topic, value)
         except BufferError:
-            poll(0.001)
-            produce(topic, value)
+            # The client's queue is full: wait for acknowledgements (a slower broker, e.g. with
+            # durable acks, keeps it full for longer than one short poll).
+            for _ in range(10_000):  # bounded: at most ~100 s
+                poll(0.01)
+                try:
+                    produce(topic, value)
+                    break
+                except BufferError:
+                    continue
+            else:
+                raise RuntimeError("the producer's queue stayed full for 100 s") from None
     remaining = producer.flush(120)
     elapsed = time.perf_counter() - start
     if remaining:
@@ -179,7 +196,16 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--latency-linger-ms", type=float, default=1.0)
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument(
+        "--durability",
+        action="store_true",
+        help="only produce throughput, default flush policy vs --flush-messages 1",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs per setting with --durability")
     args = parser.parse_args()
+    if args.durability:
+        bench_durability(args.messages, args.partitions, args.runs)
+        return
 
     with (
         tempfile.TemporaryDirectory(prefix="flowbus-bench-") as tmp,
@@ -220,6 +246,41 @@ def bench_throughput(bootstrap: str, messages: int, mb: float) -> None:
     print(
         f"group consume: {messages} msgs in {elapsed:.2f} s = {messages / elapsed:,.0f} msgs/s, {mb / elapsed:.1f} MB/s"
     )
+
+
+def bench_durability(messages: int, partitions: int, runs: int) -> None:
+    """Produce throughput without and with durable acks; a fresh topic per run.
+
+    Both brokers run side by side and the runs alternate between them, so a change in the
+    machine's load hits both settings alike.
+    """
+    settings = [
+        ("default: fsync within flush.ms=1000", []),
+        ("durable acks: --flush-messages 1", ["--flush-messages", "1"]),
+    ]
+    rates: dict[str, list[float]] = {label: [] for label, _ in settings}
+    with tempfile.TemporaryDirectory(prefix="flowbus-bench-") as tmp, contextlib.ExitStack() as stack:
+        brokers = [
+            stack.enter_context(
+                BrokerProcess(
+                    Path(tmp) / f"data-{i}",
+                    log_level="warning",
+                    extra_args=["--group-initial-rebalance-delay-ms", "0", *extra],
+                )
+            )
+            for i, (_, extra) in enumerate(settings)
+        ]
+        for run in range(runs):
+            for (label, _), broker in zip(settings, brokers):
+                topic = f"durability-{run}"
+                create_topic(broker.bootstrap, topic, partitions)
+                rates[label].append(messages / bench_produce(broker.bootstrap, topic, messages))
+    for label, values in rates.items():
+        print(
+            f"produce, {label}: median {statistics.median(values):,.0f} msgs/s "
+            f"(runs: {', '.join(f'{r:,.0f}' for r in values)}; {partitions} partitions, acks=all, "
+            f"idempotent, linger 5 ms, {messages} msgs of {VALUE_BYTES} bytes)"
+        )
 
 
 if __name__ == "__main__":

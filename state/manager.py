@@ -577,6 +577,6 @@ class StateManager:
 def default_state_dir(broker_url: str) -> Path:
     """``<data dir>/state`` for ``embedded://DIR``, ``./flowbus-state`` otherwise."""
     if broker_url.startswith("embedded://"):
-        return Path(broker_url.removeprefix("embedded://") or "./flowbus-data") / "state"
+        return Path(broker_url.removeprefix("embedded://").partition("?")[0] or "./flowbus-data") / "state"
     return Path("./flowbus-state")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from flowbus.broker.errors import BrokerConfigError
 from flowbus.broker.group_coordinator import GroupConfig
 from flowbus.broker.txn_coordinator import TxnConfig
+from flowbus.log.config import LONG_MAX, TopicConfig
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -57,3 +58,15 @@ class BrokerConfig:
     producer_snapshot_interval_ms: int = 60_000
     #: Cap on one Fetch response's records, whatever the client asks.
     fetch_response_max_bytes: int = 64 * 1024 * 1024
+    #: Kafka's ``log.flush.interval.messages``: the default of every topic's ``flush.messages``
+    #: (a topic's own setting wins). 1 = every produce is answered only after an fsync covers
+    #: it (group commit, see ``group_commit.py``); Kafka's default is "never".
+    log_flush_interval_messages: int = LONG_MAX
+
+    def topic_defaults(self) -> TopicConfig:
+        """The topic config defaults this broker's settings imply (for the LogManager)."""
+        if self.log_flush_interval_messages < 1:
+            raise BrokerConfigError(
+                f"log.flush.interval.messages must be at least 1, got {self.log_flush_interval_messages}"
+            )
+        return TopicConfig(flush_messages=self.log_flush_interval_messages)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowbus.broker.config import BrokerConfig
+from flowbus.broker.group_commit import GroupCommit
 from flowbus.broker.group_coordinator import GroupCoordinator, OffsetToCommit
 from flowbus.broker.producer_state import (
     PartitionProducerState,
@@ -33,11 +34,13 @@ from flowbus.broker.txn_coordinator import TransactionCoordinator
 from flowbus.broker.txn_state import TXN_STATE_TOPIC
 from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.log import LogManager, PartitionLog, TopicConfig
+from flowbus.log.config import LONG_MAX
 from flowbus.log.errors import (
     InvalidConfigError,
     LogError,
     OffsetOutOfRangeError,
     RecordTooLargeError,
+    StorageError,
     UnknownTopicError,
 )
 from flowbus.log.txn_index import AbortedTxn
@@ -48,7 +51,7 @@ from flowbus.records.control import (
     build_control_batch,
     parse_control_record,
 )
-from flowbus.records.errors import CorruptRecordError
+from flowbus.records.errors import CorruptRecordError, UnsupportedCompressionError
 from flowbus.records.header import NO_PRODUCER_ID, BatchHeader, read_header
 from flowbus.records.record import decode_batch
 
@@ -276,7 +279,7 @@ class BrokerCore:
         self.logs = (
             log_manager
             if log_manager is not None
-            else LogManager(config.data_dir, clock=clock)
+            else LogManager(config.data_dir, clock=clock, default_config=config.topic_defaults())
         )
         self.groups = GroupCoordinator(clock=clock, store=self, config=config.groups)
         self._producer_ids = ProducerIdManager(config.data_dir / "producer_ids")
@@ -291,6 +294,8 @@ class BrokerCore:
         self._waiters = _FetchWaiters()
         self._flushing: set[PartitionLog] = set()
         self._flush_due_future: asyncio.Future[int] | None = None
+        #: Durable acks: produces waiting for an fsync share one per log.
+        self._group_commit = GroupCommit()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         #: Transactions (issue 4): the coordinator can end every transaction it lets begin, so
@@ -343,6 +348,7 @@ class BrokerCore:
         if self._flush_due_future is not None:
             with contextlib.suppress(Exception):
                 await self._flush_due_future
+        await self._group_commit.close()
         self.logs.flush()
         self.logs.close()
 
@@ -476,7 +482,10 @@ class BrokerCore:
         result = plog.append(builder.build(), defer_flush=True)
         self._waiters.wake((OFFSETS_TOPIC, partition))
         if result.flush_required:
-            self._flush_in_background(plog)
+            # As for produce: flush.messages reached, so the commit is answered after the fsync.
+            error = await self._group_commit.wait(plog, result.last_offset + 1)
+            if error != ErrorCode.NONE:
+                raise StorageError(f"fsync of {OFFSETS_TOPIC}-{partition} failed (error {error})")
 
     async def append_txn_offsets(
         self,
@@ -727,6 +736,7 @@ class BrokerCore:
                 cfg.groups.group_max_session_timeout_ms
             ),
             "log.dirs": str(cfg.data_dir),
+            "log.flush.interval.messages": str(cfg.log_flush_interval_messages),
         }
         return [
             ConfigValue(k, v, True, False, CONFIG_SOURCE_STATIC_BROKER)
@@ -857,7 +867,64 @@ class BrokerCore:
 
         Every check and the append happen before the first ``await``, so concurrent calls
         started in order are appended in order. A retried idempotent batch is answered with
-        its original offsets and not appended again.
+        its original offsets and not appended again. Returns once the answer may be sent:
+        after the fsync when the flush policy asks for one (see :meth:`produce_nowait`).
+        """
+        return await self.produce_nowait(topic, partition, records)
+
+    def produce_nowait(
+        self, topic: str, partition: int, records: bytes | bytearray | memoryview
+    ) -> asyncio.Future[ProduceResult]:
+        """Append now, synchronously; the future holds the answer once it may be sent.
+
+        Durable acks: when the append makes the log's flush policy due (``flush.messages``,
+        the topic's or the broker's ``log.flush.interval.messages``), the result is held until
+        an fsync covers the appended records, shared with every other produce waiting on the
+        same log at that moment (:class:`~flowbus.broker.group_commit.GroupCommit`). A produce
+        request naming several partitions appends them all first, then waits for all.
+        """
+        future: asyncio.Future[ProduceResult] = asyncio.get_running_loop().create_future()
+        durable: list[tuple[PartitionLog, int]] = []
+        result = self._produce_append(topic, partition, records, durable)
+        if not durable or result.error_code != ErrorCode.NONE:
+            future.set_result(result)
+            return future
+        plog, durable_offset = durable[0]
+
+        def answer(done: asyncio.Future[int]) -> None:
+            if future.done():
+                return
+            error = done.result() if not done.cancelled() else ErrorCode.KAFKA_STORAGE_ERROR
+            if error == ErrorCode.NONE:
+                future.set_result(result)
+            else:
+                future.set_result(
+                    ProduceResult(error, log_start_offset=result.log_start_offset, error_message="fsync failed")
+                )
+
+        self._group_commit.wait(plog, durable_offset).add_done_callback(answer)
+        return future
+
+    async def wait_durable(self, topic: str, partition: int, offset: int) -> int:
+        """Wait until every record of the partition below ``offset`` is fsynced; an error code.
+
+        For internal writers that must not answer before their data is durable (group commit,
+        as for produce).
+        """
+        plog = self.logs.get_log(topic, partition)
+        return await self._group_commit.wait(plog, offset)
+
+    def _produce_append(
+        self,
+        topic: str,
+        partition: int,
+        records: bytes | bytearray | memoryview,
+        durable: list[tuple[PartitionLog, int]],
+    ) -> ProduceResult:
+        """The checks and the append of :meth:`produce_nowait`.
+
+        Appends ``(log, offset)`` to ``durable`` when the answer must wait until every record
+        below ``offset`` is fsynced.
         """
         if topic in INTERNAL_TOPICS:
             return ProduceResult(
@@ -912,6 +979,11 @@ class BrokerCore:
                 )
             verdict = state.check(headers[0])
             if verdict.verdict is Verdict.DUPLICATE and verdict.original is not None:
+                # A retry of a batch whose first answer may still wait for its fsync (or was
+                # lost with it): answer no sooner than that fsync.
+                original_end = verdict.original.base_offset + headers[0].last_offset_delta + 1
+                if plog.config.flush_messages < LONG_MAX and plog.recovery_point < original_end:
+                    durable.append((plog, original_end))
                 return ProduceResult(
                     ErrorCode.NONE,
                     verdict.original.base_offset,
@@ -928,7 +1000,7 @@ class BrokerCore:
             )
         except RecordTooLargeError as exc:
             return ProduceResult(ErrorCode.MESSAGE_TOO_LARGE, error_message=str(exc))
-        except CorruptRecordError as exc:
+        except (CorruptRecordError, UnsupportedCompressionError) as exc:
             return ProduceResult(ErrorCode.CORRUPT_MESSAGE, error_message=str(exc))
         except LogError as exc:
             log.error("append to %s-%d failed: %s", topic, partition, exc)
@@ -942,7 +1014,8 @@ class BrokerCore:
             )
         self._waiters.wake((topic, partition))
         if result.flush_required:
-            self._flush_in_background(plog)
+            # flush.messages reached: as in Kafka, the answer follows the fsync.
+            durable.append((plog, result.last_offset + 1))
         return ProduceResult(
             ErrorCode.NONE,
             result.base_offset,
@@ -1058,7 +1131,9 @@ class BrokerCore:
             size = len(result.records)
             total += size
             remaining = max(0, remaining - size)
-            any_error = any_error or result.error_code != ErrorCode.NONE
+            # Damaged data (CORRUPT_MESSAGE) does not end the long poll early: it stays damaged,
+            # and a client that retries failed fetches at once (aiokafka does) would spin.
+            any_error = any_error or result.error_code not in (ErrorCode.NONE, ErrorCode.CORRUPT_MESSAGE)
             results.append(result)
         return results, total, any_error
 

@@ -98,6 +98,15 @@ def _host_port(
     help="Close connections idle for longer than this.",
 )
 @click.option(
+    "--flush-messages",
+    "flush_messages",
+    type=click.IntRange(1),
+    default=None,
+    help="Kafka's log.flush.interval.messages: every topic's flush.messages unless it sets its "
+    "own. 1 = a produce is answered only after an fsync covers its records (durable acks, "
+    "with group commit). Default: no count limit (fsync within flush.ms, 1 s).",
+)
+@click.option(
     "--max-frame-bytes",
     type=click.IntRange(1024),
     default=100 * 1024 * 1024,
@@ -117,6 +126,7 @@ def broker(
     transaction_max_timeout_ms: int,
     connections_max_idle_ms: int,
     max_frame_bytes: int,
+    flush_messages: int | None,
 ) -> None:
     """Run the Kafka-protocol broker until SIGTERM or Ctrl-C."""
     # Imported here so that other commands do not pay for loading the broker.
@@ -148,6 +158,7 @@ def broker(
             group_max_session_timeout_ms=group_max_session_timeout_ms,
         ),
         transactions=TxnConfig(transaction_max_timeout_ms=transaction_max_timeout_ms),
+        **({} if flush_messages is None else {"log_flush_interval_messages": flush_messages}),
     )
     limits = ServerLimits(
         max_frame_bytes=max_frame_bytes, connections_max_idle_ms=connections_max_idle_ms

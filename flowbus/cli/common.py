@@ -87,7 +87,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 
 def _embedded_dir(url: str) -> Path:
-    return Path(url.removeprefix("embedded://") or "./flowbus-data")
+    return Path(url.removeprefix("embedded://").partition("?")[0] or "./flowbus-data")
 
 
 def _check_embedded(url: str, *, create: bool) -> None:

@@ -31,6 +31,8 @@ from flowbus.cli.groups import groups as _groups  # noqa: E402
 cli.add_command(_groups)
 from flowbus.cli.tables import tables as _tables  # noqa: E402
 cli.add_command(_tables)
+from flowbus.cli.data import data as _data  # noqa: E402
+cli.add_command(_data)
 
 
 def main() -> None:

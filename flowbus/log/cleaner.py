@@ -3,7 +3,9 @@
 How a partition is cleaned (Kafka's cleaner works the same way in outline):
 
 1. **Choose.** The cleanable part of a log is its inactive segments below the recovery
-   segment, stopping at the first segment with records younger than ``min.compaction.lag.ms``.
+   segment, stopping at the first segment with records younger than ``min.compaction.lag.ms``
+   or with damaged data (a group is CRC-checked whole before it is rewritten; cleaning would
+   drop a damaged range without a trace, so it waits for ``flowbus data repair``).
    Its *dirty* part starts at the cleaner offset (persisted in the partition checkpoint). A log
    is cleaned when dirty bytes / cleanable bytes >= ``min.cleanable.dirty.ratio``.
 2. **Map.** Decode the dirty segments, one per :meth:`LogCleaner.clean_some` call, and
@@ -195,6 +197,8 @@ class LogCleaner:
         for segment in plog.deletable_segments():  # bounded by the segment count
             if lag_ms > 0 and now_ms - segment.max_timestamp_ms < lag_ms:
                 break
+            if segment.damaged:
+                break  # cleaning would drop the damage silently: it stays until `flowbus data repair`
             cleanable.append(segment)
         return cleanable
 
@@ -295,6 +299,9 @@ class LogCleaner:
     def _clean_next_group(self, current: _Pass) -> None:
         group = self._next_group(current)
         if not group:
+            return
+        if any(segment.scrubbed_damage() for segment in group):
+            current.pending.clear()  # damaged data is never cleaned (see _cleanable_segments)
             return
         plog = current.log
         now_ms = self.clock.now_ms()

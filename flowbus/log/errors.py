@@ -32,6 +32,21 @@ class OffsetOutOfRangeError(LogError):
         self.log_end_offset = log_end_offset
 
 
+class CorruptLogError(LogError):
+    """Stored data is damaged: the batches that held these offsets cannot be read back.
+
+    The broker answers a fetch at such an offset with CORRUPT_MESSAGE; data before and after the
+    damaged range stays readable. ``end_offset`` is None when the range's end is unknown.
+    """
+
+    errno = 2  # CORRUPT_MESSAGE
+
+    def __init__(self, message: str, first_offset: int = -1, end_offset: int | None = None) -> None:
+        super().__init__(message)
+        self.first_offset = first_offset
+        self.end_offset = end_offset
+
+
 class UnknownTopicError(LogError):
     """No such topic, or no such partition of an existing topic (Kafka uses one code for both)."""
 

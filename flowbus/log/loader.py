@@ -9,19 +9,32 @@ Steps, in order (Kafka's ``LogLoader`` does the same kind of work):
 3. Open every segment. After a clean shutdown everything is trusted. Otherwise segments before
    the checkpoint's recovery segment are trusted, the recovery segment is re-validated from the
    checkpointed position, and later segments entirely: CRC of every batch, offsets increasing,
-   indexes rebuilt. The first bad batch truncates its segment there and every later segment is
-   deleted; each cut is logged with the file and byte count.
+   indexes rebuilt.
+4. Damage is mapped, never followed by deleting good data: a bad batch starts a damaged range
+   that ends at the next valid batch (batches carry their own offsets, so everything after it is
+   still usable) or at the end of its file. A range at the end of a segment that has a successor
+   hides the offsets up to the successor's base offset. A range at the end of the *last* segment
+   is a torn write and is cut, unless the checkpoint says the log went further (then the bytes
+   are kept as damage and a new segment starts at the checkpointed end, so no offset a client
+   may have seen is handed out again). Each range and each cut is logged once (file, bytes,
+   offsets); reads of a damaged range fail with CORRUPT_MESSAGE until ``flowbus data repair``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowbus.log.checkpoint import CHECKPOINT_FILE, PartitionCheckpoint, read_checkpoint
+from flowbus.log.checkpoint import (
+    CHECKPOINT_FILE,
+    PartitionCheckpoint,
+    fsync_directory,
+    read_checkpoint,
+)
 from flowbus.log.segment import (
     INDEX_SUFFIX,
     LOG_SUFFIX,
@@ -65,14 +78,13 @@ def load_partition(directory: Path, limits: SegmentLimits, *, clean_shutdown: bo
             on disk was fsynced and the checkpoint is exact.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(directory)
+    swapped = _remove_leftovers(directory)
     bases = sorted(
         int(name[:20]) for name in os.listdir(directory) if _SEGMENT_FILE.match(name) and name.endswith(LOG_SUFFIX)
     )
     checkpoint = read_checkpoint(directory)
     trust_all = clean_shutdown and checkpoint is not None
     segments = LogSegments()
-    bytes_cut = 0
     bytes_validated = 0
     for i, base in enumerate(bases):
         if segments and base < segments.active.next_offset:
@@ -80,20 +92,24 @@ def load_partition(directory: Path, limits: SegmentLimits, *, clean_shutdown: bo
             _delete_later(directory, [base], reason="overlapped by the cleaned segment before it")
             continue
         validate_from, trusted_next = _validation_start(base, checkpoint, trust_all, directory)
-        segment, cut = LogSegment.open_existing(
-            directory, base, limits, validate_from_position=validate_from, trusted_next_offset=trusted_next
+        segment, _ = LogSegment.open_existing(
+            directory,
+            base,
+            limits,
+            validate_from_position=validate_from,
+            trusted_next_offset=trusted_next,
+            truncate_damaged_tail=False,
+            # Only a segment swapped in just now may overlap the ones after it (deleted above).
+            offset_limit=bases[i + 1] if i + 1 < len(bases) and base not in swapped else None,
         )
-        if validate_from < segment.size_bytes or cut:
+        if validate_from < segment.size_bytes:
             segment._records_dirty = True  # re-validated bytes may not be on disk yet
         segments.add(segment)
-        bytes_cut += cut
         bytes_validated += max(0, segment.size_bytes - validate_from)
-        if cut:
-            bytes_cut += _delete_later(directory, bases[i + 1 :])
-            break
     if not segments:
         start = checkpoint.log_start_offset if checkpoint is not None else 0
         segments.add(LogSegment.create(directory, start, limits))
+    bytes_cut = _settle_damage(directory, segments, limits, checkpoint)
     active = segments.active
     log_end = active.next_offset
     first_base = segments.first.base_offset
@@ -101,6 +117,46 @@ def load_partition(directory: Path, limits: SegmentLimits, *, clean_shutdown: bo
     recovery = _recovery_point(segments, checkpoint, trust_all)
     cleaner_offset = max(log_start, min(checkpoint.cleaner_offset if checkpoint else 0, log_end))
     return LoadedLog(segments, log_start, *recovery, cleaner_offset, bytes_cut, bytes_validated)
+
+
+def _settle_damage(
+    directory: Path, segments: LogSegments, limits: SegmentLimits, checkpoint: PartitionCheckpoint | None
+) -> int:
+    """Bound every damaged range found while opening, cut a torn tail, and log each once.
+
+    Returns the bytes cut (only ever from the end of the last segment).
+    """
+    ordered = list(segments)
+    for segment, following in itertools.pairwise(ordered):
+        segment.close_damaged_tail(following.base_offset)
+    last = ordered[-1]
+    cut_bytes = 0
+    tail = last.damaged_tail
+    if tail is not None:
+        known_end = checkpoint.recovery_offset if checkpoint is not None else None
+        if known_end is not None and known_end > last.next_offset and last.close_damaged_tail(known_end):
+            # Offsets up to known_end were fsynced (the checkpoint says so): keep them damaged
+            # rather than hand them out again; appends continue in a new segment.
+            segments.add(LogSegment.create(directory, known_end, limits))
+            fsync_directory(directory)
+        else:
+            cut_bytes = last.cut_damaged_tail()
+            log.warning(
+                "truncated %s: cut %d bytes at byte %d, offsets from %d (%s)",
+                last.path,
+                cut_bytes,
+                tail.position,
+                tail.first_offset,
+                tail.reason,
+            )
+    for segment in ordered:
+        for damaged in segment.damaged:
+            log.error(
+                "damaged data in %s; kept the data after it, reads of these offsets fail with "
+                "CORRUPT_MESSAGE until `flowbus data repair` cuts it out",
+                damaged.describe(segment.path),
+            )
+    return cut_bytes
 
 
 def _validation_start(
@@ -138,8 +194,8 @@ def _recovery_point(
     return first.base_offset, first.base_offset, 0
 
 
-def _delete_later(directory: Path, bases: list[int], reason: str = "after a corrupt earlier segment") -> int:
-    """Delete whole segments: after a corrupt one (their offsets would no longer follow on), or overlapped."""
+def _delete_later(directory: Path, bases: list[int], reason: str) -> int:
+    """Delete whole segments overlapped by a cleaned segment before them."""
     cut = 0
     for base in bases:
         for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX):
@@ -154,7 +210,9 @@ def _delete_later(directory: Path, bases: list[int], reason: str = "after a corr
     return cut
 
 
-def _remove_leftovers(directory: Path) -> None:
+def _remove_leftovers(directory: Path) -> set[int]:
+    """Delete leftovers and finish interrupted swaps; returns the base offsets swapped in."""
+    swapped: set[int] = set()
     names = set(os.listdir(directory))
     for name in sorted(names):
         if name == CHECKPOINT_FILE + ".tmp" or name.endswith((DELETED_SUFFIX, CLEANED_SUFFIX)):
@@ -163,6 +221,7 @@ def _remove_leftovers(directory: Path) -> None:
     for name in sorted(names):
         if name.endswith(LOG_SUFFIX + SWAP_SUFFIX):
             _finish_swap(directory, name[:20], names)
+            swapped.add(int(name[:20]))
     names = set(os.listdir(directory))
     for name in sorted(names):
         match = _SEGMENT_FILE.match(name)
@@ -171,6 +230,7 @@ def _remove_leftovers(directory: Path) -> None:
         stem, kind, extra = match.groups()
         if extra == SWAP_SUFFIX or (kind != LOG_SUFFIX and f"{stem}{LOG_SUFFIX}" not in names):
             (directory / name).unlink()
+    return swapped
 
 
 def _finish_swap(directory: Path, stem: str, names: set[str]) -> None:

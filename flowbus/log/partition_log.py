@@ -44,6 +44,7 @@ from flowbus.records.header import (
     set_log_append_time,
 )
 from flowbus.records.record import decode_batch
+from flowbus.records.validate import fix_max_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +197,9 @@ class PartitionLog:
         """Append whole record batches, assigning their offsets.
 
         Every batch is CRC-checked first; then the broker-owned fields are rewritten in a copy
-        of the caller's bytes (base offset, leader epoch and, for LogAppendTime topics, the
-        max timestamp), and the copy is written with one ``pwrite``.
+        of the caller's bytes (base offset, leader epoch and the max timestamp: the append time
+        for LogAppendTime topics, else the largest record timestamp, whatever the producer
+        wrote), and the copy is written with one ``pwrite``.
 
         Args:
             batches: one or more concatenated RecordBatch v2.
@@ -207,7 +209,9 @@ class PartitionLog:
                 ``flush_required`` so the caller can flush on a worker thread.
 
         Raises:
-            CorruptRecordError: malformed bytes or a CRC mismatch (nothing is written).
+            CorruptRecordError: malformed bytes, a CRC mismatch or records that do not fill
+                their batch (nothing is written).
+            UnsupportedCompressionError: a batch names an unknown codec (nothing is written).
             RecordTooLargeError: a batch is over ``max.message.bytes`` or ``segment.bytes``.
         """
         if len(batches) > MAX_APPEND_BYTES:
@@ -223,6 +227,12 @@ class PartitionLog:
                     f"batch at byte {position} is {header.size_bytes} bytes; max.message.bytes is "
                     f"{config.max_message_bytes} and segment.bytes {config.segment_bytes}"
                 )
+        if not config.uses_log_append_time:
+            # Retention, the time index and ListOffsets trust max_timestamp, so it is computed
+            # from the records, never taken from the producer (sarama <= 1.22 sends -1). Outside
+            # the lock: it is CPU work on the caller's private copy.
+            for position, header in parsed:
+                fix_max_timestamp(buffer, position, header)
         with self._lock:
             self._require_open()
             now_ms = self.clock.now_ms()
@@ -250,6 +260,7 @@ class PartitionLog:
             except OSError as exc:
                 raise StorageError(f"append to {segment.path} failed: {exc}") from exc
             assert segment.next_offset == offset == last.next_offset
+            segment.last_write_ms = now_ms
             self._unflushed_messages += record_count
             if self._unflushed_since_ms is None:
                 self._unflushed_since_ms = self.clock.monotonic_ms()

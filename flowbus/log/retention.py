@@ -3,7 +3,11 @@
 Whole segments only, oldest first, never the active segment and never one at or after the
 recovery segment (see :meth:`PartitionLog.deletable_segments`). Like Kafka:
 
-* time: a segment goes when its largest timestamp is more than ``retention.ms`` old;
+* time: a segment goes when its largest timestamp is more than ``retention.ms`` old. That
+  timestamp is computed by the broker from the records on append (never the producer's header
+  field, see :mod:`flowbus.records.validate`). A segment none of whose records has a timestamp
+  (largest timestamp -1) is judged by its last write instead (the broker's clock, or the file's
+  mtime after a restart), as Kafka does: it is never expired on a timestamp nobody wrote;
 * size: the oldest segments go while the log stays at or above ``retention.bytes`` without them.
 
 An active segment whose every record has expired is rolled so that the next pass can delete it.
@@ -12,6 +16,18 @@ An active segment whose every record has expired is rolled so that the next pass
 from __future__ import annotations
 
 from flowbus.log.partition_log import PartitionLog
+from flowbus.log.segment import LogSegment
+
+
+def retention_time_ms(segment: LogSegment) -> int:
+    """The time time-retention measures a segment's age from.
+
+    Its largest record timestamp; for a segment without any (-1: records carrying no
+    timestamp), the time of its last write, so it is kept ``retention.ms`` after it.
+    """
+    if segment.max_timestamp_ms >= 0:
+        return segment.max_timestamp_ms
+    return segment.last_write_ms
 
 
 def apply_retention(log: PartitionLog) -> int:
@@ -24,11 +40,11 @@ def apply_retention(log: PartitionLog) -> int:
     by_time = 0
     if config.retention_ms >= 0:
         for segment in candidates:  # bounded by the segment count
-            if now_ms - segment.max_timestamp_ms <= config.retention_ms:
+            if now_ms - retention_time_ms(segment) <= config.retention_ms:
                 break
             by_time += 1
         active = log.segments()[-1]
-        if not active.is_empty and now_ms - active.max_timestamp_ms > config.retention_ms:
+        if not active.is_empty and now_ms - retention_time_ms(active) > config.retention_ms:
             log.roll()
     by_size = 0
     if config.retention_bytes >= 0:

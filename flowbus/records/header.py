@@ -18,10 +18,11 @@ Layout (big-endian; see Kafka's protocol guide, "Record Batch")::
     57      4     record_count
     61      ...   records (one compressed blob when the codec is not NONE)
 
-The broker and the log work per batch, never per record: they read this header, check the
-CRC, and rewrite only the fields the broker owns (base offset, leader epoch, and for
-LogAppendTime the max timestamp, which forces a new CRC). Everything here is pure bytes
-work with no I/O.
+The broker and the log work per batch: they read this header, check the CRC, and rewrite
+only the fields the broker owns (base offset, leader epoch, and the max timestamp when
+LogAppendTime stamps it or the producer's value disagrees with its records, see
+:mod:`flowbus.records.validate`; a new max timestamp forces a new CRC). Everything here is
+pure bytes work with no I/O.
 """
 
 from __future__ import annotations
@@ -222,6 +223,22 @@ def set_base_offset(buf: bytearray | memoryview, pos: int, base_offset: int) -> 
 def set_leader_epoch(buf: bytearray | memoryview, pos: int, epoch: int) -> None:
     """Overwrite partition_leader_epoch in place; it lies outside the CRC."""
     _INT32.pack_into(buf, pos + LEADER_EPOCH_POS, epoch)
+
+
+def set_max_timestamp(buf: bytearray | memoryview, pos: int, timestamp_ms: int) -> None:
+    """Overwrite max_timestamp in place and recompute the CRC, which covers it.
+
+    The broker calls this when a producer's max_timestamp disagrees with its records (Kafka's
+    LogValidator does the same): retention and lookups by time trust this field.
+
+    Raises:
+        CorruptRecordError: the batch at ``pos`` is truncated.
+    """
+    size_bytes = peek_batch_size(buf, pos)
+    if size_bytes is None or len(buf) - pos < size_bytes:
+        raise CorruptRecordError("cannot set max_timestamp on a truncated batch")
+    _INT64.pack_into(buf, pos + MAX_TIMESTAMP_POS, timestamp_ms)
+    _UINT32.pack_into(buf, pos + CRC_POS, compute_crc(buf, pos, size_bytes))
 
 
 def set_log_append_time(buf: bytearray | memoryview, pos: int, timestamp_ms: int) -> None:

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from flowbus.log.cleaner import LogCleaner
+from flowbus.log.errors import CorruptLogError
 from flowbus.log.loader import DELETED_SUFFIX
 from flowbus.log.partition_log import PartitionLog
 from flowbus.log.segment import LogSegment
@@ -329,3 +332,23 @@ def test_a_full_map_splits_the_work_into_passes(open_log, clock) -> None:
     latest = {k: v for _, k, v in _records(plog)}
     assert latest == {b"k%d" % k: b"v%d-3" % k for k in range(4)}
     assert len(_records(plog)) == 4
+
+
+def test_damaged_segments_are_not_cleaned(open_log, clock) -> None:
+    """Rewriting a damaged segment would drop its damaged range without a trace."""
+    plog = _compact(open_log)
+    _fill(plog, rounds=12, keys=3)
+    plog.roll()
+    plog.close()
+    first = plog.segments()[0].path
+    data = bytearray(first.read_bytes())
+    data[70] ^= 0xFF  # a record of the first batch: its CRC no longer matches
+    first.write_bytes(bytes(data))
+    reopened = _compact(open_log, clean_shutdown=True)
+    before = _records(reopened)
+    cleaner = LogCleaner(clock)
+    cleaner.clean_all([reopened])
+    assert _records(reopened) == before and before[0][0] == 3
+    with pytest.raises(CorruptLogError):
+        reopened.read(0, 1 << 20)
+    assert cleaner.clean_some([reopened]) is False

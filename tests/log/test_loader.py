@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from pathlib import Path
 
 import pytest
 
 from flowbus.log.checkpoint import CHECKPOINT_FILE, read_checkpoint
+from flowbus.log.errors import CorruptLogError
 from flowbus.log.partition_log import PartitionLog
 from flowbus.log.segment import LogSegment
-from tests.log.conftest import batch_offsets, make_batch
+from tests.log.conftest import START_MS, batch_offsets, make_batch
 
 
 def _log_file(plog: PartitionLog, index: int = -1) -> Path:
@@ -47,7 +49,7 @@ def test_torn_tail_is_truncated_and_logged(open_log, caplog) -> None:
     assert len(reopened.segments()[-1].offset_index) == 4
 
 
-def test_corrupt_batch_in_the_middle_cuts_there(open_log) -> None:
+def test_corrupt_batch_in_the_middle_is_mapped_not_cut(open_log, caplog) -> None:
     plog = open_log()
     for _ in range(5):
         plog.append(make_batch(1, value_size=20))
@@ -57,9 +59,18 @@ def test_corrupt_batch_in_the_middle_cuts_there(open_log) -> None:
     with open(path, "r+b") as handle:
         handle.seek(batch_bytes * 2 + 70)
         handle.write(b"\xff")
-    reopened = open_log()
-    assert _all_offsets(reopened) == [0, 1]
-    assert path.stat().st_size == batch_bytes * 2
+    with caplog.at_level(logging.WARNING):
+        reopened = open_log()
+    assert _all_offsets(reopened) == [0, 1, 3, 4]
+    assert path.stat().st_size == batch_bytes * 5 and reopened.bytes_cut_on_open == 0
+    assert batch_offsets(reopened.read(0, 1 << 20)) == [(0, 0), (1, 1)]
+    with pytest.raises(CorruptLogError) as raised:
+        reopened.read(2, 1 << 20)
+    assert raised.value.errno == 2 and (raised.value.first_offset, raised.value.end_offset) == (2, 3)
+    assert batch_offsets(reopened.read(3, 1 << 20)) == [(3, 3), (4, 4)]
+    assert reopened.append(make_batch(1)).base_offset == 5
+    damage_lines = [r for r in caplog.records if "damaged data" in r.getMessage()]
+    assert len(damage_lines) == 1 and f"bytes {batch_bytes * 2}..{batch_bytes * 3}" in damage_lines[0].getMessage()
 
 
 def test_garbage_and_zeros_after_the_last_batch(open_log) -> None:
@@ -83,19 +94,91 @@ def test_offsets_going_backwards_count_as_corruption(open_log) -> None:
     assert reopened.log_end_offset == 1
 
 
-def test_corruption_in_an_early_segment_drops_later_segments(open_log) -> None:
+def test_corruption_in_an_early_segment_keeps_later_segments(open_log) -> None:
     plog = open_log(segment_bytes="200")
     for _ in range(6):
         plog.append(make_batch(1, value_size=60))
     assert plog.segment_count >= 4
+    count = plog.segment_count
     first = _log_file(plog, 0)
     _crash(plog)
     (first.parent / CHECKPOINT_FILE).unlink(missing_ok=True)
     with open(first, "r+b") as handle:
         handle.seek(40)
         handle.write(b"\x00\x00")
-    reopened = open_log()
-    assert reopened.log_end_offset == 0 and reopened.segment_count == 1
+    reopened = open_log(segment_bytes="200")
+    assert reopened.log_end_offset == 6 and reopened.segment_count == count
+    assert _all_offsets(reopened) == [1, 2, 3, 4, 5]
+    with pytest.raises(CorruptLogError):
+        reopened.read(0, 1 << 20)
+    assert batch_offsets(reopened.read(1, 1 << 20))[0] == (1, 1)
+
+
+def test_huge_length_in_a_middle_segment_after_clean_shutdown(open_log, caplog) -> None:
+    """The damaged segment's tail hides offsets up to the next segment; later segments stay."""
+    plog = open_log(segment_bytes="400")
+    for _ in range(12):
+        plog.append(make_batch(1, value_size=60))
+    segments = plog.segments()
+    assert len(segments) >= 4
+    middle = segments[1]
+    plog.close()
+    data = bytearray(middle.path.read_bytes())
+    batch_bytes = len(make_batch(1, value_size=60))
+    assert len(data) == batch_bytes * 3
+    struct.pack_into(">i", data, batch_bytes * 2 + 8, 0x7FFFFF00)  # the segment's last batch
+    middle.path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        reopened = open_log(segment_bytes="400", clean_shutdown=True)
+    assert reopened.segment_count == len(segments) and reopened.log_end_offset == 12
+    hidden = {segments[2].base_offset - 1}
+    assert _all_offsets(reopened) == [o for o in range(12) if o not in hidden]
+    assert batch_offsets(reopened.read(middle.base_offset, 1 << 20)) == [(middle.base_offset,) * 2, (middle.base_offset + 1,) * 2]
+    for offset in sorted(hidden):
+        with pytest.raises(CorruptLogError):
+            reopened.read(offset, 1 << 20)
+    assert batch_offsets(reopened.read(segments[2].base_offset, 1 << 20))[0][0] == segments[2].base_offset
+    assert len([r for r in caplog.records if "damaged data" in r.getMessage()]) == 1
+    assert reopened.offset_for_timestamp(0) == (0, START_MS)
+
+
+def test_damaged_base_offset_does_not_make_the_next_segment_look_overlapped(open_log) -> None:
+    """The base offset is outside the CRC: a damaged one must not get later segments deleted."""
+    plog = open_log(segment_bytes="400")
+    for _ in range(12):
+        plog.append(make_batch(1, value_size=60))
+    segments = plog.segments()
+    middle = segments[1]
+    plog.close()
+    data = bytearray(middle.path.read_bytes())
+    batch_bytes = len(make_batch(1, value_size=60))
+    data[batch_bytes * 2 + 7] ^= 0x80  # the last batch now claims an offset 128 further on
+    middle.path.write_bytes(bytes(data))
+    reopened = open_log(segment_bytes="400", clean_shutdown=True)
+    assert reopened.segment_count == len(segments) and reopened.log_end_offset == 12
+    lost = segments[2].base_offset - 1
+    assert _all_offsets(reopened) == [o for o in range(12) if o != lost]
+    with pytest.raises(CorruptLogError):
+        reopened.read(lost, 1 << 20)
+
+
+def test_damaged_tail_of_the_last_segment_keeps_checkpointed_offsets(open_log) -> None:
+    """After a clean shutdown the checkpoint knows the log end: damaged offsets are not reused."""
+    plog = open_log()
+    for _ in range(4):
+        plog.append(make_batch(1, value_size=30))
+    path = _log_file(plog)
+    plog.close()
+    batch_bytes = len(make_batch(1, value_size=30))
+    data = bytearray(path.read_bytes())
+    struct.pack_into(">i", data, batch_bytes * 3 + 8, 0x7FFFFF00)  # the last batch
+    path.write_bytes(bytes(data))
+    reopened = open_log(clean_shutdown=True)
+    assert reopened.log_end_offset == 4 and reopened.bytes_cut_on_open == 0
+    with pytest.raises(CorruptLogError):
+        reopened.read(3, 1 << 20)
+    assert reopened.append(make_batch(1)).base_offset == 4
+    assert batch_offsets(reopened.read(4, 1 << 20)) == [(4, 4)]
 
 
 def test_clean_shutdown_trusts_everything(open_log, monkeypatch) -> None:

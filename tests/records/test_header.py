@@ -18,6 +18,7 @@ from flowbus.records.header import (
     check_batch,
     compute_crc,
     iter_batches,
+    set_max_timestamp,
     peek_batch_size,
     read_header,
     set_base_offset,
@@ -105,6 +106,15 @@ def test_set_log_append_time_recomputes_the_crc(codec: Codec) -> None:
     assert header.compression == codec
     _, records = decode_batch(batch, 3)
     assert {r.timestamp_ms for r in records} == {55_555}
+
+
+def test_set_max_timestamp_recomputes_the_crc_and_keeps_create_time() -> None:
+    batch = bytearray(b"\x00" * 3 + _batch())
+    set_max_timestamp(batch, 3, 77_777)
+    header = check_batch(batch, 3)
+    assert header.max_timestamp == 77_777 and not header.is_log_append_time
+    with pytest.raises(CorruptRecordError):
+        set_max_timestamp(bytearray(_batch()[:-1]), 0, 1)
 
 
 def test_set_log_append_time_on_a_truncated_batch() -> None:
