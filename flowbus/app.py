@@ -7,7 +7,6 @@ import datetime as dt
 import logging
 import re
 import signal
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -59,9 +58,13 @@ class App:
         clock: every timer, ``take(within_s)`` and commit interval reads this clock.
         topic_partitions: partitions of topics the app creates without an explicit count.
         commit_interval_ms: defaults to 1000 (100 under exactly-once, where it bounds latency).
-        transactional_id: for exactly-once; stable across restarts so a restarted worker fences
-            its predecessor and aborts its open transaction. Defaults to ``<id>-<hostname>``: run
-            several workers of one app on a host with distinct ids.
+        transactional_id: for exactly-once. By default (``None``) each worker claims its own,
+            ``<id>-<hostname>-<state dir tag>-<n>``, the lowest slot ``n`` free among the
+            workers sharing its state directory: several workers of one app run side by side on
+            a host, and a restarted worker takes back the slot of the one that died and ends
+            the transaction it left open (see :mod:`flowbus.transactional_id`). Zombies are
+            fenced by the consumer group's generation (KIP-447), not by this id. An explicit id
+            is used as given: each worker needs its own, stable across its restarts.
         state_dir: where tables keep their partition databases; ``<data dir>/state`` for
             ``embedded://`` and ``./flowbus-state`` otherwise.
         state_backend: ``rocksdb`` (default) or ``memory`` (small state, rebuilt from the
@@ -115,7 +118,8 @@ class App:
         if commit_interval_ms is None:
             commit_interval_ms = 100 if processing_guarantee == "exactly_once" else 1_000
         self.commit_interval_ms = commit_interval_ms
-        self.transactional_id = transactional_id or f"{id}-{socket.gethostname()}"
+        self.transactional_id: str | None = transactional_id or None
+        """The explicit transactional id, or ``None``: each worker claims one (``Worker.transactional_id``)."""
         self.max_poll_records = max_poll_records
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.state_backend = state_backend

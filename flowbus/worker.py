@@ -17,6 +17,13 @@ Delivery guarantees:
 Revocation: agents finish the event in hand (the channels' gates close and the worker waits for
 each to be idle), offsets are committed, and the buffered records of the revoked partitions are
 dropped from the channels — they were not committed, so their new owner reads them again.
+
+Fencing (exactly-once, KIP-447): every transaction that sent anything commits input offsets with
+the consumer's group metadata, and the group refuses them from a member it moved on without (a
+worker paused until its partitions went elsewhere). The worker then aborts the transaction,
+drops everything it processed since its last commit on every partition, and rejoins the group;
+nothing of the fenced transaction is ever visible. Each worker's transactional id is its own
+(:mod:`flowbus.transactional_id`), so workers of one app never fence each other's producers.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import inspect
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flowbus.app_errors import AgentError, DecodeError
@@ -35,6 +42,7 @@ from flowbus.operators import compile_dataflows
 from flowbus.operators.steps import Emit, fan_out
 from flowbus.stream import Channel, Stream
 from flowbus.timers import run_crontab, run_timer
+from flowbus.transactional_id import TransactionalIdSlot, claim_slot, process_transactional_id, take_orphans
 from flowbus.transports.base import (
     Consumer,
     Producer,
@@ -43,7 +51,7 @@ from flowbus.transports.base import (
     TopicSpec,
     Transport,
 )
-from flowbus.transports.errors import CommitError
+from flowbus.transports.errors import CommitError, GroupFencedError
 
 if TYPE_CHECKING:
     from flowbus.agent import Agent
@@ -103,6 +111,17 @@ class Worker:
         """Source partitions held back (paused) until the state they feed is restored."""
         self.rewind: dict[TopicPartition, int] = {}
         """For a held partition, the first offset of a record fetched and dropped meanwhile."""
+        self.transactional_id: str | None = None
+        """Under exactly-once, the id this worker's producer uses (the app's, or its slot's)."""
+        self.txn_slot: TransactionalIdSlot | None = None
+        self._txn_records_at_begin = 0
+        """``producer.records_sent`` when the open transaction began: did it send anything?"""
+        self.fenced: set[TopicPartition] = set()
+        """Partitions dropped because the group fenced a commit, until the rejoin assigns anew:
+        their records still polled meanwhile are ignored (their owner reads them again)."""
+        self.fencings = 0
+        """Commits the group refused (KIP-447) so far."""
+        self.revoking = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._agent_tasks: list[asyncio.Task[Any]] = []
         self._deadline_tasks: set[asyncio.Task[None]] = set()
@@ -120,11 +139,10 @@ class Worker:
             specs.append(TopicSpec(self.leader_topic, 1))
         await self.transport.create_topics(specs)
         if self.exactly_once:
-            self.producer = self.transport.producer(transactional_id=app.transactional_id)
-            await self.producer.init_transactions()
-            self.producer.begin_transaction()
+            await self._start_transactions()
         else:
             self.producer = self.transport.producer()
+        assert self.producer is not None
         app._attach_producer(self.producer)
         compile_dataflows(app.dataflows, self)
         for table in app.tables.values():
@@ -151,6 +169,53 @@ class Worker:
             self._tasks.append(asyncio.create_task(self._run_task(fn)))
         self.next_commit_ms = self.clock.monotonic_ms() + self.commit_interval_ms
         self.started = True
+
+    async def _start_transactions(self) -> None:
+        """The transactional producer and its first transaction.
+
+        Its id is the app's when one is given, else this worker's slot's (see
+        :mod:`flowbus.transactional_id`): the first InitProducerId fences the slot's previous
+        holder and ends the transaction it left open. Then the transactions that orphaned
+        slots of the same state directory left open are ended too, so a dead worker's
+        transaction is not left for the coordinator's timeout. ``memory://`` keeps nothing
+        past the process: an id unique to the process is enough there.
+        """
+        app = self.app
+        tid = app.transactional_id
+        if tid is None and self.transport.url.startswith("memory://"):
+            tid = process_transactional_id(app.id)
+        elif tid is None:
+            self.txn_slot = claim_slot(app.id, app.resolved_state_dir())
+            tid = self.txn_slot.transactional_id
+        self.transactional_id = tid
+        log.info("exactly-once with transactional id %s", tid)
+        self.producer = self.transport.producer(transactional_id=tid)
+        await self.producer.init_transactions()
+        if self.txn_slot is not None and self.txn_slot.orphaned:
+            log.info("transactional id %s: ended what its previous worker (dead) left open", tid)
+        self._begin_transaction()
+        if self.txn_slot is not None:
+            await self._end_orphaned_transactions(self.txn_slot.index)
+
+    async def _end_orphaned_transactions(self, own_index: int) -> None:
+        """One InitProducerId per orphaned slot (its worker died and nobody took the slot since)."""
+        for orphan in take_orphans(self.app.id, self.app.resolved_state_dir(), skip={own_index}):
+            try:
+                producer = self.transport.producer(transactional_id=orphan.transactional_id)
+                try:
+                    await producer.init_transactions()
+                finally:
+                    await producer.close()
+                log.info("transactional id %s: ended what its worker (dead) left open", orphan.transactional_id)
+            except Exception as exc:  # noqa: BLE001 - the coordinator's timeout ends it then
+                log.warning("could not end the transaction of %s (its timeout will): %r", orphan.transactional_id, exc)
+            finally:
+                orphan.release()
+
+    def _begin_transaction(self) -> None:
+        assert self.producer is not None
+        self.producer.begin_transaction()
+        self._txn_records_at_begin = self.producer.records_sent
 
     async def _run_task(self, fn: Callable[[], Any]) -> None:
         try:
@@ -206,17 +271,28 @@ class Worker:
         self.scheduler.call_at(self.clock.monotonic_ms() + delay_ms, spawn)
 
     def idle_check(
-        self, delay_ms: int, tp: TopicPartition | Sequence[TopicPartition], callback: Callable[[bool], None]
+        self,
+        delay_ms: int,
+        tp: TopicPartition | Sequence[TopicPartition],
+        callback: Callable[[bool], None],
+        idle: Callable[[], bool] | None = None,
     ) -> None:
         """After ``delay_ms``, tell ``callback`` whether ``tp`` is caught up, under the commit guard
         (so what it emits lands in one commit); skipped once ``tp`` is revoked. ``tp`` may be
         several partitions (a table fed by several topics): caught up means every one still
-        assigned is, and the check is skipped once none of them is assigned."""
+        assigned is, and the check is skipped once none of them is assigned. When ``idle()``
+        says the partition is not idle, ``callback(False)`` is called without asking anything:
+        a busy partition costs no lookup."""
         tps = (tp,) if isinstance(tp, TopicPartition) else tuple(tp)
 
         async def check() -> None:
             live = [p for p in tps if p in self.assigned]
             if not live:
+                return
+            if idle is not None and not idle():
+                async with self.commit_guard:
+                    if not self.closing:
+                        callback(False)
                 return
             try:
                 caught_up = True
@@ -243,6 +319,9 @@ class Worker:
             return False
         if any(channel.outstanding.get(tp) for channel in self.channels):
             return False
+        cached = self.consumer.caught_up_cached(tp)
+        if cached is not None:
+            return cached
         position = self.consumer.position(tp)
         if position is None:
             return False
@@ -438,6 +517,7 @@ class Worker:
         self.events_in += len(records)
         self.dispatch_ms = self.clock.monotonic_ms()
         count = len(records)
+        fenced = self.fenced
         start = 0
         while start < count:
             first = records[start]
@@ -447,6 +527,11 @@ class Worker:
                 end += 1
             run = records if start == 0 and end == count else records[start:end]
             tp = TopicPartition(topic, partition)
+            if fenced and tp in fenced:
+                # Fetched for the assignment the group fenced, before the rejoin revoked it: the
+                # partition's owner reads these again from the committed offset.
+                start = end
+                continue
             if tp in self.restoring:
                 # Fetched before the pause took effect: read again once the state is restored.
                 self.rewind.setdefault(tp, first.offset)
@@ -554,10 +639,12 @@ class Worker:
             try:
                 if self.exactly_once:
                     await self.producer.flush()
+                    if not offsets and self.producer.records_sent != self._txn_records_at_begin:
+                        offsets = self._fencing_offsets()
                     if offsets:
                         await self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
                     await self.producer.commit_transaction()
-                    self.producer.begin_transaction()
+                    self._begin_transaction()
                 else:
                     await self.producer.flush()
                     # Without a transaction the flush is the point of no return: the changelog
@@ -574,8 +661,53 @@ class Worker:
             if collected:
                 state.store(collected, futures)  # type: ignore[union-attr]
             self.committed.update(offsets)
+        except GroupFencedError as exc:
+            # Still at the barrier (gates closed): nothing runs on the dropped partitions.
+            await self._fenced(exc)
         finally:
             self._open_gates()
+
+    def _fencing_offsets(self) -> dict[TopicPartition, int]:
+        """Offsets for a transaction that sent records but read nothing new (a timer's sends,
+        windows closed by the clock, a ``take`` flushed): each assigned partition's last
+        committed (or starting) offset, unchanged. Sending them makes the commit name this
+        member's generation, so a zombie's outputs are fenced by the group like any others
+        (KIP-447); without offsets the transaction would commit without the group being asked."""
+        assert self.consumer is not None
+        out: dict[TopicPartition, int] = {}
+        for tp in self.assigned:
+            offset = self.committed.get(tp)
+            if offset is None:
+                offset = self.rewind.get(tp)  # fetched and dropped while restoring: resume there
+            if offset is None and tp not in self.dispatched_next:
+                offset = self.consumer.position(tp)  # nothing dispatched yet: where reading starts
+            if offset is not None:
+                out[tp] = offset
+        return out
+
+    async def _fenced(self, exc: GroupFencedError) -> None:
+        """The group moved on without this worker (KIP-447): abort, drop everything, rejoin.
+
+        Nothing of the transaction is committed: its outputs and table changes are aborted, its
+        offsets were refused. Whatever this worker processed since its last commit is dropped
+        for every partition (buffered events, uncommitted table changes, positions): the
+        partitions' owners, this worker included after the rejoin, read them again from the
+        committed offsets. Kafka Streams does the same ("task migrated": close all tasks dirty,
+        unsubscribe, subscribe). Inside a revocation or at shutdown the group is being left or
+        rejoined anyway, so only the rejoin is skipped there.
+        """
+        assert self.producer is not None and self.consumer is not None
+        lost = sorted(self.assigned)
+        self.fencings += 1
+        log.warning(
+            "fenced by the group: %s; aborting the transaction, dropping %d partitions and rejoining", exc, len(lost)
+        )
+        await self.producer.abort_transaction()
+        self._begin_transaction()
+        self.fenced.update(lost)
+        await self._forget(lost)
+        if not self.closing and not self.revoking:
+            self.consumer.rejoin()
 
     async def _commit_before(self, records: list[Record]) -> None:
         offsets: dict[TopicPartition, int] = {}
@@ -586,6 +718,7 @@ class Worker:
 
     # -- rebalance --------------------------------------------------------------------------
     async def _on_assigned(self, partitions: list[TopicPartition]) -> None:
+        self.fenced.clear()  # a new assignment: its positions come from the committed offsets
         self.assigned.update(partitions)
         log.info("assigned %s", sorted(partitions))
         if self.state is not None:
@@ -598,13 +731,26 @@ class Worker:
     async def _on_revoked(self, partitions: list[TopicPartition]) -> None:
         log.info("revoking %s", sorted(partitions))
         if not self.closing and self.failure is None:
+            self.revoking = True
             try:
                 await self.commit(barrier=True)
             except CommitError as exc:
                 # Partitions lost rather than revoked (session expired): their new owner
                 # replays from the last commit, which at-least-once allows.
                 log.warning("commit on revocation failed: %s", exc)
+            finally:
+                self.revoking = False
+        await self._forget(partitions)
+
+    async def _forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop what this worker holds of these partitions: buffered events, positions, state."""
         gone = set(partitions)
+        held = [tp for tp in gone if tp in self.paused or tp in self.restoring]
+        if held and self.consumer is not None and not self.closing:
+            # Forgotten here, a pause (backpressure, restore) would outlive the partition in the
+            # consumer: given back to this worker later (after a fenced commit's rejoin, or a
+            # rebalance), it would never be fetched again.
+            self.consumer.resume(held)
         for channel in self.channels:
             channel.purge(gone)
         for tp in gone:
@@ -626,6 +772,8 @@ class Worker:
         for task in self._tasks:
             if task.get_name() != "flowbus-scheduler":
                 task.cancel()
+        for task in list(self._deadline_tasks):
+            task.cancel()  # an idle check must not ask a consumer that is closing
         try:
             if self.started and self.producer is not None and self.consumer is not None:
                 if self.failure is not None and self.exactly_once:
@@ -656,4 +804,9 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.app._detach_producer(self.producer)
-            await self.transport.close()
+            try:
+                await self.transport.close()
+            finally:
+                if self.txn_slot is not None:
+                    # Last: the id's last transaction has ended, so the slot is left clean.
+                    self.txn_slot.release()

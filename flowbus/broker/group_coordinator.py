@@ -399,23 +399,16 @@ class GroupCoordinator:
         offsets: list[OffsetToCommit],
         *,
         partition_exists: Callable[[str, int], bool],
+        group_instance_id: str | None = None,
     ) -> list[int]:
         """Write transactional commits, pending until the transaction ends (TxnOffsetCommit).
 
-        The transaction coordinator has checked the producer; here the group is checked when the
-        client names its generation and member (KIP-447), so a zombie of an older generation
-        cannot commit.
+        The transaction coordinator has checked the producer; here the group is checked
+        (:meth:`_check_txn_commit`), so a zombie whose partitions moved cannot commit (KIP-447).
         """
-        if self.loading:
-            return [ErrorCode.COORDINATOR_LOAD_IN_PROGRESS] * len(offsets)
-        if not group_id:
-            return [ErrorCode.INVALID_GROUP_ID] * len(offsets)
-        group = self._groups.get(group_id)
-        if member_id and generation_id >= 0 and group is not None and group.members:
-            if member_id not in group.members:
-                return [ErrorCode.UNKNOWN_MEMBER_ID] * len(offsets)
-            if generation_id != group.generation_id:
-                return [ErrorCode.ILLEGAL_GENERATION] * len(offsets)
+        error = self._check_txn_commit(group_id, generation_id, member_id, group_instance_id)
+        if error != ErrorCode.NONE:
+            return [error] * len(offsets)
         errors, records, accepted = self._offset_records(group_id, offsets, partition_exists)
         if records:
             try:
@@ -434,6 +427,54 @@ class GroupCoordinator:
             for key, committed in accepted:
                 pending[key] = committed
         return errors
+
+    def _check_txn_commit(
+        self, group_id: str, generation_id: int, member_id: str, group_instance_id: str | None
+    ) -> int:
+        """May a TxnOffsetCommit naming this generation and member commit? (KIP-447)
+
+        As Kafka's group coordinator decides it: a request that names no generation, member or
+        instance (TxnOffsetCommit v0-2, or a producer outside group management) is accepted
+        whatever the group's state, since those versions cannot name them. One that names any
+        of them must be the group's current member, in its current generation:
+
+        * a static member whose instance id now maps to another member id: FENCED_INSTANCE_ID
+          (a newer incarnation of that instance joined);
+        * a member id the group no longer has (removed after its session timeout, left, or
+          dropped by a rebalance it missed), or an instance id it does not know:
+          UNKNOWN_MEMBER_ID, also when the group has no members left at all;
+        * a known member of another generation: ILLEGAL_GENERATION.
+
+        Unlike OffsetCommit, a commit while the group is CompletingRebalance is accepted: the
+        generation check already ties it to the member's current assignment.
+        """
+        if self.loading:
+            return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+        if not group_id:
+            return ErrorCode.INVALID_GROUP_ID
+        group = self._groups.get(group_id)
+        if group is not None and group.state is GroupState.DEAD:
+            return ErrorCode.COORDINATOR_NOT_AVAILABLE
+        if generation_id < 0 and not member_id and group_instance_id is None:
+            return ErrorCode.NONE
+        if generation_id < 0 and (group is None or group.state is GroupState.EMPTY):
+            return ErrorCode.NONE  # a member id without a generation: not group-managed
+        members = group.members if group is not None else {}
+        if group_instance_id is not None:
+            current = next(
+                (m.member_id for m in members.values() if m.group_instance_id == group_instance_id),
+                None,
+            )
+            if current is None:
+                return ErrorCode.UNKNOWN_MEMBER_ID
+            if current != member_id:
+                return ErrorCode.FENCED_INSTANCE_ID
+        if member_id not in members:
+            return ErrorCode.UNKNOWN_MEMBER_ID
+        assert group is not None
+        if generation_id != group.generation_id:
+            return ErrorCode.ILLEGAL_GENERATION
+        return ErrorCode.NONE
 
     def finish_loading(self) -> None:
         """Start answering group requests (all offsets are loaded)."""

@@ -12,6 +12,7 @@ send them (KAFKA-PROTOCOL.md, "advertise" column).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from flowbus.broker.core import (
     BrokerCore,
     FetchRequestPartition,
     NewTopic,
+    ProduceResult,
 )
 from flowbus.broker.errors import CloseConnection
 from flowbus.broker.group_coordinator import OffsetToCommit
@@ -178,6 +180,9 @@ class Handlers:
         acks = body.get("acks", 1)
         old = header.api_version < PRODUCE_MIN_IMPLEMENTED_VERSION
         responses = []
+        # Every partition is appended first (in request order, before any await); then the
+        # answers are collected, some of which wait for an fsync (durable acks, group commit).
+        pending: list[tuple[list[dict[str, Any]], int, int, asyncio.Future[ProduceResult]]] = []
         for topic in body["topic_data"]:
             name = topic["name"]
             partitions = []
@@ -210,19 +215,21 @@ class Handlers:
                         }
                     )
                     continue
-                result = await self.core.produce(name, part["index"], records)
-                partitions.append(
-                    {
-                        "index": part["index"],
-                        "error_code": result.error_code,
-                        "base_offset": result.base_offset,
-                        "log_append_time_ms": result.log_append_time_ms,
-                        "log_start_offset": result.log_start_offset,
-                        "record_errors": [],
-                        "error_message": result.error_message,
-                    }
-                )
+                future = self.core.produce_nowait(name, part["index"], records)
+                pending.append((partitions, len(partitions), part["index"], future))
+                partitions.append({})  # filled in below, once the answer may be sent
             responses.append({"name": name, "partition_responses": partitions})
+        for partitions, slot, index, future in pending:
+            result = await future
+            partitions[slot] = {
+                "index": index,
+                "error_code": result.error_code,
+                "base_offset": result.base_offset,
+                "log_append_time_ms": result.log_append_time_ms,
+                "log_start_offset": result.log_start_offset,
+                "record_errors": [],
+                "error_message": result.error_message,
+            }
         if acks == 0:
             failed = [
                 f"{t['name']}-{p['index']}: {ErrorCode(p['error_code']).name}"
@@ -768,6 +775,7 @@ class Handlers:
             body.get("generation_id", -1),
             body.get("member_id") or "",
             offsets,
+            body.get("group_instance_id"),  # v3+ with the generation and member (KIP-447)
         )
         fenced = [_fenced_for(header, error) for error in errors]
         return {"throttle_time_ms": 0, "topics": _commit_results(offsets, fenced)}

@@ -359,8 +359,15 @@ class TransactionCoordinator:
         generation_id: int,
         member_id: str,
         offsets: list[OffsetToCommit],
+        group_instance_id: str | None = None,
     ) -> list[int]:
-        """TxnOffsetCommit: offsets pending in the transaction, visible to OffsetFetch on commit."""
+        """TxnOffsetCommit: offsets pending in the transaction, visible to OffsetFetch on commit.
+
+        ``generation_id``, ``member_id`` and ``group_instance_id`` (v3+, KIP-447) are the
+        consumer's group metadata: a member the group no longer has, or one of an older
+        generation, is refused (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, FENCED_INSTANCE_ID) and
+        nothing is written; the client must then abort the transaction.
+        """
         error, meta = self._check(transactional_id, producer_id, producer_epoch)
         if meta is None:
             return [error] * len(offsets)
@@ -377,6 +384,7 @@ class TransactionCoordinator:
             member_id,
             offsets,
             partition_exists=self._core.partition_exists,
+            group_instance_id=group_instance_id,
         )
 
     def end_txn(

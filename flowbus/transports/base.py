@@ -279,6 +279,12 @@ class Consumer(abc.ABC):
         arithmetic on offsets)."""
         raise NotImplementedError
 
+    def caught_up_cached(self, partition: TopicPartition) -> bool | None:
+        """Whether this consumer has read ``partition`` to its end, from what the last poll
+        learned, without asking the broker or waiting (``None``: this transport does not know
+        cheaply; ask :meth:`position` and :meth:`end_offsets`). The window idle close asks it."""
+        return None
+
     @abc.abstractmethod
     async def poll_batch(self, max_records: int, timeout_ms: int) -> list[Record]:
         """Up to ``max_records`` records, waiting at most ``timeout_ms`` for the first one.
@@ -318,6 +324,20 @@ class Consumer(abc.ABC):
     @abc.abstractmethod
     def group_metadata(self) -> object:
         """Opaque group metadata for :meth:`Producer.send_offsets_to_transaction`."""
+
+    def rejoin(self) -> None:
+        """Leave the current generation and join the group again, as Kafka Streams does when a
+        commit finds it fenced (KIP-447): the worker already dropped everything it had not
+        committed, so the owned partitions are revoked and the new assignment starts from the
+        group's committed offsets, not from this consumer's positions. Returns at once; the
+        rebalance happens inside the next :meth:`poll_batch` calls (records polled meanwhile
+        may still belong to the old assignment). Not to be called from a rebalance callback:
+        the group is rejoining then anyway.
+
+        Raises:
+            NotImplementedError: a transport whose group never fences its members.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot rejoin its group")
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -70,6 +70,7 @@ from flowbus.transports.base import (
 )
 from flowbus.transports.errors import (
     CommitError,
+    GroupFencedError,
     ProduceError,
     ProducerFencedError,
     TopicNotFoundError,
@@ -107,6 +108,8 @@ TXN_RETRY_DELAY_S = 0.01
 """A coordinator answering CONCURRENT_TRANSACTIONS or COORDINATOR_LOAD_IN_PROGRESS is asked
 again this often, at most this many times (5 s), before the call fails."""
 _FENCED = (ErrorCode.PRODUCER_FENCED, ErrorCode.INVALID_PRODUCER_EPOCH)
+#: TxnOffsetCommit's answers for a member the group moved on without (KIP-447).
+_GROUP_FENCED = (ErrorCode.UNKNOWN_MEMBER_ID, ErrorCode.ILLEGAL_GENERATION, ErrorCode.FENCED_INSTANCE_ID)
 _RETRIABLE_TXN = (ErrorCode.CONCURRENT_TRANSACTIONS, ErrorCode.COORDINATOR_LOAD_IN_PROGRESS)
 #: Sequences wrap at INT32 max (Kafka's DefaultRecordBatch.incrementSequence).
 SEQUENCE_MODULUS = 1 << 31
@@ -474,6 +477,12 @@ class EmbeddedProducer(Producer):
         failed = sorted({c for c in codes if c != ErrorCode.NONE})
         if any(c in _FENCED for c in failed):
             raise ProducerFencedError(f"TxnOffsetCommit: transactional id {tid!r} was fenced")
+        if any(c in _GROUP_FENCED for c in failed):
+            names = ", ".join(ErrorCode(c).name for c in failed)
+            raise GroupFencedError(
+                f"TxnOffsetCommit: group {group_id!r} moved on without member {member_id!r} of generation "
+                f"{generation} ({names}); the transaction must be aborted"
+            )
         if failed:
             raise TransactionError(f"TxnOffsetCommit failed with errors {failed}")
 
@@ -775,6 +784,12 @@ class EmbeddedConsumer(Consumer):
     def group_metadata(self) -> object:
         return (self._group_id, self._generation, self._member_id)
 
+    def rejoin(self) -> None:
+        """Join the group again before the next poll returns anything (see :meth:`Consumer.rejoin`):
+        the owned partitions are revoked first and every new one starts at its committed offset."""
+        if self._group_id is not None and self._topics:
+            self._rejoin = True
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -788,19 +803,41 @@ class EmbeddedConsumer(Consumer):
             self._core.groups.leave_group(self._group_id, [(self._member_id, None)])
 
 
+def _broker_settings(query: str) -> dict[str, int]:
+    """BrokerConfig keyword arguments from an embedded URL's query (``flush.messages=N``)."""
+    settings: dict[str, int] = {}
+    for item in filter(None, query.split("&")):  # bounded by the query's length
+        key, _, text = item.partition("=")
+        if key not in ("flush.messages", "log.flush.interval.messages"):
+            raise TransportError(f"unknown embedded:// setting {key!r} (known: flush.messages)")
+        if not text.isdigit() or int(text) < 1:
+            raise TransportError(f"{key} must be a positive integer, got {text!r}")
+        settings["log_flush_interval_messages"] = int(text)
+    return settings
+
+
 class EmbeddedTransport(Transport):
     """The broker core of ``DIR``, shared by every embedded transport of this process.
 
     Args:
-        url: ``embedded://DIR`` (relative paths are relative to the working directory).
+        url: ``embedded://DIR`` (relative paths are relative to the working directory), with
+            optional broker settings as a query: ``embedded://DIR?flush.messages=1`` makes every
+            topic's default ``flush.messages`` 1 (Kafka's ``log.flush.interval.messages``): a
+            produce completes only after an fsync covers it. The first transport to start a
+            directory's core decides its settings.
         listen: also serve the Kafka protocol on ``host:port`` so other workers and any Kafka
             tool can connect to this broker.
+
+    Raises:
+        TransportError: an unknown setting or a bad value in the URL's query.
     """
 
     def __init__(self, url: str, *, clock: Clock = SYSTEM_CLOCK, listen: str | None = None) -> None:
         self.url = url
         self.clock = clock
-        self.data_dir = Path(url.removeprefix("embedded://") or "./flowbus-data").resolve()
+        location, _, query = url.removeprefix("embedded://").partition("?")
+        self.data_dir = Path(location or "./flowbus-data").resolve()
+        self._broker_settings = _broker_settings(query)
         self.listen = listen
         self._handle: _CoreHandle | None = None
         self._started = False
@@ -827,6 +864,7 @@ class EmbeddedTransport(Transport):
             config = BrokerConfig(
                 data_dir=self.data_dir, advertised_host=host, advertised_port=port,
                 groups=GroupConfig(group_initial_rebalance_delay_ms=0),
+                **self._broker_settings,
             )
             handle = _CORES[self.data_dir] = _CoreHandle(BrokerCore(config, clock=self.clock))
             await handle.core.start()

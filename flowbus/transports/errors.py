@@ -33,5 +33,13 @@ class ProducerFencedError(TransactionError):
     """Another producer with the same transactional id took over; this one must stop."""
 
 
+class GroupFencedError(TransactionError):
+    """The consumer group moved on without this member (KIP-447): the offsets sent to the
+    transaction named a member the group no longer has, an older generation, or a static
+    instance a newer member took over (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION,
+    FENCED_INSTANCE_ID). Nothing was committed. The producer stays usable: abort the
+    transaction, forget every partition's uncommitted progress, and join the group again."""
+
+
 class BrokerUnavailableError(TransportError):
     """The broker could not be reached, or did not answer, within the time given."""

@@ -56,6 +56,7 @@ from flowbus.transports.base import (
 from flowbus.transports.errors import (
     BrokerUnavailableError,
     CommitError,
+    GroupFencedError,
     ProduceError,
     ProducerFencedError,
     TopicNotFoundError,
@@ -93,10 +94,17 @@ def _parse_url(url: str) -> tuple[str, dict[str, str]]:
     return servers, config
 
 
+_GROUP_FENCED_CODES = frozenset({KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.FENCED_INSTANCE_ID})
+"""TxnOffsetCommit's answers for a member the group moved on without (KIP-447); librdkafka
+makes them abortable errors of the transaction, not fatal ones."""
+
+
 def _transaction_error(exc: KafkaException) -> TransactionError:
     err = exc.args[0] if exc.args else None
     if isinstance(err, KafkaError) and err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
         return ProducerFencedError(str(err))
+    if isinstance(err, KafkaError) and err.code() in _GROUP_FENCED_CODES and not err.fatal():
+        return GroupFencedError(str(err))
     return TransactionError(str(exc))
 
 
@@ -310,8 +318,12 @@ class KafkaConsumer(Consumer):
         self._loop = asyncio.get_running_loop()
         self._on_assigned: OnAssigned | None = None
         self._on_revoked: OnRevoked | None = None
+        self._topics: list[str] = []
+        """What :meth:`subscribe` was given, for :meth:`rejoin`."""
         self._assignment: list[TopicPartition] = []
         self._closed = False
+        self._at_end: dict[TopicPartition, bool] = {}
+        """Per assigned partition, whether the last poll left it read to its end."""
         self._in_rebalance = False
         self._pause_after_rebalance: list[KafkaTopicPartition] = []
         self._calls_lock = threading.Lock()
@@ -385,7 +397,24 @@ class KafkaConsumer(Consumer):
         on_revoked: OnRevoked | None = None,
     ) -> None:
         self._on_assigned, self._on_revoked = on_assigned, on_revoked
+        self._topics = list(topics)
         self._consumer.subscribe(list(topics), on_assign=self._assign_cb, on_revoke=self._revoke_cb, on_lost=self._revoke_cb)
+
+    def rejoin(self) -> None:
+        """Unsubscribe and subscribe again, as Kafka Streams does after a fenced commit: librdkafka
+        revokes the assignment (through ``on_revoked``, inside a following poll), leaves the
+        group and joins as a new member; new partitions start from the committed offsets.
+        Messages of the old assignment already fetched may still be returned before the
+        revocation: the caller ignores them."""
+        topics = self._topics
+        if not topics or self._closed:
+            return
+
+        def again() -> None:
+            self._consumer.unsubscribe()
+            self._consumer.subscribe(list(topics), on_assign=self._assign_cb, on_revoke=self._revoke_cb, on_lost=self._revoke_cb)
+
+        self._call(again)
 
     def assign(self, partitions: Sequence[TopicPartition], offsets: Mapping[TopicPartition, int] | None = None) -> None:
         starts = offsets or {}
@@ -403,8 +432,33 @@ class KafkaConsumer(Consumer):
         offset = found[0].offset if found else -1
         return offset if offset >= 0 else None
 
+    def caught_up_cached(self, partition: TopicPartition) -> bool | None:
+        """From the poll thread's notes after its last ``consume``: the position reached the
+        high watermark of the last fetch response. Consumer calls from the event loop would wait
+        for a ``consume`` running in the poll thread (confluent-kafka serializes them), so the
+        worker's idle checks read these notes instead. Under read_committed an open transaction
+        keeps the position below the high watermark: not caught up, which is the safe answer."""
+        return self._at_end.get(partition, False)
+
+    def _consume_and_note_ends(self, max_records: int, timeout_s: float) -> list[Any]:
+        """``consume``, then note per assigned partition whether it is read to its end (on the
+        poll thread, so nothing waits; cached watermarks need no broker round trip)."""
+        messages = self._consumer.consume(max_records, timeout_s)
+        assignment = self._assignment
+        if assignment:
+            at_end: dict[TopicPartition, bool] = {}
+            try:
+                positions = self._consumer.position([KafkaTopicPartition(tp.topic, tp.partition) for tp in assignment])
+                for found in positions:
+                    _, high = self._consumer.get_watermark_offsets(found, cached=True)
+                    at_end[TopicPartition(found.topic, found.partition)] = 0 <= high <= found.offset
+            except KafkaException:
+                at_end = {}  # closing, or a partition just revoked: not known, so not caught up
+            self._at_end = at_end
+        return messages
+
     async def poll_batch(self, max_records: int, timeout_ms: int) -> list[Record]:
-        messages = await asyncio.to_thread(self._consumer.consume, max_records, timeout_ms / 1000)
+        messages = await asyncio.to_thread(self._consume_and_note_ends, max_records, timeout_ms / 1000)
         out: list[Record] = []
         append = out.append
         for m in messages:
@@ -473,7 +527,29 @@ class KafkaConsumer(Consumer):
         return await asyncio.to_thread(fetch)
 
     def group_metadata(self) -> object:
-        return self._call(self._consumer.consumer_group_metadata)
+        """librdkafka's metadata of this member, for the transaction's offsets (KIP-447).
+
+        Raises:
+            GroupFencedError: librdkafka no longer has a member id: its heartbeat found that the
+                group removed this member (it forgets the id at once, in its own thread, and
+                tells the worker only in a following poll, through ``on_lost``). Offsets sent
+                with that empty metadata name no member and no generation, which the
+                coordinator accepts from a transaction, as it must from pre-KIP-447 clients, so
+                a zombie's commit would go through: refused here instead. The member id is read
+                before and after the metadata, so the metadata is known to carry it. (A
+                consumer that never subscribed, reading partitions it assigned itself, has no
+                member id to lose: its metadata is returned as it is.)
+        """
+        if not self._topics:
+            return self._call(self._consumer.consumer_group_metadata)
+        before = self._call(self._consumer.memberid)
+        metadata = self._call(self._consumer.consumer_group_metadata)
+        after = self._call(self._consumer.memberid)
+        if not before or before != after:
+            raise GroupFencedError(
+                "the group removed this member (librdkafka dropped its member id); its offsets cannot be committed"
+            )
+        return metadata
 
     async def close(self) -> None:
         if not self._closed:
