@@ -52,12 +52,17 @@ class Runtime(Protocol):
         """The app clock (windows measure idle time on its monotonic reading)."""
 
     def idle_check(
-        self, delay_ms: int, tp: TopicPartition | Sequence[TopicPartition], callback: Callable[[bool], None]
+        self,
+        delay_ms: int,
+        tp: TopicPartition | Sequence[TopicPartition],
+        callback: Callable[[bool], None],
+        idle: Callable[[], bool] | None = None,
     ) -> None:
         """After ``delay_ms``, call ``callback(caught_up)`` outside any commit, where ``caught_up``
         says the partition's position is at the end of its log with nothing of it buffered or
         held back; not called at all once ``tp`` is no longer assigned to this worker. Several
-        partitions are caught up when each one still assigned is."""
+        partitions are caught up when each one still assigned is. ``idle()`` false: the answer is
+        False without looking (a busy partition is not worth a lookup)."""
 
     def commit_soon(self, within_ms: int) -> None:
         """Commit within ``within_ms`` rather than at the next interval (results are waiting)."""

@@ -412,7 +412,10 @@ class WindowStep(Step):
             acc = get(part, data_key)
             if acc is MISSING:
                 return
-            part.pending[data_key] = DELETED
+            if data_key in part.born_here:
+                del part.pending[data_key]  # opened and closed between two commits: nothing to undo
+            else:
+                part.pending[data_key] = DELETED
             table.closed_windows += 1
             if final:
                 _, key_bytes, window = split_key(data_key)

@@ -73,6 +73,7 @@ class WindowPartition(TablePartition):
 
     __slots__ = (
         "armed_stream_ms",
+        "born_here",
         "heap",
         "idle_armed",
         "idle_due_ms",
@@ -96,6 +97,8 @@ class WindowPartition(TablePartition):
         self.time_dirty = False
         self.index_pending: dict[bytes, bytes | None] = {}
         self.index_committing: dict[bytes, bytes | None] = {}
+        self.born_here: set[bytes] = set()
+        """Store keys indexed since the last commit, among the entries :meth:`WindowedTable.due` took."""
         self.heap: list[bytes] = []
         """Index keys added and not yet in the database (smallest close time first)."""
         self.scan_from_ms = 0
@@ -275,7 +278,12 @@ class WindowedTable(Table):
 
     def due(self, part: WindowPartition, upto_ms: int) -> list[tuple[int, bytes]]:
         """Take every index entry closing at or before ``upto_ms``: (close time, store key),
-        in close-time order; they are deleted from the index with the next commit."""
+        in close-time order; they are deleted from the index with the next commit.
+
+        ``part.born_here`` then holds the store keys whose entry was added since the last commit
+        took the changes: a window among them was created since, so closing it can simply forget
+        it (no tombstone for a record the changelog never got; a backfill or a catch-up, whose
+        windows open and close between two commits, writes nothing of them at all)."""
         found: set[bytes] = set()
         bound = index_bound(upto_ms + 1)
         if part.scan_from_ms <= upto_ms:
@@ -286,12 +294,22 @@ class WindowedTable(Table):
         while heap and heap[0] < bound:
             found.add(heapq.heappop(heap))
         pending, committing = part.index_pending, part.index_committing
+        born = part.born_here
+        born.clear()
         out = []
         for ikey in sorted(found):
-            if pending.get(ikey, b"") is None or committing.get(ikey, b"") is None:
+            added = pending.get(ikey, b"-")
+            if added is None or committing.get(ikey, b"") is None:
                 continue
-            pending[ikey] = None
-            out.append(split_index_key(ikey))
+            entry = split_index_key(ikey)
+            if added == b"":
+                # Indexed since the last commit took the changes: neither the database nor the
+                # changelog has heard of this entry (nor, for a window, of its data).
+                del pending[ikey]
+                born.add(entry[1])
+            else:
+                pending[ikey] = None
+            out.append(entry)
         part.next_close_ms = self._next_close(part)
         return out
 
@@ -410,7 +428,12 @@ class WindowClock:
         part.idle_due_ms = due_at
         part.armed_stream_ms = part.stream_time_ms
         now = runtime.clock.monotonic_ms()
-        runtime.idle_check(max(due_at - now, 1), tps, self._on_idle(part, tps[0].topic, due_at))
+        clock = runtime.clock
+
+        def idle() -> bool:
+            return clock.monotonic_ms() - part.seen_ms >= idle_ms  # type: ignore[operator]
+
+        runtime.idle_check(max(due_at - now, 1), tps, self._on_idle(part, tps[0].topic, due_at), idle)
 
     def _on_idle(self, part: WindowPartition, topic: str, due_at: int) -> Callable[[bool], None]:
         def check(caught_up: bool) -> None:
