@@ -35,6 +35,7 @@ from flowbus.app_errors import ConfigurationError
 from flowbus.context import current_source
 from flowbus.operators.stateful import NoKeyError, _partition_getter
 from flowbus.operators.steps import Emit, Runtime, Step
+from flowbus.operators.windowed import late_records
 from flowbus.serializers import Codec
 from flowbus.state.errors import PartitionNotOwnedError
 from flowbus.state.table import DELETED, MISSING, Table
@@ -511,7 +512,6 @@ class StreamStreamJoinStep(TwoInputStep):
         get_source = current_source.get
         late_send = runtime.sender(self.on_late) if self.on_late is not None else None
         idle_topics = list(dict.fromkeys(self.topics))
-        warned = [False]
         name = table.name
 
         def emit_at(timestamp_ms: int, key: Any, value: Any, source: Any) -> None:
@@ -530,17 +530,7 @@ class StreamStreamJoinStep(TwoInputStep):
             finally:
                 current_source.reset(token)
 
-        def late(key: Any, value: Any, t: int, part: WindowPartition) -> None:
-            table.late_records += 1
-            if late_send is not None:
-                late_send(key, value)
-            elif not warned[0]:
-                warned[0] = True
-                log.warning(
-                    "join %r: a record of key %r at %d ms came after its join window closed (watermark %d ms); "
-                    "late records are dropped and counted (pass on_late=topic to keep them)",
-                    name, key, t, part.watermark_ms,
-                )
+        late = late_records(table, late_send, f"join {name!r}", "its join window")
 
         def close(part: WindowPartition, close_ms: int, data_key: bytes) -> None:
             """Drop a buffer's records whose window the watermark passed; emit the unmatched ones

@@ -244,6 +244,30 @@ class Collect(Aggregation):
         return value if self.fn is None else self.fn(value)
 
 
+def late_records(
+    table: WindowedTable, send: Emit | None, what: str, closed: str
+) -> Callable[[Any, Any, int, WindowPartition], None]:
+    """The late-record policy of a window store: count every late record, and send it to the
+    ``on_late`` topic (``send``) or drop it with one warning (``what``: whose records, for the log;
+    ``closed``: what had closed)."""
+    warned = False
+
+    def late(key: Any, value: Any, t: int, part: WindowPartition) -> None:
+        nonlocal warned
+        table.late_records += 1
+        if send is not None:
+            send(key, value)
+        elif not warned:
+            warned = True
+            log.warning(
+                "%s: a record of key %r at %d ms came after %s closed (watermark %d ms); late records are "
+                "dropped and counted (pass on_late=topic to keep them)",
+                what, key, t, closed, part.watermark_ms,
+            )
+
+    return late
+
+
 # -- the declarative builder -----------------------------------------------------------------
 class WindowDefinition:
     """``stream.tumbling_window(...)`` and friends: pick an aggregation next."""
@@ -385,7 +409,6 @@ class WindowStep(Step):
         assert source_topic is not None
         late_send = runtime.sender(self.on_late) if self.on_late is not None else None
         idle_ms = self.idle_ms
-        warned = [False]
 
         def emit_at(start_ms: int, key: Any, value: Any, partition: int) -> None:
             """Pass a closed window's result on, stamped with the window start."""
@@ -395,17 +418,7 @@ class WindowStep(Step):
             finally:
                 current_source.reset(token)
 
-        def late(key: Any, value: Any, t: int, part: WindowPartition) -> None:
-            table.late_records += 1
-            if late_send is not None:
-                late_send(key, value)
-            elif not warned[0]:
-                warned[0] = True
-                log.warning(
-                    "window %r: a record of key %r at %d ms came after its windows closed (watermark %d ms); "
-                    "late records are dropped and counted (pass on_late=topic to keep them)",
-                    table.name, key, t, part.watermark_ms,
-                )
+        late = late_records(table, late_send, f"window {table.name!r}", "its windows")
 
         # -- closing ------------------------------------------------------------------------
         def close_window(part: WindowPartition, close_ms: int, data_key: bytes) -> None:
@@ -492,15 +505,10 @@ class WindowStep(Step):
                     t = 0  # a record without a timestamp (pre-0.10 format) counts as time 0
             return part, encode_key(key), t  # type: ignore[return-value]
 
+        clock_observe = window_clock.observe
+
         def observe(part: WindowPartition, t: int) -> None:
-            part.seen_ms = runtime.dispatch_ms
-            if t > part.stream_time_ms:
-                part.stream_time_ms = t
-                part.time_dirty = True
-                if t > part.watermark_ms:
-                    part.watermark_ms = t
-                    if t >= part.next_close_ms:
-                        close_due(part)
+            clock_observe(part, t, runtime.dispatch_ms)
 
         emit_current = not final
 
