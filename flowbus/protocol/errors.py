@@ -55,6 +55,14 @@ class TruncatedMessageError(MalformedMessageError):
     """A read ran past the end of the frame (or of a length-delimited section inside it)."""
 
 
+class RequestTooComplexError(MalformedMessageError):
+    """A message holds more array elements and tagged fields than its per-API limit allows.
+
+    Decoding stops at the count that crosses the limit, before looping over it, so one frame cannot
+    hold the broker's event loop for long (``codec.MAX_REQUEST_ELEMENTS``).
+    """
+
+
 class UnsupportedVersionError(ProtocolError):
     """The request names an API key or version this codec does not support.
 

@@ -21,6 +21,7 @@ import uuid
 from flowbus.protocol.errors import (
     LocalProtocolError,
     MalformedMessageError,
+    RequestTooComplexError,
     TruncatedMessageError,
 )
 
@@ -28,6 +29,9 @@ from flowbus.protocol.errors import (
 MAX_VARINT_BYTES = 5
 #: A varlong (int64) takes at most 10 bytes.
 MAX_VARLONG_BYTES = 10
+#: Default element budget of a :class:`Reader`: effectively none (responses a client decodes, records).
+#: The broker gives each request a small per-API budget instead (``codec.MAX_REQUEST_ELEMENTS``).
+UNLIMITED_ELEMENTS = 1 << 62
 
 _I8 = struct.Struct(">b")
 _I16 = struct.Struct(">h")
@@ -69,20 +73,40 @@ class Reader:
         data: the bytes to read (a frame). Wrapped in a ``memoryview``; never copied.
         pos: where to start.
         end: one past the last readable byte (default: the end of ``data``).
+        max_elements: the element budget: array elements plus tagged fields, summed over every
+            nesting level, that this reader may decode. Each count is charged *before* its loop
+            runs, so a frame of a million tiny elements fails after reading one varint instead of
+            holding the event loop for seconds (issue 10, item 4).
 
     Raises (from every method):
         TruncatedMessageError: a value runs past ``end``.
         MalformedMessageError: a value is impossible (negative length, overlong varint, bad UTF-8).
+        RequestTooComplexError: the counts read so far exceed ``max_elements``.
     """
 
-    __slots__ = ("buf", "end", "pos")
+    __slots__ = ("buf", "elements_left", "end", "pos")
 
-    def __init__(self, data: BytesLike, pos: int = 0, end: int | None = None) -> None:
+    def __init__(self, data: BytesLike, pos: int = 0, end: int | None = None,
+                 max_elements: int = UNLIMITED_ELEMENTS) -> None:
         self.buf = data if isinstance(data, memoryview) else memoryview(data)
         if self.buf.format != "B" or self.buf.ndim != 1:
             self.buf = self.buf.cast("B")
         self.pos = pos
         self.end = len(self.buf) if end is None else end
+        self.elements_left = max_elements
+
+    def _charge_elements(self, count: int, what: str) -> None:
+        """Take ``count`` elements from the budget before looping over them.
+
+        Raises:
+            RequestTooComplexError: the budget is exhausted.
+        """
+        left = self.elements_left - count
+        if left < 0:
+            raise RequestTooComplexError(
+                f"{what}: {count} more elements exceed the limit of elements per message "
+                f"({self.elements_left} left)")
+        self.elements_left = left
 
     @property
     def remaining(self) -> int:
@@ -205,6 +229,8 @@ class Reader:
             raise MalformedMessageError(f"invalid array length {count} (null not allowed here)")
         if count * max(min_element_bytes, 1) > self.end - self.pos:
             raise TruncatedMessageError(f"array of {count} elements cannot fit in {self.end - self.pos} bytes")
+        if count:
+            self._charge_elements(count, "array")
         return count
 
     # -- strings -----------------------------------------------------------------------------
@@ -299,6 +325,8 @@ class Reader:
         # Each tagged field takes at least two bytes (tag and size).
         if count * 2 > self.end - self.pos:
             raise TruncatedMessageError(f"{count} tagged fields cannot fit in {self.end - self.pos} bytes")
+        if count:
+            self._charge_elements(count, "tagged fields")
         fields: list[tuple[int, memoryview]] = []
         previous = -1
         for _ in range(count):

@@ -384,6 +384,7 @@ def _decode_tags(r: Reader, count: int, body: Body, tag_decoders: dict[int, tupl
     """Read ``count`` tagged fields into ``body``; unknown tags are skipped (KIP-482)."""
     if count * 2 > r.end - r.pos:
         raise MalformedMessageError(f"{count} tagged fields cannot fit in {r.end - r.pos} bytes")
+    r._charge_elements(count, "tagged fields")
     previous = -1
     for _ in range(count):
         tag = r.uvarint()
@@ -397,8 +398,10 @@ def _decode_tags(r: Reader, count: int, body: Body, tag_decoders: dict[int, tupl
         known = tag_decoders.get(tag)
         if known is not None:
             name, dec = known
-            sub = Reader(r.buf, start, start + size)
+            # The sub-reader spends the same element budget as the message around it.
+            sub = Reader(r.buf, start, start + size, r.elements_left)
             body[name] = dec(sub)
+            r.elements_left = sub.elements_left
             if sub.pos != sub.end:
                 raise MalformedMessageError(f"tagged field {tag} has {sub.end - sub.pos} trailing bytes")
         r.pos = start + size
