@@ -59,8 +59,14 @@ def test_stop_policy_failure_exits_nonzero(tmp_path: Path) -> None:
 def test_status_line_shows_rates_and_lag(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(cli_worker, "STATUS_INTERVAL_S", 0.01)
 
+    calls: list[int] = []
+    second_call = asyncio.Event()  # the status line is written right after each call returns
+
     class Consumer:
         async def end_offsets(self, tps: list[object]) -> dict[object, int]:
+            calls.append(1)
+            if len(calls) == 2:
+                second_call.set()
             return {tp: 10 for tp in tps}
 
     worker = SimpleNamespace(
@@ -71,7 +77,7 @@ def test_status_line_shows_rates_and_lag(monkeypatch: pytest.MonkeyPatch, capsys
     async def main() -> None:
         task = asyncio.create_task(cli_worker._status_line(worker))  # type: ignore[arg-type]
         worker.events_in, worker.producer.records_sent = 5, 3
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(second_call.wait(), 10)  # so at least one line was written
         task.cancel()
 
     asyncio.run(main())

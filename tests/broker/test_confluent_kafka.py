@@ -285,7 +285,16 @@ def test_broker_sigkill_loses_no_acknowledged_record(
     assert acked_at_kill > 0
     time.sleep(0.5)  # let the producer notice and start retrying
     broker.start()
-    time.sleep(1.0)
+    with lock:
+        acked_at_restart = len(acked)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until the restarted broker acknowledges new records
+        with lock:
+            if len(acked) > acked_at_restart:
+                break
+        time.sleep(0.05)
+    with lock:
+        assert len(acked) > acked_at_restart, f"nothing acknowledged after the restart\n{broker.log_tail()}"
     stop.set()
     thread.join(90)
     assert not thread.is_alive()

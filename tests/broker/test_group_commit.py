@@ -228,10 +228,12 @@ def test_a_retried_batch_is_not_answered_before_the_first_ones_fsync(
 ) -> None:
     """An idempotent retry (a DUPLICATE) waits for the fsync of the batch it duplicates."""
     release = threading.Event()
+    holding = threading.Event()
     real_fsync = os.fsync
 
     def held_fsync(fd: int) -> None:
         if os.readlink(f"/proc/self/fd/{fd}").endswith(".log"):
+            holding.set()
             release.wait(10)
         real_fsync(fd)
 
@@ -244,9 +246,9 @@ def test_a_retried_batch_is_not_answered_before_the_first_ones_fsync(
             pid = (await core.init_producer_id(None, 60_000)).producer_id
             monkeypatch.setattr(os, "fsync", held_fsync)
             first = core.produce_nowait("idem", 0, idempotent_batch(pid, 0))
-            await asyncio.sleep(0.1)
+            assert await asyncio.to_thread(holding.wait, 10), "the first batch never reached its fsync"
             retry = core.produce_nowait("idem", 0, idempotent_batch(pid, 0))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # a window for a wrong early answer to the retry: none may come
             assert not first.done() and not retry.done()
             release.set()
             results = await asyncio.wait_for(asyncio.gather(first, retry), 10)

@@ -233,6 +233,14 @@ def test_acks_zero_gets_no_response_and_order_is_kept(tmp_path: Path) -> None:
     run_with_broker(tmp_path, body)
 
 
+async def until_parked(core: BrokerCore, topic: str, partition: int) -> None:
+    """Until a fetch long poll waits on ``topic``-``partition`` (so an append now wakes it)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while (topic, partition) not in core._waiters._by_partition:
+        assert asyncio.get_running_loop().time() < deadline, "the fetch never started waiting"
+        await asyncio.sleep(0.005)
+
+
 def test_pipelined_requests_answered_in_order_behind_a_long_poll(
     tmp_path: Path,
 ) -> None:
@@ -243,7 +251,7 @@ def test_pipelined_requests_answered_in_order_behind_a_long_poll(
         # A long poll first, then quick requests behind it on the same connection.
         fetch_id = client.send(ApiKey.FETCH, 11, fetch_body("lp", 0, max_wait_ms=5000))
         quick_ids = [client.send(ApiKey.API_VERSIONS, 0, {}) for _ in range(5)]
-        await asyncio.sleep(0.2)
+        await until_parked(h.core, "lp", 0)
         produced = await producer.call(ApiKey.PRODUCE, 8, produce_body("lp", [b"wake"]))
         assert produced["responses"][0]["partition_responses"][0]["error_code"] == 0
         got, fetched = decode_response(ApiKey.FETCH, 11, await client.read_frame())
@@ -265,7 +273,7 @@ def test_long_poll_is_woken_by_an_append_not_by_its_timeout(tmp_path: Path) -> N
         poll = asyncio.ensure_future(
             client.call(ApiKey.FETCH, 11, fetch_body("wake", 0, max_wait_ms=10_000))
         )
-        await asyncio.sleep(0.1)
+        await until_parked(h.core, "wake", 0)
         await h.core.produce(
             "wake",
             0,

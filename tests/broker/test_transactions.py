@@ -117,6 +117,20 @@ def finish(process: subprocess.Popen[str], timeout_s: float = 60) -> tuple[int, 
     return process.returncode, output
 
 
+def wait_first_commit(broker: BrokerProcess, group: str, topic: str, process: subprocess.Popen[str]) -> None:
+    """Until the copier has committed its first transaction (offsets of ``group`` on ``topic``)."""
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        deadline = time.monotonic() + 30
+        while not any(tp.offset > 0 for tp in consumer.committed(tps, timeout=10)):
+            assert process.poll() is None, f"the copier ended early: {finish(process)[1][-3000:]}"
+            assert time.monotonic() < deadline, "the copier never committed a transaction"
+            time.sleep(0.05)  # polling the group's committed offsets
+    finally:
+        consumer.close()
+
+
 def test_copier_output_equals_input_record_for_record(
     broker: BrokerProcess, unique: Callable[[str], str]
 ) -> None:
@@ -224,7 +238,7 @@ def test_broker_sigkilled_mid_run_recovers_and_the_copier_finishes(
         dangling.produce(dst, value=b"never-committed", partition=p)
     dangling.flush(10)
     process = copier(broker, src, dst, group, txn_id, "--batch", "100", "--pause-ms", "20")
-    time.sleep(1.5)
+    wait_first_commit(broker, group, src, process)  # the broker dies mid-run, not before the copier started
     broker.kill()
     broker.start()
     restarts = 0

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from examples.pipelines import clickstream, fanout, log_parsing, pageviews, revenue
-from flowbus.transports.base import IsolationLevel
+from flowbus.transports.base import IsolationLevel, TopicPartition
 from flowbus.transports.kafka import KafkaTransport
 from tests.support.broker_process import free_port
 
@@ -188,6 +188,25 @@ async def consume(
     return out
 
 
+async def wait_committed(url: str, group: str, topic: str) -> None:
+    """Until ``group`` has committed every record of ``topic``: the worker processed them (and, under
+    exactly-once, their effects on tables are committed with those offsets)."""
+    transport = KafkaTransport(url)
+    consumer = transport.consumer(group)
+    try:
+        partitions = (await transport.describe_topics([topic]))[topic].partitions
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            ends, committed = await consumer.end_offsets(tps), await consumer.committed(tps)
+            if all((committed[tp] or 0) >= ends[tp] for tp in tps):
+                return
+            assert time.monotonic() < deadline, f"{group} never committed {topic}: {committed} of {ends}"
+            await asyncio.sleep(0.05)  # the worker commits every 100 ms under exactly-once
+    finally:
+        await consumer.close()
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
@@ -231,7 +250,8 @@ def test_revenue_end_to_end(workdir: Path) -> None:
     base = now - now % minute - 5 * minute
     with WorkerProcess("examples.pipelines.revenue:app", workdir / "data", workdir / "worker.log") as worker:
         run(produce(worker.url, "customers", [b'{"name": "Ada", "tier": "gold"}'], keys=[b"c1"]))
-        time.sleep(0.5)  # the profile is in the table before the totals are joined (poll order)
+        # The profile is in the table before the totals are joined (poll order).
+        run(wait_committed(worker.url, revenue.app.id, "customers"))
         orders = [b'{"customer": "c1", "amount": 10}', b'{"customer": "c2", "amount": 3}', b'{"customer": "c1", "amount": 5}',
                   b'{"customer": "c2", "amount": 1}']
         run(produce(worker.url, "orders", orders, timestamps_ms=[base + 1000, base + 2000, base + 3000, base + 2 * minute]))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -237,19 +238,41 @@ def _crash_and_reopen(plog: PartitionLog, open_log) -> PartitionLog:
     return _compact(open_log, segment_bytes="100000")
 
 
-def test_crash_before_the_swap_keeps_the_old_segments(open_log, clock, monkeypatch) -> None:
+def _clean_expecting_crash(plog: PartitionLog, clock, caplog) -> None:
+    """Run the cleaner; the injected ``_Crash`` must reach its failure handler exactly once.
+
+    The cleaner isolates a failing partition and logs instead of raising, so a test that only
+    looked at the reopened log would pass just the same if the injection never fired.
+    """
+    cleaner = LogCleaner(clock)
+    with caplog.at_level(logging.ERROR, logger="flowbus.log.cleaner"):
+        cleaner.clean_all([plog])
+    crashes = [r for r in caplog.records if r.exc_info is not None and r.exc_info[0] is _Crash]
+    assert len(crashes) == 1, caplog.text
+    assert crashes[0].getMessage().startswith(f"compaction of {plog.topic}-{plog.partition} failed")
+    # The partition is now uncleanable until restart: no further work is attempted on it.
+    assert cleaner.clean_some([plog]) is False
+    assert cleaner.stats.passes == 0
+
+
+def _files(directory: Path, suffix: str) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(suffix))
+
+
+def test_crash_before_the_swap_keeps_the_old_segments(open_log, clock, monkeypatch, caplog) -> None:
     plog, before = _prepare_group(open_log, clock)
+    old_logs = _files(plog.directory, ".log")
 
     def crash(self: PartitionLog, old: list, new: object) -> None:
         raise _Crash
 
     monkeypatch.setattr(PartitionLog, "replace_segments", crash)
-    try:
-        LogCleaner(clock).clean_all([plog])
-    except _Crash:
-        pass
+    _clean_expecting_crash(plog, clock, caplog)
     monkeypatch.undo()
-    assert any(p.name.endswith(".log.swap") for p in plog.directory.iterdir())
+    # On disk at the crash: every old segment untouched, the complete cleaned group as .swap.
+    assert _files(plog.directory, ".log") == old_logs
+    assert _files(plog.directory, ".log.swap") == [old_logs[0] + ".swap"]
+    assert not _files(plog.directory, ".deleted") and not _files(plog.directory, ".cleaned")
     reopened = _crash_and_reopen(plog, open_log)
     # The complete .swap was swapped in on open and the old segments it covers were dropped.
     assert [(k, v) for _, k, v in _records(reopened)] == [(b"k0", b"v0-7"), (b"k1", b"v1-7")]
@@ -257,39 +280,51 @@ def test_crash_before_the_swap_keeps_the_old_segments(open_log, clock, monkeypat
     assert not [p for p in reopened.directory.iterdir() if p.suffix in (".swap", ".deleted", ".cleaned")]
 
 
-def test_crash_in_the_middle_of_the_swap(open_log, clock, monkeypatch) -> None:
-    plog, _ = _prepare_group(open_log, clock)
+def test_crash_in_the_middle_of_the_swap(open_log, clock, monkeypatch, caplog) -> None:
+    plog, before = _prepare_group(open_log, clock)
+    old_logs = _files(plog.directory, ".log")
+    renamed: list[int] = []
 
     def half(self: PartitionLog, old: list, new: object) -> None:
         for segment in old[1:]:
             segment.change_suffix(DELETED_SUFFIX)
+            renamed.append(segment.base_offset)
         raise _Crash
 
     monkeypatch.setattr(PartitionLog, "replace_segments", half)
-    try:
-        LogCleaner(clock).clean_all([plog])
-    except _Crash:
-        pass
+    _clean_expecting_crash(plog, clock, caplog)
     monkeypatch.undo()
+    # On disk at the crash: the group's first segment still live, the rest already .deleted,
+    # and the cleaned group as .swap.
+    assert len(renamed) >= 1
+    deleted = _files(plog.directory, ".log.deleted")
+    assert deleted == sorted(name + ".deleted" for name in old_logs[1:1 + len(renamed)])
+    assert _files(plog.directory, ".log.swap") == [old_logs[0] + ".swap"]
+    assert old_logs[0] in _files(plog.directory, ".log")
     reopened = _crash_and_reopen(plog, open_log)
     assert [(k, v) for _, k, v in _records(reopened)] == [(b"k0", b"v0-7"), (b"k1", b"v1-7")]
+    assert reopened.log_end_offset == before[-1][0] + 1
     offsets = [h.base_offset for h, _ in reopened.iter_batches()]
     assert offsets == sorted(offsets)
+    assert not [p for p in reopened.directory.iterdir() if p.suffix in (".swap", ".deleted", ".cleaned")]
 
 
-def test_crash_while_writing_the_cleaned_files(open_log, clock, monkeypatch) -> None:
+def test_crash_while_writing_the_cleaned_files(open_log, clock, monkeypatch, caplog) -> None:
     plog, before = _prepare_group(open_log, clock)
-    original = LogSegment.sync
+    old_logs = _files(plog.directory, ".log")
+    synced: list[str] = []
 
     def crash(self: LogSegment) -> None:
+        synced.append(self.path.name)
         raise _Crash
 
     monkeypatch.setattr(LogSegment, "sync", crash)
-    try:
-        LogCleaner(clock).clean_all([plog])
-    except _Crash:
-        pass
-    monkeypatch.setattr(LogSegment, "sync", original)
+    _clean_expecting_crash(plog, clock, caplog)
+    monkeypatch.undo()
+    # The crash hit the cleaned segment's sync, before any rename; its partial files are gone.
+    assert synced == [old_logs[0] + ".cleaned"]
+    assert _files(plog.directory, ".log") == old_logs
+    assert not [p for p in plog.directory.iterdir() if p.suffix in (".swap", ".deleted", ".cleaned")]
     reopened = _crash_and_reopen(plog, open_log)
     assert _records(reopened) == before
 

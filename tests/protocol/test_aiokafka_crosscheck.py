@@ -11,6 +11,7 @@ import io
 import pkgutil
 from typing import Any
 
+import aiokafka.protocol as aiokafka_protocol
 import pytest
 
 from flowbus.protocol.api import ApiKey
@@ -18,8 +19,6 @@ from flowbus.protocol.codec import request_plan, response_plan
 from flowbus.protocol.primitives import Writer
 from flowbus.protocol.schema import MessageSpec
 from tests.protocol.bodies import all_pairs, rich_body, sparse_body
-
-aiokafka_protocol = pytest.importorskip("aiokafka.protocol")
 
 
 def _structs() -> dict[tuple[int, str, int], Any]:
@@ -53,6 +52,14 @@ CASES = [
     for kind, key, version, spec in all_pairs()
     if (int(key), kind, version) in STRUCTS and (int(key), kind, version) not in _SKIP
     for shape in ("rich", "sparse")]
+
+
+def test_requests_and_responses_are_both_found() -> None:
+    """Guards the discovery above: an aiokafka release whose structs it does not recognise must fail
+    here, not quietly shrink the cross-check (before 0.13 there is no ``RequestStruct`` base, and
+    half of the cases would simply not exist)."""
+    keys = {kind: {key for key, k, _ in STRUCTS if k == kind} for kind in ("request", "response")}
+    assert keys["request"] and keys["request"] == keys["response"]
 
 
 @pytest.mark.parametrize("kind,key,version,spec,shape", CASES)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from kafka.protocol.consumer import fetch
+from kafka.protocol.metadata import api_versions
 
 from flowbus.protocol import SUPPORTED_VERSIONS, ApiKey, ErrorCode
 from flowbus.protocol.codec import (
@@ -103,7 +105,6 @@ def test_api_versions_fallback_is_error_35_in_v0_layout() -> None:
 
 
 def test_fallback_is_read_by_kafka_python_as_an_error() -> None:
-    api_versions = pytest.importorskip("kafka.protocol.metadata.api_versions")
     response = api_versions_fallback_response(RequestHeader(18, 4, 3, "c"))
     # A client that sent v4 decodes the reply as v4: the error makes it fall back to the v0 layout.
     message = api_versions.ApiVersionsResponse.decode(response, version=4, header=True, framed=True)
@@ -186,7 +187,6 @@ def test_empty_and_truncated_frames_are_remote_errors() -> None:
 
 @pytest.mark.parametrize("version", [4, 11, 12])
 def test_large_records_are_spliced_and_still_byte_identical(version: int) -> None:
-    fetch = pytest.importorskip("kafka.protocol.consumer.fetch")
     batches = [bytes([n]) * (5000 + n) for n in range(3)] + [b"small"]
     body = {"responses": [{"topic": "t", "partitions": [
         {"partition_index": n, "high_watermark": 10, "records": records} for n, records in enumerate(batches)]}]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from kafka.protocol.consumer import metadata
 
 from flowbus.protocol.codec import (
     decode_consumer_assignment,
@@ -18,9 +19,6 @@ from tests.protocol.bodies import normalise
 SUBSCRIPTION = {"topics": ["orders", "payments"], "user_data": b"\x01\x02", "owned_partitions": [
     {"topic": "orders", "partitions": [0, 3]}], "generation_id": 7, "rack_id": "rack-a"}
 ASSIGNMENT = {"assigned_partitions": [{"topic": "orders", "partitions": [1, 2]}], "user_data": None}
-
-metadata = pytest.importorskip("kafka.protocol.consumer.metadata")
-
 
 @pytest.mark.parametrize("version", range(4))
 def test_subscription_roundtrip_and_kafka_python(version: int) -> None:

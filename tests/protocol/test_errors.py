@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import kafka.errors as kafka_errors
 import pytest
 
 from flowbus.errors import FlowbusError
@@ -33,7 +34,6 @@ def test_required_codes(name: str, code: int) -> None:
 
 
 def test_numbers_agree_with_kafka_python() -> None:
-    kafka_errors = pytest.importorskip("kafka.errors")
     theirs = {cls.errno for cls in vars(kafka_errors).values()
               if isinstance(cls, type) and isinstance(getattr(cls, "errno", None), int)}
     ours = {int(code) for code in ErrorCode}

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
+from kafka.protocol import producer
+from kafka.protocol.consumer import fetch, group
+from kafka.protocol.metadata import api_versions, metadata
 
 from flowbus.protocol.codec import (
     RequestHeader,
@@ -13,12 +15,6 @@ from flowbus.protocol.codec import (
     decode_request,
     encode_response,
 )
-
-producer = pytest.importorskip("kafka.protocol.producer")
-api_versions = pytest.importorskip("kafka.protocol.metadata.api_versions")
-metadata = pytest.importorskip("kafka.protocol.metadata.metadata")
-fetch = pytest.importorskip("kafka.protocol.consumer.fetch")
-group = pytest.importorskip("kafka.protocol.consumer.group")
 
 
 def _wire(message: object, correlation_id: int, client_id: str | None = "kafka-python") -> bytes:

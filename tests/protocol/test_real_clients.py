@@ -17,6 +17,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import aiokafka
+import confluent_kafka
+import confluent_kafka.admin
+import kafka
 import pytest
 
 from flowbus.protocol import ApiKey
@@ -172,9 +176,8 @@ def server() -> Iterator[FixedMetadataServer]:
 
 
 def test_confluent_kafka_lists_topics(server: FixedMetadataServer) -> None:
-    confluent_kafka = pytest.importorskip("confluent_kafka.admin")
-    admin = confluent_kafka.AdminClient({"bootstrap.servers": f"127.0.0.1:{server.port}",
-                                         "socket.timeout.ms": 5000})
+    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": f"127.0.0.1:{server.port}",
+                                               "socket.timeout.ms": 5000})
     metadata = admin.list_topics(timeout=10)
     assert metadata.cluster_id == "flowbus-codec-test"
     assert sorted(metadata.topics[TOPIC].partitions) == list(range(PARTITIONS))
@@ -190,7 +193,6 @@ def test_kcat_lists_topics(server: FixedMetadataServer) -> None:
 
 
 def test_kafka_python_lists_topics(server: FixedMetadataServer) -> None:
-    kafka = pytest.importorskip("kafka")
     consumer = kafka.KafkaConsumer(bootstrap_servers=f"127.0.0.1:{server.port}", request_timeout_ms=10_000)
     try:
         assert TOPIC in consumer.topics()
@@ -201,7 +203,6 @@ def test_kafka_python_lists_topics(server: FixedMetadataServer) -> None:
 
 
 def test_aiokafka_lists_topics(server: FixedMetadataServer) -> None:
-    aiokafka = pytest.importorskip("aiokafka")
     import asyncio
 
     async def run() -> set[str]:
@@ -230,7 +231,6 @@ def test_future_api_versions_gets_the_fallback(server: FixedMetadataServer) -> N
 
 def test_confluent_kafka_produces_and_fetches_through_the_codec(server: FixedMetadataServer) -> None:
     """The hot path with librdkafka: Produce request decode and Fetch response encode."""
-    confluent_kafka = pytest.importorskip("confluent_kafka")
     bootstrap = f"127.0.0.1:{server.port}"
     producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
                                          "enable.idempotence": False})
@@ -261,7 +261,6 @@ def test_confluent_kafka_produces_and_fetches_through_the_codec(server: FixedMet
 
 
 def test_kafka_python_produces_and_fetches_through_the_codec(server: FixedMetadataServer) -> None:
-    kafka = pytest.importorskip("kafka")
     bootstrap = f"127.0.0.1:{server.port}"
     producer = kafka.KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     try:
@@ -288,7 +287,6 @@ def test_kafka_python_produces_and_fetches_through_the_codec(server: FixedMetada
 
 def test_aiokafka_produces_and_fetches_through_the_codec(server: FixedMetadataServer) -> None:
     """aiokafka infers a broker release from our maxima and uses its own (older, classic) versions."""
-    aiokafka = pytest.importorskip("aiokafka")
     import asyncio
 
     bootstrap = f"127.0.0.1:{server.port}"
