@@ -62,6 +62,10 @@ class BrokerConfig:
     #: (a topic's own setting wins). 1 = every produce is answered only after an fsync covers
     #: it (group commit, see ``group_commit.py``); Kafka's default is "never".
     log_flush_interval_messages: int = LONG_MAX
+    #: File descriptors the partition logs may hold; None derives it from RLIMIT_NOFILE (the
+    #: soft limit minus a quarter, at least 64, kept for sockets). CreateTopics beyond it is
+    #: refused with POLICY_VIOLATION; at start-up, partitions beyond it open on first use.
+    log_fd_budget: int | None = None
 
     def topic_defaults(self) -> TopicConfig:
         """The topic config defaults this broker's settings imply (for the LogManager)."""

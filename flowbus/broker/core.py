@@ -279,7 +279,12 @@ class BrokerCore:
         self.logs = (
             log_manager
             if log_manager is not None
-            else LogManager(config.data_dir, clock=clock, default_config=config.topic_defaults())
+            else LogManager(
+                config.data_dir,
+                clock=clock,
+                default_config=config.topic_defaults(),
+                fd_budget=config.log_fd_budget,
+            )
         )
         self.groups = GroupCoordinator(clock=clock, store=self, config=config.groups)
         self._producer_ids = ProducerIdManager(config.data_dir / "producer_ids")
@@ -672,15 +677,18 @@ class BrokerCore:
             return CreateTopicResult(
                 name, ErrorCode.INVALID_CONFIG, f"invalid config {exc.key}: {exc}"
             )
-        if not validate_only:
-            try:
+        try:
+            if validate_only:
+                self.logs.check_descriptor_budget(name, partitions)
+            else:
                 self.logs.create_topic(name, partitions, dict(topic.configs))
-            except LogError as exc:
-                return CreateTopicResult(
-                    name,
-                    exc.errno if exc.errno > 0 else ErrorCode.UNKNOWN_SERVER_ERROR,
-                    str(exc),
-                )
+        except LogError as exc:
+            return CreateTopicResult(
+                name,
+                exc.errno if exc.errno > 0 else ErrorCode.UNKNOWN_SERVER_ERROR,
+                str(exc),
+            )
+        if not validate_only:
             log.info("created topic %s with %d partitions", name, partitions)
         return CreateTopicResult(
             name, ErrorCode.NONE, None, partitions, 1, self._topic_config_values(config)

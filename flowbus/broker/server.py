@@ -4,12 +4,19 @@ Per connection (an ``asyncio.Protocol``): a :class:`FrameDecoder` splits the byt
 frames, ``decode_request`` turns each into a header and body, a task runs the handler, and the
 responses are written **strictly in request order** — a Fetch that long-polls holds back the
 responses behind it, as Kafka clients expect (they match responses by order and correlation id).
-Requests of one connection are processed concurrently; the produce path appends before it first
+Requests of one connection are processed concurrently (a Fetch only at the head, see below); the produce path appends before it first
 awaits (see ``core.py``), so one connection's produce requests are appended in order.
 
 Limits (each named): ``max_frame_bytes`` (checked before the frame is buffered),
-``max_in_flight_requests_per_connection`` (reading pauses while the pipeline is full), and
-``connections_max_idle_ms`` (idle connections are closed, Kafka's default 10 minutes).
+``max_in_flight_requests_per_connection`` (reading pauses while the pipeline is full),
+``connections_max_idle_ms`` (idle connections are closed, Kafka's default 10 minutes),
+``max_connections`` and ``max_connections_per_address`` (new connections beyond them are closed
+at once), and ``request_receive_timeout_ms`` (a request must arrive whole within this long of its
+first byte). The codec bounds the decode work of each frame (``codec.MAX_REQUEST_ELEMENTS``).
+Memory is bounded by ``max_buffered_request_bytes`` (unfinished requests across connections: large
+partial ones stop being read while the total is over it) and by backpressure on responses: a Fetch
+starts only at the head of its connection's pipeline while the client reads its responses, and,
+beyond ``max_pending_response_bytes`` in all, only if its connection has nothing left unread.
 
 A malformed or oversized frame, or a request the codec cannot decode, closes only that
 connection, with one log line; everyone else keeps being served.
@@ -50,14 +57,36 @@ log = logging.getLogger(__name__)
 class ServerLimits:
     """Per-connection limits of the server (names follow Kafka's broker settings)."""
 
-    #: Kafka's ``socket.request.max.bytes``: larger frames close the connection unread.
-    max_frame_bytes: int = 100 * 1024 * 1024
+    #: Kafka's ``socket.request.max.bytes``: larger frames close the connection unread. 32 MiB:
+    #: 32 times a producer's default ``max.request.size``, and one connection's worst case.
+    max_frame_bytes: int = 32 * 1024 * 1024
     #: Requests read but not yet answered on one connection; reading pauses at this many.
-    max_in_flight_requests_per_connection: int = 64
+    #: Idempotent producers keep at most 5 in flight; 16 leaves room for consumers and admin.
+    max_in_flight_requests_per_connection: int = 16
+    #: Kafka's ``queued.max.request.bytes``: bytes of unfinished requests buffered across all
+    #: connections. Beyond it, a connection holding more than ``request_bytes_unthrottled`` of an
+    #: unfinished request stops being read until the total falls again (its receive deadline
+    #: still runs, so a client that never finishes is closed and frees its share).
+    max_buffered_request_bytes: int = 256 * 1024 * 1024
+    #: An unfinished request this small is always read on, whatever the total: small clients are
+    #: never held back by large ones.
+    request_bytes_unthrottled: int = 1024 * 1024
+    #: Response bytes written but not yet taken by the clients, across all connections. A Fetch
+    #: from a connection whose earlier responses are still unread waits while the total is
+    #: above it; each connection runs one Fetch at a time and none while its socket buffer is
+    #: full (responses not being read), so a client that does not read only stops itself.
+    max_pending_response_bytes: int = 256 * 1024 * 1024
     #: Kafka's ``connections.max.idle.ms``: a connection with nothing in flight for this long is closed.
     connections_max_idle_ms: int = 600_000
     #: Open connections at once; new ones beyond this are closed immediately.
     max_connections: int = 4_096
+    #: Open connections from one IP address; new ones beyond this are closed immediately, so one
+    #: host cannot take every slot of ``max_connections`` (Kafka's ``max.connections.per.ip``).
+    max_connections_per_address: int = 1_000
+    #: Once the first byte of a request has arrived, the whole request must arrive within this
+    #: long or the connection is closed (a slowloris client cannot hold a slot forever). Time
+    #: during which the broker itself paused reading the connection does not count.
+    request_receive_timeout_ms: int = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +111,20 @@ class _Connection(asyncio.Protocol):
         self._closed = False
         self._reading_paused = False
         self._writing_paused = False
+        #: Reading stopped because the server-wide buffered request bytes are over budget (kept
+        #: apart from ``_reading_paused``: the client, not our backpressure, holds that memory).
+        self._budget_paused = False
+        self._transport_reading = True
+        #: This connection's share of ``server.buffered_request_bytes`` (its partial frame).
+        self._buffered_counted = 0
+        #: Set whenever this connection's responses may have drained (see ``_wait_for_response_room``).
+        self._response_room = asyncio.Event()
+        self._response_room.set()
         self.last_active_ms = server.clock.monotonic_ms()
+        #: The IP address counted in ``server.connections_per_address`` (None until counted).
+        self._address: str | None = None
+        #: Fires ``request_receive_timeout_ms`` after a partial request started arriving.
+        self._receive_deadline: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -102,23 +144,39 @@ class _Connection(asyncio.Protocol):
             self._closed = True
             transport.abort()
             return
+        address = peer[0] if isinstance(peer, tuple) else "?"
+        if not self._server.admit_address(address, self._peer):
+            self._closed = True
+            transport.abort()
+            return
+        self._address = address
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._cancel_receive_deadline()
+        if self._address is not None:
+            self._server.release_address(self._address)
+            self._address = None
         self._server.connections.discard(self)
         for future in self._pipeline:
-            future.cancel()
+            future.cancel()  # pending work of a closed connection: cancelled, memory released
         self._pipeline.clear()
+        self._server.budget_paused.discard(self)
+        self._account_buffered()
+        self._server.response_drained()
 
     def pause_writing(self) -> None:
-        # The client reads slower than we answer: stop reading requests until it catches up.
+        # The client reads slower than we answer: stop reading requests until it catches up,
+        # and keep finished responses in the pipeline instead of the transport's buffer.
         self._writing_paused = True
+        self._response_room.clear()
         self._update_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        self._update_reading()
+        self._flush()
+        self._server.response_drained()
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -129,10 +187,52 @@ class _Connection(asyncio.Protocol):
         except RemoteProtocolError as exc:
             self.abort(f"bad frame: {exc}")
             return
+        self._account_buffered()
         for frame in frames:
             if self._closed:
                 return
             self._dispatch(frame)
+        if frames:
+            # A request completed: any partial one after it starts its own deadline now.
+            self._cancel_receive_deadline()
+        self._update_receive_deadline()
+
+    # -- the receive deadline --------------------------------------------------------------
+
+    def _update_receive_deadline(self) -> None:
+        """Arm the deadline when a partial request is buffered, disarm it when none is.
+
+        The deadline runs from the first byte of a request to its last, not per byte: a client
+        sending one byte a second keeps the connection busy but never finishes a request.
+        """
+        if self._closed or not self._decoder.buffered_bytes:
+            self._cancel_receive_deadline()
+        elif self._receive_deadline is None:
+            self._arm_receive_deadline()
+
+    def _arm_receive_deadline(self) -> None:
+        timeout_s = self._server.limits.request_receive_timeout_ms / 1000
+        self._receive_deadline = asyncio.get_running_loop().call_later(
+            timeout_s, self._receive_deadline_passed
+        )
+
+    def _cancel_receive_deadline(self) -> None:
+        if self._receive_deadline is not None:
+            self._receive_deadline.cancel()
+            self._receive_deadline = None
+
+    def _receive_deadline_passed(self) -> None:
+        self._receive_deadline = None
+        if self._closed or not self._decoder.buffered_bytes:
+            return
+        if self._reading_paused:
+            # We stopped reading (backpressure), not the client: give it a fresh deadline.
+            self._arm_receive_deadline()
+            return
+        self.abort(
+            f"request not received within {self._server.limits.request_receive_timeout_ms} ms "
+            f"of its first byte ({self._decoder.buffered_bytes} bytes buffered)"
+        )
 
     # -- requests --------------------------------------------------------------------------
 
@@ -161,7 +261,72 @@ class _Connection(asyncio.Protocol):
         future.add_done_callback(self._flush)
         self._update_reading()
 
+    # -- memory budgets ---------------------------------------------------------------------
+
+    def _account_buffered(self) -> None:
+        """Update the server-wide count of buffered request bytes with this connection's share,
+        and stop reading this connection if it holds a large partial request over the budget."""
+        server = self._server
+        share = 0 if self._closed else self._decoder.buffered_bytes
+        server.buffered_request_bytes += share - self._buffered_counted
+        self._buffered_counted = share
+        limits = server.limits
+        over = server.buffered_request_bytes > limits.max_buffered_request_bytes
+        if over and share > limits.request_bytes_unthrottled and not self._budget_paused:
+            self._budget_paused = True
+            server.budget_paused.add(self)
+            server.log_request_budget_pause(self._peer, share)
+            self._update_reading()
+        elif not over and server.budget_paused:
+            server.resume_budget_paused()
+
+    def resume_from_budget(self) -> None:
+        self._budget_paused = False
+        self._update_reading()
+
+    def _has_response_room(self, task: asyncio.Task[Any] | None) -> bool:
+        """May this connection's Fetch ``task`` start: every earlier response written (the task
+        heads the pipeline) and being read, and either nothing of this connection in the
+        transport's buffer or the server-wide total under budget."""
+        if self._closed:
+            return True
+        if self._writing_paused or not self._pipeline or self._pipeline[0] is not task:
+            return False
+        transport = self._transport
+        if transport is None or not transport.get_write_buffer_size():
+            return True
+        return self._server.pending_response_bytes() <= self._server.limits.max_pending_response_bytes
+
+    async def _wait_for_response_room(self) -> None:
+        # Ends when the client reads (resume_writing / _flush set the event), when another
+        # connection drains (the server sets every waiter's event) or when the connection closes
+        # (the task is cancelled): each wake-up re-checks, the timeout only guards missed events.
+        task = asyncio.current_task()
+        while not self._has_response_room(task):
+            self._response_room.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._response_room.wait(), 1.0)
+
+    def wake_response_waiters(self) -> None:
+        self._response_room.set()
+
+    def pending_write_bytes(self) -> int:
+        """Response bytes in this connection's transport buffer, not yet taken by the client."""
+        transport = self._transport
+        return 0 if transport is None or self._closed else transport.get_write_buffer_size()
+
     async def _run(self, request: Request) -> bytes | _CloseMarker | None:
+        if request.header.api_key == ApiKey.FETCH:
+            # A Fetch starts only at the head of the pipeline (so one at a time per connection)
+            # and while the client reads: its response is the one that can be large.
+            await self._wait_for_response_room()
+            if self._closed:
+                # wait_for can swallow the cancellation of a closed connection's task when the
+                # event fires at the same moment (CPython 3.11): never start its Fetch.
+                return None
+        return await self._run_unthrottled(request)
+
+    async def _run_unthrottled(self, request: Request) -> bytes | _CloseMarker | None:
         header = request.header
         handlers = self._server.handlers
         debug = log.isEnabledFor(logging.DEBUG)
@@ -209,7 +374,7 @@ class _Connection(asyncio.Protocol):
         """Write every finished response at the head of the pipeline, in request order."""
         transport = self._transport
         pipeline = self._pipeline
-        while pipeline and pipeline[0].done():
+        while pipeline and pipeline[0].done() and not (self._writing_paused and not self._closed):
             future = pipeline.popleft()
             if future.cancelled() or self._closed or transport is None:
                 continue
@@ -222,23 +387,26 @@ class _Connection(asyncio.Protocol):
             if data:
                 transport.write(data)
         self.last_active_ms = self._server.clock.monotonic_ms()
+        if not self._writing_paused:
+            self._response_room.set()  # a waiting Fetch may head the pipeline now
         self._update_reading()
 
     def _update_reading(self) -> None:
         transport = self._transport
         if transport is None or self._closed:
             return
-        should_pause = (
+        self._reading_paused = (
             self._writing_paused
             or len(self._pipeline)
             >= self._server.limits.max_in_flight_requests_per_connection
         )
-        if should_pause and not self._reading_paused:
-            transport.pause_reading()
-            self._reading_paused = True
-        elif not should_pause and self._reading_paused:
-            transport.resume_reading()
-            self._reading_paused = False
+        should_read = not (self._reading_paused or self._budget_paused)
+        if should_read != self._transport_reading:
+            if should_read:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+            self._transport_reading = should_read
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -268,6 +436,10 @@ class _Connection(asyncio.Protocol):
 _BODIES_NOT_LOGGED = frozenset(
     {ApiKey.PRODUCE, ApiKey.FETCH, ApiKey.SASL_HANDSHAKE, ApiKey.SASL_AUTHENTICATE}
 )
+
+
+#: At most one "refusing connection" line per this interval for the per-address limit.
+_REFUSED_LOG_INTERVAL_MS = 10_000
 
 
 def _api_name(api_key: int) -> str:
@@ -308,8 +480,82 @@ class BrokerServer:
         self.host = host
         self.port = port
         self.connections: set[_Connection] = set()
+        #: Bytes of unfinished requests buffered across connections (``max_buffered_request_bytes``).
+        self.buffered_request_bytes = 0
+        #: Connections not read because of that budget, resumed when the total falls under it.
+        self.budget_paused: set[_Connection] = set()
+        self._budget_logged_ms: int | None = None
+        #: Open connections per IP address (addresses with none are removed).
+        self.connections_per_address: dict[str, int] = {}
+        #: Refusals by the per-address limit not yet logged, and when the last line was written:
+        #: a flood of refused connections writes one line per interval, not one per connection.
+        self._refused_per_address = 0
+        self._refused_logged_ms: int | None = None
         self._server: asyncio.base_events.Server | None = None
         self._reaper: asyncio.Task[None] | None = None
+
+    def pending_response_bytes(self) -> int:
+        """Response bytes in the transports' buffers, not yet taken by clients."""
+        return sum(conn.pending_write_bytes() for conn in self.connections)
+
+    def response_drained(self) -> None:
+        """Some connection's pending responses shrank: let waiting Fetches re-check."""
+        for conn in self.connections:
+            conn.wake_response_waiters()
+
+    def resume_budget_paused(self) -> None:
+        """The buffered request bytes fell under the budget: read the held-back connections again."""
+        paused = list(self.budget_paused)
+        self.budget_paused.clear()
+        for conn in paused:
+            conn.resume_from_budget()
+
+    def log_request_budget_pause(self, peer: str, share: int) -> None:
+        """One line per ``_REFUSED_LOG_INTERVAL_MS`` at most: a flood writes one line, not thousands."""
+        now_ms = self.clock.monotonic_ms()
+        if self._budget_logged_ms is not None and now_ms - self._budget_logged_ms < _REFUSED_LOG_INTERVAL_MS:
+            return
+        self._budget_logged_ms = now_ms
+        log.warning(
+            "buffered requests at %d bytes, over the %d-byte budget: not reading %s (%d bytes of an"
+            " unfinished request) until the total falls",
+            self.buffered_request_bytes,
+            self.limits.max_buffered_request_bytes,
+            peer,
+            share,
+        )
+
+    def admit_address(self, address: str, peer: str) -> bool:
+        """Count a new connection from ``address``; False (and a rate-limited log line) when that
+        address already has ``max_connections_per_address`` open."""
+        count = self.connections_per_address.get(address, 0)
+        if count >= self.limits.max_connections_per_address:
+            self._log_refused_per_address(address, peer, count)
+            return False
+        self.connections_per_address[address] = count + 1
+        return True
+
+    def release_address(self, address: str) -> None:
+        """Uncount a closed connection from ``address``."""
+        count = self.connections_per_address.get(address, 0) - 1
+        if count > 0:
+            self.connections_per_address[address] = count
+        else:
+            self.connections_per_address.pop(address, None)
+
+    def _log_refused_per_address(self, address: str, peer: str, count: int) -> None:
+        self._refused_per_address += 1
+        now_ms = self.clock.monotonic_ms()
+        last_ms = self._refused_logged_ms
+        if last_ms is not None and now_ms - last_ms < _REFUSED_LOG_INTERVAL_MS:
+            return
+        log.warning(
+            "refusing connection from %s: %d connections open from %s (limit %d); "
+            "%d refused by this limit since the last such line",
+            peer, count, address, self.limits.max_connections_per_address, self._refused_per_address,
+        )
+        self._refused_per_address = 0
+        self._refused_logged_ms = now_ms
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -109,9 +109,57 @@ def _host_port(
 @click.option(
     "--max-frame-bytes",
     type=click.IntRange(1024),
-    default=100 * 1024 * 1024,
+    default=32 * 1024 * 1024,
     show_default=True,
     help="Largest request accepted; larger ones close the connection.",
+)
+@click.option(
+    "--max-in-flight-requests-per-connection",
+    type=click.IntRange(1),
+    default=16,
+    show_default=True,
+    help="Requests read but not yet answered on one connection; reading pauses at this many.",
+)
+@click.option(
+    "--max-buffered-request-bytes",
+    type=click.IntRange(1024),
+    default=256 * 1024 * 1024,
+    show_default=True,
+    help="Bytes of unfinished requests buffered across connections; beyond it, large ones wait.",
+)
+@click.option(
+    "--max-pending-response-bytes",
+    type=click.IntRange(1024),
+    default=256 * 1024 * 1024,
+    show_default=True,
+    help="Response bytes not yet read by clients; beyond it, Fetches of slow readers wait.",
+)
+@click.option(
+    "--log-fd-budget",
+    type=click.IntRange(0),
+    default=None,
+    help="File descriptors the partition logs may hold [default: RLIMIT_NOFILE minus a quarter].",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=4_096,
+    show_default=True,
+    help="Open connections at once; new ones beyond this are closed at once.",
+)
+@click.option(
+    "--max-connections-per-address",
+    type=click.IntRange(1),
+    default=1_000,
+    show_default=True,
+    help="Open connections from one IP address; new ones beyond this are closed at once.",
+)
+@click.option(
+    "--request-receive-timeout-ms",
+    type=click.IntRange(1),
+    default=30_000,
+    show_default=True,
+    help="Close a connection whose request has not arrived whole this long after its first byte.",
 )
 def broker(
     data_dir: Path,
@@ -126,7 +174,14 @@ def broker(
     transaction_max_timeout_ms: int,
     connections_max_idle_ms: int,
     max_frame_bytes: int,
+    max_in_flight_requests_per_connection: int,
+    max_buffered_request_bytes: int,
+    max_pending_response_bytes: int,
+    log_fd_budget: int | None,
     flush_messages: int | None,
+    max_connections: int,
+    max_connections_per_address: int,
+    request_receive_timeout_ms: int,
 ) -> None:
     """Run the Kafka-protocol broker until SIGTERM or Ctrl-C."""
     # Imported here so that other commands do not pay for loading the broker.
@@ -159,9 +214,17 @@ def broker(
         ),
         transactions=TxnConfig(transaction_max_timeout_ms=transaction_max_timeout_ms),
         **({} if flush_messages is None else {"log_flush_interval_messages": flush_messages}),
+        log_fd_budget=log_fd_budget,
     )
     limits = ServerLimits(
-        max_frame_bytes=max_frame_bytes, connections_max_idle_ms=connections_max_idle_ms
+        max_frame_bytes=max_frame_bytes,
+        max_in_flight_requests_per_connection=max_in_flight_requests_per_connection,
+        max_buffered_request_bytes=max_buffered_request_bytes,
+        max_pending_response_bytes=max_pending_response_bytes,
+        connections_max_idle_ms=connections_max_idle_ms,
+        max_connections=max_connections,
+        max_connections_per_address=max_connections_per_address,
+        request_receive_timeout_ms=request_receive_timeout_ms,
     )
     try:
         asyncio.run(

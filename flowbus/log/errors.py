@@ -77,6 +77,16 @@ class InvalidPartitionsError(LogError):
     errno = 37
 
 
+class DescriptorBudgetError(LogError):
+    """Creating these partitions would need more file descriptors than the broker may use.
+
+    Kafka answers a request its policies refuse with POLICY_VIOLATION; the message says how many
+    descriptors the request needs, how many are free, and which limit (``ulimit -n``) to raise.
+    """
+
+    errno = 44  # POLICY_VIOLATION
+
+
 class InvalidConfigError(LogError):
     """An unknown topic config key or a value it does not accept.
 

@@ -17,9 +17,12 @@ file.delete.delay.ms has passed, and lets the cleaner do a bounded amount of com
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
+import resource
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -32,10 +35,12 @@ from flowbus.log.checkpoint import CHECKPOINT_FILE, fsync_directory
 from flowbus.log.cleaner import LogCleaner
 from flowbus.log.config import TopicConfig
 from flowbus.log.errors import (
+    DescriptorBudgetError,
     InvalidPartitionsError,
     InvalidTopicError,
     LogClosedError,
     LogError,
+    StorageError,
     TopicExistsError,
     UnknownTopicError,
 )
@@ -50,6 +55,34 @@ DELETE_DIR_SUFFIX = "-delete"
 #: Kafka caps partitions per topic only by cluster limits; one process opening this many files
 #: (three per segment) is already unreasonable.
 MAX_PARTITIONS_PER_TOPIC = 10_000
+#: Descriptors an open segment holds: its .log, .index and .timeindex (.txnindex opens on first use).
+FDS_PER_SEGMENT = 3
+#: Part of RLIMIT_NOFILE kept free of partition logs for sockets, checkpoints, the catalog and
+#: Python itself: a quarter of the limit, and never fewer than this many.
+FD_HEADROOM_MIN = 64
+#: A partition log not asked for this long may be closed to make room for one that is (its
+#: descriptors are the budget's); longer than any Fetch long poll or group-commit wait.
+IDLE_LOG_CLOSE_MS = 120_000
+
+
+def descriptor_budget() -> int:
+    """Descriptors the partition logs of this process may hold, derived from RLIMIT_NOFILE.
+
+    The soft limit minus headroom (a quarter of it, at least :data:`FD_HEADROOM_MIN`), so a full
+    budget still leaves room to accept connections and write checkpoints.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(0, soft - max(FD_HEADROOM_MIN, soft // 4))
+
+
+def open_descriptor_count() -> int | None:
+    """Descriptors this process has open now (Linux ``/proc/self/fd``), None where unknown."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
 
 
 class TopicMetadata(NamedTuple):
@@ -72,6 +105,9 @@ class LogManager:
         data_dir: created if missing; one manager per directory (enforced with a lock file).
         clock: drives segment age, retention, flush timing and compaction lag.
         default_config: the broker's defaults; topics override them key by key.
+        fd_budget: descriptors the partition logs may hold (see :func:`descriptor_budget`, the
+            default). Topic creation beyond it is refused; at start-up, partitions beyond it are
+            left closed and opened on first use, so the catalog's size never prevents a start.
 
     Example:
         >>> manager = LogManager(tmp_path)                                  # doctest: +SKIP
@@ -80,10 +116,16 @@ class LogManager:
     """
 
     def __init__(
-        self, data_dir: str | Path, *, clock: Clock = SYSTEM_CLOCK, default_config: TopicConfig | None = None
+        self,
+        data_dir: str | Path,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        default_config: TopicConfig | None = None,
+        fd_budget: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.clock = clock
+        self.fd_budget = descriptor_budget() if fd_budget is None else fd_budget
         self.default_config = (default_config or TopicConfig()).as_defaults()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -99,12 +141,17 @@ class LogManager:
         self._catalog = Catalog(self.data_dir)
         self._configs: dict[str, TopicConfig] = {}
         self._logs: dict[tuple[str, int], PartitionLog] = {}
+        #: Partitions in the catalog not open (over the descriptor budget at start-up, or closed
+        #: while idle), each with whether it was closed cleanly: untouched since start-up, the
+        #: start-up's clean-shutdown state holds; closed while idle, it was flushed and checkpointed.
+        self._deferred: dict[tuple[str, int], bool] = {}
+        #: When each open partition log was last asked for (``get_log``), for closing idle ones.
+        self._last_used_ms: dict[tuple[str, int], int] = {}
+        self._clean_on_open = clean_shutdown
         self._remove_orphans()
         for entry in self._catalog.topics.values():
-            config = TopicConfig.from_overrides(entry.overrides, self.default_config)
-            self._configs[entry.name] = config
-            for partition in range(entry.partitions):
-                self._open_log(entry.name, partition, config, clean_shutdown)
+            self._configs[entry.name] = TopicConfig.from_overrides(entry.overrides, self.default_config)
+        self._open_within_budget()
         if clean_shutdown:
             # From here on a crash must be detected: the marker goes before any new write.
             marker.unlink()
@@ -112,16 +159,73 @@ class LogManager:
         self.cleaner = LogCleaner(clock)
         cut = sum(plog.bytes_cut_on_open for plog in self._logs.values())
         log.info(
-            "opened %s: %d topics, %d partitions, %s%s",
+            "opened %s: %d topics, %d partitions, %s%s%s",
             self.data_dir,
             len(self._catalog.topics),
             len(self._logs),
             "new data directory" if is_new else "clean shutdown" if clean_shutdown else "unclean shutdown",
             f", {cut} bytes cut in recovery" if cut else "",
+            f", {len(self._deferred)} partitions left closed until first use (descriptor budget"
+            f" {self.fd_budget}; raise ulimit -n)"
+            if self._deferred
+            else "",
         )
 
+    def _open_within_budget(self) -> None:
+        """Open the catalog's partitions within half the descriptor budget; defer the rest.
+
+        The other half stays free for deferred partitions opened on first use and for sockets,
+        so a data directory with more partitions than descriptors still starts and serves.
+        """
+        in_use = open_descriptor_count() or 0
+        startup_budget = in_use + (self.fd_budget - in_use) // 2
+        for entry in self._catalog.topics.values():
+            config = self._configs[entry.name]
+            for partition in range(entry.partitions):
+                key = (entry.name, partition)
+                directory = self.data_dir / partition_dir_name(entry.name, partition)
+                segments = sum(1 for _ in directory.glob("*.log")) if directory.is_dir() else 0
+                needed = FDS_PER_SEGMENT * max(1, segments)
+                if self._deferred or in_use + needed > startup_budget:
+                    self._deferred[key] = self._clean_on_open
+                    continue
+                try:
+                    self._open_log(entry.name, partition, config, self._clean_on_open)
+                except OSError as exc:
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                        raise
+                    self._deferred[key] = self._clean_on_open
+                    continue
+                in_use += needed
+
+    def check_descriptor_budget(self, name: str, partitions: int) -> None:
+        """Refuse ``partitions`` new partitions if their descriptors would exceed the budget.
+
+        Raises:
+            DescriptorBudgetError: with a message naming the need, what is free and the limit.
+        """
+        needed = FDS_PER_SEGMENT * partitions
+        in_use = open_descriptor_count()
+        if in_use is None:
+            in_use = FDS_PER_SEGMENT * len(self._logs)
+        if in_use + needed <= self.fd_budget:
+            return
+        free = max(0, self.fd_budget - in_use)
+        message = (
+            f"creating topic {name!r} with {partitions} partitions needs {needed} file descriptors;"
+            f" {free} of the broker's budget of {self.fd_budget} are free (raise ulimit -n to allow more)"
+        )
+        log.warning("refused: %s", message)
+        raise DescriptorBudgetError(message)
+
     def _open_log(self, topic: str, partition: int, config: TopicConfig, clean_shutdown: bool) -> PartitionLog:
-        plog = PartitionLog(
+        plog = self._new_log(topic, partition, config, clean_shutdown)
+        self._logs[(topic, partition)] = plog
+        self._last_used_ms[(topic, partition)] = self.clock.monotonic_ms()
+        return plog
+
+    def _new_log(self, topic: str, partition: int, config: TopicConfig, clean_shutdown: bool) -> PartitionLog:
+        return PartitionLog(
             self.data_dir / partition_dir_name(topic, partition),
             topic,
             partition,
@@ -129,8 +233,6 @@ class LogManager:
             self.clock,
             clean_shutdown=clean_shutdown,
         )
-        self._logs[(topic, partition)] = plog
-        return plog
 
     def _remove_orphans(self) -> None:
         """Remove partition directories the catalog does not name (an interrupted delete)."""
@@ -150,13 +252,19 @@ class LogManager:
     # -- topics ------------------------------------------------------------------------------
 
     def create_topic(self, name: str, partitions: int, configs: Mapping[str, str] | None = None) -> TopicMetadata:
-        """Create a topic and its partition logs; the catalog is updated durably first.
+        """Create a topic and its partition logs, all or nothing.
+
+        The partition directories are created first and the catalog is saved last: a failure
+        removes what was created and leaves the catalog as it was, and a crash in between leaves
+        directories the catalog does not name, which the next open removes.
 
         Raises:
             InvalidTopicError: illegal name, or one colliding with an existing topic ('.' vs '_').
             TopicExistsError: the name is taken.
             InvalidPartitionsError: ``partitions`` below 1 (or absurdly many).
             InvalidConfigError: an unknown key or bad value in ``configs``.
+            DescriptorBudgetError: the partitions would exceed the descriptor budget.
+            StorageError: the disk (or the process' descriptors) failed us; nothing was kept.
         """
         self._require_open()
         validate_topic_name(name)
@@ -169,17 +277,38 @@ class LogManager:
             raise InvalidPartitionsError(f"partitions must be between 1 and {MAX_PARTITIONS_PER_TOPIC}, got {partitions}")
         overrides = dict(configs or {})
         config = TopicConfig.from_overrides(overrides, self.default_config)
+        self.check_descriptor_budget(name, partitions)
         entry = TopicEntry(name, partitions, dict(config.overrides))
-        self._catalog.topics[name] = entry
+        created: list[PartitionLog] = []
         try:
-            self._catalog.save()
-        except BaseException:
-            del self._catalog.topics[name]
+            for partition in range(partitions):  # bounded by MAX_PARTITIONS_PER_TOPIC
+                created.append(self._new_log(name, partition, config, clean_shutdown=False))
+            self._catalog.topics[name] = entry
+            try:
+                self._catalog.save()
+            except BaseException:
+                del self._catalog.topics[name]
+                raise
+        except BaseException as exc:
+            self._discard_new_logs(name, partitions, created)
+            if isinstance(exc, OSError):
+                log.warning("could not create topic %s: %s; nothing was kept", name, exc)
+                raise StorageError(f"could not create topic {name!r}: {exc}; nothing was kept") from exc
             raise
         self._configs[name] = config
-        for partition in range(partitions):
-            self._open_log(name, partition, config, clean_shutdown=False)
+        now_ms = self.clock.monotonic_ms()
+        for plog in created:
+            self._logs[(name, plog.partition)] = plog
+            self._last_used_ms[(name, plog.partition)] = now_ms
         return self.topic(name)
+
+    def _discard_new_logs(self, name: str, partitions: int, created: list[PartitionLog]) -> None:
+        """Undo a failed creation: close and remove every partition directory it made."""
+        for plog in created:
+            with contextlib.suppress(OSError, LogError):  # never hide the first failure
+                plog.delete()
+        for partition in range(partitions):
+            shutil.rmtree(self.data_dir / partition_dir_name(name, partition), ignore_errors=True)
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic: the catalog forgets it durably, then its directories are removed.
@@ -195,11 +324,17 @@ class LogManager:
         self._catalog.save()
         del self._configs[name]
         for partition in range(entry.partitions):
-            plog = self._logs.pop((name, partition))
-            plog.delete()
+            directory = self.data_dir / partition_dir_name(name, partition)
+            plog = self._logs.pop((name, partition), None)
+            self._deferred.pop((name, partition), None)
+            self._last_used_ms.pop((name, partition), None)
+            if plog is not None:
+                plog.delete()
+            elif not directory.exists():
+                continue  # a deferred partition never opened: it may have no directory yet
             # Rename first so a crash mid-rmtree leaves a directory the next open recognises.
             doomed = self.data_dir / f"{partition_dir_name(name, partition)}.{uuid.uuid4().hex}{DELETE_DIR_SUFFIX}"
-            os.replace(plog.directory, doomed)
+            os.replace(directory, doomed)
             shutil.rmtree(doomed)
 
     def alter_topic_config(self, name: str, overrides: Mapping[str, str | None]) -> TopicMetadata:
@@ -224,7 +359,9 @@ class LogManager:
             raise
         self._configs[name] = config
         for partition in range(entry.partitions):
-            self._logs[(name, partition)].update_config(config)
+            plog = self._logs.get((name, partition))
+            if plog is not None:  # a deferred partition reads self._configs when it opens
+                plog.update_config(config)
         return self.topic(name)
 
     def topics(self) -> dict[str, TopicMetadata]:
@@ -243,7 +380,12 @@ class LogManager:
         Raises:
             UnknownTopicError: unknown topic, or a partition number it does not have.
         """
-        plog = self._logs.get((topic, partition))
+        key = (topic, partition)
+        plog = self._logs.get(key)
+        if plog is None and key in self._deferred:
+            plog = self._open_deferred(topic, partition)
+        if plog is not None:
+            self._last_used_ms[key] = self.clock.monotonic_ms()
         if plog is None:
             if topic in self._catalog.topics:
                 raise UnknownTopicError(
@@ -251,6 +393,50 @@ class LogManager:
                 )
             raise UnknownTopicError(f"unknown topic {topic!r}")
         return plog
+
+    def _open_deferred(self, topic: str, partition: int) -> PartitionLog:
+        """Open a partition start-up left closed.
+
+        Raises:
+            StorageError: still no descriptors for it (retriable: KAFKA_STORAGE_ERROR).
+        """
+        self._require_open()
+        key = (topic, partition)
+        if (open_descriptor_count() or 0) + FDS_PER_SEGMENT > self.fd_budget:
+            self._close_idle_logs(FDS_PER_SEGMENT)
+            if (open_descriptor_count() or 0) + FDS_PER_SEGMENT > self.fd_budget:
+                raise StorageError(
+                    f"{topic}-{partition} cannot be opened: the broker's {self.fd_budget} file descriptors"
+                    f" are in use by partitions used within the last {IDLE_LOG_CLOSE_MS} ms"
+                )
+        try:
+            plog = self._open_log(topic, partition, self._configs[topic], self._deferred[key])
+        except OSError as exc:
+            raise StorageError(f"{topic}-{partition} cannot be opened: {exc}") from exc
+        del self._deferred[key]
+        return plog
+
+    def _close_idle_logs(self, fds_wanted: int) -> None:
+        """Close the least recently used logs idle for IDLE_LOG_CLOSE_MS until ``fds_wanted``
+        descriptors are free; internal topics (``__consumer_offsets``...) always stay open."""
+        now_ms = self.clock.monotonic_ms()
+        idle = sorted(
+            (self._last_used_ms.get(key, 0), key)
+            for key in self._logs
+            if not key[0].startswith("__") and now_ms - self._last_used_ms.get(key, 0) >= IDLE_LOG_CLOSE_MS
+        )
+        for _, key in idle:  # bounded by the number of open logs
+            if (open_descriptor_count() or 0) + fds_wanted <= self.fd_budget:
+                return
+            plog = self._logs.pop(key)
+            self._last_used_ms.pop(key, None)
+            plog.close()  # flushed and checkpointed: reopening it needs no recovery
+            self._deferred[key] = True
+
+    @property
+    def deferred_partitions(self) -> int:
+        """Partitions of the catalog not opened yet (start-up was over the descriptor budget)."""
+        return len(self._deferred)
 
     def logs(self) -> list[PartitionLog]:
         return list(self._logs.values())
@@ -314,3 +500,4 @@ class LogManager:
     def _require_open(self) -> None:
         if self._closed:
             raise LogClosedError(f"log manager of {self.data_dir} is closed")
+

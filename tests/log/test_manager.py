@@ -165,3 +165,102 @@ def test_delete_topic_while_another_thread_flushes(tmp_path: Path, clock) -> Non
             manager.delete_topic(name)
             thread.join()
         assert not errors
+
+
+# -- descriptor budget and atomic creation (issue 10, item 7) -------------------------------------
+
+
+def test_create_topic_over_the_descriptor_budget_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    from flowbus.log.errors import DescriptorBudgetError
+    from flowbus.log.manager import open_descriptor_count
+
+    in_use = open_descriptor_count() or 0
+    with LogManager(tmp_path, fd_budget=in_use + 100) as manager:
+        with pytest.raises(DescriptorBudgetError, match="file descriptors") as caught:
+            manager.create_topic("huge", 10_000)
+        assert caught.value.errno == 44  # POLICY_VIOLATION
+        assert "huge" not in manager.topics()
+        assert not any(tmp_path.glob("huge-*"))
+        manager.create_topic("small", 3)  # 9 descriptors still fit
+    assert b"huge" not in (tmp_path / "catalog.json").read_bytes()
+
+
+def test_create_topic_is_all_or_nothing_when_a_partition_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from flowbus.log import manager as manager_module
+    from flowbus.log.errors import StorageError
+
+    real = manager_module.PartitionLog
+
+    def failing(directory: Path, topic: str, partition: int, *args: object, **kwargs: object) -> object:
+        if partition == 5:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(directory, topic, partition, *args, **kwargs)
+
+    with LogManager(tmp_path) as manager:
+        monkeypatch.setattr(manager_module, "PartitionLog", failing)
+        with pytest.raises(StorageError, match="nothing was kept"):
+            manager.create_topic("t", 8)
+        monkeypatch.setattr(manager_module, "PartitionLog", real)
+        assert "t" not in manager.topics()
+        assert not any(tmp_path.glob("t-*"))
+        manager.create_topic("t", 8)  # the name is free again
+    with LogManager(tmp_path) as manager:
+        assert manager.topics()["t"].partitions == 8
+
+
+def test_start_up_over_the_descriptor_budget_defers_partitions_and_opens_them_on_use(tmp_path: Path) -> None:
+    from flowbus.log.manager import open_descriptor_count
+
+    with LogManager(tmp_path) as manager:
+        manager.create_topic("many", 60)
+        manager.get_log("many", 59).append(make_batch(2))
+    in_use = open_descriptor_count() or 0
+    with LogManager(tmp_path, fd_budget=in_use + 60) as manager:
+        assert 0 < manager.deferred_partitions < 60
+        assert len(manager.logs()) == 60 - manager.deferred_partitions
+        assert manager.get_log("many", 59).log_end_offset == 2  # opened on demand
+        manager.tick()
+        manager.alter_topic_config("many", {"retention.ms": "1000"})
+        manager.delete_topic("many")
+        assert not any(tmp_path.glob("many-*"))
+
+
+def test_idle_partitions_are_closed_to_open_others_within_the_budget(tmp_path: Path, clock) -> None:
+    from flowbus.log.manager import IDLE_LOG_CLOSE_MS, open_descriptor_count
+
+    with LogManager(tmp_path, clock=clock) as manager:
+        manager.create_topic("many", 40)
+        for partition in range(40):
+            manager.get_log("many", partition).append(make_batch(partition + 1))
+    in_use = open_descriptor_count() or 0
+    with LogManager(tmp_path, clock=clock, fd_budget=in_use + 30) as manager:
+        assert manager.deferred_partitions > 20  # 30 descriptors: 5 partitions at start-up
+        clock.advance(IDLE_LOG_CLOSE_MS)
+        # Every partition in turn: each open closes the least recently used idle one.
+        for partition in range(40):  # bounded: one pass
+            assert manager.get_log("many", partition).log_end_offset == partition + 1
+            clock.advance(IDLE_LOG_CLOSE_MS)
+        assert len(manager.logs()) <= 10
+        manager.get_log("many", 0).append(make_batch(1))
+    with LogManager(tmp_path, clock=clock) as manager:  # closed idle logs were closed cleanly
+        assert manager.get_log("many", 0).log_end_offset == 2
+        assert manager.get_log("many", 39).log_end_offset == 40
+
+
+def test_recently_used_partitions_are_not_closed(tmp_path: Path, clock) -> None:
+    from flowbus.log.errors import StorageError
+    from flowbus.log.manager import open_descriptor_count
+
+    with LogManager(tmp_path, clock=clock) as manager:
+        manager.create_topic("many", 40)
+    in_use = open_descriptor_count() or 0
+    with (
+        LogManager(tmp_path, clock=clock, fd_budget=in_use + 30) as manager,
+        pytest.raises(StorageError, match="file descriptors"),
+    ):
+        for partition in range(40):  # bounded: one pass; the budget runs out before the end
+            manager.get_log("many", partition)
