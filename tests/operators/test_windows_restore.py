@@ -115,8 +115,6 @@ def windows_held(table: WindowedTable, expected: dict[tuple[str, tuple[int, int]
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 @pytest.mark.parametrize("lose_state", [False, True])
 def test_open_windows_and_the_watermark_survive_a_restart(tmp_path: Path, url: str, guarantee: str, lose_state: bool) -> None:
-    if url.startswith("kafka") and guarantee == "at_least_once" and lose_state:
-        pytest.skip("covered by the other kafka cases; keeps the suite short")
     first = [(u, BASE + 1 * S + i) for i, u in enumerate(USERS * 2)] + [(u, BASE + 12 * S) for u in USERS]
     # every user's first window [0, 10 s) closed by the 12 s records; [10, 20 s) open with 1 each
     second = [(u, BASE + t) for t in (15 * S,) for u in USERS] + [(u, BASE + 3 * S) for u in USERS[:3]]
