@@ -18,6 +18,7 @@ from flowbus import App
 from flowbus.state.windowed import WindowedTable
 from flowbus.transports import transport_from_url
 from flowbus.transports.base import TopicPartition, TopicSpec
+from tests.state.test_restore import run_until
 from tests.support.broker_process import BrokerProcess
 
 S = 1_000
@@ -84,22 +85,6 @@ async def read_all(url: str, topic: str) -> list[tuple[str, dict[str, Any]]]:
     await consumer.close()
     await transport.close()
     return out
-
-
-async def run_until(app: App, done: Callable[[], bool]) -> None:
-    worker = app.make_worker()
-    task = asyncio.create_task(worker.run())
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    try:
-        while not done():
-            assert not task.done(), task.exception()
-            assert loop.time() < deadline, "the worker did not get there in time"
-            await asyncio.sleep(0.02)
-        await worker.commit()
-    finally:
-        worker.stop()
-        await task
 
 
 def windows_held(table: WindowedTable, expected: dict[tuple[str, tuple[int, int]], int]) -> Callable[[], bool]:
