@@ -321,7 +321,12 @@ class LogManager:
         if entry is None:
             raise UnknownTopicError(f"unknown topic {name!r}")
         del self._catalog.topics[name]
-        self._catalog.save()
+        try:
+            self._catalog.save()
+        except BaseException:
+            # Nothing is deleted yet: the topic stays, as it still is in the catalog on disk.
+            self._catalog.topics[name] = entry
+            raise
         del self._configs[name]
         for partition in range(entry.partitions):
             directory = self.data_dir / partition_dir_name(name, partition)

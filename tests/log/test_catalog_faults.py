@@ -69,8 +69,6 @@ def test_alter_config_rolls_back_when_the_catalog_cannot_be_saved(tmp_path: Path
         assert manager.topic("t").config.retention_ms == 1000
 
 
-@pytest.mark.xfail(strict=True, reason="LogManager.delete_topic forgets the topic in memory before the catalog "
-                   "save and does not restore it when the save fails (the topic is back after a restart)")
 def test_delete_topic_keeps_the_topic_when_the_catalog_cannot_be_saved(tmp_path: Path, monkeypatch) -> None:
     faults = CatalogWriteFaults(monkeypatch)
     with LogManager(tmp_path) as manager:
