@@ -72,6 +72,15 @@ def read_api_versions(sock: socket.socket, correlation_id: int) -> None:
     assert body["error_code"] == 0
 
 
+def wait_for_log(broker: BrokerProcess, text: str, *, count: int = 1, timeout_s: float = 5.0) -> None:
+    """Wait until the broker's log holds ``text`` ``count`` times: it writes the line after it acted,
+    so the client can see the effect before the line is in the file."""
+    deadline = time.monotonic() + timeout_s
+    while broker.log_text().count(text) < count:
+        assert time.monotonic() < deadline, f"no {text!r} (x{count}) in the broker's log:\n{broker.log_text()[-2000:]}"
+        time.sleep(0.05)  # polling a child process's log file
+
+
 def wait_closed(sock: socket.socket, timeout_s: float) -> float:
     """Seconds until the broker closes ``sock`` (reading and dropping anything it sends)."""
     started = time.monotonic()
@@ -142,7 +151,7 @@ def test_a_frame_of_huge_counts_closes_that_connection_quickly(broker: BrokerPro
         closed_after_s = wait_closed(hostile, timeout_s=5.0)
     probe.check()
     assert closed_after_s < 2.0
-    assert "exceed the limit of elements per message" in broker.log_text()
+    wait_for_log(broker, "exceed the limit of elements per message")
     with connect(broker) as sock:
         api_versions(sock)
 
@@ -161,6 +170,7 @@ def test_connections_beyond_the_per_address_limit_are_closed_at_once(broker: Bro
                 refused += 1
         assert (served, refused) == (MAX_CONNECTIONS_PER_ADDRESS, extra)
         # Rate-limited: ten refusals in a burst write one line.
+        wait_for_log(broker, "refusing connection", count=log_lines_before + 1)
         assert broker.log_text().count("refusing connection") == log_lines_before + 1
     finally:
         for sock in sockets:
@@ -201,7 +211,7 @@ def test_a_slowloris_client_is_closed_at_the_receive_deadline(broker: BrokerProc
         elapsed_s = time.monotonic() - started
     assert closed, "the broker never closed a client sending a byte a second"
     assert REQUEST_RECEIVE_TIMEOUT_MS / 1000 - 0.5 < elapsed_s < REQUEST_RECEIVE_TIMEOUT_MS / 1000 + 2.5
-    assert "request not received within 2000 ms" in broker.log_text()
+    wait_for_log(broker, "request not received within 2000 ms")
 
 
 def test_the_deadline_is_per_request_not_per_connection(broker: BrokerProcess) -> None:
