@@ -113,6 +113,22 @@ def loadavg() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
+def finish(broker: Broker, work: Path, *, keep: bool, lines_shown: int = 20) -> None:
+    """Stop the broker, print the warnings and errors of its log, and remove (or keep) ``work``."""
+    code = broker.stop()
+    problems = broker.log_problems()
+    if problems:
+        print(f"\nbroker log: {len(problems)} warning/error lines, first ones:")
+        for line in problems[:lines_shown]:
+            print(f"  {line}")
+    if code not in (0, None):
+        print(f"broker exited with code {code}:\n{broker.log_tail()}")
+    if keep:
+        print(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def fmt_load(load: tuple[float, float, float]) -> str:
     return " ".join(f"{x:.2f}" for x in load)
 
@@ -361,18 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"      note: {note}", flush=True)
         summarize(runs, args.peers)
     finally:
-        code = broker.stop()
-        problems = broker.log_problems()
-        if problems:
-            print(f"\nbroker log: {len(problems)} warning/error lines, first ones:")
-            for line in problems[:20]:
-                print(f"  {line}")
-        if code not in (0, None):
-            print(f"broker exited with code {code}:\n{broker.log_tail()}")
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        finish(broker, work, keep=args.keep)
     print(f"\nload average at start: {fmt_load(load_start)}; at end: {fmt_load(loadavg())}")
     return 0 if runs and all(r.ok for r in runs) else 1
 

@@ -54,7 +54,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_peers import RESULT, Broker, Run, end_offsets, fmt_load, loadavg, peer_versions
+from run_peers import RESULT, Broker, Run, end_offsets, finish, fmt_load, loadavg, peer_versions
 
 SCRIPTS = {
     "flowbus": HERE / "flowbus_windows.py",
@@ -354,18 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"      note: {note}")
         summarize(runs, args)
     finally:
-        code = broker.stop()
-        problems = broker.log_problems()
-        if problems:
-            print(f"\nbroker log: {len(problems)} warning/error lines, first ones:")
-            for line in problems[:10]:
-                print(f"  {line}")
-        if code not in (0, None):
-            print(f"broker exited with code {code}:\n{broker.log_tail()}")
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        finish(broker, work, keep=args.keep, lines_shown=10)
     print(f"\nload average at start: {fmt_load(load_start)}; at end: {fmt_load(loadavg())}")
     return 0 if ok and runs and all(r.ok for _, r in runs) else 1
 
