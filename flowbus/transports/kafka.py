@@ -118,6 +118,10 @@ _LEADER_UNKNOWN_CODES = frozenset(
 )
 """Codes of a list-offsets call made while the partition's leader is not known (yet): retried."""
 WATERMARKS_RETRY_S = 0.2
+START_LOOKUP_TIMEOUT_S = 2.0
+"""Limit of the one committed-offset lookup a consumer makes for a partition that returned
+nothing since it was assigned (to tell whether it is caught up); a failed lookup is retried
+after the next poll."""
 _UNKNOWN_TOPIC_CODES = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION})
 
 #: Kafka's group state names (what ``kafka-consumer-groups`` prints) by librdkafka's enum name.
@@ -324,6 +328,11 @@ class KafkaConsumer(Consumer):
         self._closed = False
         self._at_end: dict[TopicPartition, bool] = {}
         """Per assigned partition, whether the last poll left it read to its end."""
+        self._start_offsets: dict[TopicPartition, int] = {}
+        """Where reading starts in a partition that returned nothing yet since it was assigned
+        (librdkafka reports no position until a message is consumed): its committed offset,
+        or where ``auto.offset.reset`` points. Looked up once per assignment, on the poll thread."""
+        self._offset_reset = str(config.get("auto.offset.reset", "latest"))
         self._in_rebalance = False
         self._pause_after_rebalance: list[KafkaTopicPartition] = []
         self._calls_lock = threading.Lock()
@@ -367,6 +376,8 @@ class KafkaConsumer(Consumer):
     def _assign_cb(self, consumer: Any, partitions: list[KafkaTopicPartition]) -> None:
         tps = [TopicPartition(p.topic, p.partition) for p in partitions]
         self._assignment.extend(tp for tp in tps if tp not in self._assignment)
+        for tp in tps:
+            self._start_offsets.pop(tp, None)
         if self._on_assigned is None:
             return
         # Assign now (instead of letting confluent-kafka do it after this callback), so partitions
@@ -388,6 +399,8 @@ class KafkaConsumer(Consumer):
         if self._on_revoked is not None:
             self._run_on_loop(self._on_revoked(tps))
         self._assignment = [tp for tp in self._assignment if tp not in tps]
+        for tp in tps:
+            self._start_offsets.pop(tp, None)
 
     def subscribe(
         self,
@@ -424,6 +437,7 @@ class KafkaConsumer(Consumer):
             for tp in partitions
         ])
         self._assignment = list(partitions)
+        self._start_offsets = {tp: starts[tp] for tp in partitions if tp in starts and starts[tp] >= 0}
 
     def position(self, partition: TopicPartition) -> int | None:
         # librdkafka moves the application position past control records (transaction markers),
@@ -442,20 +456,56 @@ class KafkaConsumer(Consumer):
 
     def _consume_and_note_ends(self, max_records: int, timeout_s: float) -> list[Any]:
         """``consume``, then note per assigned partition whether it is read to its end (on the
-        poll thread, so nothing waits; cached watermarks need no broker round trip)."""
+        poll thread, so nothing waits; cached watermarks need no broker round trip). A partition
+        that returned nothing since it was assigned has no position yet: it is at its end when
+        its start offset (looked up once) reached the high watermark, so a worker restarted on a
+        fully processed log is caught up without reading anything."""
         messages = self._consumer.consume(max_records, timeout_s)
         assignment = self._assignment
         if assignment:
             at_end: dict[TopicPartition, bool] = {}
             try:
                 positions = self._consumer.position([KafkaTopicPartition(tp.topic, tp.partition) for tp in assignment])
+                unknown: list[tuple[TopicPartition, int]] = []
                 for found in positions:
+                    tp = TopicPartition(found.topic, found.partition)
                     _, high = self._consumer.get_watermark_offsets(found, cached=True)
-                    at_end[TopicPartition(found.topic, found.partition)] = 0 <= high <= found.offset
+                    if found.offset >= 0:
+                        at_end[tp] = 0 <= high <= found.offset
+                    elif high >= 0:
+                        unknown.append((tp, high))
+                    else:
+                        at_end[tp] = False  # no fetch response yet
+                if unknown:
+                    starts = self._starts([tp for tp, _ in unknown])
+                    for tp, high in unknown:
+                        start = starts.get(tp)
+                        at_end[tp] = start is not None and high <= start
             except KafkaException:
                 at_end = {}  # closing, or a partition just revoked: not known, so not caught up
             self._at_end = at_end
         return messages
+
+    def _starts(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Start offsets of partitions with no position yet, from :attr:`_start_offsets` or
+        looked up (committed offset, else the ``auto.offset.reset`` end); a failed lookup
+        leaves a partition out (not known: not caught up) and is tried again after the next poll."""
+        known = self._start_offsets
+        missing = [tp for tp in partitions if tp not in known]
+        if missing:
+            committed = self._consumer.committed(
+                [KafkaTopicPartition(tp.topic, tp.partition) for tp in missing], timeout=START_LOOKUP_TIMEOUT_S
+            )
+            for found in committed:
+                tp = TopicPartition(found.topic, found.partition)
+                if found.error is not None:
+                    continue
+                if found.offset >= 0:
+                    known[tp] = found.offset
+                    continue
+                low, high = self._consumer.get_watermark_offsets(found, timeout=START_LOOKUP_TIMEOUT_S, cached=False)
+                known[tp] = low if self._offset_reset in ("earliest", "smallest", "beginning") else high
+        return {tp: known[tp] for tp in partitions if tp in known}
 
     async def poll_batch(self, max_records: int, timeout_ms: int) -> list[Record]:
         messages = await asyncio.to_thread(self._consume_and_note_ends, max_records, timeout_ms / 1000)

@@ -142,3 +142,79 @@ def test_one_record_then_silence_final_result_within_idle_time_plus_one_second(
         assert latency_ms <= IDLE_MS + SLACK_MS, f"the result came {latency_ms} ms after the window's close time"
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+@pytest.mark.parametrize("place", ["embedded", "kafka"])
+def test_window_left_open_by_a_stopped_worker_closes_after_restart_with_no_new_input(
+    tmp_path: Path, request: pytest.FixtureRequest, place: str, guarantee: str
+) -> None:
+    """A worker stops with a window open and every input offset committed; the next worker reads
+    nothing new (its position is the end of the log from the start) and must still close the window
+    on idle: caught up means the committed position is the end, not "a record was read"."""
+    if place == "kafka":
+        url = f"kafka://{request.getfixturevalue('broker').bootstrap}"
+    else:
+        url = f"embedded://{tmp_path / 'data'}"
+    app_id = f"idle-restart-{tmp_path.name}"[:60]
+    window_ms = WINDOW_MS
+
+    def make_app(idle_ms: int) -> tuple[App, WindowedTable, str, str]:
+        app = App(app_id, broker=url, processing_guarantee=guarantee, topic_partitions=PARTITIONS,  # type: ignore[arg-type]
+                  state_dir=tmp_path / "state", window_idle_ms=idle_ms)
+        clicks = app.topic(f"{app_id}-clicks", key_type=str)
+        counts = app.topic(f"{app_id}-counts", key_type=str)
+        app.stream(clicks).tumbling_window(window_ms, name="per-user").count().final().to(counts)
+        table = app.tables["per-user"]
+        assert isinstance(table, WindowedTable)
+        return app, table, clicks.name, counts.name
+
+    async def main() -> None:
+        # The first worker would close the window only after an hour of silence.
+        app, table, clicks, counts = make_app(3_600_000)
+        clients = app.transport if place == "embedded" else transport_from_url(url)
+        await clients.start()
+        await clients.create_topics([TopicSpec(clicks, PARTITIONS), TopicSpec(counts, PARTITIONS)])
+        worker = app.make_worker()
+        task = asyncio.create_task(worker.run())
+        # The start of a window a minute ago: after the restart, the watermark reaches the
+        # window's end once the partition was idle for the window's length (and IDLE_MS).
+        sent_ms = now_ms() - 60_000
+        sent_ms -= sent_ms % window_ms
+        try:
+            await wait_ready(table, task)
+            producer = clients.producer()
+            producer.send_soon(clicks, b"{}", b"u1", timestamp_ms=sent_ms)
+            await producer.flush()
+            await producer.close()
+            deadline = time.monotonic() + READY_WAIT_S
+            while not any(part.stream_time_ms == sent_ms for part in table.parts.values()):
+                assert time.monotonic() < deadline, "the first worker did not process the record"
+                await asyncio.sleep(0.02)
+        finally:
+            worker.stop()
+            await task
+        if place == "embedded":
+            await app.transport.close()
+
+        # The second worker: same state directory and group, nothing new to read, a short idle time.
+        app, table, clicks, counts = make_app(IDLE_MS)
+        if place == "embedded":
+            clients = app.transport
+            await clients.start()
+        worker = app.make_worker()
+        task = asyncio.create_task(worker.run())
+        try:
+            await wait_ready(table, task)
+            restored_ms = now_ms()
+            end_ms = sent_ms + window_ms
+            seen = await watch(clients, counts, restored_ms + max(window_ms, IDLE_MS) + IDLE_MS + SLACK_MS)
+        finally:
+            worker.stop()
+            await task
+            await clients.close()
+        assert [(r.key, orjson.loads(r.value or b"null")) for _, r in seen] == [
+            (b"u1", {"start": end_ms - window_ms, "end": end_ms, "value": 1})
+        ], "the restarted worker did not close the window left open"
+
+    asyncio.run(main())
