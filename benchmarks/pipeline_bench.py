@@ -3,7 +3,7 @@
 For each transport and guarantee: write N JSON events to an input topic, then start a worker and
 time it from start until every event is consumed and the outputs are flushed and committed.
 
-    python benchmarks/pipeline_bench.py                      # embedded and memory, 200k events
+    python benchmarks/pipeline_bench.py                      # embedded, 200k events
     python benchmarks/pipeline_bench.py --kafka              # also kafka:// to a local flowbus broker
     python benchmarks/pipeline_bench.py --events 500000 --transports embedded
 
@@ -77,7 +77,7 @@ async def bench_one(url: str, guarantee: str, count: int) -> tuple[float, int] |
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--transports", default="embedded,memory")
+    parser.add_argument("--transports", default="embedded")
     parser.add_argument("--kafka", action="store_true", help="also run kafka:// against a local flowbus broker process")
     parser.add_argument("--guarantees", default="at_least_once,exactly_once")
     args = parser.parse_args()

@@ -414,8 +414,9 @@ class App:
 
         asyncio.run(_main())
 
-    def test_context(self, clock: Any = None) -> TestContext:
-        """A test harness: memory transport, manual clock, no broker, no sleeping.
+    def test_context(self, clock: Any = None, *, settle_timeout_s: float = 30.0) -> TestContext:
+        """A test harness: the broker core in-process on a temporary directory (``memory://``), a
+        manual clock, no broker to start, no sleeping.
 
         Example:
             >>> async with app.test_context() as t:          # doctest: +SKIP
@@ -424,4 +425,4 @@ class App:
         """
         from flowbus.testing import TestContext
 
-        return TestContext(self, clock=clock)
+        return TestContext(self, clock=clock, settle_timeout_s=settle_timeout_s)

@@ -1,10 +1,12 @@
-"""The test harness: run an app's agents, dataflows and timers on in-memory topics with a manual
-clock — no broker, no threads, no sleeping.
+"""The test harness: run an app's agents, dataflows and timers on the real broker core in this
+process, with a manual clock — no broker to start, no threads, no sleeping.
 
 It runs the real :class:`~flowbus.worker.Worker` (the same code as production) over
-:class:`~flowbus.transports.memory.MemoryTransport`, and waits for *quiescence* instead of time:
+:class:`~flowbus.transports.memory.MemoryTransport`: the broker core of ``flowbus broker`` on a
+temporary directory, removed when the context ends. It waits for *quiescence* instead of time:
 after :meth:`TestContext.send` or :meth:`TestContext.advance` returns, every record has been
-through every agent and dataflow, and every timer due has fired.
+appended, through every agent and dataflow, and every timer due has fired. The app's clock is
+manual; the broker's group sessions and transaction timeouts keep real time.
 
 Example:
     >>> async def test_enrich():                         # doctest: +SKIP
@@ -17,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -27,14 +30,22 @@ from flowbus.stream import Event
 from flowbus.timers import Scheduler
 from flowbus.topic import Topic, _headers
 from flowbus.transports.base import Record, TopicPartition
+from flowbus.transports.embedded import EmbeddedProducer
+from flowbus.transports.errors import TopicNotFoundError
 from flowbus.transports.memory import MemoryTransport
-from flowbus.worker import POLL_TIMEOUT_MS
 
 if TYPE_CHECKING:
     from flowbus.app import App
 
-SETTLE_TURNS_MAX = 200_000
-"""Event-loop turns :meth:`TestContext.settle` waits for quiescence before declaring the app stuck."""
+SETTLE_TIMEOUT_S = 30.0
+"""Real time :meth:`TestContext.settle` waits for quiescence before declaring the app stuck."""
+SETTLE_BUSY_TURNS = 1_000
+"""Event-loop turns :meth:`TestContext.settle` spins before it also sleeps a millisecond per look
+(the broker's long polls and the group's join wait on real time)."""
+
+
+DRIVER_LOOK_S = 0.005
+"""How long the harness's driver waits, once the app is quiet, before it steps the worker again."""
 
 
 class NotSettledError(FrameworkError):
@@ -43,36 +54,58 @@ class NotSettledError(FrameworkError):
 
 
 class TestContext:
-    """An app running on in-memory topics with a :class:`~flowbus.clock.ManualClock`."""
+    """An app running on the in-process broker core with a :class:`~flowbus.clock.ManualClock`."""
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, app: App, clock: ManualClock | None = None) -> None:
+    def __init__(self, app: App, clock: ManualClock | None = None, *, settle_timeout_s: float = SETTLE_TIMEOUT_S) -> None:
         self.app = app
+        self.settle_timeout_s = settle_timeout_s
         if clock is None:
             clock = app.clock if isinstance(app.clock, ManualClock) else ManualClock()
         self.clock = clock
         self.transport = MemoryTransport(clock=clock)
-        self.broker = self.transport.broker
+        self._producer: EmbeddedProducer | None = None
+        self._kept: dict[tuple[str, bool], list[Record]] | None = None
+        """Once the context ended (its broker core closed): every topic's records as they were,
+        so a test can still check outputs after the ``async with`` block (for example after the
+        app stopped on an error)."""
+        self._kept_offsets: dict[TopicPartition, int] = {}
         self._saved: tuple[Any, ...] = ()
         self._driver: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self.failure: BaseException | None = None
 
     async def __aenter__(self) -> Self:
         app = self.app
         self._saved = (app.clock, app._scheduler, app._transport)
         app.clock, app._scheduler, app._transport = self.clock, Scheduler(self.clock), self.transport
-        self.worker = app.make_worker(self.transport)
+        await self.transport.start()  # the context's own use: outputs stay readable until it ends
+        self._producer = self.transport.producer()
+        self.worker = app.make_worker(self.transport.alias())  # the worker closes its own at shutdown
         await self.worker.start()
         self._driver = asyncio.create_task(self._drive(), name="flowbus-test-driver")
         await self.settle()
         return self
 
     async def _drive(self) -> None:
+        """Step the worker without long polls (a poll never waits on the broker): when the app is
+        quiet, wait for :meth:`send`, :meth:`advance` or :meth:`commit` to wake it, or for a
+        short real-time look (the app's own tasks may produce meanwhile)."""
         worker = self.worker
+        scheduler = self.app.scheduler
+        wake = self._wake
         try:
             while not worker.stopping.is_set():
-                await worker.step(POLL_TIMEOUT_MS)
+                await worker.step(0)
+                if self._quiescent(worker, scheduler):
+                    wake.clear()
+                    try:
+                        await asyncio.wait_for(wake.wait(), DRIVER_LOOK_S)
+                    except TimeoutError:
+                        pass
+                else:
+                    await asyncio.sleep(0)
         except AgentError:
             pass
 
@@ -83,11 +116,25 @@ class TestContext:
         if self._driver is not None:
             await self._driver
         await self.worker.shutdown()
+        if self._producer is not None:
+            await self._producer.close()
+        self._keep_outputs()
+        await self.transport.close()
         self.app.clock, self.app._scheduler, self.app._transport = self._saved
         if exc_type is None and self.worker.failure is not None:
             raise AgentError(f"the app stopped: {self.worker.failure!r}") from self.worker.failure
 
     # -- input ------------------------------------------------------------------------------
+    def _keep_outputs(self) -> None:
+        transport = self.transport
+        kept: dict[tuple[str, bool], list[Record]] = {}
+        for name in transport.topics_now():
+            if not name.startswith("__"):  # the broker's own topics are not the app's outputs
+                for committed_only in (False, True):
+                    kept[name, committed_only] = transport.read_records(name, committed_only=committed_only)
+        self._kept_offsets = transport.group_offsets_now(self.app.id)
+        self._kept = kept
+
     async def send(
         self,
         topic: Topic | str,
@@ -120,10 +167,15 @@ class TestContext:
     ) -> Record:
         """Write raw bytes (for example a malformed record) to ``topic``."""
         name = topic.name if isinstance(topic, Topic) else topic
-        meta = self.broker.append(name, partition, key, value, _headers(headers), timestamp_ms)
+        assert self._producer is not None, "send inside `async with app.test_context()`"
+        encoded = _headers(headers)
+        stamp = self.clock.now_ms() if timestamp_ms is None else timestamp_ms
+        future = self._producer.send(name, value, key, partition=partition, headers=encoded, timestamp_ms=stamp)
+        await self._producer.flush()
+        meta = await future
         if settle:
             await self.settle()
-        return self.broker.topics[name][meta.partition].records[meta.offset]
+        return Record(name, meta.partition, meta.offset, stamp, key, value, encoded)
 
     async def send_many(self, topic: Topic | str, values: list[Any]) -> None:
         """Write several values, then settle once."""
@@ -157,8 +209,12 @@ class TestContext:
         """Wait until every record is processed and nothing is due; raises :class:`NotSettledError`."""
         worker = self.worker
         scheduler = self.app.scheduler
-        for _ in range(SETTLE_TURNS_MAX):
-            await asyncio.sleep(0)
+        deadline = time.monotonic() + self.settle_timeout_s
+        self._wake.set()
+        turns = 0
+        while time.monotonic() < deadline:  # bounded by the settle timeout
+            turns += 1
+            await asyncio.sleep(0 if turns < SETTLE_BUSY_TURNS else 0.001)
             if worker.stopping.is_set():
                 return
             if self._quiescent(worker, scheduler):
@@ -166,11 +222,18 @@ class TestContext:
                 await asyncio.sleep(0)
                 if self._quiescent(worker, scheduler):
                     return
-        raise NotSettledError("the app did not settle; is an agent waiting on real time or I/O?")
+        raise NotSettledError(
+            f"the app did not settle within {self.settle_timeout_s:g} s; is an agent waiting on real time or I/O?"
+        )
 
     def _quiescent(self, worker: Any, scheduler: Scheduler) -> bool:
-        if worker._deadline_tasks:
+        if worker._deadline_tasks or worker.commit_guard.locked():
             return False
+        if worker.next_commit_ms <= self.clock.monotonic_ms():
+            return False  # the next step commits
+        for producer in (self._producer, worker.producer):
+            if isinstance(producer, EmbeddedProducer) and producer.pending:
+                return False
         state = worker.state
         if state is not None and (state.restoring or state.ready_sources):
             return False
@@ -194,14 +257,16 @@ class TestContext:
 
     # -- output -----------------------------------------------------------------------------
     def records(self, topic: Topic | str, *, committed_only: bool = False) -> list[Record]:
-        """Raw records of every partition of ``topic`` (aborted transactions excluded)."""
+        """Raw records of every partition of ``topic``, partition by partition in offset order:
+        those a read_committed reader sees (``committed_only``), or also those of open
+        transactions; aborted ones never. An unknown topic has none."""
         name = topic.name if isinstance(topic, Topic) else topic
-        if committed_only:
-            return self.broker.committed_records(name)
-        out: list[Record] = []
-        for part in self.broker.topics.get(name, []):
-            out.extend(r for r in part.records if r.offset not in part.aborted)
-        return out
+        if self._kept is not None:
+            return list(self._kept.get((name, committed_only), []))
+        try:
+            return self.transport.read_records(name, committed_only=committed_only)
+        except TopicNotFoundError:
+            return []
 
     def events(self, topic: Topic | str) -> list[Event]:
         """Decoded events of ``topic`` with their metadata."""
@@ -219,4 +284,6 @@ class TestContext:
 
     def committed_offsets(self) -> dict[TopicPartition, int]:
         """The app group's committed offsets."""
-        return dict(self.broker.group(self.app.id).committed)
+        if self._kept is not None:
+            return dict(self._kept_offsets)
+        return self.transport.group_offsets_now(self.app.id)

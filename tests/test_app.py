@@ -334,57 +334,6 @@ def test_exactly_once_failure_aborts_the_open_transaction() -> None:
     run(main())
 
 
-def test_rebalance_hands_partitions_over_without_loss_or_duplicates() -> None:
-    """Two workers of one app on one memory broker: the second joins mid-stream; every event is
-    processed once, and the first commits before its partitions move."""
-    from flowbus.transports.memory import MemoryTransport
-
-    seen: list[tuple[str, int]] = []
-
-    def build(name: str) -> App:
-        app = App("grp", broker="memory://", topic_partitions=4)
-        topic = app.topic("in", key_type=str)
-
-        @app.agent(topic)
-        async def agent(stream: flowbus.Stream) -> None:
-            async for n in stream:
-                seen.append((name, n))
-
-        return app
-
-    async def main() -> None:
-        transport = MemoryTransport()
-        a, b = build("a"), build("b")
-        wa, wb = a.make_worker(transport), b.make_worker(transport)
-        await wa.start()
-        producer = transport.producer()
-        for i in range(100):
-            producer.send_soon("in", b"%d" % i, b"k%d" % i)
-        for _ in range(5):
-            await wa.step(0)
-        await wb.start()
-        for _ in range(20):
-            await wa.step(0)
-            await wb.step(0)
-            for _ in range(10):
-                await asyncio.sleep(0)
-        for i in range(100, 200):
-            producer.send_soon("in", b"%d" % i, b"k%d" % i)
-        for _ in range(20):
-            await wa.step(0)
-            await wb.step(0)
-            for _ in range(10):
-                await asyncio.sleep(0)
-        assert wa.assigned and wb.assigned and not (wa.assigned & wb.assigned)
-        await wa.shutdown()
-        await wb.shutdown()
-
-    run(main())
-    values = sorted(n for _, n in seen)
-    assert values == list(range(200))
-    assert {name for name, _ in seen} == {"a", "b"}
-
-
 def test_configuration_is_checked() -> None:
     with pytest.raises(ConfigurationError):
         App("x", processing_guarantee="twice")  # type: ignore[arg-type]
@@ -409,56 +358,6 @@ def test_topic_send_outside_a_worker() -> None:
     run(main())
 
 
-def test_exactly_once_across_a_rebalance_commits_each_output_once() -> None:
-    """A second worker joins mid-stream under exactly_once: the first commits its transaction
-    (outputs and offsets together) before its partitions move, so committed outputs have no
-    duplicates and no gaps."""
-    from flowbus.transports.memory import MemoryTransport
-
-    def build(txn: str) -> App:
-        app = App("eos", broker="memory://", topic_partitions=4, processing_guarantee="exactly_once",
-                  transactional_id=txn)
-        out = app.topic("out")
-
-        @app.agent(app.topic("in", key_type=str), sink=[out])
-        async def relay(stream: flowbus.Stream) -> Any:
-            async for n in stream:
-                await asyncio.sleep(0)
-                yield n
-
-        return app
-
-    async def turns(*workers: Any) -> None:
-        for _ in range(15):
-            for w in workers:
-                await w.step(0)
-            for _ in range(5):
-                await asyncio.sleep(0)
-
-    async def main() -> None:
-        transport = MemoryTransport()
-        a, b = build("tx-a"), build("tx-b")
-        wa, wb = a.make_worker(transport), b.make_worker(transport)
-        await wa.start()
-        producer = transport.producer()
-        for i in range(100):
-            producer.send_soon("in", b"%d" % i, b"k%d" % i)
-        await turns(wa)
-        await wb.start()
-        for i in range(100, 200):
-            producer.send_soon("in", b"%d" % i, b"k%d" % i)
-        await turns(wa, wb)
-        await wa.commit()
-        await wb.commit()
-        assert wa.assigned and wb.assigned
-        committed = [int(r.value) for r in transport.broker.committed_records("out")]
-        assert sorted(committed) == list(range(200))
-        await wa.shutdown()
-        await wb.shutdown()
-
-    run(main())
-
-
 def test_agent_group_by_brings_each_key_to_one_instance() -> None:
     app = App("acct", broker="memory://", topic_partitions=4)
     withdrawals = app.topic("withdrawals")
@@ -478,47 +377,3 @@ def test_agent_group_by_brings_each_key_to_one_instance() -> None:
     assert sorted(seen) == [f"a{i}" for i in range(5)]
     assert all(len({p for p, _ in pairs}) == 1 for pairs in seen.values()), "one key, one partition"
     assert sorted(a for pairs in seen.values() for _, a in pairs) == list(range(30))
-
-
-def test_on_leader_timer_runs_on_one_worker_of_the_group() -> None:
-    from flowbus.transports.memory import MemoryTransport
-
-    clock = ManualClock()
-    ticks: dict[str, int] = {"a": 0, "b": 0}
-
-    def build(name: str) -> App:
-        app = App("leader", broker="memory://", clock=clock)
-
-        @app.timer(1.0, on_leader=True)
-        def tick() -> None:
-            ticks[name] += 1
-
-        @app.timer(1.0)
-        def everywhere() -> None:
-            ticks[name + "-all"] = ticks.get(name + "-all", 0) + 1
-
-        return app
-
-    async def main() -> None:
-        transport = MemoryTransport(clock=clock)
-        a, b = build("a"), build("b")
-        wa, wb = a.make_worker(transport), b.make_worker(transport)
-        await wa.start()
-        await wb.start()
-        for _ in range(5):
-            await wa.step(0)
-            await wb.step(0)
-            await asyncio.sleep(0)  # memory polls never suspend: let the timer tasks start
-        assert wa.is_leader() != wb.is_leader()
-        for _ in range(3):
-            clock.advance(1_000)
-            a.scheduler.fire_due()
-            b.scheduler.fire_due()
-            for _ in range(10):
-                await asyncio.sleep(0)
-        await wa.shutdown()
-        await wb.shutdown()
-
-    run(main())
-    assert sorted((ticks["a"], ticks["b"])) == [0, 3]
-    assert ticks["a-all"] == ticks["b-all"] == 3

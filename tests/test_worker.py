@@ -1,5 +1,7 @@
-"""The worker on real transports: the embedded broker core in-process, and kafka:// against a
-real ``flowbus broker`` process. The same scenarios run on both."""
+"""The worker on the real broker: ``memory://`` (the test harness's transport: the broker core
+in-process on a temporary directory), ``embedded://`` (the same core on a data directory), and
+kafka:// against a ``flowbus broker`` process. The same scenarios run on all three; those with
+several workers run them concurrently, each in its own task, as separate processes would."""
 
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
 _counter = iter(range(1_000_000))
 
 
-@pytest.fixture(params=["embedded", "kafka"])
+@pytest.fixture(params=["memory", "embedded", "kafka"])
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return f"memory://{tmp_path.name}"  # named: every app of the test shares one core
     if request.param == "embedded":
         return f"embedded://{tmp_path / 'data'}"
     process: BrokerProcess = request.getfixturevalue("broker")
@@ -176,6 +180,124 @@ def test_a_second_worker_takes_half_the_partitions_without_loss_or_duplicates(br
     values = [v for _, v in seen]
     assert sorted(set(values)) == list(range(600))
     assert len(values) == 600, "revocation commits before partitions move: nothing is processed twice"
+
+
+def test_exactly_once_across_a_live_rebalance_commits_each_output_once(broker_url: str, tmp_path: Path) -> None:
+    """A second exactly-once worker of the app (default transactional ids, one state directory)
+    joins mid-stream: the first commits its transaction, outputs and offsets together, before
+    its partitions move, so the committed outputs have every input once, no gap, no duplicate."""
+    app_id, in_name, out_name = unique("eos"), unique("in"), unique("out")
+    count = 400
+
+    def build() -> App:
+        app = App(app_id, broker=broker_url, topic_partitions=4, processing_guarantee="exactly_once",
+                  state_dir=tmp_path / "state")
+        out = app.topic(out_name)
+
+        @app.agent(app.topic(in_name, key_type=str), sink=[out])
+        async def relay(stream: flowbus.Stream) -> Any:
+            async for n in stream:
+                await asyncio.sleep(0.001)
+                yield n
+
+        return app
+
+    async def main() -> None:
+        a, b = build(), build()
+        task_a = asyncio.create_task(a.run())
+        producer_app = App(unique("producer"), broker=broker_url)
+        topic = producer_app.topic(in_name, key_type=str, partitions=4)
+        await producer_app.create_topics()
+        for i in range(count // 2):
+            await topic.send(i, key=f"k{i}")
+        await wait_until(lambda: a.worker is not None and a.worker.events_in >= 50, "the first worker to start")
+        task_b = asyncio.create_task(b.run())
+        await wait_until(lambda: b.worker is not None and bool(b.worker.assigned), "the second worker's assignment")
+        for i in range(count // 2, count):
+            await topic.send(i, key=f"k{i}")
+        await producer_app.close()
+        assert a.worker is not None and b.worker is not None
+        wa, wb = a.worker, b.worker
+        assert wa.transactional_id != wb.transactional_id
+        committed: list[bytes | None] = []
+
+        async def all_committed() -> bool:
+            committed[:] = await read_committed(broker_url, out_name)
+            return len(committed) >= count
+
+        deadline = time.monotonic() + WAIT_S
+        while not await all_committed():
+            assert time.monotonic() < deadline, f"{len(committed)} of {count} outputs committed"
+            await asyncio.sleep(0.1)
+        assert bool(wa.assigned) and bool(wb.assigned) and not (wa.assigned & wb.assigned)
+        a.stop()
+        b.stop()
+        await asyncio.gather(task_a, task_b)
+        assert sorted(int(v or b"-1") for v in committed) == list(range(count))
+
+    asyncio.run(main())
+
+
+async def read_committed(url: str, topic: str) -> list[bytes | None]:
+    """Every record of ``topic`` a read_committed reader outside any group sees now."""
+    transport = transport_from_url(url)
+    await transport.start()
+    partitions = (await transport.describe_topics([topic]))[topic].partitions
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer = transport.consumer(None, isolation_level="read_committed")
+    ends = await consumer.end_offsets(tps)
+    consumer.assign(tps, {tp: 0 for tp in tps})
+    values: list[bytes | None] = []
+    deadline = time.monotonic() + WAIT_S
+    while any((consumer.position(tp) or 0) < ends[tp] for tp in tps if ends[tp] > 0):
+        assert time.monotonic() < deadline, "could not read the committed outputs"
+        values.extend(r.value for r in await consumer.poll_batch(1000, 100))
+    await consumer.close()
+    await transport.close()
+    return values
+
+
+def test_on_leader_timers_run_on_one_worker_of_the_group(broker_url: str) -> None:
+    """Two workers of one app: a timer with ``on_leader=True`` runs only on the worker that owns
+    the leader partition, one without runs on both."""
+    app_id = unique("leader")
+    ticks: dict[str, int] = {}
+
+    def build(name: str) -> App:
+        app = App(app_id, broker=broker_url)
+
+        @app.timer(0.05, on_leader=True)
+        def lead() -> None:
+            ticks[name + "-leader"] = ticks.get(name + "-leader", 0) + 1
+
+        @app.timer(0.05)
+        def everywhere() -> None:
+            ticks[name] = ticks.get(name, 0) + 1
+
+        return app
+
+    async def main() -> None:
+        a, b = build("a"), build("b")
+        tasks = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
+
+        def settled() -> bool:
+            wa, wb = a.worker, b.worker
+            return wa is not None and wb is not None and wa.started and wb.started and wa.is_leader() != wb.is_leader()
+
+        await wait_until(settled, "one of the two workers to lead")
+        assert a.worker is not None and b.worker is not None
+        leader, other = ("a", "b") if a.worker.is_leader() else ("b", "a")
+        before = dict(ticks)
+        await wait_until(lambda: min(ticks.get(n, 0) - before.get(n, 0) for n in ("a", "b")) >= 5,
+                         "five runs of the timer on each worker")
+        assert settled(), "the leader did not change meanwhile"
+        assert ticks.get(leader + "-leader", 0) - before.get(leader + "-leader", 0) >= 4
+        assert ticks.get(other + "-leader", 0) == before.get(other + "-leader", 0)
+        a.stop()
+        b.stop()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
 
 
 def test_a_kafka_worker_joins_the_group_of_a_listening_embedded_worker(tmp_path: Path) -> None:

@@ -1245,6 +1245,44 @@ class BrokerCore:
         offset, found_timestamp = found
         return ListOffsetsResult(ErrorCode.NONE, found_timestamp, offset, 0)
 
+    def end_offset(self, topic: str, partition: int, *, isolation_level: int = ISOLATION_READ_UNCOMMITTED) -> int:
+        """The high watermark, or under read_committed the last stable offset, at once (what a
+        ListOffsets for the latest offset answers; for in-process readers that cannot await).
+
+        Raises:
+            UnknownTopicError: no such topic or partition.
+        """
+        end = self.logs.get_log(topic, partition).high_watermark
+        if isolation_level == ISOLATION_READ_COMMITTED:
+            end = self._last_stable_offset(topic, partition, end)
+        return end
+
+    def read_now(
+        self, partitions: list[FetchRequestPartition], *, max_bytes: int, isolation_level: int = ISOLATION_READ_UNCOMMITTED
+    ) -> list[FetchResultPartition]:
+        """What a fetch that does not wait answers, at once (for in-process readers that cannot await)."""
+        results, _, _ = self._read_all(partitions, min(max_bytes, self.config.fetch_response_max_bytes), isolation_level)
+        return results
+
+    def log_start_offset(self, topic: str, partition: int) -> int:
+        """The first offset still in the log.
+
+        Raises:
+            UnknownTopicError: no such topic or partition.
+        """
+        return self.logs.get_log(topic, partition).log_start_offset
+
+    def aborted_transactions(self, topic: str, partition: int, start_offset: int, end_offset: int) -> list[tuple[int, int]]:
+        """``(producer id, first offset)`` of the aborted transactions overlapping
+        ``[start_offset, end_offset)``: what a fetch reports, for in-process readers of
+        uncommitted data that still leave aborted records out.
+
+        Raises:
+            UnknownTopicError: no such topic or partition.
+        """
+        found = self.logs.get_log(topic, partition).aborted_transactions(start_offset, end_offset)
+        return [(a.producer_id, a.first_offset) for a in found]
+
     async def offset_for_leader_epoch(
         self, topic: str, partition: int, leader_epoch: int
     ) -> tuple[int, int, int]:

@@ -2,7 +2,8 @@
 
 :func:`transport_from_url` picks one by URL scheme:
 
-* ``memory://[NAME]`` — in-process lists, for the test harness (:mod:`flowbus.transports.memory`);
+* ``memory://[NAME]`` — the broker core in-process on a temporary directory, for the test harness
+  (:mod:`flowbus.transports.memory`);
 * ``kafka://host:port[,host:port]`` — any Kafka-protocol cluster through confluent-kafka;
 * ``embedded://DIR`` — the flowbus broker core running inside the worker, data in ``DIR``.
 """

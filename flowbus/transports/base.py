@@ -1,8 +1,9 @@
 """The transport interface: everything the worker needs from a Kafka-like system, and nothing more.
 
 The framework (app, agents, streams, operators, state) talks to a broker only through these
-classes, so the same application runs on the in-process test transport (``memory://``), on the
-embedded broker core (``embedded://DIR``) and on any Kafka-protocol cluster (``kafka://host:port``).
+classes, so the same application runs on the embedded broker core (``embedded://DIR``, or
+``memory://`` on a temporary directory for tests) and on any Kafka-protocol cluster
+(``kafka://host:port``).
 
 The contract is deliberately batch-shaped: :meth:`Consumer.poll_batch` returns a list of records
 and :meth:`Producer.send` only enqueues, so the worker's hot path pays per batch, not per record.

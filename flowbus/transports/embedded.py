@@ -119,6 +119,8 @@ SESSION_TIMEOUT_MS = 10_000
 REBALANCE_TIMEOUT_MS = 30_000
 HEARTBEAT_INTERVAL_MS = 1_000
 JOIN_ATTEMPTS_MAX = 50
+READ_RECORDS_MAX = 10_000_000
+"""Most records :meth:`EmbeddedTransport.read_records` returns (it is for tests and tools)."""
 
 
 # -- the consumer protocol's subscription and assignment bytes (KIP-429 layout, version 0) ------
@@ -417,6 +419,12 @@ class EmbeddedProducer(Producer):
 
     async def partitions_for(self, topic: str) -> int:
         return self._t.partition_count(topic)
+
+    @property
+    def pending(self) -> bool:
+        """Records sent but not yet appended (batched for this turn, or being appended): the
+        test harness waits for none before it calls the app quiet."""
+        return self._scheduled or bool(self._builders) or bool(self._inflight)
 
     async def _coordinator(self, call: Callable[[], int], what: str) -> None:
         """Run a coordinator call, retrying while it is busy; raise on fencing or failure."""
@@ -745,6 +753,19 @@ class EmbeddedConsumer(Consumer):
     def assignment(self) -> list[TopicPartition]:
         return list(self._owned)
 
+    def caught_up(self) -> bool:
+        """Whether this member holds its share (no rejoin pending) and has read every owned
+        partition to its end (the last stable offset under read_committed), asked of the core at
+        once: the test harness calls the app quiet only then."""
+        if self._rejoin and self._topics:
+            return False
+        core = self._core
+        for tp in self._owned:
+            position = self._positions.get(tp, -1)
+            if position < 0 or position < core.end_offset(tp.topic, tp.partition, isolation_level=self._isolation):
+                return False
+        return True
+
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         self._paused.update(partitions)
 
@@ -832,9 +853,15 @@ class EmbeddedTransport(Transport):
         TransportError: an unknown setting or a bad value in the URL's query.
     """
 
-    def __init__(self, url: str, *, clock: Clock = SYSTEM_CLOCK, listen: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, clock: Clock = SYSTEM_CLOCK, listen: str | None = None, broker_clock: Clock | None = None
+    ) -> None:
         self.url = url
         self.clock = clock
+        self.broker_clock = clock if broker_clock is None else broker_clock
+        """The core's clock (group sessions, transaction timeouts, append times); ``clock`` gives
+        the timestamps of records sent. The test harness keeps the core on the system clock
+        while the app runs on a manual one, so moving the app's time never expires a session."""
         location, _, query = url.removeprefix("embedded://").partition("?")
         self.data_dir = Path(location or "./flowbus-data").resolve()
         self._broker_settings = _broker_settings(query)
@@ -866,13 +893,13 @@ class EmbeddedTransport(Transport):
                 groups=GroupConfig(group_initial_rebalance_delay_ms=0),
                 **self._broker_settings,
             )
-            handle = _CORES[self.data_dir] = _CoreHandle(BrokerCore(config, clock=self.clock))
+            handle = _CORES[self.data_dir] = _CoreHandle(BrokerCore(config, clock=self.broker_clock))
             await handle.core.start()
             await handle.core.wait_loaded()
             if self.listen:
                 from flowbus.broker.server import BrokerServer
 
-                handle.server = BrokerServer(handle.core, host=host, port=port, clock=self.clock)
+                handle.server = BrokerServer(handle.core, host=host, port=port, clock=self.broker_clock)
                 await handle.server.start()
                 log.info("embedded broker listening on %s:%d", host, handle.server.port)
         handle.users += 1
@@ -993,6 +1020,55 @@ class EmbeddedTransport(Transport):
             for m in described.members
         )
         return GroupDescription(group_id, described.state, members)
+
+    def read_records(self, topic: str, *, committed_only: bool = False) -> list[Record]:
+        """Every record of ``topic`` now in the log, partition by partition in offset order, read
+        at once without a consumer group: what a read_committed reader sees (``committed_only``),
+        or also the records of open transactions; records of aborted transactions are always
+        left out. For tests and tools; the transport must be started.
+
+        Raises:
+            TopicNotFoundError: no such topic.
+        """
+        core = self.core
+        if topic not in core.logs.topics():
+            raise TopicNotFoundError(f"no topic {topic!r}")
+        isolation = ISOLATION_READ_COMMITTED if committed_only else ISOLATION_READ_UNCOMMITTED
+        reader = EmbeddedConsumer(self, None, "read_committed" if committed_only else "read_uncommitted",
+                                  "earliest", "flowbus-reader")
+        out: list[Record] = []
+        for partition in range(core.logs.topic(topic).partitions):
+            tp = TopicPartition(topic, partition)
+            position = core.log_start_offset(topic, partition)
+            end = core.end_offset(topic, partition, isolation_level=isolation)
+            while position < end:  # each round moves the position on, or stops
+                [result] = core.read_now(
+                    [FetchRequestPartition(topic, partition, position, FETCH_PARTITION_BYTES_MAX)],
+                    max_bytes=FETCH_RESPONSE_BYTES_MAX, isolation_level=isolation,
+                )
+                if result.error_code != ErrorCode.NONE:
+                    raise TransportError(f"reading {topic}[{partition}] at {position} failed with error {result.error_code}")
+                if not result.records:
+                    break
+                aborted = (result.aborted_transactions if committed_only
+                           else core.aborted_transactions(topic, partition, position, end))
+                reader._positions[tp] = position
+                reader._decode_into(tp, result.records, out, READ_RECORDS_MAX, aborted)
+                if reader._positions[tp] <= position:
+                    break
+                position = reader._positions[tp]
+        return out
+
+    def topics_now(self) -> list[str]:
+        """The names of every topic, at once (the core is in this process)."""
+        return sorted(self.core.logs.topics())
+
+    def group_offsets_now(self, group_id: str) -> dict[TopicPartition, int]:
+        """The committed offsets of ``group_id``, at once (the core is in this process)."""
+        code, fetched = self.core.groups.fetch_offsets(group_id, None)
+        if code != ErrorCode.NONE:
+            raise TransportError(f"fetching offsets of group {group_id!r} failed with error {code}")
+        return {TopicPartition(f.topic, f.partition): f.offset for f in fetched if f.offset >= 0}
 
     async def group_offsets(
         self, group_id: str, *, timeout_s: float | None = None

@@ -90,7 +90,8 @@ def test_through_continues_from_the_topic() -> None:
 
 
 def test_take_by_count_and_by_clock() -> None:
-    app = App("ops", broker="memory://", clock=ManualClock())
+    # A commit emits what take() holds: the interval is longer than within_s, so the clock decides.
+    app = App("ops", broker="memory://", clock=ManualClock(), commit_interval_ms=60_000)
     app.stream("in").take(2, within_s=5).map(sum).to(app.topic("sums"))
 
     async def main() -> None:

@@ -17,14 +17,6 @@ def test_memory_and_kafka_schemes() -> None:
     assert kafka.bootstrap == "127.0.0.1:9092,127.0.0.1:9093"
 
 
-def test_named_memory_transports_share_a_broker() -> None:
-    a = transport_from_url("memory://shared-test")
-    b = transport_from_url("memory://shared-test")
-    assert isinstance(a, MemoryTransport) and isinstance(b, MemoryTransport)
-    assert a.broker is b.broker
-    assert transport_from_url("memory://").broker is not a.broker  # type: ignore[attr-defined]
-
-
 @pytest.mark.parametrize("url", ["nats://x", "127.0.0.1:9092"])
 def test_unknown_scheme(url: str) -> None:
     with pytest.raises(UnknownTransportError):
