@@ -95,15 +95,19 @@ class TestContext:
         worker = self.worker
         scheduler = self.app.scheduler
         wake = self._wake
+        loop = asyncio.get_running_loop()
         try:
             while not worker.stopping.is_set():
                 await worker.step(0)
                 if self._quiescent(worker, scheduler):
+                    # A timer instead of wait_for: 3.11's wait_for can turn a timeout that races
+                    # the event into a CancelledError.
                     wake.clear()
+                    look = loop.call_later(DRIVER_LOOK_S, wake.set)
                     try:
-                        await asyncio.wait_for(wake.wait(), DRIVER_LOOK_S)
-                    except TimeoutError:
-                        pass
+                        await wake.wait()
+                    finally:
+                        look.cancel()
                 else:
                     await asyncio.sleep(0)
         except AgentError:
