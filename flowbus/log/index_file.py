@@ -3,8 +3,9 @@
 Every index (offset, time, aborted transactions) keeps its entries in memory and appends to a
 file; what differs is the entry format. What they share lives here: the flush thread fsyncs a
 *duplicate* descriptor so it never holds the log's lock nor races a close, and a synced index of
-an inactive segment releases its descriptor, so an inactive segment costs one open file (its
-records) instead of four.
+an inactive segment releases its descriptor, so an inactive segment costs at most one open file
+(its records, itself released when the segment is idle) instead of four. Lookups never need the
+descriptor: entries are in memory.
 """
 
 from __future__ import annotations
@@ -42,17 +43,37 @@ class IndexFile:
         """
         if not self._dirty:
             return None
-        self._dirty = False
-        return os.dup(self._file())
+        fd = os.dup(self._file())
+        self._dirty = False  # only once the duplicate exists: a failed dup leaves it to sync
+        return fd
 
     def mark_dirty(self) -> None:
         self._dirty = True
 
-    def seal(self) -> None:
-        """Release the descriptor of a synced index; entries stay in memory, a write reopens it."""
+    @property
+    def dirty(self) -> bool:
+        """Entries were written since the last :meth:`take_sync_fd` (they wait for an fsync)."""
+        return self._dirty
+
+    @property
+    def is_open(self) -> bool:
+        """The descriptor is held now (it is released by :meth:`seal` and reopened on use)."""
+        return self._fd >= 0
+
+    def open(self) -> None:
+        """Hold the descriptor from now on (the active segment's indexes are written often)."""
+        self._file()
+
+    def seal(self) -> int:
+        """Release the descriptor of a synced index; entries stay in memory, a write reopens it.
+
+        Returns the number of descriptors closed (0 or 1), for the owner's accounting.
+        """
         if not self._dirty and self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            return 1
+        return 0
 
     def rename(self, path: Path) -> None:
         os.replace(self.path, path)

@@ -12,7 +12,13 @@ Data directory layout::
 
 ``tick()`` is the broker's ~100 ms heartbeat: it flushes logs the flush policy says are due,
 rolls segments older than segment.ms, applies retention, deletes files whose
-file.delete.delay.ms has passed, and lets the cleaner do a bounded amount of compaction.
+file.delete.delay.ms has passed, lets the cleaner do a bounded amount of compaction, and releases
+the descriptors of inactive segments nobody read for a while.
+
+Descriptor accounting counts what is open: each partition's active segment (3 files), the few
+inactive segments a read reopened (see :mod:`flowbus.log.partition_log`), and everything else
+the process holds. A roll that would pass the budget first closes idle segment files and idle
+partitions, then fails with :class:`~flowbus.log.errors.StorageError` rather than pass it.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from flowbus.log.errors import (
     TopicExistsError,
     UnknownTopicError,
 )
-from flowbus.log.partition_log import PartitionLog
+from flowbus.log.partition_log import FDS_PER_SEGMENT, PartitionLog
 from flowbus.log.retention import apply_retention
 
 log = logging.getLogger(__name__)
@@ -53,10 +59,8 @@ CLEAN_SHUTDOWN_FILE = ".flowbus_clean_shutdown"
 LOCK_FILE = ".lock"
 DELETE_DIR_SUFFIX = "-delete"
 #: Kafka caps partitions per topic only by cluster limits; one process opening this many files
-#: (three per segment) is already unreasonable.
+#: (three per active segment) is already unreasonable.
 MAX_PARTITIONS_PER_TOPIC = 10_000
-#: Descriptors an open segment holds: its .log, .index and .timeindex (.txnindex opens on first use).
-FDS_PER_SEGMENT = 3
 #: Part of RLIMIT_NOFILE kept free of partition logs for sockets, checkpoints, the catalog and
 #: Python itself: a quarter of the limit, and never fewer than this many.
 FD_HEADROOM_MIN = 64
@@ -147,6 +151,8 @@ class LogManager:
         self._deferred: dict[tuple[str, int], bool] = {}
         #: When each open partition log was last asked for (``get_log``), for closing idle ones.
         self._last_used_ms: dict[tuple[str, int], int] = {}
+        #: Partitions whose roll or retention failed at the last tick (logged once until it works).
+        self._maintenance_failing: set[tuple[str, int]] = set()
         self._clean_on_open = clean_shutdown
         self._remove_orphans()
         for entry in self._catalog.topics.values():
@@ -175,7 +181,10 @@ class LogManager:
         """Open the catalog's partitions within half the descriptor budget; defer the rest.
 
         The other half stays free for deferred partitions opened on first use and for sockets,
-        so a data directory with more partitions than descriptors still starts and serves.
+        so a data directory with more partitions than descriptors still starts and serves. Each
+        open partition counts what it holds once open: its active segment's files plus any
+        segment re-validated after a crash (released by the first flush); segments the checkpoint
+        vouches for are opened, read and released, whatever their number.
         """
         in_use = open_descriptor_count() or 0
         startup_budget = in_use + (self.fd_budget - in_use) // 2
@@ -183,20 +192,17 @@ class LogManager:
             config = self._configs[entry.name]
             for partition in range(entry.partitions):
                 key = (entry.name, partition)
-                directory = self.data_dir / partition_dir_name(entry.name, partition)
-                segments = sum(1 for _ in directory.glob("*.log")) if directory.is_dir() else 0
-                needed = FDS_PER_SEGMENT * max(1, segments)
-                if self._deferred or in_use + needed > startup_budget:
+                if self._deferred or in_use + FDS_PER_SEGMENT > startup_budget:
                     self._deferred[key] = self._clean_on_open
                     continue
                 try:
-                    self._open_log(entry.name, partition, config, self._clean_on_open)
+                    plog = self._open_log(entry.name, partition, config, self._clean_on_open)
                 except OSError as exc:
                     if exc.errno not in (errno.EMFILE, errno.ENFILE):
                         raise
                     self._deferred[key] = self._clean_on_open
                     continue
-                in_use += needed
+                in_use += plog.open_fd_count
 
     def check_descriptor_budget(self, name: str, partitions: int) -> None:
         """Refuse ``partitions`` new partitions if their descriptors would exceed the budget.
@@ -205,9 +211,7 @@ class LogManager:
             DescriptorBudgetError: with a message naming the need, what is free and the limit.
         """
         needed = FDS_PER_SEGMENT * partitions
-        in_use = open_descriptor_count()
-        if in_use is None:
-            in_use = FDS_PER_SEGMENT * len(self._logs)
+        in_use = self.descriptors_in_use()
         if in_use + needed <= self.fd_budget:
             return
         free = max(0, self.fd_budget - in_use)
@@ -218,6 +222,40 @@ class LogManager:
         log.warning("refused: %s", message)
         raise DescriptorBudgetError(message)
 
+    def descriptors_in_use(self) -> int:
+        """Descriptors the process holds now (``/proc/self/fd``), or, where that is unknown,
+        those the open partition logs hold (active segments and open inactive ones)."""
+        in_use = open_descriptor_count()
+        if in_use is None:
+            return self.log_descriptor_count()
+        return in_use
+
+    def log_descriptor_count(self) -> int:
+        """Descriptors the open partition logs hold now, counted segment by segment."""
+        return sum(plog.open_fd_count for plog in list(self._logs.values()))
+
+    def _descriptors_free(self, count: int) -> bool:
+        """Whether ``count`` more descriptors fit the budget (asked by a log about to roll)."""
+        return self.descriptors_in_use() + count <= self.fd_budget
+
+    def _make_room(self, asking: PartitionLog | None, count: int) -> None:
+        """Free descriptors until ``count`` more fit the budget, if idle files allow it.
+
+        Cheapest first: files of inactive segments no read is using (a later read reopens
+        them), then whole partition logs idle for IDLE_LOG_CLOSE_MS (:meth:`_close_idle_logs`).
+        ``asking`` (the log that wants to roll) is never closed. Takes each log's lock in turn,
+        so the caller must hold none.
+        """
+        if self._descriptors_free(count):
+            return
+        # All of them in one pass: counting the process's descriptors after each log would cost
+        # a listing of /proc/self/fd per partition. Released files cost only a reopen later.
+        for plog in list(self._logs.values()):  # bounded by the open logs
+            if not plog.closed:
+                plog.close_idle_segments(keep=0)
+        if not self._descriptors_free(count):
+            self._close_idle_logs(count, keep=asking)
+
     def _open_log(self, topic: str, partition: int, config: TopicConfig, clean_shutdown: bool) -> PartitionLog:
         plog = self._new_log(topic, partition, config, clean_shutdown)
         self._logs[(topic, partition)] = plog
@@ -225,7 +263,7 @@ class LogManager:
         return plog
 
     def _new_log(self, topic: str, partition: int, config: TopicConfig, clean_shutdown: bool) -> PartitionLog:
-        return PartitionLog(
+        plog = PartitionLog(
             self.data_dir / partition_dir_name(topic, partition),
             topic,
             partition,
@@ -233,6 +271,10 @@ class LogManager:
             self.clock,
             clean_shutdown=clean_shutdown,
         )
+        # Rolls count against this manager's budget (see PartitionLog._roll_locked).
+        plog.descriptors_free = self._descriptors_free
+        plog.make_room = self._make_room
+        return plog
 
     def _remove_orphans(self) -> None:
         """Remove partition directories the catalog does not name (an interrupted delete)."""
@@ -407,9 +449,9 @@ class LogManager:
         """
         self._require_open()
         key = (topic, partition)
-        if (open_descriptor_count() or 0) + FDS_PER_SEGMENT > self.fd_budget:
-            self._close_idle_logs(FDS_PER_SEGMENT)
-            if (open_descriptor_count() or 0) + FDS_PER_SEGMENT > self.fd_budget:
+        if not self._descriptors_free(FDS_PER_SEGMENT):
+            self._make_room(None, FDS_PER_SEGMENT)
+            if not self._descriptors_free(FDS_PER_SEGMENT):
                 raise StorageError(
                     f"{topic}-{partition} cannot be opened: the broker's {self.fd_budget} file descriptors"
                     f" are in use by partitions used within the last {IDLE_LOG_CLOSE_MS} ms"
@@ -421,17 +463,20 @@ class LogManager:
         del self._deferred[key]
         return plog
 
-    def _close_idle_logs(self, fds_wanted: int) -> None:
+    def _close_idle_logs(self, fds_wanted: int, *, keep: PartitionLog | None = None) -> None:
         """Close the least recently used logs idle for IDLE_LOG_CLOSE_MS until ``fds_wanted``
-        descriptors are free; internal topics (``__consumer_offsets``...) always stay open."""
+        descriptors are free; internal topics (``__consumer_offsets``...) and ``keep`` (a log
+        asking for room) always stay open."""
         now_ms = self.clock.monotonic_ms()
         idle = sorted(
             (self._last_used_ms.get(key, 0), key)
-            for key in self._logs
-            if not key[0].startswith("__") and now_ms - self._last_used_ms.get(key, 0) >= IDLE_LOG_CLOSE_MS
+            for key, plog in self._logs.items()
+            if not key[0].startswith("__")
+            and plog is not keep
+            and now_ms - self._last_used_ms.get(key, 0) >= IDLE_LOG_CLOSE_MS
         )
         for _, key in idle:  # bounded by the number of open logs
-            if (open_descriptor_count() or 0) + fds_wanted <= self.fd_budget:
+            if self._descriptors_free(fds_wanted):
                 return
             plog = self._logs.pop(key)
             self._last_used_ms.pop(key, None)
@@ -459,11 +504,20 @@ class LogManager:
         self._require_open()
         if flush:
             self.flush_due()
-        for plog in list(self._logs.values()):
-            plog.maybe_roll_by_age()
-            apply_retention(plog)
+        for key, plog in list(self._logs.items()):
+            try:
+                plog.maybe_roll_by_age()
+                apply_retention(plog)  # may roll: without a free descriptor that waits a tick
+            except StorageError as exc:
+                if key not in self._maintenance_failing:  # one line per episode, not one per tick
+                    log.warning("maintenance of %s-%d postponed (retried every tick): %s", *key, exc)
+                    self._maintenance_failing.add(key)
+            else:
+                self._maintenance_failing.discard(key)
             plog.tick_deletes()
         self.cleaner.clean_some([p for p in self._logs.values() if p.config.is_compacted])
+        for plog in list(self._logs.values()):  # after the cleaner, which reads old segments
+            plog.close_idle_segments()
 
     def flush_due(self) -> int:
         """fsync every log whose flush policy says so; returns how many were flushed. Thread-safe."""

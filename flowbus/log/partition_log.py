@@ -5,6 +5,12 @@ may call from a worker thread so the event loop never waits for the disk. One lo
 in-memory state; it is held for the short, page-cache-speed work of an append or read, never
 across an fsync: a flush takes duplicates of the dirty descriptors under the lock, fsyncs them
 outside it, then records the new recovery point under the lock again.
+
+Descriptors: the active segment keeps its files open. An inactive segment opens its records file
+when read and keeps it while it is among the :data:`INACTIVE_SEGMENTS_OPEN_MAX` most recently
+used of its partition and was used within :data:`IDLE_SEGMENT_CLOSE_MS`; the rest are released
+(synced first: a segment with unsynced writes keeps its files until the flush). A roll asks the
+owner (:attr:`PartitionLog.descriptors_free`) whether three more descriptors fit its budget.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +61,23 @@ CHECKPOINT_INTERVAL_MS = 100
 MAX_APPEND_BYTES = 100 * 1024 * 1024
 #: Segments waiting for their files to be deleted; more than this and the oldest go at once.
 MAX_PENDING_DELETES = 10_000
+#: Segments whose files one flush round fsyncs together: up to four duplicated descriptors each
+#: (records and three indexes), so a flush after a burst of rolls stays well inside the headroom
+#: the descriptor budget leaves (at least 64).
+FLUSH_SEGMENTS_PER_ROUND = 8
+#: Descriptors a new active segment opens: its .log, .index and .timeindex (.txnindex on first use).
+FDS_PER_SEGMENT = 3
+#: Inactive segments of one partition whose files stay open after a read, most recently used
+#: first: enough for a few consumers reading old data sequentially (each reads one segment at a
+#: time) without reopening files on every fetch; the rest are released at once.
+INACTIVE_SEGMENTS_OPEN_MAX = 4
+#: An inactive segment not read for this long has its files released at the next tick: far
+#: longer than a consumer's fetch interval, so a steady reader keeps its segment open.
+IDLE_SEGMENT_CLOSE_MS = 10_000
+
+
+class NoDescriptorsError(StorageError):
+    """A roll would take the partition logs past the descriptor budget (KAFKA_STORAGE_ERROR, retriable)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,14 +133,32 @@ class PartitionLog:
         self.bytes_cut_on_open = loaded.bytes_cut
         self.bytes_validated_on_open = loaded.bytes_validated
         self._segments: LogSegments = loaded.segments
+        #: Inactive segments that may hold descriptors (reopened by a read or not released yet).
+        #: Guarded by ``_open_lock``, not ``_lock``: reads outside ``_lock`` reopen segments too.
+        self._open_inactive: set[LogSegment] = set()
+        self._open_lock = threading.Lock()
+        #: Set by the owner (the LogManager): whether ``count`` more descriptors fit its budget
+        #: (asked before a roll, under ``_lock``, so it must not take this log's lock) ...
+        self.descriptors_free: Callable[[int], bool] | None = None
+        #: ... and, asked outside ``_lock`` when a roll found no room, to make room (closing idle
+        #: files of other partitions). Both None: no budget (a log opened on its own).
+        self.make_room: Callable[[PartitionLog, int], None] | None = None
+        active = self._segments.active
         for segment in self._segments:
+            self._adopt(segment)
             segment.created_ms = clock.now_ms()
-            if segment.base_offset < loaded.recovery_segment:
-                segment.seal_indexes()
+            if segment is active:
+                segment.open_files()
+            elif segment.base_offset < loaded.recovery_segment:
+                segment.release_files()  # fsynced before the checkpoint said so
+            if segment is not active and segment.open_fd_count:
+                self._open_inactive.add(segment)  # validated after a crash: released once flushed
         self._log_start_offset = loaded.log_start_offset
         self._recovery = (loaded.recovery_offset, loaded.recovery_segment, loaded.recovery_position)
         self._cleaner_offset = loaded.cleaner_offset
         self._last_checkpoint_ms: int | None = None
+        #: A roll happened since the last flush began: flush_due() says so at once.
+        self._rolled_unsynced = False
         self._directory_dirty = False
         self._closed = False
         #: Segments removed from the log whose files are deleted at ``due_ms`` (file.delete.delay.ms).
@@ -173,6 +214,23 @@ class PartitionLog:
     def segment_count(self) -> int:
         return len(self._segments)
 
+    @property
+    def open_fd_count(self) -> int:
+        """Descriptors this log holds now: the active segment's, open inactive ones', and those
+        of removed segments waiting for deletion (counted exactly, for the owner's budget)."""
+        with self._open_lock:
+            inactive = list(self._open_inactive)
+        active = self._segments.active
+        pending = [segment for _, segment in self._pending_deletes]
+        return sum(s.open_fd_count for s in {active, *inactive, *pending})
+
+    def open_inactive_segments(self) -> list[LogSegment]:
+        """Inactive segments holding descriptors now, oldest first (for tests and tools)."""
+        with self._open_lock:
+            inactive = list(self._open_inactive)
+        active = self._segments.active
+        return sorted((s for s in inactive if s is not active and s.open_fd_count), key=lambda s: s.base_offset)
+
     def segments(self) -> list[LogSegment]:
         """A snapshot of the segments, oldest first (for the cleaner, retention and tests)."""
         return list(self._segments)
@@ -213,6 +271,9 @@ class PartitionLog:
                 their batch (nothing is written).
             UnsupportedCompressionError: a batch names an unknown codec (nothing is written).
             RecordTooLargeError: a batch is over ``max.message.bytes`` or ``segment.bytes``.
+            StorageError: the write failed, or a roll was due and its files would exceed the
+                descriptor budget even after closing idle files (:class:`NoDescriptorsError`;
+                nothing is written, the broker answers KAFKA_STORAGE_ERROR, which is retriable).
         """
         if len(batches) > MAX_APPEND_BYTES:
             raise RecordTooLargeError(f"an append of {len(batches)} bytes is over the {MAX_APPEND_BYTES}-byte limit")
@@ -233,6 +294,42 @@ class PartitionLog:
             # the lock: it is CPU work on the caller's private copy.
             for position, header in parsed:
                 fix_max_timestamp(buffer, position, header)
+        for attempt in range(2):  # bounded: a roll that still finds no room the second time fails
+            try:
+                first, last, append_time_ms, record_count, due = self._append_locked(
+                    buffer, parsed, config, log_append_time_ms, leader_epoch
+                )
+                break
+            except NoDescriptorsError:
+                if attempt or self.make_room is None:
+                    raise
+                # Outside the lock: making room may close other partitions (taking their locks).
+                # Nothing was written; the retry assigns the offsets again.
+                self.make_room(self, FDS_PER_SEGMENT)
+        result = AppendResult(first.base_offset, last.last_offset, append_time_ms, record_count, len(buffer))
+        if due and defer_flush:
+            return dataclasses.replace(result, flush_required=True)
+        if due:
+            self.flush()
+        return result
+
+    def _append_locked(
+        self,
+        buffer: bytearray,
+        parsed: list[tuple[int, BatchHeader]],
+        config: TopicConfig,
+        log_append_time_ms: int | None,
+        leader_epoch: int,
+    ) -> tuple[BatchHeader, BatchHeader, int, int, bool]:
+        """The part of :meth:`append` under the lock: assign offsets, roll if due, write.
+
+        Returns the first and last headers, the append time (-1 unless stamped), the record
+        count and whether a flush is due.
+
+        Raises:
+            NoDescriptorsError: a roll was due and its files do not fit the descriptor budget
+                (nothing was written).
+        """
         with self._lock:
             self._require_open()
             now_ms = self.clock.now_ms()
@@ -265,12 +362,7 @@ class PartitionLog:
             if self._unflushed_since_ms is None:
                 self._unflushed_since_ms = self.clock.monotonic_ms()
             due = self._flush_due_locked(self.clock.monotonic_ms())
-        result = AppendResult(first.base_offset, last.last_offset, append_time_ms, record_count, len(buffer))
-        if due and defer_flush:
-            return dataclasses.replace(result, flush_required=True)
-        if due:
-            self.flush()
-        return result
+        return first, last, append_time_ms, record_count, due
 
     def _maybe_roll(self, size_bytes: int, last_offset: int, max_timestamp_ms: int, now_ms: int) -> None:
         """Start a new segment when the active one is too big, too old, or its index is full."""
@@ -287,11 +379,31 @@ class PartitionLog:
             self._roll_locked()
 
     def _roll_locked(self) -> LogSegment:
+        """Start a new active segment.
+
+        Raises:
+            NoDescriptorsError: its files would exceed the owner's descriptor budget even after
+                this log released its own idle inactive segments (nothing changed).
+        """
+        if self.descriptors_free is not None and not self.descriptors_free(FDS_PER_SEGMENT):
+            self._release_inactive_locked(keep=0)
+            if not self.descriptors_free(FDS_PER_SEGMENT):
+                raise NoDescriptorsError(
+                    f"{self.topic}-{self.partition} cannot roll to a new segment: its {FDS_PER_SEGMENT} files"
+                    " would exceed the broker's file descriptor budget (raise ulimit -n)"
+                )
         old = self._segments.active
+        try:
+            new = LogSegment.create(self.directory, old.next_offset, segment_limits(self._config))
+        except OSError as exc:  # EMFILE beyond the budget's count, ENOSPC...: retriable, nothing changed
+            raise StorageError(f"{self.topic}-{self.partition} cannot roll to a new segment: {exc}") from exc
         old.on_become_inactive()
-        new = LogSegment.create(self.directory, old.next_offset, segment_limits(self._config))
+        self._adopt(new)
         new.created_ms = self.clock.now_ms()
         self._segments.add(new)
+        with self._open_lock:
+            self._open_inactive.add(old)  # released once flushed and idle (or over the LRU limit)
+        self._rolled_unsynced = True
         self._directory_dirty = True
         if self._unflushed_since_ms is None:
             # The new file and the old segment's final index entry need an fsync too; until
@@ -309,12 +421,16 @@ class PartitionLog:
                 self._roll_locked()
 
     def maybe_roll_by_age(self) -> bool:
-        """Roll a non-empty active segment older than segment.ms (so retention can reach it)."""
+        """Roll a non-empty active segment older than segment.ms (so retention can reach it).
+
+        Raises:
+            NoDescriptorsError: the roll would pass the owner's descriptor budget (nothing changed).
+        """
         with self._lock:
             self._require_open()
             segment = self._segments.active
             if not segment.is_empty and segment.age_ms(self.clock.now_ms()) > self._config.segment_ms:
-                self._roll_locked()
+                self._roll_locked()  # NoDescriptorsError: the owner's next tick tries again
                 return True
         return False
 
@@ -339,13 +455,16 @@ class PartitionLog:
             limit = end if max_offset is None else min(max_offset, end)
             if offset >= limit or max_bytes < 0:
                 return b""
-            for segment in self._segments.from_offset(offset):  # bounded by the segment count
-                if segment.next_offset <= offset:
-                    continue
-                data = segment.read(offset, max_bytes, limit, min_one_batch)
-                if data is not None:
-                    return data
-            return b""
+            try:
+                for segment in self._segments.from_offset(offset):  # bounded by the segment count
+                    if segment.next_offset <= offset:
+                        continue
+                    data = segment.read(offset, max_bytes, limit, min_one_batch)
+                    if data is not None:
+                        return data
+                return b""
+            finally:
+                self._bound_open_locked()
 
     def iter_batches(self, start_offset: int | None = None) -> Iterator[tuple[BatchHeader, bytes]]:
         """Every batch from the one holding ``start_offset`` (default: the log start), with its bytes.
@@ -372,7 +491,11 @@ class PartitionLog:
             segment = self._segments.floor(entry.last_offset)
             if segment is None or entry.last_offset >= segment.next_offset:
                 return False  # below the log start (deleted) or past the end (cut)
-            return segment.add_aborted_txn(entry)
+            added = segment.add_aborted_txn(entry)
+            if added and segment is not self._segments.active:
+                with self._open_lock:
+                    self._open_inactive.add(segment)  # its index file was (re)opened to write
+            return added
 
     def aborted_transactions(self, start_offset: int, end_offset: int) -> list[AbortedTxn]:
         """Aborted transactions overlapping ``[start_offset, end_offset)``, for read_committed fetches.
@@ -401,18 +524,21 @@ class PartitionLog:
         """
         with self._lock:
             self._require_open()
-            for segment in self._segments:  # bounded by the segment count
-                found = segment.first_batch_at_or_after_timestamp(timestamp_ms)
-                if found is None:
-                    continue
-                # Usually the first batch found holds the answer; later ones matter only when
-                # its matching records were compacted away or lie below the log start.
-                for header, data in segment.iter_batches(start_position=found[0]):
-                    if header.max_timestamp < timestamp_ms or header.last_offset < self._log_start_offset:
+            try:
+                for segment in self._segments:  # bounded by the segment count
+                    found = segment.first_batch_at_or_after_timestamp(timestamp_ms)
+                    if found is None:
                         continue
-                    for record in decode_batch(data)[1]:
-                        if record.timestamp_ms >= timestamp_ms and record.offset >= self._log_start_offset:
-                            return record.offset, record.timestamp_ms
+                    # Usually the first batch found holds the answer; later ones matter only when
+                    # its matching records were compacted away or lie below the log start.
+                    for header, data in segment.iter_batches(start_position=found[0]):
+                        if header.max_timestamp < timestamp_ms or header.last_offset < self._log_start_offset:
+                            continue
+                        for record in decode_batch(data)[1]:
+                            if record.timestamp_ms >= timestamp_ms and record.offset >= self._log_start_offset:
+                                return record.offset, record.timestamp_ms
+            finally:
+                self._bound_open_locked()
         return None
 
     # -- flush -------------------------------------------------------------------------------
@@ -420,7 +546,9 @@ class PartitionLog:
     def flush_due(self) -> bool:
         """Whether the flush policy (flush.messages, flush.ms) asks for an fsync now."""
         with self._lock:
-            return self._flush_due_locked(self.clock.monotonic_ms())
+            # A rolled-past segment holds its files until fsynced; flushing it at the next tick
+            # (as Kafka flushes on roll) keeps the descriptors of a burst of rolls short-lived.
+            return self._rolled_unsynced or self._flush_due_locked(self.clock.monotonic_ms())
 
     def _flush_due_locked(self, now_monotonic_ms: int) -> bool:
         if self._unflushed_since_ms is None:
@@ -444,30 +572,23 @@ class PartitionLog:
                 active = self._segments.active
                 target = (active.next_offset, active.base_offset, active.size_bytes)
                 messages = self._unflushed_messages
-                fds: list[int] = []
-                synced: list[LogSegment] = []
-                active_segment = self._segments.active
-                for segment in self._segments.from_offset(self._recovery[1]):
-                    taken = segment.take_sync_fds()
-                    if taken:
-                        fds.extend(taken)
-                        synced.append(segment)
-                    if segment is not active_segment:
-                        segment.seal_indexes()  # the duplicates taken above stay valid
+                pending = self._segments.from_offset(self._recovery[1])  # a snapshot list
+                with self._open_lock:
+                    # An older segment written since (a replayed abort marker's .txnindex entry)
+                    # is synced too, or it would hold its files for good.
+                    older = sorted(
+                        (s for s in self._open_inactive if s.base_offset < self._recovery[1] and s.has_unsynced_writes),
+                        key=lambda s: s.base_offset,
+                    )
+                pending = older + pending
+                self._rolled_unsynced = False
                 sync_directory = self._directory_dirty
                 self._directory_dirty = False
-            try:
-                for fd in fds:
-                    os.fsync(fd)
-            except OSError as exc:
-                with self._lock:
-                    for segment in synced:  # so a later flush tries again
-                        segment.mark_dirty()
-                    self._directory_dirty = self._directory_dirty or sync_directory
-                raise StorageError(f"fsync in {self.directory} failed: {exc}") from exc
-            finally:
-                for fd in fds:
-                    os.close(fd)
+            # A few segments per round: each dirty segment needs up to four duplicated
+            # descriptors, and after a burst of rolls a single round could pass RLIMIT_NOFILE.
+            for start in range(0, len(pending), FLUSH_SEGMENTS_PER_ROUND):  # bounded by the segments
+                if not self._sync_round(pending[start : start + FLUSH_SEGMENTS_PER_ROUND], sync_directory):
+                    return  # closed meanwhile: close() flushes, delete() needs nothing
             if sync_directory:
                 try:
                     fsync_directory(self.directory)
@@ -483,6 +604,53 @@ class PartitionLog:
                     self._unflushed_since_ms = None
                     self._unflushed_messages = 0
             self._write_checkpoint(durable=False, rate_limited=True)
+
+    def _sync_round(self, segments: list[LogSegment], sync_directory: bool) -> bool:
+        """fsync what was written to ``segments``: duplicates taken under the lock, fsynced outside.
+
+        Returns False when the log was closed meanwhile (nothing done).
+
+        Raises:
+            StorageError: a duplicate or an fsync failed; the files stay dirty (and the
+                directory, if ``sync_directory``) so a later flush tries again.
+        """
+        fds: list[int] = []
+        synced: list[LogSegment] = []
+        failure: OSError | None = None
+        with self._lock:
+            if self._closed:
+                return False
+            try:
+                for segment in segments:
+                    taken = segment.take_sync_fds()
+                    if taken:
+                        fds.extend(taken)
+                        synced.append(segment)
+            except OSError as exc:  # e.g. EMFILE on dup: that segment kept its dirty state
+                failure = exc
+        try:
+            if failure is None:
+                for fd in fds:
+                    os.fsync(fd)
+        except OSError as exc:
+            failure = exc
+        finally:
+            for fd in fds:
+                os.close(fd)
+        with self._lock:
+            active = self._segments.active
+            for segment in synced:  # on failure dirty again, so a later flush tries again
+                segment.sync_finished(ok=failure is None)
+            for segment in segments:
+                if segment is not active:
+                    segment.seal_indexes()  # reads never need them; a write reopens them
+            if failure is not None:
+                self._directory_dirty = self._directory_dirty or sync_directory
+            elif not self._closed:
+                self._bound_open_locked()  # the segments rolled past are releasable now
+        if failure is not None:
+            raise StorageError(f"fsync in {self.directory} failed: {failure}") from failure
+        return True
 
     def _checkpoint_locked(self) -> PartitionCheckpoint:
         recovery_offset, recovery_segment, recovery_position = self._recovery
@@ -530,6 +698,7 @@ class PartitionLog:
                 self._segments.remove(segment)
                 removed_bytes += segment.size_bytes
                 segment.change_suffix(DELETED_SUFFIX)
+                self._forget_open(segment)
                 self._pending_deletes.append((now_ms + self._config.file_delete_delay_ms, segment))
                 log.info("deleting segment %s of %s-%d (%s)", segment.path.name, self.topic, self.partition, reason)
             self._log_start_offset = max(self._log_start_offset, self._segments.first.base_offset)
@@ -574,11 +743,16 @@ class PartitionLog:
             for segment in reversed(old):
                 self._segments.remove(segment)
                 segment.change_suffix(DELETED_SUFFIX)
+                self._forget_open(segment)
                 self._pending_deletes.append((due_ms, segment))
             new.change_suffix("")
-            new.seal_indexes()
+            self._adopt(new)
+            new.release_files()  # synced by the cleaner; reopened when read
             new.created_ms = self.clock.now_ms()
             self._segments.add(new)
+            if new.open_fd_count:
+                with self._open_lock:
+                    self._open_inactive.add(new)
             self._directory_dirty = True
         self._enforce_pending_limit()
 
@@ -605,6 +779,8 @@ class PartitionLog:
                 segment.close()
             for _, segment in self._pending_deletes:
                 segment.close()
+            with self._open_lock:
+                self._open_inactive.clear()
 
     def delete(self) -> None:
         """Close without flushing and delete every file (topic deletion)."""
@@ -619,6 +795,77 @@ class PartitionLog:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    # -- descriptors -------------------------------------------------------------------------
+
+    def close_idle_segments(self, *, keep: int = INACTIVE_SEGMENTS_OPEN_MAX) -> int:
+        """Release inactive segments unused for IDLE_SEGMENT_CLOSE_MS, and all but the ``keep``
+        most recently used of the rest; returns the descriptors closed (the owner's tick calls it).
+
+        Segments with unsynced writes or a read in progress keep their files.
+        """
+        with self._lock:
+            if self._closed:
+                return 0
+            return self._release_inactive_locked(keep=keep, idle_ms=IDLE_SEGMENT_CLOSE_MS)
+
+    def _adopt(self, segment: LogSegment) -> None:
+        """Make ``segment`` report its uses to this log (its clock, and reopens for the LRU)."""
+        segment.clock = self.clock
+        segment.on_reopen = self._on_segment_reopen
+
+    def _forget_open(self, segment: LogSegment) -> None:
+        """A segment left the log (``*.deleted``): release what it can now; deletion closes the rest."""
+        segment.release_files()
+        with self._open_lock:
+            self._open_inactive.discard(segment)
+
+    def _on_segment_reopen(self, segment: LogSegment) -> None:
+        """A read or write reopened ``segment``'s files: count it, and keep the LRU bound.
+
+        Called by whoever reopened it, with or without ``_lock``: the bound is applied here only
+        when the lock is free (a reader outside it, such as the cleaner); a caller holding it
+        applies the bound itself when it is done (:meth:`_bound_open_locked`).
+        """
+        with self._open_lock:
+            if segment is self._segments.active:
+                return
+            self._open_inactive.add(segment)
+            over = len(self._open_inactive) > INACTIVE_SEGMENTS_OPEN_MAX
+        if over and self._lock.acquire(blocking=False):
+            try:
+                if not self._closed:
+                    self._release_inactive_locked(keep=INACTIVE_SEGMENTS_OPEN_MAX)
+            finally:
+                self._lock.release()
+
+    def _bound_open_locked(self) -> None:
+        if len(self._open_inactive) > INACTIVE_SEGMENTS_OPEN_MAX:
+            self._release_inactive_locked(keep=INACTIVE_SEGMENTS_OPEN_MAX)
+
+    def _release_inactive_locked(self, *, keep: int, idle_ms: int | None = None) -> int:
+        """Release open inactive segments beyond the ``keep`` most recently used, and those unused
+        for ``idle_ms`` (when given); returns the descriptors closed. Holds ``_lock``.
+
+        A segment that refuses (a read in progress, unsynced writes) stays counted as open and
+        is tried again next time.
+        """
+        active = self._segments.active
+        with self._open_lock:
+            candidates = sorted(
+                (s for s in self._open_inactive if s is not active), key=lambda s: s.use_serial, reverse=True
+            )
+        now_ms = self.clock.monotonic_ms()
+        closed = 0
+        for rank, segment in enumerate(candidates):  # most recently used first; bounded by the open ones
+            idle = idle_ms is not None and now_ms - segment.last_used_ms >= idle_ms
+            if rank < keep and not idle and not segment.closed:
+                continue
+            closed += segment.release_files()
+            if segment.closed or not segment.open_fd_count:
+                with self._open_lock:
+                    self._open_inactive.discard(segment)
+        return closed
 
     def _require_open(self) -> None:
         if self._closed:

@@ -25,19 +25,28 @@ segment); ``flowbus data repair`` cuts ranges out of a stopped broker's files.
 The transaction index is the third index, kept next to the other two: it is never rebuilt from
 the records file here (that needs the producers' open transactions, which the broker tracks), only
 cut back with the data; the broker re-adds the entries of markers it replays after a crash.
+
+Descriptors are opened on demand. The owner keeps the active segment's files open; an inactive
+segment's descriptors may be released (:meth:`LogSegment.release_files`) once nothing written to
+it waits for an fsync and no read is using it, and the next read or write reopens them. Nothing
+is re-read on reopen: offsets, timestamps, damage maps and index entries stay in memory, so a
+released segment costs no recovery, only an ``open`` per file when it is used again.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
 import struct
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from flowbus.log.errors import CorruptLogError, LogClosedError
+from flowbus.clock import SYSTEM_CLOCK, Clock
+from flowbus.log.errors import CorruptLogError, LogClosedError, StorageError
 from flowbus.log.offset_index import OffsetIndex
 from flowbus.log.time_index import TimeIndex
 from flowbus.log.txn_index import TXN_INDEX_SUFFIX, AbortedTxn, TransactionIndex
@@ -74,6 +83,10 @@ BATCH_SCAN_CHUNK_BYTES = 8 * 1024 * 1024
 MAX_RELATIVE_OFFSET = 0x7FFFFFFF
 #: Bytes read per pread while looking for the next valid batch after damage.
 RESYNC_CHUNK_BYTES = 1024 * 1024
+
+#: Ranks uses of segments across the process: a larger serial was used more recently. A counter,
+#: not a clock reading, so segments used within the same millisecond still have an LRU order.
+_USE_SERIALS = itertools.count(1)
 
 
 def segment_stem(base_offset: int) -> str:
@@ -152,12 +165,36 @@ class LogSegment:
         stem = segment_stem(base_offset)
         self.path = directory / f"{stem}{LOG_SUFFIX}{suffix}"
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        self.offset_index = OffsetIndex(
-            directory / f"{stem}{INDEX_SUFFIX}{suffix}", base_offset, limits.offset_index_max_entries
-        )
-        self.time_index = TimeIndex(
-            directory / f"{stem}{TIME_INDEX_SUFFIX}{suffix}", base_offset, limits.time_index_max_entries
-        )
+        self._closed = False
+        #: Guards the descriptor's open/released state, the pin count and the syncs in flight:
+        #: reads outside the owner's lock (the cleaner, start-up replays) reopen files too.
+        self._files_lock = threading.Lock()
+        #: Reads using the records descriptor now; the files are not released while any runs.
+        self._pins = 0
+        #: Duplicated descriptors handed to an fsync not yet reported by :meth:`sync_finished`.
+        self._syncs_in_flight = 0
+        #: Monotonic ms and process-wide serial of the last read or write (for idle and LRU closing).
+        self.last_used_ms = 0
+        self.use_serial = 0
+        #: The owner's clock, for :attr:`last_used_ms` (set by the owner, like :attr:`created_ms`).
+        self.clock: Clock = SYSTEM_CLOCK
+        #: Called (outside this segment's locks) after released files were reopened, so the
+        #: owner can count the segment as open again and bound how many are.
+        self.on_reopen: Callable[[LogSegment], None] | None = None
+        try:
+            self.offset_index = OffsetIndex(
+                directory / f"{stem}{INDEX_SUFFIX}{suffix}", base_offset, limits.offset_index_max_entries
+            )
+            try:
+                self.time_index = TimeIndex(
+                    directory / f"{stem}{TIME_INDEX_SUFFIX}{suffix}", base_offset, limits.time_index_max_entries
+                )
+            except BaseException:
+                self.offset_index.close()
+                raise
+        except BaseException:
+            os.close(self._fd)  # out of descriptors (EMFILE) half-way: leak nothing
+            raise
         self.txn_index = TransactionIndex(directory / f"{stem}{TXN_INDEX_SUFFIX}{suffix}")
         stat = os.fstat(self._fd)
         self.size_bytes = stat.st_size
@@ -195,7 +232,7 @@ class LogSegment:
         """A new, empty segment; any leftover files of that name are emptied."""
         segment = cls(directory, base_offset, limits, suffix)
         if segment.size_bytes:
-            os.ftruncate(segment._fd, 0)
+            os.ftruncate(segment._records_fd(), 0)
             segment.size_bytes = 0
         segment.offset_index.clear()
         segment.time_index.clear()
@@ -242,6 +279,11 @@ class LogSegment:
             tail = segment.damaged_tail
             cut_bytes = segment.cut_damaged_tail()
             log.warning("truncated %s: cut %d bytes at byte %d (%s)", segment.path, cut_bytes, tail.position, tail.reason)
+        if validate_from_position >= segment.size_bytes:
+            # Wholly trusted (fsynced before the checkpoint): nothing to sync, so a partition of
+            # thousands of segments opens holding no descriptor for them. Rebuilt indexes are
+            # dirty and keep theirs.
+            segment.release_files()
         return segment, cut_bytes
 
     # -- recovery ----------------------------------------------------------------------------
@@ -299,7 +341,7 @@ class LogSegment:
         Returns the number of damaged bytes found (nothing is cut here: see :meth:`cut_damaged_tail`).
         """
         found, _ = validate_records(
-            self._fd, validate_from, self.size_bytes, self.next_offset, self.base_offset, self._index_batch, self.offset_limit
+            self._records_fd(), validate_from, self.size_bytes, self.next_offset, self.base_offset, self._index_batch, self.offset_limit
         )
         self._set_damage(self.damaged + found)
         if validate_from == 0:
@@ -314,7 +356,8 @@ class LogSegment:
     def truncate_to_position(self, position: int) -> None:
         """Cut the records file at a batch boundary and drop index entries beyond it."""
         assert 0 <= position <= self.size_bytes
-        os.ftruncate(self._fd, position)
+        fd = self._records_fd()
+        os.ftruncate(fd, position)
         self.size_bytes = position
         self._records_dirty = True
         self.offset_index.truncate_to_position(position)
@@ -322,7 +365,7 @@ class LogSegment:
         self.txn_index.truncate_to_offset(self.next_offset)
         self._verified_bytes = min(self._verified_bytes, position)
         self._set_damage([r for r in self.damaged if r.end_position <= position])
-        assert os.fstat(self._fd).st_size == position
+        assert os.fstat(fd).st_size == position
 
     # -- damage ------------------------------------------------------------------------------
 
@@ -364,10 +407,13 @@ class LogSegment:
         so the ranges have exact bounds (the walk starts at the segment's first byte, where the
         expected offset is known) however the read got there.
         """
-        self._require_open()
         # The headers read at open (or the appends since) put every offset below next_offset.
         limit = self.next_offset if self.offset_limit is None else min(self.offset_limit, self.next_offset)
-        found, _ = validate_records(self._fd, 0, self.size_bytes, self.base_offset, self.base_offset, None, limit)
+        fd = self._pin()
+        try:
+            found, _ = validate_records(fd, 0, self.size_bytes, self.base_offset, self.base_offset, None, limit)
+        finally:
+            self._unpin()
         if found and found[-1].end_offset is None and self.next_offset > found[-1].first_offset:
             # The headers read at open counted the tail's offsets: they end where the segment does.
             found[-1] = replace(found[-1], end_offset=self.next_offset)
@@ -423,7 +469,7 @@ class LogSegment:
 
     def _load_first_timestamp(self) -> None:
         if self.size_bytes >= HEADER_SIZE:
-            self.first_batch_timestamp_ms = read_header(os.pread(self._fd, HEADER_SIZE, 0)).max_timestamp
+            self.first_batch_timestamp_ms = read_header(os.pread(self._records_fd(), HEADER_SIZE, 0)).max_timestamp
         else:
             self.first_batch_timestamp_ms = None
 
@@ -474,13 +520,13 @@ class LogSegment:
         """
         assert batches and batches[0][0] == 0
         assert batches[0][1].base_offset >= self.next_offset
-        self._require_open()
+        fd = self._records_fd()
         start = self.size_bytes
         view = memoryview(data)
         try:
-            self._write_all(view, start)
+            self._write_all(fd, view, start)
         except OSError:
-            os.ftruncate(self._fd, start)
+            os.ftruncate(fd, start)
             raise
         self.size_bytes = start + len(view)
         self._records_dirty = True
@@ -492,11 +538,11 @@ class LogSegment:
             self.first_batch_timestamp_ms = batches[0][1].max_timestamp
         return start
 
-    def _write_all(self, view: memoryview, position: int) -> None:
+    def _write_all(self, fd: int, view: memoryview, position: int) -> None:
         written = 0
         total = len(view)
         while written < total:  # bounded: each pass writes at least one byte or raises
-            count = os.pwrite(self._fd, view[written:], position + written)
+            count = os.pwrite(fd, view[written:], position + written)
             if count <= 0:
                 raise OSError(f"pwrite wrote {count} bytes to {self.path}")
             written += count
@@ -533,19 +579,24 @@ class LogSegment:
 
         Raises:
             CorruptLogError: ``offset`` is in a damaged range.
+            StorageError: the released records file could not be reopened.
         """
+        self._pin()  # the whole read, so the descriptor stays open between its preads
         try:
-            return self._read(offset, max_bytes, max_offset, min_one_batch)
-        except SegmentCorruption as corruption:
-            # A batch read for the first time failed its check: map the whole file once, then
-            # answer from the map. Bounded: a scrubbed segment is not scrubbed again.
-            if self._scrubbed:
-                raise self._corrupt_error(offset, self.damage_covering(offset)) from None
-            self.scrub()
             try:
                 return self._read(offset, max_bytes, max_offset, min_one_batch)
-            except SegmentCorruption:
-                raise self._corrupt_error(offset, self.damage_covering(offset)) from corruption
+            except SegmentCorruption as corruption:
+                # A batch read for the first time failed its check: map the whole file once, then
+                # answer from the map. Bounded: a scrubbed segment is not scrubbed again.
+                if self._scrubbed:
+                    raise self._corrupt_error(offset, self.damage_covering(offset)) from None
+                self.scrub()
+                try:
+                    return self._read(offset, max_bytes, max_offset, min_one_batch)
+                except SegmentCorruption:
+                    raise self._corrupt_error(offset, self.damage_covering(offset)) from corruption
+        finally:
+            self._unpin()
 
     def _read(self, offset: int, max_bytes: int, max_offset: int | None, min_one_batch: bool) -> bytes | None:
         found = self.locate(offset)
@@ -636,8 +687,11 @@ class LogSegment:
 
     def read_batch(self, position: int, size_bytes: int) -> bytes:
         """The raw bytes of one batch."""
-        self._require_open()
-        data = os.pread(self._fd, size_bytes, position)
+        fd = self._pin()
+        try:
+            data = os.pread(fd, size_bytes, position)
+        finally:
+            self._unpin()
         assert len(data) == size_bytes
         return data
 
@@ -670,8 +724,11 @@ class LogSegment:
         self, start: int, end: int, *, whole: bool, verify: bool = False
     ) -> Iterator[tuple[int, BatchHeader, memoryview | None]]:
         """:func:`scan_records` over this segment's file (raises at any damage, known or not)."""
-        self._require_open()
-        return scan_records(self._fd, start, end, whole=whole, verify=verify)
+        fd = self._pin()
+        try:
+            yield from scan_records(fd, start, end, whole=whole, verify=verify)
+        finally:
+            self._unpin()  # also when the caller stops early: closing the generator runs this
 
     def _walk(
         self, start: int, end: int, *, whole: bool, verify: bool = False
@@ -682,34 +739,62 @@ class LogSegment:
         Raises:
             CorruptLogError: the file still fails after a scrub (it changed under the reader).
         """
-        self._require_open()
-        position = self._skip_damage(start)
-        for _ in range(2):  # bounded: one scrub maps every range, so a second failure is final
-            try:
-                for item in scan_records(self._fd, position, end, whole=whole, verify=verify, skips=self._damage_ends):
-                    position = item[0] + item[1].size_bytes
-                    yield item
-                return
-            except SegmentCorruption as corruption:
-                if self._scrubbed:
-                    break
-                self.scrub()
-                position = self._skip_damage(corruption.position)
-        raise CorruptLogError(f"unreadable data at byte {position} of {self.path} (changed while being read?)")
+        fd = self._pin()
+        try:
+            position = self._skip_damage(start)
+            for _ in range(2):  # bounded: one scrub maps every range, so a second failure is final
+                try:
+                    for item in scan_records(fd, position, end, whole=whole, verify=verify, skips=self._damage_ends):
+                        position = item[0] + item[1].size_bytes
+                        yield item
+                    return
+                except SegmentCorruption as corruption:
+                    if self._scrubbed:
+                        break
+                    self.scrub()
+                    position = self._skip_damage(corruption.position)
+            raise CorruptLogError(f"unreadable data at byte {position} of {self.path} (changed while being read?)")
+        finally:
+            self._unpin()  # also when the caller stops early: closing the generator runs this
 
     # -- durability and files ----------------------------------------------------------------
 
     def take_sync_fds(self) -> list[int]:
-        """Duplicate descriptors of the files written since the last call, to fsync outside the lock."""
+        """Duplicate descriptors of the files written since the last call, to fsync outside the lock.
+
+        When any are returned the caller must report the outcome with :meth:`sync_finished`:
+        until then the files are not released, since a descriptor opened after a failed fsync
+        would not see that failure.
+        """
+        if self._closed:
+            return []
         fds: list[int] = []
-        if self._records_dirty and self._fd >= 0:
-            self._records_dirty = False
-            fds.append(os.dup(self._fd))
-        for index in (self.offset_index, self.time_index, self.txn_index):
-            fd = index.take_sync_fd()
-            if fd is not None:
-                fds.append(fd)
+        try:
+            if self._records_dirty:
+                fds.append(os.dup(self._records_fd()))
+                self._records_dirty = False
+            for index in (self.offset_index, self.time_index, self.txn_index):
+                fd = index.take_sync_fd()
+                if fd is not None:
+                    fds.append(fd)
+        except OSError:
+            # Out of descriptors (EMFILE) half-way: give back what was taken, all still to sync.
+            for fd in fds:
+                os.close(fd)
+            self.mark_dirty()
+            raise
+        if fds:
+            with self._files_lock:
+                self._syncs_in_flight += 1
         return fds
+
+    def sync_finished(self, *, ok: bool) -> None:
+        """Report the fsync of descriptors from :meth:`take_sync_fds`; a failure makes every file dirty again."""
+        with self._files_lock:
+            assert self._syncs_in_flight > 0, "sync_finished without take_sync_fds"
+            self._syncs_in_flight -= 1
+        if not ok:
+            self.mark_dirty()
 
     def mark_dirty(self) -> None:
         """Make the next :meth:`take_sync_fds` return every file again (after a failed fsync)."""
@@ -723,22 +808,122 @@ class LogSegment:
         assert self.base_offset <= entry.last_offset < self.next_offset
         return self.txn_index.append(entry)
 
-    def seal_indexes(self) -> None:
-        """Release the index descriptors once the segment is inactive and its indexes synced."""
-        self.offset_index.seal()
-        self.time_index.seal()
-        self.txn_index.seal()
+    def seal_indexes(self) -> int:
+        """Release the index descriptors once the segment is inactive and its indexes synced.
+
+        Reads never need them (entries are in memory); a write reopens them. Returns how many
+        were closed (none while an fsync of their duplicates is in flight).
+        """
+        with self._files_lock:
+            if self._syncs_in_flight:
+                return 0
+            return self.offset_index.seal() + self.time_index.seal() + self.txn_index.seal()
+
+    @property
+    def has_unsynced_writes(self) -> bool:
+        """Something written to these files waits for an fsync (records or any index)."""
+        return self._records_dirty or any(index.dirty for index in (self.offset_index, self.time_index, self.txn_index))
+
+    @property
+    def open_fd_count(self) -> int:
+        """Descriptors this segment holds now: records and indexes (0 when released or closed)."""
+        indexes = (self.offset_index, self.time_index, self.txn_index)
+        return int(self._fd >= 0) + sum(1 for index in indexes if index.is_open)
+
+    @property
+    def files_open(self) -> bool:
+        """The records file is open (the segment was used since its files were last released)."""
+        return self._fd >= 0
+
+    def release_files(self) -> int:
+        """Close every descriptor of this segment if nothing needs it now; returns how many closed.
+
+        Refused (0) while a read is using the records file, while anything written waits for an
+        fsync, or while an fsync of duplicated descriptors is in flight: a descriptor opened after
+        a failed fsync would not report that failure, so dirty files keep theirs. The next read
+        or write reopens the files; nothing is re-read (entries and state stay in memory).
+        """
+        with self._files_lock:
+            if self._closed or self._pins or self._syncs_in_flight or self.has_unsynced_writes:
+                return 0
+            closed = 0
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+                closed = 1
+            return closed + self.offset_index.seal() + self.time_index.seal() + self.txn_index.seal()
+
+    def open_files(self) -> None:
+        """Open the records file and both indexes now (the owner keeps its active segment's open)."""
+        self._records_fd()
+        self.offset_index.open()
+        self.time_index.open()
+
+    def _reopen_records_locked(self) -> bool:
+        """Reopen a released records file (``_files_lock`` held); True when it was reopened.
+
+        Raises:
+            LogClosedError: the segment was closed for good.
+            StorageError: the file cannot be opened (EMFILE, or it is gone).
+        """
+        self._require_open()
+        if self._fd >= 0:
+            return False
+        try:
+            # No O_CREAT: a missing records file must fail, not come back empty.
+            self._fd = os.open(self.path, os.O_RDWR)
+        except OSError as exc:
+            raise StorageError(f"cannot reopen {self.path}: {exc}") from exc
+        return True
+
+    def _note_use_locked(self) -> None:
+        self.last_used_ms = self.clock.monotonic_ms()
+        self.use_serial = next(_USE_SERIALS)
+
+    def _records_fd(self) -> int:
+        """The records descriptor for a write or a recovery scan, reopened if it was released.
+
+        Writers hold the owner's lock, under which alone the owner releases files, and a written
+        segment is dirty (never released) until its fsync: the descriptor stays valid.
+        """
+        with self._files_lock:
+            reopened = self._reopen_records_locked()
+            self._note_use_locked()
+            fd = self._fd
+        if reopened and self.on_reopen is not None:
+            self.on_reopen(self)
+        return fd
+
+    def _pin(self) -> int:
+        """The records descriptor for a read, held open until the matching :meth:`_unpin`."""
+        with self._files_lock:
+            reopened = self._reopen_records_locked()
+            self._pins += 1
+            self._note_use_locked()
+            fd = self._fd
+        if reopened and self.on_reopen is not None:
+            self.on_reopen(self)
+        return fd
+
+    def _unpin(self) -> None:
+        with self._files_lock:
+            assert self._pins > 0
+            self._pins -= 1
 
     def sync(self) -> None:
         """fsync the records file and both indexes now (on roll-free paths such as the cleaner)."""
         self._records_dirty = True
         fds = self.take_sync_fds()
+        ok = False
         try:
             for fd in fds:
                 os.fsync(fd)
+            ok = True
         finally:
             for fd in fds:
                 os.close(fd)
+            if fds:
+                self.sync_finished(ok=ok)
 
     def change_suffix(self, suffix: str) -> None:
         """Rename all four files to carry ``suffix`` (indexes first, records last)."""
@@ -755,17 +940,20 @@ class LogSegment:
         return [self.offset_index.path, self.time_index.path, self.txn_index.path, self.path]
 
     def _require_open(self) -> None:
-        if self._fd < 0:
+        if self._closed:
             raise LogClosedError(f"segment {self.path} is closed")
 
     @property
     def closed(self) -> bool:
-        return self._fd < 0
+        """Closed for good (:meth:`close`); a segment whose files were released is not closed."""
+        return self._closed
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._files_lock:
+            self._closed = True
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
         self.offset_index.close()
         self.time_index.close()
         self.txn_index.close()

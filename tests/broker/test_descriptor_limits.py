@@ -98,3 +98,51 @@ def test_start_up_with_more_partitions_in_the_catalog_than_descriptors(tmp_path:
         assert "left closed until first use" in broker.log_text()
         produce_and_read_back(broker.bootstrap, "big", 9_999)
         assert "Traceback" not in broker.log_text()
+
+
+def test_a_partition_rolled_into_more_segments_than_descriptors_is_served(tmp_path: Path) -> None:
+    # Issue 10, item 7 (segments): inactive segments release their files, so a partition of
+    # more segments than RLIMIT_NOFILE still takes produces, serves old offsets and restarts.
+    # Before, every segment held a descriptor: the roll past the limit failed with EMFILE.
+    data = tmp_path / "data"
+    count = NOFILE + 44
+    with LimitedBrokerProcess(data) as broker:
+        admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": broker.bootstrap})
+        topic = confluent_kafka.admin.NewTopic("rolled", 1, 1, config={"segment.bytes": "100"})
+        admin.create_topics([topic], request_timeout=30)["rolled"].result(timeout=60)
+        producer = confluent_kafka.Producer(
+            {"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 0, "enable.idempotence": False}
+        )
+        errors: list[object] = []
+        for i in range(count):  # bounded: one batch per produce, so one segment each
+            producer.produce("rolled", f"v{i}".encode(), partition=0, on_delivery=lambda err, msg: errors.append(err))
+            assert producer.flush(30) == 0
+        failed = [str(err) for err in errors if err is not None]
+        assert not failed and len(errors) == count, (failed[:3], broker.log_tail())
+        assert len(list(data.glob("rolled-0/*.log"))) >= count
+        expected = [f"v{i}".encode() for i in range(count)]
+        assert read_values(broker.bootstrap, "rolled", count) == expected, broker.log_tail()
+        assert "Traceback" not in broker.log_text(), broker.log_tail()
+        assert broker.terminate() == 0
+        broker.start()
+        assert read_values(broker.bootstrap, "rolled", count) == expected, broker.log_tail()
+        assert "Traceback" not in broker.log_text(), broker.log_tail()
+
+
+def read_values(bootstrap: str, topic: str, count: int) -> list[bytes | None]:
+    """The values of the first ``count`` records of partition 0, read from offset 0."""
+    consumer = confluent_kafka.Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "r", "enable.auto.commit": False}
+    )
+    consumer.assign([confluent_kafka.TopicPartition(topic, 0, 0)])
+    values: list[bytes | None] = []
+    try:
+        for _ in range(600):  # bounded: 60 s at most
+            if len(values) >= count:
+                break
+            for msg in consumer.consume(500, 0.1):
+                assert msg.error() is None, msg.error()
+                values.append(msg.value())
+    finally:
+        consumer.close()
+    return values
