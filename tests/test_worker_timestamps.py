@@ -18,8 +18,10 @@ from flowbus.transports.embedded import EmbeddedTransport
 from tests.support.broker_process import BrokerProcess, free_port
 
 EVENTS = 30
-BASE_MS = 1_600_000_000_000
-"""Input timestamps, years old, so the send time cannot pass for one of them."""
+BASE_MS = (time.time_ns() // 1_000_000 // 1000 - 3600) * 1000 + 123
+"""Input timestamps: an hour old (so the send time cannot pass for one of them) and within the
+topics' retention (7 days); years-old records were deleted by time retention within a tick of
+being written, sometimes before the worker read them."""
 WAIT_S = 30.0
 
 
