@@ -66,6 +66,10 @@ class BrokerConfig:
     #: soft limit minus a quarter, at least 64, kept for sockets). CreateTopics beyond it is
     #: refused with POLICY_VIOLATION; at start-up, partitions beyond it open on first use.
     log_fd_budget: int | None = None
+    #: Kafka's ``log.retention.ms``: the default of every topic's ``retention.ms`` (-1 keeps
+    #: everything). The test harness's broker uses -1: its records carry the app's manual clock,
+    #: which the core's real clock would take for years-old data and delete at the next tick.
+    log_retention_ms: int = 604_800_000
 
     def topic_defaults(self) -> TopicConfig:
         """The topic config defaults this broker's settings imply (for the LogManager)."""
@@ -73,4 +77,4 @@ class BrokerConfig:
             raise BrokerConfigError(
                 f"log.flush.interval.messages must be at least 1, got {self.log_flush_interval_messages}"
             )
-        return TopicConfig(flush_messages=self.log_flush_interval_messages)
+        return TopicConfig(flush_messages=self.log_flush_interval_messages, retention_ms=self.log_retention_ms)

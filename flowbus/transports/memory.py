@@ -13,6 +13,8 @@ Two differences from ``embedded://DIR``:
 * **Nothing outlives the process.** An unnamed ``memory://`` gets its own directory, removed when
   its last user closes it. ``memory://NAME`` is shared by every transport of that name in the
   process, and its directory is removed at exit.
+* **Nothing expires by time.** Topics default to ``retention.ms=-1``: records carry the app's
+  clock (a manual one in the harness), which the core's real clock would take for old data.
 * **The core keeps the system clock.** ``clock`` (a :class:`~flowbus.clock.ManualClock` in the
   harness) gives the timestamps of the records sent; group sessions and transaction timeouts run
   on real time, so moving an app's manual clock by an hour never expires its own session.
@@ -77,6 +79,9 @@ class MemoryTransport(EmbeddedTransport):
             directory = _new_directory()
         super().__init__(f"embedded://{directory}", clock=clock, broker_clock=SYSTEM_CLOCK)
         self.url = url
+        # Records carry the app's (often manual) clock; time retention on the core's real clock
+        # would take them for years-old data. Nothing here outlives the process anyway.
+        self._broker_settings["log_retention_ms"] = -1
 
     def alias(self) -> MemoryTransport:
         """Another transport on the same core, started and closed on its own (the core and an

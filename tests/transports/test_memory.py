@@ -100,3 +100,22 @@ def test_records_take_the_app_clock_while_group_sessions_keep_real_time() -> Non
         await t.close()
 
     run(main())
+
+
+def test_records_stamped_by_a_manual_clock_are_not_expired_by_the_cores_real_clock() -> None:
+    """The harness's records carry its manual clock (2023 by default): with the default
+    retention.ms of 7 days, the core's ticks would roll and delete them as years old."""
+
+    async def main() -> None:
+        t = MemoryTransport(clock=ManualClock())
+        await t.start()
+        producer = t.producer()
+        await producer.send("old", b"kept")
+        await producer.close()
+        for _ in range(3):  # a retention pass rolls an expired active segment, a later one deletes it
+            t.core.logs.flush()  # (only flushed segments are deleted)
+            t.core.tick()
+        assert [r.value for r in t.read_records("old")] == [b"kept"]
+        await t.close()
+
+    run(main())
