@@ -51,7 +51,7 @@ from flowbus.transports.base import (
     TopicSpec,
     Transport,
 )
-from flowbus.transports.errors import CommitError, GroupFencedError
+from flowbus.transports.errors import CommitError, GroupFencedError, ProducerFencedError, TransactionError
 
 if TYPE_CHECKING:
     from flowbus.agent import Agent
@@ -121,6 +121,8 @@ class Worker:
         their records still polled meanwhile are ignored (their owner reads them again)."""
         self.fencings = 0
         """Commits the group refused (KIP-447) so far."""
+        self.failed_transactions = 0
+        """Transactions aborted after a failed commit (the worker went on from the committed offsets)."""
         self.revoking = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._agent_tasks: list[asyncio.Task[Any]] = []
@@ -664,6 +666,16 @@ class Worker:
         except GroupFencedError as exc:
             # Still at the barrier (gates closed): nothing runs on the dropped partitions.
             await self._fenced(exc)
+        except ProducerFencedError:
+            raise  # another worker holds this transactional id now: this one must stop
+        except TransactionError as exc:
+            if not self.exactly_once or self.closing:
+                raise  # the final commit: shutdown logs it and aborts
+            # A commit that failed (a batch refused, the coordinator's error): the transaction
+            # cannot commit, but nothing says another worker took over. Abort it and go on from
+            # the committed offsets, as after a group fencing, instead of stopping the worker.
+            self.failed_transactions += 1
+            await self._fenced(exc, reason="the transaction failed to commit")
         finally:
             self._open_gates()
 
@@ -685,8 +697,9 @@ class Worker:
                 out[tp] = offset
         return out
 
-    async def _fenced(self, exc: GroupFencedError) -> None:
-        """The group moved on without this worker (KIP-447): abort, drop everything, rejoin.
+    async def _fenced(self, exc: TransactionError, *, reason: str = "fenced by the group") -> None:
+        """The group moved on without this worker (KIP-447), or the transaction failed to commit:
+        abort, drop everything, rejoin.
 
         Nothing of the transaction is committed: its outputs and table changes are aborted, its
         offsets were refused. Whatever this worker processed since its last commit is dropped
@@ -698,9 +711,10 @@ class Worker:
         """
         assert self.producer is not None and self.consumer is not None
         lost = sorted(self.assigned)
-        self.fencings += 1
+        if isinstance(exc, GroupFencedError):
+            self.fencings += 1
         log.warning(
-            "fenced by the group: %s; aborting the transaction, dropping %d partitions and rejoining", exc, len(lost)
+            "%s: %s; aborting the transaction, dropping %d partitions and rejoining", reason, exc, len(lost)
         )
         await self.producer.abort_transaction()
         self._begin_transaction()

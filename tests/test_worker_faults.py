@@ -328,3 +328,62 @@ def test_a_failed_abort_at_shutdown_still_closes_the_worker(tmp_path: Path, monk
     # The abort failure surfaces from run() once everything is closed; the coordinator's
     # transaction timeout ends the open transaction.
     assert isinstance(outcome, TransactionError) and "EndTxn(abort)" in str(outcome)
+
+
+def test_a_failed_periodic_transaction_commit_aborts_and_replays_from_the_committed_offsets(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """Under exactly-once, a periodic commit whose EndTxn fails (not fenced) must not stop the
+    worker: the transaction is aborted, the worker goes on from the committed offsets, and every
+    input still has exactly one visible output."""
+    app = App("eos-periodic", broker=f"embedded://{tmp_path / 'data'}", topic_partitions=2,
+              processing_guarantee="exactly_once", commit_interval_ms=50)
+    src = app.topic("eos-periodic-in", value_type=int)
+    out = app.topic("eos-periodic-out", value_type=int)
+    seen: list[int] = []
+
+    @app.agent(src, sink=[out])
+    async def copy(stream: flowbus.Stream) -> Any:
+        async for value in stream:
+            seen.append(value)
+            yield value
+
+    original = EmbeddedProducer.commit_transaction
+    injected: list[int] = []
+
+    async def commit_transaction(producer: EmbeddedProducer) -> None:
+        if not injected and producer._txn_partitions:  # the first commit that carries outputs
+            injected.append(1)
+            raise TransactionError("injected: EndTxn(commit) failed")
+        await original(producer)
+
+    async def main() -> None:
+        await app.create_topics()
+        monkeypatch.setattr(EmbeddedProducer, "commit_transaction", commit_transaction)
+        worker = asyncio.create_task(app.run())
+        for i in range(20):
+            await src.send(i, key=str(i))
+        await wait_until(lambda: bool(injected), "the injected commit failure")
+        for i in range(20, 40):
+            await src.send(i, key=str(i))
+        assert app.worker is not None
+        running = app.worker
+
+        async def visible() -> list[int]:
+            values, _ = await read_committed_values(app.broker, out.name, 2)
+            return sorted(int(v or b"-1") for v in values)
+
+        deadline = time.monotonic() + WAIT_S
+        while (found := await visible()) != list(range(40)):
+            assert not worker.done(), "a failed periodic transaction commit stopped the worker"
+            assert time.monotonic() < deadline, f"visible outputs: {found}"
+            await asyncio.sleep(0.1)
+        assert running.failed_transactions == 1
+        assert len(seen) > 40, "the aborted transaction's inputs were processed again"
+        app.stop()
+        await worker
+        await app.close()
+
+    with caplog.at_level(logging.WARNING, logger="flowbus"):
+        asyncio.run(main())
+    assert "the transaction failed to commit: injected: EndTxn(commit) failed" in caplog.text
