@@ -1015,9 +1015,10 @@ class GroupCoordinator:
         group.initial_delay_deadline_ms = None
         group.generation_id += 1
         if not group.members:
+            # The protocol type stays, as in Kafka: an empty consumer group is still a consumer
+            # group (ListGroups and admin clients must not take it for a simple one).
             group.state = GroupState.EMPTY
             group.protocol_name = None
-            group.protocol_type = None
             group.leader_id = None
             return
         first = next(iter(group.members.values()))

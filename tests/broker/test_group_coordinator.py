@@ -441,3 +441,20 @@ def test_group_size_limit_counts_reserved_member_ids() -> None:
         ).error_code == ErrorCode.NONE
 
     run(body)
+
+
+def test_an_empty_group_keeps_its_protocol_type() -> None:
+    """Kafka keeps an emptied group's protocol type: ListGroups and DescribeGroups still say
+    ``consumer`` (admin clients report a group without one as a simple consumer group)."""
+
+    async def body() -> None:
+        coordinator, _, _ = make()
+        a = await (await join_new(coordinator))
+        await coordinator.sync_group("g", 1, a.member_id, {})
+        coordinator.leave_group("g", [(a.member_id, None)])
+        assert coordinator.group_state("g") is GroupState.EMPTY
+        [listing] = coordinator.list_groups()[1]
+        assert (listing.group_id, listing.protocol_type, listing.state) == ("g", "consumer", "Empty")
+        assert coordinator.describe_group("g").protocol_type == "consumer"
+
+    run(body)
