@@ -51,6 +51,7 @@ from flowbus.transports.base import TopicPartition
 
 if TYPE_CHECKING:
     from flowbus.app import App
+    from flowbus.clock import Clock
     from flowbus.operators.steps import Runtime
     from flowbus.state.base import PartitionDatabase
 
@@ -63,6 +64,11 @@ CLOSE_COMMIT_DELAY_MS = 100
 """After windows close under exactly-once, the worker commits within this much, so what closing
 produced is readable soon (only a commit makes it visible) without a commit per record."""
 CHANGELOG_EXTRA_RETENTION_MS = 24 * 3600 * 1000
+TIME_REFRESH_MS = CHANGELOG_EXTRA_RETENTION_MS // 2
+"""The stream-time record is sent again at a commit once it is this old (and once after each
+restore), even when stream time did not move: otherwise a stream silent for longer than the
+changelog's retention would lose it to time retention, and a restore after that would forget the
+watermark (and accept records for windows already closed)."""
 """Window changelogs are ``compact,delete``: a record is deleted once older than the window's
 size + grace plus this margin (Kafka Streams keeps one day too), so closed windows do not stay
 in the changelog forever even where compaction keeps their tombstones."""
@@ -85,6 +91,7 @@ class WindowPartition(TablePartition):
         "stream_time_ms",
         "time_dirty",
         "time_loaded",
+        "time_written_ms",
         "watermark_ms",
     )
 
@@ -95,6 +102,8 @@ class WindowPartition(TablePartition):
         self.watermark_ms = -1
         """Every window closing at or before this time is closed."""
         self.time_dirty = False
+        self.time_written_ms = -1
+        """Wall-clock time this process last sent the stream-time record (-1: not yet)."""
         self.index_pending: dict[bytes, bytes | None] = {}
         self.index_committing: dict[bytes, bytes | None] = {}
         self.born_here: set[bytes] = set()
@@ -145,6 +154,9 @@ class WindowedTable(Table):
         self.closed_windows = 0
         self.on_ready: Callable[[int], None] | None = None
         """Called with a partition number once it is restored (the step arms its idle close)."""
+        self.wall_clock: Clock | None = None
+        """The worker's clock once it runs (see :meth:`WindowClock.start`): when the stream-time
+        record was last sent, to send it again before the changelog's retention removes it."""
 
     # -- what the state manager asks -------------------------------------------------------
     def store_names(self) -> list[str]:
@@ -170,8 +182,14 @@ class WindowedTable(Table):
         changes = super().take_changes(partition)
         part = self.parts.get(partition)
         if isinstance(part, WindowPartition):
+            clock = self.wall_clock
+            now_ms = clock.now_ms() if clock is not None else -1
+            if (not part.time_dirty and clock is not None and part.time_loaded and part.stream_time_ms >= 0
+                    and (part.time_written_ms < 0 or now_ms - part.time_written_ms >= TIME_REFRESH_MS)):
+                part.time_dirty = True  # keep the record younger than the changelog's retention
             if part.time_dirty:
                 part.time_dirty = False
+                part.time_written_ms = now_ms
                 changes[TIME_KEY] = _TIME.pack(part.stream_time_ms, part.watermark_ms)
             if part.index_pending:
                 if part.index_committing:
@@ -387,6 +405,7 @@ class WindowClock:
         self.runtime = runtime
         self.sources = sources
         self.table.on_ready = self.on_ready
+        self.table.wall_clock = runtime.clock
 
     def observe(self, part: WindowPartition, t: int, seen_ms: int) -> None:
         """An event at event time ``t`` (ms) was seen at monotonic ``seen_ms``."""

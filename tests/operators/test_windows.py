@@ -346,6 +346,32 @@ def test_window_store_is_committed_and_closed_windows_tombstoned(tmp_path: Path)
     run(app, body)
 
 
+def test_the_stream_time_record_is_sent_again_before_the_changelog_retention_removes_it(tmp_path: Path) -> None:
+    """Window changelogs are compact,delete with a retention of a day past the windows: a stream
+    silent for longer would lose its stream-time record (key b""), so a commit sends it again
+    once it is half a day old, even though stream time did not move."""
+    from flowbus.state.windowed import TIME_REFRESH_MS
+
+    app, events, out = make_app(tmp_path, commit_interval_ms=3_600_000)
+    app.stream(events).tumbling_window(10 * S, name="c").count().final().to(out)
+
+    def time_records(t: TestContext) -> int:
+        return sum(1 for r in t.records("win-c-changelog") if r.key == b"")
+
+    async def body(t: TestContext) -> None:
+        await send(t, events, "a", 1 * S)
+        await t.commit()
+        assert time_records(t) == 1
+        await t.advance(3_600)  # an hour of silence: one commit, nothing to send
+        assert time_records(t) == 1
+        await t.advance(TIME_REFRESH_MS / 1000)
+        assert time_records(t) == 2, "the stream-time record was not refreshed"
+        [last] = [r for r in t.records("win-c-changelog") if r.key == b""][-1:]
+        assert last.timestamp_ms >= t.clock.now_ms() - 3_600_000
+
+    run(app, body)
+
+
 def test_bad_window_arguments_are_clear_errors(tmp_path: Path) -> None:
     app, events, _ = make_app(tmp_path)
     stream = app.stream(events)
