@@ -15,7 +15,10 @@ directory, then measures with confluent-kafka (librdkafka), 100-byte values:
 Targets (issue 4, client and broker on one 2-core machine): transactional copy ≥ 100k msgs/s
 with 100 ms transactions; EndTxn commit p99 ≤ 20 ms. Run::
 
-    python benchmarks/txn_bench.py [--messages 1000000] [--commit-interval-ms 100]
+    python benchmarks/txn_bench.py [--messages 1000000] [--commit-interval-ms 100] [--flush-messages 1]
+
+``--flush-messages 1`` starts the broker with durable acks (every produce, offset commit,
+transaction-state record and marker fsynced before the answer that reports it).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import confluent_kafka
 import confluent_kafka.admin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.support.broker_process import BrokerProcess
+from tests.support.broker_process import DEFAULT_EXTRA_ARGS, BrokerProcess
 
 VALUE_BYTES = 100
 PARTITIONS = 6
@@ -185,10 +188,17 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--commit-interval-ms", type=int, default=100)
     parser.add_argument("--latency-transactions", type=int, default=500)
+    parser.add_argument(
+        "--flush-messages", type=int, default=None,
+        help="the broker's --flush-messages (1 = durable acks); unset: the broker default",
+    )
     args = parser.parse_args()
+    extra = list(DEFAULT_EXTRA_ARGS)
+    if args.flush_messages is not None:
+        extra += ["--flush-messages", str(args.flush_messages)]
     with (
         tempfile.TemporaryDirectory(prefix="flowbus-txn-bench-") as tmp,
-        BrokerProcess(Path(tmp) / "data", log_level="warning") as broker,
+        BrokerProcess(Path(tmp) / "data", log_level="warning", extra_args=extra) as broker,
     ):
         create_topics(broker.bootstrap, "txn-src", "txn-dst", "txn-lat")
         seconds = bench_plain_produce(broker.bootstrap, "txn-src", args.messages)

@@ -7,6 +7,8 @@ versions or encodings.
 
 Ordering guarantee: :meth:`BrokerCore.produce` appends before its first ``await``, so requests
 started in order (one connection's pipeline, or one embedded producer) are appended in order.
+A produce request of more than :data:`PARTITIONS_PER_SLICE` partitions yields between partitions
+(``handlers.py``); it claims its partitions first, so later requests to them wait for it.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from flowbus.broker.config import BrokerConfig
-from flowbus.broker.group_commit import GroupCommit
+from flowbus.broker.group_commit import GroupCommit, InternalAppend
 from flowbus.broker.group_coordinator import GroupCoordinator, OffsetToCommit
 from flowbus.broker.producer_state import (
     PartitionProducerState,
@@ -33,7 +36,7 @@ from flowbus.broker.producer_state import (
 from flowbus.broker.txn_coordinator import TransactionCoordinator
 from flowbus.broker.txn_state import TXN_STATE_TOPIC
 from flowbus.clock import SYSTEM_CLOCK, Clock
-from flowbus.log import LogManager, PartitionLog, TopicConfig
+from flowbus.log import LogManager, PartitionLog, TopicConfig, TopicMetadata
 from flowbus.log.config import LONG_MAX
 from flowbus.log.errors import (
     InvalidConfigError,
@@ -75,6 +78,22 @@ COORDINATOR_KEY_TRANSACTION = 1
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 #: Batches replayed per event-loop turn while loading offsets, so loading never blocks serving.
 LOAD_BATCHES_PER_TURN = 200
+#: A request naming more partitions than this (or, for Metadata, topics) works through them in
+#: slices, yielding to the event loop (``await asyncio.sleep(0)``) between slices; smaller ones
+#: run in one turn as before (at most ~25 us a partition, Produce, so a few ms). A request may
+#: name 10,000 partitions (``codec.MAX_REQUEST_ELEMENTS``): 50-250 ms in one turn, during which
+#: every other client waited (issue 10, item 4; measured in benchmarks/loop_hold_bench.py).
+PARTITIONS_PER_SLICE = 256
+#: How long one slice of such a request may run before it yields. Another client's round trip
+#: needs about two event-loop turns (read, then answer), so it waits about twice this.
+LOOP_SLICE_S = 0.001
+
+
+def slice_deadline() -> float:
+    """When the slice starting now should yield (``time.perf_counter()`` seconds): a request
+    working through many partitions checks ``time.perf_counter() >= deadline`` per partition,
+    which costs ~50 ns, and yields only then, so cheap partitions are not sliced needlessly."""
+    return time.perf_counter() + LOOP_SLICE_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +372,7 @@ class BrokerCore:
         if self._flush_due_future is not None:
             with contextlib.suppress(Exception):
                 await self._flush_due_future
+        await self.txn.close()  # ends waiting for their markers' fsync log their completion
         await self._group_commit.close()
         self.logs.flush()
         self.logs.close()
@@ -506,9 +526,16 @@ class BrokerCore:
         now_ms = self.clock.now_ms()
         for key, value in records:
             builder.append(key, value, timestamp_ms=now_ms)
-        self.append_internal(
+        appended = self.append_internal(
             OFFSETS_TOPIC, self.offsets_partition_for(group_id), builder.build()
         )
+        if appended.flush_required:
+            # As for OffsetCommit: TxnOffsetCommit is answered once its records are fsynced.
+            error = await self.wait_durable(OFFSETS_TOPIC, appended.partition, appended.end_offset)
+            if error != ErrorCode.NONE:
+                raise StorageError(
+                    f"fsync of {OFFSETS_TOPIC}-{appended.partition} failed (error {error})"
+                )
 
     # -- transactions (used by the transaction coordinator) ---------------------------------
 
@@ -519,32 +546,40 @@ class BrokerCore:
         """The ``__consumer_offsets`` partition a group's (transactional) commits go to."""
         return OFFSETS_TOPIC, self.offsets_partition_for(group_id)
 
-    def append_internal(self, topic: str, partition: int, batch: bytes) -> int:
-        """Append a broker-built batch to an internal topic; returns its base offset.
+    def append_internal(self, topic: str, partition: int, batch: bytes) -> InternalAppend:
+        """Append a broker-built batch to an internal topic; returns where it landed.
 
         Written before the caller answers (one ``pwrite``), like every acknowledged produce.
+        When the log's flush policy asks for it (``flush.messages``, e.g. the broker-wide
+        ``--flush-messages 1``), the group commit is asked for the fsync at once, so a caller
+        that must answer only once the batch is durable awaits :meth:`wait_durable` of
+        ``end_offset`` and shares that fsync with every other waiter of the log.
         """
         plog = self.logs.get_log(topic, partition)
         result = plog.append(batch, defer_flush=True)
         self._waiters.wake((topic, partition))
+        appended = InternalAppend(
+            topic, partition, result.base_offset, result.last_offset + 1, result.flush_required
+        )
         if result.flush_required:
-            self._flush_in_background(plog)
-        return result.base_offset
+            self._group_commit.wait(plog, appended.end_offset)
+        return appended
 
     def write_txn_marker(
         self, topic: str, partition: int, producer_id: int, producer_epoch: int, commit: bool
-    ) -> None:
+    ) -> InternalAppend | None:
         """Append a commit or abort marker for one producer, ending its transaction here.
 
         The partition's producer state forgets the open transaction (the LSO moves on), and an
         abort is indexed in the segment's ``.txnindex`` for read_committed fetches. A deleted
-        topic is skipped: there is nothing left to end.
+        topic is skipped (None): there is nothing left to end. Returns where the marker landed,
+        so the transaction coordinator can wait for its fsync before logging the completion.
         """
         try:
             plog = self.logs.get_log(topic, partition)
         except UnknownTopicError:
             log.info("skipping the marker of %s-%d: no such partition", topic, partition)
-            return
+            return None
         now_ms = self.clock.now_ms()
         batch = build_control_batch(
             producer_id=producer_id,
@@ -554,8 +589,7 @@ class BrokerCore:
             timestamp_ms=now_ms,
         )
         if topic in INTERNAL_TOPICS:
-            self.append_internal(topic, partition, batch)
-            return
+            return self.append_internal(topic, partition, batch)
         state = self._producer_state(topic, partition, plog)
         entry = state.entry(producer_id)
         first_offset = entry.current_txn_first_offset if entry is not None else None
@@ -564,8 +598,12 @@ class BrokerCore:
         if not commit and first_offset is not None:
             self._index_abort(plog, state, producer_id, first_offset, result.base_offset)
         self._waiters.wake((topic, partition))
+        marker = InternalAppend(
+            topic, partition, result.base_offset, result.last_offset + 1, result.flush_required
+        )
         if result.flush_required:
-            self._flush_in_background(plog)
+            self._group_commit.wait(plog, marker.end_offset)
+        return marker
 
     @staticmethod
     def _index_abort(
@@ -594,14 +632,23 @@ class BrokerCore:
 
         Missing topics are created when both the client and the broker allow it.
         """
-        existing = self.logs.topics()
         infos: list[TopicInfo] = []
         if topics is None:
-            names = sorted(existing)
+            names = sorted(self.logs.topics())
         else:
             names = list(dict.fromkeys(topics))
+        sliced = len(names) > PARTITIONS_PER_SLICE
+        deadline = slice_deadline()
         for name in names:
-            meta = existing.get(name)
+            if sliced and time.perf_counter() >= deadline:
+                # Up to 2,000 named topics (more for "all topics"): let other clients in. Each
+                # topic is looked up when reached, so one created or deleted meanwhile is seen.
+                await asyncio.sleep(0)
+                deadline = slice_deadline()
+            try:
+                meta: TopicMetadata | None = self.logs.topic(name)
+            except UnknownTopicError:
+                meta = None
             if meta is None:
                 if not valid_topic_name(name):
                     infos.append(TopicInfo(name, ErrorCode.INVALID_TOPIC_EXCEPTION))
@@ -633,8 +680,13 @@ class BrokerCore:
         )
 
     def partition_exists(self, topic: str, partition: int) -> bool:
-        meta = self.logs.topics().get(topic)
-        return meta is not None and 0 <= partition < meta.partitions
+        # One topic's lookup, not the catalog's: called once per partition of an OffsetCommit
+        # (10,000 of them), so building every topic's metadata here cost seconds with 2,000 topics.
+        try:
+            meta = self.logs.topic(topic)
+        except UnknownTopicError:
+            return False
+        return 0 <= partition < meta.partitions
 
     async def create_topics(
         self, topics: list[NewTopic], *, validate_only: bool = False
@@ -812,7 +864,10 @@ class BrokerCore:
             return state
         start = plog.log_start_offset
         snapshot = self._snapshot_entries.pop(key, None)
-        meta = self.logs.topics().get(topic)
+        try:  # one topic's metadata: the whole catalog's cost ~1 ms per call with 2,000 topics
+            meta: TopicMetadata | None = self.logs.topic(topic)
+        except UnknownTopicError:
+            meta = None
         if (
             snapshot is not None
             and meta is not None
@@ -1145,6 +1200,38 @@ class BrokerCore:
             results.append(result)
         return results, total, any_error
 
+    async def _read_all_sliced(
+        self,
+        partitions: list[FetchRequestPartition],
+        max_bytes: int,
+        isolation_level: int,
+    ) -> tuple[list[FetchResultPartition], int, bool]:
+        """:meth:`_read_all` for a request of more than :data:`PARTITIONS_PER_SLICE` partitions
+        (a Fetch may name 10,000), yielding to the event loop every :data:`LOOP_SLICE_S`.
+
+        Each partition is read whole in one turn; the partitions of one Fetch were never read at
+        one instant anyway (appends land between two requests' reads just the same).
+        """
+        if len(partitions) <= PARTITIONS_PER_SLICE:
+            return self._read_all(partitions, max_bytes, isolation_level)
+        results: list[FetchResultPartition] = []
+        remaining = max_bytes
+        total = 0
+        any_error = False
+        deadline = slice_deadline()
+        for request in partitions:  # _read_all's loop, with the yields
+            if time.perf_counter() >= deadline:
+                await asyncio.sleep(0)
+                deadline = slice_deadline()
+            limit = min(request.partition_max_bytes, remaining)
+            result = self._read_partition(request, limit, total == 0, isolation_level)
+            size = len(result.records)
+            total += size
+            remaining = max(0, remaining - size)
+            any_error = any_error or result.error_code not in (ErrorCode.NONE, ErrorCode.CORRUPT_MESSAGE)
+            results.append(result)
+        return results, total, any_error
+
     async def fetch(
         self,
         partitions: list[FetchRequestPartition],
@@ -1162,7 +1249,7 @@ class BrokerCore:
             max_bytes if max_bytes > 0 else self.config.fetch_response_max_bytes,
             self.config.fetch_response_max_bytes,
         )
-        results, total, any_error = self._read_all(
+        results, total, any_error = await self._read_all_sliced(
             partitions, max_bytes, isolation_level
         )
         if total >= min_bytes or any_error or max_wait_ms <= 0 or self._closed:
@@ -1183,7 +1270,7 @@ class BrokerCore:
                 pass
             finally:
                 self._waiters.unregister(keys, future)
-            results, total, any_error = self._read_all(
+            results, total, any_error = await self._read_all_sliced(
                 partitions, max_bytes, isolation_level
             )
             if total >= min_bytes or any_error:

@@ -31,6 +31,24 @@ from flowbus.protocol.error_codes import ErrorCode
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class InternalAppend:
+    """Where a batch the broker wrote itself landed (state records, markers, offsets).
+
+    ``flush_required`` is set when the log's flush policy (``flush.messages``) asks for an
+    fsync of this append: a writer that answers a client for it must first wait for
+    :meth:`GroupCommit.wait` of ``end_offset`` (the group commit has already been asked to
+    fsync it, so nothing else needs to start one).
+    """
+
+    topic: str
+    partition: int
+    base_offset: int
+    #: One past the batch's last offset: the offset to wait for.
+    end_offset: int
+    flush_required: bool
+
+
 @dataclass(slots=True)
 class _LogWaiters:
     """The produces of one log waiting for durability, and its flusher task while it runs."""

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from flowbus.broker.core import (
+    PARTITIONS_PER_SLICE,
     BrokerCore,
     FetchRequestPartition,
     NewTopic,
     ProduceResult,
+    slice_deadline,
 )
 from flowbus.broker.errors import CloseConnection
 from flowbus.broker.group_coordinator import OffsetToCommit
@@ -72,11 +75,72 @@ class ConnectionInfo:
 Handler = Callable[[RequestHeader, Body, ConnectionInfo], Awaitable[Body | None]]
 
 
+class ArrivalOrder:
+    """Keeps requests that touch the same keys (partitions, groups) in arrival order while some
+    of them yield to the event loop halfway (issue 10, item 4).
+
+    A request that will yield, or that touches a key an unfinished earlier one claimed, calls
+    :meth:`claim` before its first ``await`` (handler tasks start in arrival order), waits for
+    the earlier claimers it returns, does its work, and calls :meth:`release`. Per key the
+    claimers form a chain in arrival order, and each waits only for earlier ones: no cycle. A
+    request that neither yields nor meets a claimed key never waits (and :attr:`active` False
+    lets it skip even the key lookups).
+    """
+
+    def __init__(self) -> None:
+        #: key -> the completion of the last request that claimed it and has not released it.
+        self._tails: dict[Hashable, asyncio.Future[None]] = {}
+
+    @property
+    def active(self) -> bool:
+        """Some request holds a claim."""
+        return bool(self._tails)
+
+    def busy(self, keys: Iterable[Hashable]) -> bool:
+        """Does an unfinished request hold a claim on one of ``keys``?"""
+        tails = self._tails
+        return any(key in tails for key in keys)
+
+    def claim(self, keys: Iterable[Hashable]) -> tuple[list[asyncio.Future[None]], asyncio.Future[None]]:
+        """Claim ``keys``; returns the earlier claimers to wait for and this claim's completion."""
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        earlier: dict[int, asyncio.Future[None]] = {}
+        tails = self._tails
+        for key in keys:
+            previous = tails.get(key)
+            if previous is not None and previous is not mine:  # a key named twice: not earlier
+                earlier[id(previous)] = previous
+            tails[key] = mine
+        return list(earlier.values()), mine
+
+    def release(self, keys: Iterable[Hashable], mine: asyncio.Future[None]) -> None:
+        """Drop the claims still ours and let the requests waiting for this one go on."""
+        tails = self._tails
+        for key in keys:
+            if tails.get(key) is mine:
+                del tails[key]
+        if not mine.done():
+            mine.set_result(None)
+
+
+async def _wait_for_earlier(earlier: list[asyncio.Future[None]]) -> None:
+    # asyncio.wait, not await: cancelling this request (its connection closed) must not cancel
+    # an earlier request's completion, which others wait for too. Earlier claims are always
+    # released (in a finally), so this ends.
+    if earlier:
+        await asyncio.wait(earlier)
+
+
 class Handlers:
     """Dispatch table from API key to the adapter of that API."""
 
     def __init__(self, core: BrokerCore) -> None:
         self.core = core
+        #: Partitions of produce requests that yield halfway (more than PARTITIONS_PER_SLICE):
+        #: a later produce to one of them is appended after it, as if nothing had yielded.
+        self._produce_order = ArrivalOrder()
+        #: Groups of OffsetCommit requests committed in slices: later commits of the group wait.
+        self._commit_order = ArrivalOrder()
         self._table: dict[int, Handler] = {
             ApiKey.API_VERSIONS: self.api_versions,
             ApiKey.METADATA: self.metadata,
@@ -179,47 +243,49 @@ class Handlers:
     ) -> Body | None:
         acks = body.get("acks", 1)
         old = header.api_version < PRODUCE_MIN_IMPLEMENTED_VERSION
-        responses = []
-        # Every partition is appended first (in request order, before any await); then the
-        # answers are collected, some of which wait for an fsync (durable acks, group commit).
+        responses: list[Body] = []
+        # Every partition is appended first (in request order); then the answers are collected,
+        # some of which wait for an fsync (durable acks, group commit).
         pending: list[tuple[list[dict[str, Any]], int, int, asyncio.Future[ProduceResult]]] = []
-        for topic in body["topic_data"]:
-            name = topic["name"]
-            partitions = []
-            for part in topic["partition_data"]:
-                records = part.get("records")
-                if old:
-                    partitions.append(
-                        {
-                            "index": part["index"],
-                            "error_code": ErrorCode.UNSUPPORTED_VERSION,
-                            "base_offset": -1,
-                        }
-                    )
-                    continue
-                if acks not in (0, 1, -1):
-                    partitions.append(
-                        {
-                            "index": part["index"],
-                            "error_code": ErrorCode.INVALID_REQUIRED_ACKS,
-                            "base_offset": -1,
-                        }
-                    )
-                    continue
-                if records is None:
-                    partitions.append(
-                        {
-                            "index": part["index"],
-                            "error_code": ErrorCode.INVALID_RECORD,
-                            "base_offset": -1,
-                        }
-                    )
-                    continue
-                future = self.core.produce_nowait(name, part["index"], records)
-                pending.append((partitions, len(partitions), part["index"], future))
-                partitions.append({})  # filled in below, once the answer may be sent
-            responses.append({"name": name, "partition_responses": partitions})
+        topic_data = body["topic_data"]
+        order = self._produce_order
+        sliced = sum(len(topic["partition_data"]) for topic in topic_data) > PARTITIONS_PER_SLICE
+        keys = None
+        if sliced or order.active:
+            keys = [(topic["name"], part["index"]) for topic in topic_data for part in topic["partition_data"]]
+        if keys is None or not (sliced or order.busy(keys)):
+            # The common case: no await before every partition is appended, so requests started
+            # in order (one connection's pipeline) are appended in order (see core.py).
+            for topic in topic_data:
+                name = topic["name"]
+                partitions: list[dict[str, Any]] = []
+                responses.append({"name": name, "partition_responses": partitions})
+                for part in topic["partition_data"]:
+                    self._produce_partition(name, part, acks, old, partitions, pending)
+        else:
+            # Many partitions: yield to the event loop between slices so other clients are
+            # served. Claimed before the first await, so a later produce to any of these
+            # partitions (from any connection) is appended after this one, as without slices.
+            earlier, mine = order.claim(keys)
+            try:
+                await _wait_for_earlier(earlier)
+                deadline = slice_deadline()
+                for topic in topic_data:
+                    name = topic["name"]
+                    partitions = []
+                    responses.append({"name": name, "partition_responses": partitions})
+                    for part in topic["partition_data"]:
+                        if time.perf_counter() >= deadline:
+                            await asyncio.sleep(0)  # never inside one partition's append
+                            deadline = slice_deadline()
+                        self._produce_partition(name, part, acks, old, partitions, pending)
+            finally:
+                order.release(keys, mine)
+        deadline = slice_deadline()
         for partitions, slot, index, future in pending:
+            if sliced and time.perf_counter() >= deadline:
+                await asyncio.sleep(0)  # appended already: only the answers are built here
+                deadline = slice_deadline()
             result = await future
             partitions[slot] = {
                 "index": index,
@@ -241,6 +307,30 @@ class Handlers:
                 raise CloseConnection(f"acks=0 produce failed ({', '.join(failed)})")
             return None
         return {"responses": responses, "throttle_time_ms": 0}
+
+    def _produce_partition(
+        self,
+        name: str,
+        part: Body,
+        acks: int,
+        old: bool,
+        partitions: list[dict[str, Any]],
+        pending: list[tuple[list[dict[str, Any]], int, int, asyncio.Future[ProduceResult]]],
+    ) -> None:
+        """Append one partition's batches now; its answer goes to ``partitions`` (a placeholder
+        filled in from ``pending`` once the answer may be sent)."""
+        records = part.get("records")
+        if old or acks not in (0, 1, -1) or records is None:
+            error = (
+                ErrorCode.UNSUPPORTED_VERSION if old
+                else ErrorCode.INVALID_REQUIRED_ACKS if acks not in (0, 1, -1)
+                else ErrorCode.INVALID_RECORD
+            )
+            partitions.append({"index": part["index"], "error_code": error, "base_offset": -1})
+            return
+        future = self.core.produce_nowait(name, part["index"], records)
+        pending.append((partitions, len(partitions), part["index"], future))
+        partitions.append({})
 
     async def fetch(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
@@ -285,7 +375,12 @@ class Handlers:
         )
         responses: list[Body] = []
         by_topic: dict[str, list[Body]] = {}
+        sliced = len(results) > PARTITIONS_PER_SLICE
+        deadline = slice_deadline()
         for r in results:
+            if sliced and time.perf_counter() >= deadline:
+                await asyncio.sleep(0)  # up to 10,000 partitions: let other clients in
+                deadline = slice_deadline()
             partitions = by_topic.get(r.topic)
             if partitions is None:
                 partitions = by_topic[r.topic] = []
@@ -321,9 +416,15 @@ class Handlers:
     ) -> Body:
         isolation = body.get("isolation_level", 0)
         topics = []
+        deadline = slice_deadline()
         for topic in body["topics"]:
             partitions = []
             for p in topic["partitions"]:
+                if time.perf_counter() >= deadline:
+                    # core.list_offsets never suspends: yield here, or 10,000 partitions hold
+                    # the event loop in one turn. Read-only, so nothing to keep in order.
+                    await asyncio.sleep(0)
+                    deadline = slice_deadline()
                 r = await self.core.list_offsets(
                     topic["name"],
                     p["partition_index"],
@@ -587,12 +688,32 @@ class Handlers:
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
     ) -> Body:
         offsets = _offsets_to_commit(body)
-        errors = await self.core.commit_offsets(
-            body["group_id"],
-            body.get("generation_id_or_member_epoch", -1),
-            body.get("member_id", ""),
-            offsets,
-        )
+        group_id = body["group_id"]
+        generation_id = body.get("generation_id_or_member_epoch", -1)
+        member_id = body.get("member_id", "")
+        order = self._commit_order
+        keys = (group_id,)
+        if len(offsets) <= PARTITIONS_PER_SLICE and not (order.active and order.busy(keys)):
+            # The common case: checked and appended as one batch before the first await.
+            errors = await self.core.commit_offsets(group_id, generation_id, member_id, offsets)
+            return {"throttle_time_ms": 0, "topics": _commit_results(offsets, errors)}
+        # Many partitions (up to 10,000): commit them in slices of PARTITIONS_PER_SLICE, one
+        # __consumer_offsets batch each, yielding in between, so other clients are served.
+        # Later commits of the group wait for this one (claimed before the first await), so
+        # the group's commits still land in arrival order. Each slice is checked against the
+        # group when it runs: a rebalance meanwhile fails the slices after it (ILLEGAL_GENERATION).
+        earlier, mine = order.claim(keys)
+        try:
+            await _wait_for_earlier(earlier)
+            errors = []
+            for start in range(0, len(offsets), PARTITIONS_PER_SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                errors += await self.core.commit_offsets(
+                    group_id, generation_id, member_id, offsets[start:start + PARTITIONS_PER_SLICE]
+                )
+        finally:
+            order.release(keys, mine)
         return {"throttle_time_ms": 0, "topics": _commit_results(offsets, errors)}
 
     async def offset_fetch(
@@ -705,9 +826,21 @@ class Handlers:
             body.get("producer_id", -1),
             body.get("producer_epoch", -1),
         )
+        error = result.error_code
+        transactional_id = body.get("transactional_id")
+        if transactional_id and error == ErrorCode.NONE:
+            # Durable acks: the new epoch is answered once its state record is fsynced.
+            error = await self.core.txn.wait_durable(transactional_id)
+        if error != ErrorCode.NONE:
+            return {
+                "throttle_time_ms": 0,
+                "error_code": _fenced_for(header, error),
+                "producer_id": -1,
+                "producer_epoch": -1,
+            }
         return {
             "throttle_time_ms": 0,
-            "error_code": _fenced_for(header, result.error_code),
+            "error_code": ErrorCode.NONE,
             "producer_id": result.producer_id,
             "producer_epoch": result.producer_epoch,
         }
@@ -720,12 +853,18 @@ class Handlers:
             for t in body.get("v3_and_below_topics") or []
             for p in t["partitions"]
         ]
+        transactional_id = body.get("v3_and_below_transactional_id") or ""
         errors = self.core.txn.add_partitions(
-            body.get("v3_and_below_transactional_id") or "",
+            transactional_id,
             body.get("v3_and_below_producer_id", -1),
             body.get("v3_and_below_producer_epoch", -1),
             wanted,
         )
+        if errors and all(error == ErrorCode.NONE for error in errors.values()):
+            # Durable acks: answered once the Ongoing record naming the partitions is fsynced,
+            # so a partition written to is always one recovery knows to end.
+            durable = await self.core.txn.wait_durable(transactional_id)
+            errors = {tp: durable for tp in errors}
         topics: list[Body] = []
         by_topic: dict[str, list[Body]] = {}
         for (topic, partition), error in errors.items():
@@ -750,6 +889,8 @@ class Handlers:
             body["producer_epoch"],
             body["group_id"],
         )
+        if error == ErrorCode.NONE:
+            error = await self.core.txn.wait_durable(body["transactional_id"])
         return {"throttle_time_ms": 0, "error_code": _fenced_for(header, error)}
 
     async def end_txn(
@@ -761,6 +902,9 @@ class Handlers:
             body["producer_epoch"],
             bool(body["committed"]),
         )
+        if error == ErrorCode.NONE:
+            # Durable acks: answered once the decision and the markers are fsynced.
+            error = await self.core.txn.wait_durable(body["transactional_id"])
         return {"throttle_time_ms": 0, "error_code": _fenced_for(header, error)}
 
     async def txn_offset_commit(

@@ -22,16 +22,33 @@ Ongoing one is aborted with a bumped epoch (its producer may still be alive and 
 to it). An open transaction would hold every read_committed consumer at its first offset.
 
 Markers are written synchronously, on the event loop, before EndTxn is answered; writes are
-page-cache appends, so this takes well under a millisecond per partition. When a marker write
-fails the transaction stays in its Prepare state, requests for it answer
-CONCURRENT_TRANSACTIONS (clients retry), and the periodic :meth:`TransactionCoordinator.tick`
-retries the markers. The tick also aborts transactions open for longer than their
-``transaction.timeout.ms``, bumping the epoch as Kafka does, so a producer that went silent
-cannot commit a transaction whose data consumers were told to wait for.
+page-cache appends, so this takes well under a millisecond per partition.
+
+Durable acks (issue 10, item 2): when ``__transaction_state`` has ``flush.messages=1`` (the
+broker-wide ``--flush-messages 1``), an answer that reports a state change (InitProducerId,
+AddPartitionsToTxn, AddOffsetsToTxn, EndTxn) is sent only once the record it wrote is fsynced:
+the API methods stay synchronous (they write and return), and the caller — the network
+handler or the embedded transport — awaits :meth:`TransactionCoordinator.wait_durable` before
+answering, sharing the group commit's fsyncs with every other waiter of the log. An end is
+then completed in two steps: the decision (PrepareCommit/PrepareAbort) and the markers are
+written at once, and the completion (CompleteCommit/CompleteAbort) is logged only after the
+decision *and every marker* are fsynced, so a durable completion never names markers a
+machine crash could take away (recovery only finishes transactions still in Prepare). EndTxn
+is answered at that point, which is later than Kafka (it answers once the decision is
+replicated) but means a retried request never meets the Prepare state. Without that setting
+nothing waits and an end completes synchronously, as before.
+
+When a marker write (or, with durable acks, its fsync) fails the transaction stays in its
+Prepare state, requests for it answer CONCURRENT_TRANSACTIONS (clients retry), and the periodic
+:meth:`TransactionCoordinator.tick` retries the markers. The tick also aborts transactions
+open for longer than their ``transaction.timeout.ms``, bumping the epoch as Kafka does, so a
+producer that went silent cannot commit a transaction whose data consumers were told to wait for.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import Iterable
@@ -59,6 +76,7 @@ from flowbus.records.record import decode_batch
 
 if TYPE_CHECKING:
     from flowbus.broker.core import BrokerCore
+    from flowbus.broker.group_commit import InternalAppend
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +125,11 @@ class TransactionCoordinator:
         self._by_producer: dict[int, TxnMetadata] = {}
         #: True until :meth:`load` finished recovery: requests answer COORDINATOR_LOAD_IN_PROGRESS.
         self.loading = True
+        #: Durable acks: each transactional id's last state record whose log asked for an fsync
+        #: (its answer waits for it, see :meth:`wait_durable`).
+        self._unsynced: dict[str, InternalAppend] = {}
+        #: Durable acks: ends whose completion waits for the fsync of their decision and markers.
+        self._completing: dict[str, asyncio.Task[int]] = {}
 
     # -- loading and recovery --------------------------------------------------------------
 
@@ -186,7 +209,11 @@ class TransactionCoordinator:
         return zlib.crc32(transactional_id.encode()) % self.config.transaction_state_topic_partitions
 
     def _persist(self, meta: TxnMetadata) -> None:
-        """Append the metadata's current state (durable against a process crash on return)."""
+        """Append the metadata's current state (durable against a process crash on return).
+
+        When the log's flush policy asks for this record's fsync, it is remembered for
+        :meth:`wait_durable` (the group commit is already fsyncing it).
+        """
         meta.update_ms = self._clock.now_ms()
         builder = BatchBuilder()
         builder.append(
@@ -194,9 +221,48 @@ class TransactionCoordinator:
             encode_txn_value(meta),
             timestamp_ms=meta.update_ms,
         )
-        self._core.append_internal(
+        appended = self._core.append_internal(
             TXN_STATE_TOPIC, self._partition_for(meta.transactional_id), builder.build()
         )
+        if appended.flush_required:
+            self._unsynced[meta.transactional_id] = appended
+        else:
+            self._unsynced.pop(meta.transactional_id, None)
+
+    def _durable_acks(self, transactional_id: str) -> bool:
+        """Does the id's ``__transaction_state`` partition fsync every record (``flush.messages=1``)?"""
+        plog = self._core.logs.get_log(TXN_STATE_TOPIC, self._partition_for(transactional_id))
+        return plog.config.flush_messages <= 1
+
+    async def wait_durable(self, transactional_id: str) -> int:
+        """Wait until the last state change of the id may be reported; an error code.
+
+        Call after an API method succeeded and before answering it. Returns at once (NONE)
+        without durable acks. With them: an end waits for its completion (decision and
+        markers fsynced, completion logged); any other change for the fsync of its record.
+        A failed fsync is NOT_COORDINATOR, as Kafka's coordinator maps a storage error, so
+        clients retry; the record stays in the log and the retry's wait fsyncs it again.
+        """
+        completing = self._completing.get(transactional_id)
+        if completing is not None:
+            return await asyncio.shield(completing)
+        appended = self._unsynced.get(transactional_id)
+        if appended is None:
+            return ErrorCode.NONE
+        error = await self._core.wait_durable(
+            appended.topic, appended.partition, appended.end_offset
+        )
+        if error != ErrorCode.NONE:
+            return ErrorCode.NOT_COORDINATOR
+        if self._unsynced.get(transactional_id) is appended:
+            del self._unsynced[transactional_id]
+        return ErrorCode.NONE
+
+    async def close(self) -> None:
+        """Let completions waiting for an fsync finish (call before the logs close)."""
+        for task in list(self._completing.values()):  # bounded by the transactional ids
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
 
     # -- producer checks -------------------------------------------------------------------
 
@@ -281,6 +347,10 @@ class TransactionCoordinator:
             error = self._end(meta, commit=False, fence=True)
             if error != ErrorCode.NONE:
                 return InitPidResult(error)
+            if transactional_id in self._completing:
+                # Durable acks: the abort completes once its markers are fsynced; the client
+                # retries on CONCURRENT_TRANSACTIONS, as with Kafka's fencing InitProducerId.
+                return InitPidResult(ErrorCode.CONCURRENT_TRANSACTIONS)
         if not bumped or meta.producer_epoch >= MAX_PRODUCER_EPOCH - 1:
             self._bump(meta)
         meta.transaction_timeout_ms = transaction_timeout_ms
@@ -411,24 +481,75 @@ class TransactionCoordinator:
         return self._complete(meta, commit)
 
     def _complete(self, meta: TxnMetadata, commit: bool) -> int:
-        """Write every marker and log the completion; on failure stay in Prepare for the tick."""
+        """Write every marker and log the completion; on failure stay in Prepare for the tick.
+
+        With durable acks the completion is logged later, by :meth:`_complete_when_durable`.
+        """
+        markers: list[InternalAppend] = []
         try:
             for topic, partition in sorted(meta.partitions):
-                self._core.write_txn_marker(
+                marker = self._core.write_txn_marker(
                     topic, partition, meta.producer_id, meta.producer_epoch, commit
                 )
+                if marker is not None:
+                    markers.append(marker)
         except (LogError, FlowbusError, OSError) as exc:
             log.error(
                 "writing markers for %r failed (will retry): %s", meta.transactional_id, exc
             )
             return ErrorCode.CONCURRENT_TRANSACTIONS
+        if not self._durable_acks(meta.transactional_id):
+            self._log_completion(meta, commit)
+            return ErrorCode.NONE
+        # The decision is waited for up to the state log's end: it may have been written by
+        # this run (not fsynced yet) or replayed after a process crash (maybe never fsynced).
+        state_partition = self._partition_for(meta.transactional_id)
+        state_end = self._core.logs.get_log(TXN_STATE_TOPIC, state_partition).log_end_offset
+        waits = [(TXN_STATE_TOPIC, state_partition, state_end)]
+        waits.extend((m.topic, m.partition, m.end_offset) for m in markers)
+        self._completing[meta.transactional_id] = asyncio.get_running_loop().create_task(
+            self._complete_when_durable(meta, commit, waits),
+            name=f"flowbus-txn-complete-{meta.transactional_id}",
+        )
+        return ErrorCode.NONE
+
+    async def _complete_when_durable(
+        self, meta: TxnMetadata, commit: bool, waits: list[tuple[str, int, int]]
+    ) -> int:
+        """Log the completion once the decision and every marker are fsynced; an error code.
+
+        The fsyncs run concurrently, one per log, shared with every other waiter. On failure
+        the transaction stays in Prepare and the tick writes the markers and waits again.
+        """
+        try:
+            errors = await asyncio.gather(
+                *(self._core.wait_durable(topic, partition, end) for topic, partition, end in waits)
+            )
+        except (LogError, FlowbusError, OSError) as exc:  # e.g. a partition deleted meanwhile
+            log.error("fsync for the end of %r failed (will retry): %s", meta.transactional_id, exc)
+            errors = [ErrorCode.KAFKA_STORAGE_ERROR]
+        finally:
+            self._completing.pop(meta.transactional_id, None)
+        if any(error != ErrorCode.NONE for error in errors):
+            log.error("fsync for the end of %r failed (will retry): %s", meta.transactional_id, errors)
+            return ErrorCode.NOT_COORDINATOR
+        if not meta.state.is_preparing:  # nothing else may change a preparing transaction
+            return ErrorCode.NONE
+        try:
+            self._log_completion(meta, commit)
+        except (LogError, FlowbusError, OSError) as exc:
+            log.error("logging the end of %r failed: %s", meta.transactional_id, exc)
+            return ErrorCode.NOT_COORDINATOR
+        return ErrorCode.NONE
+
+    def _log_completion(self, meta: TxnMetadata, commit: bool) -> None:
+        """Apply or drop the pending offsets and log CompleteCommit/CompleteAbort."""
         self._core.groups.complete_txn_offsets(meta.producer_id, commit)
         meta.state = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
         meta.partitions = set()
         meta.groups = set()
         meta.txn_start_ms = -1
         self._persist(meta)
-        return ErrorCode.NONE
 
     # -- time ------------------------------------------------------------------------------
 
@@ -441,6 +562,8 @@ class TransactionCoordinator:
         for meta in list(self._txns.values()):
             if ended >= TIMEOUT_ABORTS_PER_TICK_MAX:
                 break
+            if meta.transactional_id in self._completing:
+                continue  # its completion waits for an fsync
             if meta.state.is_preparing:
                 commit = meta.state is TxnState.PREPARE_COMMIT
                 if self._complete(meta, commit) == ErrorCode.NONE:

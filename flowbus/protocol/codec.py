@@ -118,9 +118,11 @@ def decode_request_header(reader: Reader) -> RequestHeader:
 #: Default element budget of one request: array elements plus tagged fields over every nesting
 #: level (strings and bytes cost nothing extra: they are copied in C). A frame over budget is
 #: rejected when the count that crosses it is read, before any loop over it. An admitted request
-#: costs about 1 us per element to decode and 3-4 us per element end to end (decode, handler,
-#: response; measured with Fetch and OffsetFetch), so this bounds one request to ~40 ms of the
-#: event loop while still allowing a Fetch or OffsetCommit of 10,000 partitions.
+#: costs about 0.4-1 us per element to decode and as much to encode its response, so decoding
+#: and encoding each stay within a few ms of the event loop; the broker's handlers work through
+#: requests of many partitions in slices (``broker.core.PARTITIONS_PER_SLICE``), because their
+#: own cost per partition (5-30 us, Produce the most) would hold the loop for up to ~250 ms. A
+#: Fetch, ListOffsets, OffsetCommit or Produce of 10,000 partitions is still allowed.
 DEFAULT_MAX_REQUEST_ELEMENTS = 10_000
 
 #: Tighter budgets for requests whose handler does real work per element.

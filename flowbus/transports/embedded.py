@@ -238,6 +238,8 @@ class EmbeddedProducer(Producer):
         self._txn_partitions: set[tuple[str, int]] = set()
         self._txn_offsets = False
         self._txn_failed = False
+        #: Transactional batches are appended in shipping order (see ``_produce``).
+        self._txn_append_order = asyncio.Lock()
         #: Set when the coordinator or a partition said this producer was fenced: fatal.
         self._fenced = False
 
@@ -399,7 +401,20 @@ class EmbeddedProducer(Producer):
                 fut.set_exception(ProduceError(message))
 
     async def _produce(self, tp: tuple[str, int], batch: bytes, futures: list[tuple[int, asyncio.Future[RecordMetadata]]]) -> None:
-        result = await self._core.produce(tp[0], tp[1], batch)
+        if self._transactional_id is not None and self._pid >= 0:
+            # Durable acks: no transactional data before the record adding its partition is
+            # fsynced (else a machine crash could leave data no recovery knows to end). The lock
+            # keeps appends in shipping order (a batch shipped while an earlier one waits must
+            # not pass it: sequences); uncontended, as without durable acks, it never suspends.
+            async with self._txn_append_order:
+                code = await self._core.txn.wait_durable(self._transactional_id)
+                if code != ErrorCode.NONE:
+                    self._fail(futures, f"adding {tp[0]}[{tp[1]}] to the transaction failed with error {code}")
+                    return
+                appended = self._core.produce_nowait(tp[0], tp[1], batch)
+            result = await appended
+        else:
+            result = await self._core.produce(tp[0], tp[1], batch)
         if result.error_code != ErrorCode.NONE:
             message = f"produce to {tp[0]}[{tp[1]}] failed with error {result.error_code}: {result.error_message}"
             self._fenced = self._fenced or (self._pid >= 0 and result.error_code in _FENCED)
@@ -430,6 +445,12 @@ class EmbeddedProducer(Producer):
         """Run a coordinator call, retrying while it is busy; raise on fencing or failure."""
         for _ in range(TXN_RETRY_ATTEMPTS_MAX):
             code = call()
+            if code == ErrorCode.NONE and self._transactional_id is not None:
+                # Durable acks: the change is reported once its state record (an end: its
+                # decision and markers) is fsynced; a failed fsync is retried like a busy call.
+                code = await self._core.txn.wait_durable(self._transactional_id)
+                if code == ErrorCode.NOT_COORDINATOR:
+                    code = ErrorCode.CONCURRENT_TRANSACTIONS
             if code not in _RETRIABLE_TXN:
                 break
             await asyncio.sleep(TXN_RETRY_DELAY_S)
