@@ -257,6 +257,22 @@ async def read_committed(url: str, topic: str) -> list[bytes | None]:
     return values
 
 
+async def wait_for_group(url: str, group_id: str, *, members: int) -> None:
+    """Until ``group_id`` is Stable with ``members`` members (as the group coordinator says)."""
+    transport = transport_from_url(url)
+    await transport.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            group = await transport.describe_group(group_id)
+            if group.state == "Stable" and len(group.members) == members:
+                return
+            assert time.monotonic() < deadline, f"group {group_id!r}: {group.state}, {len(group.members)} members"
+            await asyncio.sleep(0.05)
+    finally:
+        await transport.close()
+
+
 def test_on_leader_timers_run_on_one_worker_of_the_group(broker_url: str) -> None:
     """Two workers of one app: a timer with ``on_leader=True`` runs only on the worker that owns
     the leader partition, one without runs on both."""
@@ -284,6 +300,9 @@ def test_on_leader_timers_run_on_one_worker_of_the_group(broker_url: str) -> Non
             wa, wb = a.worker, b.worker
             return wa is not None and wb is not None and wa.started and wb.started and wa.is_leader() != wb.is_leader()
 
+        # The first worker leads alone until the second one's join is done: wait for a stable
+        # group of two before telling who leads.
+        await wait_for_group(broker_url, app_id, members=2)
         await wait_until(settled, "one of the two workers to lead")
         assert a.worker is not None and b.worker is not None
         leader, other = ("a", "b") if a.worker.is_leader() else ("b", "a")

@@ -237,9 +237,9 @@ async def read_committed_values(url: str, topic: str, partitions: int) -> tuple[
         await transport.close()
 
 
-def _copying_app(tmp_path: Path, name: str) -> tuple[App, Any, Any, list[int]]:
-    app = App(name, broker=f"embedded://{tmp_path / 'data'}", topic_partitions=1,
-              processing_guarantee="exactly_once", commit_interval_ms=3_600_000)
+def _copying_app(tmp_path: Path, name: str, **settings: Any) -> tuple[App, Any, Any, list[int]]:
+    settings = {"topic_partitions": 1, "commit_interval_ms": 3_600_000, **settings}
+    app = App(name, broker=f"embedded://{tmp_path / 'data'}", processing_guarantee="exactly_once", **settings)
     src = app.topic(f"{name}-in", value_type=int)
     out = app.topic(f"{name}-out", value_type=int)
     seen: list[int] = []
@@ -336,18 +336,7 @@ def test_a_failed_periodic_transaction_commit_aborts_and_replays_from_the_commit
     """Under exactly-once, a periodic commit whose EndTxn fails (not fenced) must not stop the
     worker: the transaction is aborted, the worker goes on from the committed offsets, and every
     input still has exactly one visible output."""
-    app = App("eos-periodic", broker=f"embedded://{tmp_path / 'data'}", topic_partitions=2,
-              processing_guarantee="exactly_once", commit_interval_ms=50)
-    src = app.topic("eos-periodic-in", value_type=int)
-    out = app.topic("eos-periodic-out", value_type=int)
-    seen: list[int] = []
-
-    @app.agent(src, sink=[out])
-    async def copy(stream: flowbus.Stream) -> Any:
-        async for value in stream:
-            seen.append(value)
-            yield value
-
+    app, src, out, seen = _copying_app(tmp_path, "eos-periodic", topic_partitions=2, commit_interval_ms=50)
     original = EmbeddedProducer.commit_transaction
     injected: list[int] = []
 

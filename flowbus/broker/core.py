@@ -19,7 +19,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1176,29 +1176,39 @@ class BrokerCore:
         first_open = state.first_unstable_offset() if state is not None else None
         return high_watermark if first_open is None else min(first_open, high_watermark)
 
+    def _read_each(
+        self,
+        partitions: list[FetchRequestPartition],
+        max_bytes: int,
+        isolation_level: int,
+        totals: list[int],
+    ) -> Iterator[FetchResultPartition]:
+        """Read the partitions one by one within the response budget (KIP-74: the first
+        non-empty partition may exceed it by one batch so that a consumer always makes
+        progress). ``totals`` is ``[bytes read, errors]``, kept up to date as results come."""
+        remaining = max_bytes
+        for request in partitions:
+            limit = min(request.partition_max_bytes, remaining)
+            result = self._read_partition(request, limit, totals[0] == 0, isolation_level)
+            size = len(result.records)
+            totals[0] += size
+            remaining = max(0, remaining - size)
+            # Damaged data (CORRUPT_MESSAGE) does not end the long poll early: it stays damaged,
+            # and a client that retries failed fetches at once (aiokafka does) would spin.
+            if result.error_code not in (ErrorCode.NONE, ErrorCode.CORRUPT_MESSAGE):
+                totals[1] += 1
+            yield result
+
     def _read_all(
         self,
         partitions: list[FetchRequestPartition],
         max_bytes: int,
         isolation_level: int,
     ) -> tuple[list[FetchResultPartition], int, bool]:
-        """Read every partition within the response budget (KIP-74: the first non-empty
-        partition may exceed it by one batch so that a consumer always makes progress)."""
-        results = []
-        remaining = max_bytes
-        total = 0
-        any_error = False
-        for request in partitions:
-            limit = min(request.partition_max_bytes, remaining)
-            result = self._read_partition(request, limit, total == 0, isolation_level)
-            size = len(result.records)
-            total += size
-            remaining = max(0, remaining - size)
-            # Damaged data (CORRUPT_MESSAGE) does not end the long poll early: it stays damaged,
-            # and a client that retries failed fetches at once (aiokafka does) would spin.
-            any_error = any_error or result.error_code not in (ErrorCode.NONE, ErrorCode.CORRUPT_MESSAGE)
-            results.append(result)
-        return results, total, any_error
+        """Read every partition within the response budget, in one turn."""
+        totals = [0, 0]
+        results = list(self._read_each(partitions, max_bytes, isolation_level, totals))
+        return results, totals[0], totals[1] > 0
 
     async def _read_all_sliced(
         self,
@@ -1214,23 +1224,15 @@ class BrokerCore:
         """
         if len(partitions) <= PARTITIONS_PER_SLICE:
             return self._read_all(partitions, max_bytes, isolation_level)
+        totals = [0, 0]
         results: list[FetchResultPartition] = []
-        remaining = max_bytes
-        total = 0
-        any_error = False
         deadline = slice_deadline()
-        for request in partitions:  # _read_all's loop, with the yields
+        for result in self._read_each(partitions, max_bytes, isolation_level, totals):
+            results.append(result)
             if time.perf_counter() >= deadline:
                 await asyncio.sleep(0)
                 deadline = slice_deadline()
-            limit = min(request.partition_max_bytes, remaining)
-            result = self._read_partition(request, limit, total == 0, isolation_level)
-            size = len(result.records)
-            total += size
-            remaining = max(0, remaining - size)
-            any_error = any_error or result.error_code not in (ErrorCode.NONE, ErrorCode.CORRUPT_MESSAGE)
-            results.append(result)
-        return results, total, any_error
+        return results, totals[0], totals[1] > 0
 
     async def fetch(
         self,

@@ -10,8 +10,8 @@ Two checks per kind, both loose enough for a loaded 2-core CI machine:
 * the other client completes round trips *while the broker works on each big request* (from its
   last byte sent to the first byte of its answer), one per :data:`BROKER_MS_PER_ROUND_TRIP` at
   least; a request that held the loop from start to end would let through none;
-* its slowest round trip stays under :data:`ROUND_TRIP_MS_MAX` (before the fix: Produce of 10,000
-  partitions held the loop ~180 ms, Fetch ~55 ms).
+* its slowest round trip stays under :data:`ROUND_TRIP_MS_MAX` (before the fix an OffsetCommit of
+  10,000 partitions held the loop for seconds with many topics; Produce ~180 ms, Fetch ~55 ms).
 """
 
 from __future__ import annotations
@@ -33,9 +33,12 @@ from tests.support.broker_process import DEFAULT_EXTRA_ARGS, BrokerProcess
 
 #: Big requests per kind (each 30-200 ms of broker time).
 REPEATS = 5
-#: The other client's slowest round trip while big requests run. Generous: a garbage collection
-#: or the broker's periodic maintenance can add tens of ms on a loaded machine.
-ROUND_TRIP_MS_MAX = 100.0
+#: The other client's slowest round trip while big requests run: a bound against a request held
+#: for seconds (an OffsetCommit took 9 s before), loose because a garbage collection or the
+#: broker's periodic maintenance adds tens of ms at times on a loaded machine (105 and 112 ms seen
+#: in a full CI-like run with 100 as the bound). The round trips completed *during* each big
+#: request are the check that tells sliced from held.
+ROUND_TRIP_MS_MAX = 300.0
 #: The other client must complete one round trip per this much of a big request's broker time
 #: (median over the repeats, rounded down). Sliced, the handler yields every ms and each of the
 #: other client's round trips needs about three event-loop turns; decoding and encoding a request

@@ -26,6 +26,7 @@ import pytest
 
 from flowbus import App
 from flowbus.state.windowed import WindowedTable
+from flowbus.topic import Topic
 from flowbus.transports import transport_from_url
 from flowbus.transports.base import Record, TopicPartition, TopicSpec, Transport
 from tests.support.broker_process import BrokerProcess
@@ -47,6 +48,24 @@ PHASES = {"idle-decides": WINDOW_MS - 300, "end-decides": 200}
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     with BrokerProcess(tmp_path_factory.mktemp("idle-broker") / "data") as process:
         yield process
+
+
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path, place: str) -> str:
+    if place == "kafka":
+        return f"kafka://{request.getfixturevalue('broker').bootstrap}"
+    return f"embedded://{tmp_path / 'data'}"
+
+
+def make_app(url: str, app_id: str, tmp_path: Path, guarantee: str, idle_ms: int) -> tuple[App, WindowedTable, Topic, Topic]:
+    """A per-user tumbling count of ``WINDOW_MS`` windows, closed after ``idle_ms`` of silence."""
+    app = App(app_id, broker=url, processing_guarantee=guarantee, topic_partitions=PARTITIONS,  # type: ignore[arg-type]
+              state_dir=tmp_path / "state", window_idle_ms=idle_ms)
+    clicks = app.topic(f"{app_id}-clicks", key_type=str)
+    counts = app.topic(f"{app_id}-counts", key_type=str)
+    app.stream(clicks).tumbling_window(WINDOW_MS, name="per-user").count().final().to(counts)
+    table = app.tables["per-user"]
+    assert isinstance(table, WindowedTable)
+    return app, table, clicks, counts
 
 
 def now_ms() -> int:
@@ -94,18 +113,8 @@ async def watch(transport: Transport, topic: str, until_ms: int) -> list[tuple[i
 def test_one_record_then_silence_final_result_within_idle_time_plus_one_second(
     tmp_path: Path, request: pytest.FixtureRequest, place: str, guarantee: str, phase: str
 ) -> None:
-    if place == "kafka":
-        url = f"kafka://{request.getfixturevalue('broker').bootstrap}"
-    else:
-        url = f"embedded://{tmp_path / 'data'}"
-    app_id = f"idle-{tmp_path.name}"[:60]
-    app = App(app_id, broker=url, processing_guarantee=guarantee, topic_partitions=PARTITIONS,  # type: ignore[arg-type]
-              state_dir=tmp_path / "state", window_idle_ms=IDLE_MS)
-    clicks = app.topic(f"{app_id}-clicks", key_type=str)
-    counts = app.topic(f"{app_id}-counts", key_type=str)
-    app.stream(clicks).tumbling_window(WINDOW_MS, name="per-user").count().final().to(counts)
-    table = app.tables["per-user"]
-    assert isinstance(table, WindowedTable)
+    url = broker_url(request, tmp_path, place)
+    app, table, clicks, counts = make_app(url, f"idle-{tmp_path.name}"[:60], tmp_path, guarantee, IDLE_MS)
 
     async def main() -> None:
         # On embedded://, clients share the worker's in-process broker; on kafka://, they connect.
@@ -152,26 +161,14 @@ def test_window_left_open_by_a_stopped_worker_closes_after_restart_with_no_new_i
     """A worker stops with a window open and every input offset committed; the next worker reads
     nothing new (its position is the end of the log from the start) and must still close the window
     on idle: caught up means the committed position is the end, not "a record was read"."""
-    if place == "kafka":
-        url = f"kafka://{request.getfixturevalue('broker').bootstrap}"
-    else:
-        url = f"embedded://{tmp_path / 'data'}"
+    url = broker_url(request, tmp_path, place)
     app_id = f"idle-restart-{tmp_path.name}"[:60]
     window_ms = WINDOW_MS
 
-    def make_app(idle_ms: int) -> tuple[App, WindowedTable, str, str]:
-        app = App(app_id, broker=url, processing_guarantee=guarantee, topic_partitions=PARTITIONS,  # type: ignore[arg-type]
-                  state_dir=tmp_path / "state", window_idle_ms=idle_ms)
-        clicks = app.topic(f"{app_id}-clicks", key_type=str)
-        counts = app.topic(f"{app_id}-counts", key_type=str)
-        app.stream(clicks).tumbling_window(window_ms, name="per-user").count().final().to(counts)
-        table = app.tables["per-user"]
-        assert isinstance(table, WindowedTable)
-        return app, table, clicks.name, counts.name
-
     async def main() -> None:
         # The first worker would close the window only after an hour of silence.
-        app, table, clicks, counts = make_app(3_600_000)
+        app, table, clicks_topic, counts_topic = make_app(url, app_id, tmp_path, guarantee, 3_600_000)
+        clicks, counts = clicks_topic.name, counts_topic.name
         clients = app.transport if place == "embedded" else transport_from_url(url)
         await clients.start()
         await clients.create_topics([TopicSpec(clicks, PARTITIONS), TopicSpec(counts, PARTITIONS)])
@@ -198,7 +195,7 @@ def test_window_left_open_by_a_stopped_worker_closes_after_restart_with_no_new_i
             await app.transport.close()
 
         # The second worker: same state directory and group, nothing new to read, a short idle time.
-        app, table, clicks, counts = make_app(IDLE_MS)
+        app, table, _, _ = make_app(url, app_id, tmp_path, guarantee, IDLE_MS)
         if place == "embedded":
             clients = app.transport
             await clients.start()
