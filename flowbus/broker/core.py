@@ -1317,15 +1317,7 @@ class BrokerCore:
                 end = self._last_stable_offset(topic, partition, end)
             return ListOffsetsResult(ErrorCode.NONE, -1, end, 0)
         if timestamp == MAX_TIMESTAMP:
-            best: tuple[int, int] | None = None
-            for header, _ in plog.iter_batches(plog.log_start_offset):
-                if not header.is_control and (
-                    best is None or header.max_timestamp > best[0]
-                ):
-                    best = (header.max_timestamp, header.last_offset)
-            if best is None:
-                return ListOffsetsResult(ErrorCode.NONE, -1, -1, -1)
-            return ListOffsetsResult(ErrorCode.NONE, best[0], best[1], 0)
+            return self._max_timestamp_offset(plog)
         if timestamp < 0:
             return ListOffsetsResult(ErrorCode.INVALID_REQUEST)
         found = plog.offset_for_timestamp(timestamp)
@@ -1371,6 +1363,34 @@ class BrokerCore:
         """
         found = self.logs.get_log(topic, partition).aborted_transactions(start_offset, end_offset)
         return [(a.producer_id, a.first_offset) for a in found]
+
+    @staticmethod
+    def _max_timestamp_offset(plog: PartitionLog) -> ListOffsetsResult:
+        """ListOffsets MAX_TIMESTAMP (-3, KIP-734): the offset of the first record carrying the
+        largest timestamp, as Kafka answers since KAFKA-16310 (the batch's last offset before).
+
+        The first data batch with the largest max timestamp is found from the headers; only that
+        batch is decoded, to find its record. With LogAppendTime every record of a batch carries
+        the batch's time, so its first record is the answer.
+        """
+        best: tuple[int, bytes] | None = None
+        best_ts = -1
+        for header, data in plog.iter_batches(plog.log_start_offset):  # bounded by the log
+            if not header.is_control and (best is None or header.max_timestamp > best_ts):
+                best, best_ts = (header.base_offset, data), header.max_timestamp
+        if best is None:
+            return ListOffsetsResult(ErrorCode.NONE, -1, -1, -1)
+        base_offset, data = best
+        try:
+            _, records = decode_batch(data, 0)
+        except (CorruptRecordError, UnsupportedCompressionError):
+            records = []  # damaged since it was appended: its first offset is the best answer
+        for record in records:
+            if record.timestamp_ms == best_ts:
+                return ListOffsetsResult(ErrorCode.NONE, best_ts, record.offset, 0)
+        # LogAppendTime: the records keep their producer's times, the batch has the append time.
+        first = records[0].offset if records else base_offset
+        return ListOffsetsResult(ErrorCode.NONE, best_ts, first, 0)
 
     async def offset_for_leader_epoch(
         self, topic: str, partition: int, leader_epoch: int

@@ -89,3 +89,27 @@ def test_kafka_python_admin(
     assert groups is not None
     admin.delete_topics([topic])
     admin.close()
+
+
+def test_list_offsets_max_timestamp_names_the_record_not_its_batch(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
+    """ListOffsets MAX_TIMESTAMP (KIP-734, confluent-kafka's OffsetSpec.max_timestamp()) answers
+    the offset of the record with the largest timestamp, as Kafka does since KAFKA-16310, not
+    the last offset of the batch holding it (found by librdkafka's own suite)."""
+    topic = unique("maxts")
+    admin = ck_admin.AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([ck_admin.NewTopic(topic, 1, 1)])[topic].result(10)
+    now_ms = int(time.time() * 1000)
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1000})
+    # One batch (linger): the largest timestamp is the second of four records, and it appears twice.
+    for delta_ms in (-4000, -1000, -3000, -1000):
+        producer.produce(topic, b"v", timestamp=now_ms + delta_ms)
+    assert producer.flush(10) == 0
+    tp = confluent_kafka.TopicPartition(topic, 0)
+    found = admin.list_offsets({tp: ck_admin.OffsetSpec.max_timestamp()})[tp].result(10)
+    assert (found.offset, found.timestamp) == (1, now_ms - 1000)
+    producer.produce(topic, b"later", timestamp=now_ms - 2000)  # a later batch, an older time
+    assert producer.flush(10) == 0
+    found = admin.list_offsets({tp: ck_admin.OffsetSpec.max_timestamp()})[tp].result(10)
+    assert (found.offset, found.timestamp) == (1, now_ms - 1000)
