@@ -109,6 +109,8 @@ class TopicInfo:
     error_code: int
     partitions: int = 0
     is_internal: bool = False
+    #: The catalog's id of the topic (a UUID, new for a topic deleted and created again); "" if none.
+    topic_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -672,7 +674,7 @@ class BrokerCore:
                 meta = self.logs.topic(name)
             infos.append(
                 TopicInfo(
-                    name, ErrorCode.NONE, meta.partitions, name in INTERNAL_TOPICS
+                    name, ErrorCode.NONE, meta.partitions, name in INTERNAL_TOPICS, meta.topic_id
                 )
             )
         return MetadataResult(

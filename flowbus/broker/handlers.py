@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,13 @@ log = logging.getLogger(__name__)
 
 Body = dict[str, Any]
 ZERO_UUID = b"\x00" * 16
+
+
+def topic_id_bytes(topic_id: str) -> bytes:
+    """A topic id as Metadata carries it (16 bytes): the catalog's UUID, or all zeros (Kafka's
+    "no id") for a topic without one. Clients compare ids to notice a topic deleted and created
+    again under the same name (librdkafka then drops what it knew of the old one)."""
+    return uuid.UUID(topic_id).bytes if topic_id else ZERO_UUID
 PRODUCE_MIN_IMPLEMENTED_VERSION = 3
 FETCH_MIN_IMPLEMENTED_VERSION = 4
 #: Authorized-operations value meaning "not requested / not provided" (KIP-430).
@@ -215,7 +223,7 @@ class Handlers:
                 {
                     "error_code": t.error_code,
                     "name": t.name,
-                    "topic_id": ZERO_UUID,
+                    "topic_id": topic_id_bytes(t.topic_id),
                     "is_internal": t.is_internal,
                     "partitions": [
                         {

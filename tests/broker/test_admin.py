@@ -113,3 +113,34 @@ def test_list_offsets_max_timestamp_names_the_record_not_its_batch(
     assert producer.flush(10) == 0
     found = admin.list_offsets({tp: ck_admin.OffsetSpec.max_timestamp()})[tp].result(10)
     assert (found.offset, found.timestamp) == (1, now_ms - 1000)
+
+
+def test_metadata_carries_each_topics_id_and_a_new_one_after_it_is_recreated(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
+    """Metadata v10+ gives each topic the catalog's id (not the all-zero UUID), the same on every
+    answer, and a different one once the topic is deleted and created again: how a client
+    notices a topic recreated with fewer partitions (found by librdkafka's own suite)."""
+    topic = unique("tid")
+    admin = ck_admin.AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([ck_admin.NewTopic(topic, 3, 1)])[topic].result(10)
+
+    def topic_id() -> str:
+        [described] = admin.describe_topics(
+            confluent_kafka.TopicCollection([topic]), request_timeout=10
+        ).values()
+        return str(described.result(10).topic_id)
+
+    first = topic_id()
+    assert first != "AAAAAAAAAAAAAAAAAAAAAA" and first == topic_id()  # base64 of the zero UUID
+    admin.delete_topics([topic])[topic].result(10)
+    deadline = time.monotonic() + 20
+    while True:  # the deletion is done once a creation succeeds
+        try:
+            admin.create_topics([ck_admin.NewTopic(topic, 1, 1)])[topic].result(10)
+            break
+        except confluent_kafka.KafkaException:
+            assert time.monotonic() < deadline, "the topic could not be created again"
+            time.sleep(0.1)
+    second = topic_id()
+    assert second not in (first, "AAAAAAAAAAAAAAAAAAAAAA")
