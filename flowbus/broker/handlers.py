@@ -475,24 +475,45 @@ class Handlers:
 
     # -- topics and configs ----------------------------------------------------------------
 
+    def _manual_assignment(self, topic: Body) -> int | tuple[int, str]:
+        """A CreateTopics entry's manual replica assignment: its partition count when it is one
+        this broker can honour (partitions 0..n-1, each on this broker alone), else Kafka's
+        error and a message. As in Kafka, an assignment comes with num_partitions and
+        replication_factor of -1 (INVALID_REQUEST otherwise)."""
+        if topic["num_partitions"] != -1 or topic["replication_factor"] != -1:
+            return ErrorCode.INVALID_REQUEST, "with a replica assignment, num_partitions and replication_factor must be -1"
+        node_id = self.core.node.node_id
+        indexes = sorted(a["partition_index"] for a in topic["assignments"])
+        if indexes != list(range(len(indexes))):
+            return ErrorCode.INVALID_REPLICA_ASSIGNMENT, "partitions must be numbered 0 to n-1, each once"
+        for a in topic["assignments"]:
+            if list(a["broker_ids"]) != [node_id]:
+                return (
+                    ErrorCode.INVALID_REPLICA_ASSIGNMENT,
+                    f"partition {a['partition_index']} names brokers {list(a['broker_ids'])}; "
+                    f"this cluster has one broker, {node_id}, and one replica per partition",
+                )
+        return len(indexes)
+
     async def create_topics(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
     ) -> Body:
         new_topics = []
-        bad_assignments = set()
+        bad_assignments: dict[str, tuple[int, str]] = {}
         for t in body["topics"]:
+            partitions, replication = t["num_partitions"], t["replication_factor"]
             if t.get("assignments"):
-                bad_assignments.add(t["name"])
+                found = self._manual_assignment(t)
+                if isinstance(found, tuple):
+                    bad_assignments[t["name"]] = found
+                else:
+                    partitions, replication = found, 1
             configs = {
                 c["name"]: c["value"]
                 for c in t.get("configs", [])
                 if c.get("value") is not None
             }
-            new_topics.append(
-                NewTopic(
-                    t["name"], t["num_partitions"], t["replication_factor"], configs
-                )
-            )
+            new_topics.append(NewTopic(t["name"], partitions, replication, configs))
         results = await self.core.create_topics(
             [t for t in new_topics if t.name not in bad_assignments],
             validate_only=bool(body.get("validate_only", False)),
@@ -502,14 +523,8 @@ class Handlers:
         for t in new_topics:
             r = by_name.get(t.name)
             if r is None:
-                topics.append(
-                    {
-                        "name": t.name,
-                        "error_code": ErrorCode.INVALID_REPLICA_ASSIGNMENT,
-                        "error_message": "manual replica assignment is not supported",
-                        "configs": None,
-                    }
-                )
+                code, message = bad_assignments[t.name]
+                topics.append({"name": t.name, "error_code": code, "error_message": message, "configs": None})
                 continue
             topics.append(
                 {

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import confluent_kafka
 import confluent_kafka.admin as ck_admin
 import kafka.admin
+import kafka.errors
 import pytest
 
 from tests.support.broker_process import BrokerProcess
@@ -144,3 +145,23 @@ def test_metadata_carries_each_topics_id_and_a_new_one_after_it_is_recreated(
             time.sleep(0.1)
     second = topic_id()
     assert second not in (first, "AAAAAAAAAAAAAAAAAAAAAA")
+
+
+def test_create_topics_with_a_replica_assignment_naming_this_broker(
+    broker: BrokerProcess, unique: Callable[[str], str]
+) -> None:
+    """A manual replica assignment that puts every partition on this broker (id 0) is accepted
+    and gives the topic one partition per entry; one naming another broker is refused with
+    INVALID_REPLICA_ASSIGNMENT (found by librdkafka's own suite). Through kafka-python's admin
+    client (confluent-kafka's wrapper refuses assignments before sending them)."""
+    admin = kafka.admin.KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    topic, elsewhere = unique("assigned"), unique("elsewhere")
+    try:
+        admin.create_topics([kafka.admin.NewTopic(topic, -1, -1, replica_assignments={0: [0], 1: [0], 2: [0]})])
+        [described] = admin.describe_topics([topic])
+        assert (described["error_code"], len(described["partitions"])) == (0, 3)
+        with pytest.raises(kafka.errors.InvalidReplicationAssignmentError):
+            admin.create_topics([kafka.admin.NewTopic(elsewhere, -1, -1, replica_assignments={0: [0], 1: [1]})])
+        assert elsewhere not in admin.list_topics()
+    finally:
+        admin.close()
