@@ -490,8 +490,10 @@ class Handlers:
             if list(a["broker_ids"]) != [node_id]:
                 return (
                     ErrorCode.INVALID_REPLICA_ASSIGNMENT,
-                    f"partition {a['partition_index']} names brokers {list(a['broker_ids'])}; "
-                    f"this cluster has one broker, {node_id}, and one replica per partition",
+                    (
+                        f"partition {a['partition_index']} names brokers {list(a['broker_ids'])}; "
+                        f"this cluster has one broker, {node_id}, and one replica per partition"
+                    ),
                 )
         return len(indexes)
 
