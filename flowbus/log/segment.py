@@ -886,19 +886,17 @@ class LogSegment:
         Writers hold the owner's lock, under which alone the owner releases files, and a written
         segment is dirty (never released) until its fsync: the descriptor stays valid.
         """
-        with self._files_lock:
-            reopened = self._reopen_records_locked()
-            self._note_use_locked()
-            fd = self._fd
-        if reopened and self.on_reopen is not None:
-            self.on_reopen(self)
-        return fd
+        return self._use_records(pin=False)
 
     def _pin(self) -> int:
         """The records descriptor for a read, held open until the matching :meth:`_unpin`."""
+        return self._use_records(pin=True)
+
+    def _use_records(self, *, pin: bool) -> int:
         with self._files_lock:
             reopened = self._reopen_records_locked()
-            self._pins += 1
+            if pin:
+                self._pins += 1
             self._note_use_locked()
             fd = self._fd
         if reopened and self.on_reopen is not None:

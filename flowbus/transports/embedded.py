@@ -976,7 +976,7 @@ class EmbeddedTransport(Transport):
 
     async def list_topics(self, *, timeout_s: float | None = None) -> list[str]:
         await self.start()
-        return sorted(self.core.logs.topics())
+        return self.topics_now()
 
     async def delete_topics(self, names: Sequence[str], *, timeout_s: float | None = None) -> None:
         await self.start()
@@ -1096,7 +1096,4 @@ class EmbeddedTransport(Transport):
     ) -> dict[TopicPartition, int]:
         await self.start()
         await self.core.wait_loaded()
-        code, fetched = self.core.groups.fetch_offsets(group_id, None)
-        if code != ErrorCode.NONE:
-            raise TransportError(f"fetching offsets of group {group_id!r} failed with error {code}")
-        return {TopicPartition(f.topic, f.partition): f.offset for f in fetched if f.offset >= 0}
+        return self.group_offsets_now(group_id)
