@@ -5,9 +5,8 @@ Kafka's JSON message specs, as ``flowbus.protocol`` decodes them) and how versio
 core stays wire-independent; the server stays byte-only.
 
 A handler returns the response body, or None when no response must be sent (Produce acks=0).
-Versions advertised for client compatibility but not implemented (Produce < 3, Fetch < 4)
-are answered with UNSUPPORTED_VERSION: clients pick the highest common version, so they never
-send them (KAFKA-PROTOCOL.md, "advertise" column).
+Every advertised version is implemented: Produce starts at v3 and Fetch at v4 (RecordBatch v2
+only), so an older client fails to negotiate instead of failing on its first request.
 """
 
 from __future__ import annotations
@@ -45,8 +44,6 @@ def topic_id_bytes(topic_id: str) -> bytes:
     "no id") for a topic without one. Clients compare ids to notice a topic deleted and created
     again under the same name (librdkafka then drops what it knew of the old one)."""
     return uuid.UUID(topic_id).bytes if topic_id else ZERO_UUID
-PRODUCE_MIN_IMPLEMENTED_VERSION = 3
-FETCH_MIN_IMPLEMENTED_VERSION = 4
 #: Authorized-operations value meaning "not requested / not provided" (KIP-430).
 AUTHORIZED_OPERATIONS_OMITTED = -(1 << 31)
 #: SASL/PLAIN is accepted for client compatibility; any credentials pass (no authentication).
@@ -250,7 +247,6 @@ class Handlers:
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
     ) -> Body | None:
         acks = body.get("acks", 1)
-        old = header.api_version < PRODUCE_MIN_IMPLEMENTED_VERSION
         responses: list[Body] = []
         # Every partition is appended first (in request order); then the answers are collected,
         # some of which wait for an fsync (durable acks, group commit).
@@ -269,7 +265,7 @@ class Handlers:
                 partitions: list[dict[str, Any]] = []
                 responses.append({"name": name, "partition_responses": partitions})
                 for part in topic["partition_data"]:
-                    self._produce_partition(name, part, acks, old, partitions, pending)
+                    self._produce_partition(name, part, acks, partitions, pending)
         else:
             # Many partitions: yield to the event loop between slices so other clients are
             # served. Claimed before the first await, so a later produce to any of these
@@ -286,7 +282,7 @@ class Handlers:
                         if time.perf_counter() >= deadline:
                             await asyncio.sleep(0)  # never inside one partition's append
                             deadline = slice_deadline()
-                        self._produce_partition(name, part, acks, old, partitions, pending)
+                        self._produce_partition(name, part, acks, partitions, pending)
             finally:
                 order.release(keys, mine)
         deadline = slice_deadline()
@@ -321,19 +317,14 @@ class Handlers:
         name: str,
         part: Body,
         acks: int,
-        old: bool,
         partitions: list[dict[str, Any]],
         pending: list[tuple[list[dict[str, Any]], int, int, asyncio.Future[ProduceResult]]],
     ) -> None:
         """Append one partition's batches now; its answer goes to ``partitions`` (a placeholder
         filled in from ``pending`` once the answer may be sent)."""
         records = part.get("records")
-        if old or acks not in (0, 1, -1) or records is None:
-            error = (
-                ErrorCode.UNSUPPORTED_VERSION if old
-                else ErrorCode.INVALID_REQUIRED_ACKS if acks not in (0, 1, -1)
-                else ErrorCode.INVALID_RECORD
-            )
+        if acks not in (0, 1, -1) or records is None:
+            error = ErrorCode.INVALID_REQUIRED_ACKS if acks not in (0, 1, -1) else ErrorCode.INVALID_RECORD
             partitions.append({"index": part["index"], "error_code": error, "base_offset": -1})
             return
         future = self.core.produce_nowait(name, part["index"], records)
@@ -343,26 +334,6 @@ class Handlers:
     async def fetch(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
     ) -> Body:
-        if header.api_version < FETCH_MIN_IMPLEMENTED_VERSION:
-            return {
-                "throttle_time_ms": 0,
-                "error_code": ErrorCode.UNSUPPORTED_VERSION,
-                "responses": [
-                    {
-                        "topic": t["topic"],
-                        "partitions": [
-                            {
-                                "partition_index": p["partition"],
-                                "error_code": ErrorCode.UNSUPPORTED_VERSION,
-                                "high_watermark": -1,
-                                "records": None,
-                            }
-                            for p in t["partitions"]
-                        ],
-                    }
-                    for t in body["topics"]
-                ],
-            }
         requests = [
             FetchRequestPartition(
                 t["topic"],

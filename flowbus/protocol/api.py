@@ -44,8 +44,8 @@ class ApiKey(IntEnum):
 
 #: api key -> (min, max) version the broker advertises in ApiVersions and the codec accepts.
 SUPPORTED_VERSIONS: dict[ApiKey, tuple[int, int]] = {
-    ApiKey.PRODUCE: (0, 9),
-    ApiKey.FETCH: (0, 12),
+    ApiKey.PRODUCE: (3, 9),
+    ApiKey.FETCH: (4, 12),
     ApiKey.LIST_OFFSETS: (0, 7),
     ApiKey.METADATA: (0, 12),
     ApiKey.OFFSET_COMMIT: (0, 8),

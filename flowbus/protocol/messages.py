@@ -19,9 +19,10 @@ from __future__ import annotations
 from flowbus.protocol.api import ApiKey
 from flowbus.protocol.schema import MessageSpec, arr, f, message, struct
 
-# Produce (0). v3 adds transactional_id (and RecordBatch v2 only), v5 log_start_offset,
+# Produce (0), from v3: transactional_id and RecordBatch v2 only (older versions carry MessageSet
+# v0/v1, which flowbus does not speak, so they are not advertised). v5 log_start_offset,
 # v8 per-batch record errors, v9 flexible. acks=0 gets no response at all (the broker's job).
-PRODUCE_REQUEST = message("ProduceRequest", "0-9", "9+", [
+PRODUCE_REQUEST = message("ProduceRequest", "3-9", "9+", [
     f("transactional_id", "string", "3+", nullable="3+", default=None),
     f("acks", "int16"),
     f("timeout_ms", "int32"),
@@ -34,7 +35,7 @@ PRODUCE_REQUEST = message("ProduceRequest", "0-9", "9+", [
     ]),
 ])
 
-PRODUCE_RESPONSE = message("ProduceResponse", "0-9", "9+", [
+PRODUCE_RESPONSE = message("ProduceResponse", "3-9", "9+", [
     arr("responses", [
         f("name", "string", "0-12"),
         arr("partition_responses", [
@@ -56,7 +57,7 @@ PRODUCE_RESPONSE = message("ProduceResponse", "0-9", "9+", [
 # Fetch (1). v4 adds isolation level, LSO and aborted transactions, v7 fetch sessions, v11 rack
 # and preferred read replica, v12 flexible with tagged diverging epoch / current leader. v13+
 # (topic ids) is not spoken.
-FETCH_REQUEST = message("FetchRequest", "0-12", "12+", [
+FETCH_REQUEST = message("FetchRequest", "4-12", "12+", [
     f("cluster_id", "string", "12+", nullable="12+", tag=0, tagged="12+", default=None),
     f("replica_id", "int32", "0-14", default=-1),
     f("max_wait_ms", "int32"),
@@ -83,7 +84,7 @@ FETCH_REQUEST = message("FetchRequest", "0-12", "12+", [
     f("rack_id", "string", "11+", default=""),
 ])
 
-FETCH_RESPONSE = message("FetchResponse", "0-12", "12+", [
+FETCH_RESPONSE = message("FetchResponse", "4-12", "12+", [
     f("throttle_time_ms", "int32", "1+"),
     f("error_code", "int16", "7+"),
     f("session_id", "int32", "7+", default=0),

@@ -170,7 +170,7 @@ def test_api_versions_and_unknown_version_fallback(tmp_path: Path) -> None:
             k["api_key"]: (k["min_version"], k["max_version"])
             for k in response["api_keys"]
         }
-        assert ranges[ApiKey.PRODUCE] == (0, 9) and ranges[ApiKey.FETCH] == (0, 12)
+        assert ranges[ApiKey.PRODUCE] == (3, 9) and ranges[ApiKey.FETCH] == (4, 12)
         # ApiVersions v99: a raw header, since our own codec refuses to encode it.
         client.writer.write(
             struct.pack(">ihhi", 10, ApiKey.API_VERSIONS, 99, 42) + struct.pack(">h", 0)
@@ -295,24 +295,6 @@ def test_idle_connections_are_reaped(tmp_path: Path) -> None:
         assert await client.closed(timeout_s=5)
 
     run_with_broker(tmp_path, body, ServerLimits(connections_max_idle_ms=200))
-
-
-def test_old_produce_and_fetch_versions_answer_unsupported(tmp_path: Path) -> None:
-    async def body(h: Harness) -> None:
-        client = await h.connect()
-        await create(client, "old")
-        produced = await client.call(ApiKey.PRODUCE, 2, produce_body("old", [b"x"]))
-        assert (
-            produced["responses"][0]["partition_responses"][0]["error_code"]
-            == ErrorCode.UNSUPPORTED_VERSION
-        )
-        fetched = await client.call(ApiKey.FETCH, 3, fetch_body("old", 0))
-        assert (
-            fetched["responses"][0]["partitions"][0]["error_code"]
-            == ErrorCode.UNSUPPORTED_VERSION
-        )
-
-    run_with_broker(tmp_path, body)
 
 
 def test_corrupt_batch_is_rejected(tmp_path: Path) -> None:
