@@ -384,19 +384,40 @@ class BrokerCore:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                self.tick()
+                await self._tick_sliced()
             except Exception:  # a failed tick must not stop all future ticks
                 log.exception("broker tick failed")
+
+    async def _tick_sliced(self) -> None:
+        """:meth:`tick`, with the log's maintenance pass yielding to the event loop every
+        :data:`LOOP_SLICE_S`: with thousands of partitions one pass takes tens of milliseconds,
+        which every client would otherwise wait for ten times a second (issue 10, item 4)."""
+        deadline = slice_deadline()
+        try:
+            for _ in self.logs.maintenance_steps():
+                if time.perf_counter() >= deadline:
+                    await asyncio.sleep(0)
+                    deadline = slice_deadline()
+        except LogError:
+            log.exception("log maintenance failed; will retry on the next tick")
+        self._tick_after_maintenance()
 
     def tick(self) -> None:
         """Periodic work: the log's roll/retention/compaction, due fsyncs, group timeouts.
 
-        fsyncs run on a worker thread (one at a time) so they never stall the event loop.
+        fsyncs run on a worker thread (one at a time) so they never stall the event loop. The
+        broker's own timer runs the same work sliced (:meth:`_tick_sliced`); this form runs it in
+        one go, for tests and tools.
         """
         try:
             self.logs.tick(flush=False)
         except LogError:
             log.exception("log maintenance failed; will retry on the next tick")
+        self._tick_after_maintenance()
+
+    def _tick_after_maintenance(self) -> None:
+        """The tick's work after the log's maintenance pass: due fsyncs, groups, transactions,
+        producer expiry and snapshots."""
         if self._flush_due_future is None or self._flush_due_future.done():
             self._flush_due_future = asyncio.get_running_loop().run_in_executor(
                 None, self.logs.flush_due
