@@ -28,11 +28,13 @@ from flowbus.broker.group_commit import GroupCommit, InternalAppend
 from flowbus.broker.group_coordinator import GroupCoordinator, OffsetToCommit
 from flowbus.broker.producer_state import (
     PartitionProducerState,
+    ProducerEntry,
     ProducerIdManager,
     ProducerSnapshotFile,
     SnapshotEntry,
     Verdict,
 )
+from flowbus.broker.topic_admin import TopicAdmin
 from flowbus.broker.txn_coordinator import TransactionCoordinator
 from flowbus.broker.txn_state import TXN_STATE_TOPIC
 from flowbus.clock import SYSTEM_CLOCK, Clock
@@ -331,6 +333,8 @@ class BrokerCore:
         self.node = BrokerNode(
             config.node_id, config.advertised_host, config.advertised_port
         )
+        #: CreatePartitions, AlterConfigs, IncrementalAlterConfigs, DeleteRecords, DescribeLogDirs.
+        self.topic_admin = TopicAdmin(self, INTERNAL_TOPICS)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -1429,6 +1433,31 @@ class BrokerCore:
 
     # -- coordinators, producers -----------------------------------------------------------
 
+    def describe_producers(
+        self, topic: str, partition: int
+    ) -> tuple[int, list[tuple[int, ProducerEntry]]]:
+        """The producers a partition remembers, as ``(producer id, entry)`` (DescribeProducers).
+
+        The state is what idempotence and the LSO use, rebuilt from the log on first use as
+        for a produce. Internal topics are written by the broker (``append_internal``), which
+        does not keep their producer state: a state rebuilt here would miss later markers and
+        could hold their LSO back, so none is built for them (they report no producers).
+        Returns UNKNOWN_TOPIC_OR_PARTITION and no producers for a partition that does not exist.
+        """
+        if not self.partition_exists(topic, partition):
+            return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, []
+        if topic in INTERNAL_TOPICS:
+            return ErrorCode.NONE, []
+        try:
+            plog = self.logs.get_log(topic, partition)
+            state = self._producer_state(topic, partition, plog)
+        except UnknownTopicError:  # deleted between the check and the lookup
+            return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, []
+        except LogError as exc:  # the log could not be read to rebuild the state
+            log.error("describing producers of %s-%d failed: %s", topic, partition, exc)
+            return ErrorCode.KAFKA_STORAGE_ERROR, []
+        return ErrorCode.NONE, state.entries()
+
     async def find_coordinator(self, key: str, key_type: int) -> CoordinatorResult:
         """This broker coordinates every group and (issue 4) every transactional id."""
         if key_type not in (COORDINATOR_KEY_GROUP, COORDINATOR_KEY_TRANSACTION):
@@ -1459,6 +1488,8 @@ class BrokerCore:
         generation_id: int,
         member_id: str,
         offsets: list[OffsetToCommit],
+        *,
+        group_instance_id: str | None = None,
     ) -> list[int]:
         return await self.groups.commit_offsets(
             group_id,
@@ -1466,4 +1497,5 @@ class BrokerCore:
             member_id,
             offsets,
             partition_exists=self.partition_exists,
+            group_instance_id=group_instance_id,
         )

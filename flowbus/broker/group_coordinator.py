@@ -11,6 +11,11 @@ A group moves through Kafka's states (``GroupCoordinator.scala``, KIP-62, KIP-34
 * **Stable** — assignments are handed out; members heartbeat within their session timeout.
 * **Dead** — the group is being removed; it answers nothing.
 
+Static members (KIP-345, ``group.instance.id``) outlive their member ids: one that restarts
+within its session timeout takes its previous place and assignment under a new member id,
+without a rebalance, and the old id is fenced (FENCED_INSTANCE_ID). A rebalance does not drop
+a static member that failed to rejoin; only its session timeout or a LeaveGroup does.
+
 Time comes from an injected clock and one periodic :meth:`GroupCoordinator.tick`: session
 timeouts, rebalance timeouts, the initial rebalance delay and MEMBER_ID_REQUIRED reservations
 expire there, so there is no per-member sleeping task and tests use a ``ManualClock``.
@@ -56,7 +61,9 @@ from flowbus.broker.errors import InternalTopicError
 from flowbus.broker.internal_records import decode_str, encode_str
 from flowbus.clock import Clock
 from flowbus.errors import FlowbusError
+from flowbus.protocol.codec import decode_consumer_subscription
 from flowbus.protocol.error_codes import ErrorCode
+from flowbus.protocol.errors import MalformedMessageError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,9 @@ _INT16 = struct.Struct(">h")
 _INT32 = struct.Struct(">i")
 _OFFSET_VALUE = struct.Struct(">hqi")
 _INT64 = struct.Struct(">q")
+#: Offsets deleted per ``__consumer_offsets`` batch (DeleteGroups, OffsetDelete): about 60 bytes
+#: a tombstone, so a batch stays far below the topic's record-batch size limit.
+TOMBSTONES_PER_BATCH = 1_000
 
 
 class GroupState(Enum):
@@ -237,6 +247,9 @@ class _Group:
     members: dict[str, _Member] = field(default_factory=dict)
     #: Member ids handed out with MEMBER_ID_REQUIRED (KIP-394) → expiry (monotonic ms).
     pending_members: dict[str, int] = field(default_factory=dict)
+    #: KIP-345: group.instance.id → the member id of its current incarnation. An id not
+    #: listed here for its instance is a fenced (older) incarnation.
+    static_members: dict[str, str] = field(default_factory=dict)
     rebalance_deadline_ms: int = 0
     initial_delay_deadline_ms: int | None = None
     offsets: dict[tuple[str, int], CommittedOffset] = field(default_factory=dict)
@@ -304,6 +317,26 @@ def decode_offset_record(
     )
 
 
+def _subscription_changed(
+    protocol_type: str | None, old_metadata: bytes, new_metadata: bytes
+) -> bool:
+    """Did a restarted static member of a ``consumer`` group subscribe to other topics?
+
+    Only the topic set counts: a restarted client also sends other owned partitions, another
+    generation or user data, and rebalancing on those would defeat static membership.
+    Metadata of other protocol types, or that does not decode, is opaque: Kafka's rule (no
+    rebalance) applies.
+    """
+    if protocol_type != "consumer" or old_metadata == new_metadata:
+        return False
+    try:
+        _, old = decode_consumer_subscription(old_metadata)
+        _, new = decode_consumer_subscription(new_metadata)
+    except MalformedMessageError:
+        return False
+    return set(old["topics"] or ()) != set(new["topics"] or ())
+
+
 class GroupCoordinator:
     """All consumer groups of this broker (a single broker coordinates every group).
 
@@ -343,6 +376,11 @@ class GroupCoordinator:
         if committed is None:
             if group is not None:
                 group.offsets.pop((topic, partition), None)
+                if not group.offsets:
+                    # Its last offset deleted (DeleteGroups, OffsetDelete) and no members while
+                    # loading: nothing left to remember, as the tick decides for a live group.
+                    # Listing it after a restart would bring a deleted group back.
+                    del self._groups[group_id]
             return
         if group is None:
             group = self._groups[group_id] = _Group(group_id)
@@ -459,21 +497,36 @@ class GroupCoordinator:
             return ErrorCode.NONE
         if generation_id < 0 and (group is None or group.state is GroupState.EMPTY):
             return ErrorCode.NONE  # a member id without a generation: not group-managed
-        members = group.members if group is not None else {}
+        error = self._check_member(group, member_id, group_instance_id)
+        if error != ErrorCode.NONE:
+            return error
+        assert group is not None
+        if generation_id != group.generation_id:
+            return ErrorCode.ILLEGAL_GENERATION
+        return ErrorCode.NONE
+
+    @staticmethod
+    def _check_member(
+        group: _Group | None, member_id: str, group_instance_id: str | None
+    ) -> int:
+        """Is ``member_id`` the group's current member? (Kafka's ``validateCurrentMember``)
+
+        With a ``group_instance_id`` (KIP-345) the instance must be known and mapped to this
+        member id: a restarted static member replaces its member id, so the old incarnation,
+        still running somewhere, must learn it was replaced (FENCED_INSTANCE_ID) instead of
+        rejoining and taking the partitions back. An unknown instance or member id is
+        UNKNOWN_MEMBER_ID, which makes the client join again from scratch.
+        """
+        if group is None:
+            return ErrorCode.UNKNOWN_MEMBER_ID
         if group_instance_id is not None:
-            current = next(
-                (m.member_id for m in members.values() if m.group_instance_id == group_instance_id),
-                None,
-            )
+            current = group.static_members.get(group_instance_id)
             if current is None:
                 return ErrorCode.UNKNOWN_MEMBER_ID
             if current != member_id:
                 return ErrorCode.FENCED_INSTANCE_ID
-        if member_id not in members:
+        if member_id not in group.members:
             return ErrorCode.UNKNOWN_MEMBER_ID
-        assert group is not None
-        if generation_id != group.generation_id:
-            return ErrorCode.ILLEGAL_GENERATION
         return ErrorCode.NONE
 
     def finish_loading(self) -> None:
@@ -530,41 +583,43 @@ class GroupCoordinator:
             rebalance_timeout_ms if rebalance_timeout_ms > 0 else session_timeout_ms
         )
 
-        if not member_id or member_id in group.pending_members:
-            previous = None
-            if not member_id and group_instance_id is not None:
-                # KIP-345: a static member that restarts replaces its previous incarnation.
-                previous = next(
-                    (
-                        m
-                        for m in group.members.values()
-                        if m.group_instance_id == group_instance_id
-                    ),
-                    None,
+        if not member_id and group_instance_id is not None:
+            previous_id = group.static_members.get(group_instance_id)
+            if previous_id is not None:
+                # KIP-345: a static member that restarts takes over its previous incarnation.
+                return await self._rejoin_static(
+                    group,
+                    group.members[previous_id],
+                    f"{group_instance_id}-{uuid.uuid4()}",
+                    protocols,
+                    session_timeout_ms=session_timeout_ms,
+                    rebalance_timeout_ms=rebalance_timeout_ms,
+                    client_id=client_id,
+                    client_host=client_host,
                 )
+
+        if not member_id or member_id in group.pending_members:
             # Reserved ids count too, so MEMBER_ID_REQUIRED cannot be used to grow state unbounded.
             occupied = (
                 len(group.members)
                 + len(group.pending_members)
                 - (member_id in group.pending_members)
             )
-            if previous is None and occupied >= cfg.group_max_size:
+            if occupied >= cfg.group_max_size:
                 return JoinResult(ErrorCode.GROUP_MAX_SIZE_REACHED, member_id=member_id)
             if not member_id:
                 member_id = (
                     f"{group_instance_id or client_id or 'member'}-{uuid.uuid4()}"
                 )
+                # Static members skip the MEMBER_ID_REQUIRED round (KIP-345): their instance
+                # id already names them across retries.
                 if require_known_member_id and group_instance_id is None:
                     group.pending_members[member_id] = now_ms + session_timeout_ms
                     return JoinResult(ErrorCode.MEMBER_ID_REQUIRED, member_id=member_id)
-            if previous is not None:
-                log.info(
-                    "static member %s of group %s rejoined as %s",
-                    group_instance_id,
-                    group_id,
-                    member_id,
-                )
-                self._drop(group, previous, ErrorCode.FENCED_INSTANCE_ID)
+            if group_instance_id is not None and group_instance_id in group.static_members:
+                # Only a reserved dynamic id claimed with an instance id gets here; Kafka
+                # refuses that too. The instance keeps its current member.
+                return JoinResult(ErrorCode.FENCED_INSTANCE_ID, member_id=member_id)
             group.pending_members.pop(member_id, None)
             member = _Member(
                 member_id,
@@ -578,6 +633,8 @@ class GroupCoordinator:
                 now_ms,
             )
             group.members[member_id] = member
+            if group_instance_id is not None:
+                group.static_members[group_instance_id] = member_id
             if group.initial_delay_deadline_ms is not None:
                 # A new member during the initial delay extends it (bounded by the rebalance timeout).
                 group.initial_delay_deadline_ms = min(
@@ -586,10 +643,10 @@ class GroupCoordinator:
                 )
             return await self._await_join(group, member)
 
-        existing = group.members.get(member_id)
-        if existing is None:
-            return JoinResult(ErrorCode.UNKNOWN_MEMBER_ID, member_id=member_id)
-        member = existing
+        error = self._check_member(group, member_id, group_instance_id)
+        if error != ErrorCode.NONE:
+            return JoinResult(error, member_id=member_id)
+        member = group.members[member_id]
         member.last_seen_ms = now_ms
         unchanged = member.protocols == list(protocols)
         member.protocols = list(protocols)
@@ -605,6 +662,86 @@ class GroupCoordinator:
         ):
             return self._join_result(group, member)
         return await self._await_join(group, member)
+
+    async def _rejoin_static(
+        self,
+        group: _Group,
+        member: _Member,
+        new_member_id: str,
+        protocols: list[tuple[str, bytes]],
+        *,
+        session_timeout_ms: int,
+        rebalance_timeout_ms: int,
+        client_id: str,
+        client_host: str,
+    ) -> JoinResult:
+        """A known static member joined without a member id: it restarted (KIP-345).
+
+        As Kafka's ``updateStaticMemberAndRebalance``: the member keeps its place, assignment
+        and leadership under a new member id, and the old id is fenced. In a Stable group that
+        is the whole story: no rebalance, so the other members keep their partitions and this
+        one gets its previous assignment from SyncGroup. The answer names the leader as it was
+        *before* the replacement, so a restarted leader sees someone else's id there, acts as
+        a follower and does not compute an assignment a Stable group would never hand out
+        (JoinGroup v9's ``skip_assignment`` is the newer way; flowbus speaks up to v7).
+
+        A rebalance is still needed when the group's protocol would change (as in Kafka), and,
+        for ``consumer`` groups, when the member subscribes to other topics than before: Kafka
+        would keep the old assignment until some later rebalance, so partitions of a topic
+        nobody asked for would stay with it. During CompletingRebalance the leader may be
+        assigning to the old id, so the group rebalances; during PreparingRebalance this join
+        simply counts as the member's rejoin.
+        """
+        old_leader_id = group.leader_id
+        old_metadata = member.metadata_for(group.protocol_name)
+        log.info(
+            "static member %s of group %s rejoined as %s (was %s)",
+            member.group_instance_id,
+            group.group_id,
+            new_member_id,
+            member.member_id,
+        )
+        self._replace_member_id(group, member, new_member_id)
+        member.client_id = client_id
+        member.client_host = client_host
+        member.protocols = list(protocols)
+        member.session_timeout_ms = session_timeout_ms
+        member.rebalance_timeout_ms = rebalance_timeout_ms
+        member.last_seen_ms = self._clock.monotonic_ms()
+        if (
+            group.state is GroupState.STABLE
+            and self._select_protocol(group) == group.protocol_name
+            and not _subscription_changed(
+                group.protocol_type, old_metadata, member.metadata_for(group.protocol_name)
+            )
+        ):
+            return JoinResult(
+                ErrorCode.NONE,
+                group.generation_id,
+                group.protocol_type,
+                group.protocol_name,
+                old_leader_id or "",
+                new_member_id,
+            )
+        return await self._await_join(group, member)
+
+    def _replace_member_id(self, group: _Group, member: _Member, new_member_id: str) -> None:
+        """Give a static member a new id in place: same position (join order), same role.
+
+        A join or sync the old incarnation is still waiting on is answered FENCED_INSTANCE_ID,
+        as every later request with the old id will be.
+        """
+        old_member_id = member.member_id
+        self._fail_waiters(member, ErrorCode.FENCED_INSTANCE_ID)
+        group.members = {
+            (new_member_id if mid == old_member_id else mid): m
+            for mid, m in group.members.items()
+        }
+        member.member_id = new_member_id
+        if group.leader_id == old_member_id:
+            group.leader_id = new_member_id
+        assert member.group_instance_id is not None
+        group.static_members[member.group_instance_id] = new_member_id
 
     async def _await_join(self, group: _Group, member: _Member) -> JoinResult:
         if member.join_future is not None and not member.join_future.done():
@@ -634,9 +771,11 @@ class GroupCoordinator:
         if self.loading:
             return SyncResult(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS)
         group = self._groups.get(group_id)
-        member = group.members.get(member_id) if group is not None else None
-        if group is None or member is None:
-            return SyncResult(ErrorCode.UNKNOWN_MEMBER_ID)
+        error = self._check_member(group, member_id, group_instance_id)
+        if error != ErrorCode.NONE:
+            return SyncResult(error)
+        assert group is not None
+        member = group.members[member_id]
         if generation_id != group.generation_id:
             return SyncResult(ErrorCode.ILLEGAL_GENERATION)
         if (protocol_type is not None and protocol_type != group.protocol_type) or (
@@ -674,13 +813,19 @@ class GroupCoordinator:
         member_id: str,
         group_instance_id: str | None = None,
     ) -> int:
-        """Keep a member's session alive; tells it to rejoin while the group rebalances."""
+        """Keep a member's session alive; tells it to rejoin while the group rebalances.
+
+        A replaced static incarnation (KIP-345) is answered FENCED_INSTANCE_ID, so it stops
+        instead of rejoining and taking its partitions back from its successor.
+        """
         if self.loading:
             return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
         group = self._groups.get(group_id)
-        member = group.members.get(member_id) if group is not None else None
-        if group is None or member is None:
-            return ErrorCode.UNKNOWN_MEMBER_ID
+        error = self._check_member(group, member_id, group_instance_id)
+        if error != ErrorCode.NONE:
+            return error
+        assert group is not None
+        member = group.members[member_id]
         if generation_id != group.generation_id:
             return ErrorCode.ILLEGAL_GENERATION
         member.last_seen_ms = self._clock.monotonic_ms()
@@ -691,7 +836,14 @@ class GroupCoordinator:
     def leave_group(
         self, group_id: str, members: list[tuple[str, str | None]]
     ) -> LeaveResult:
-        """Remove members at once (LeaveGroup; v3+ sends several); the group rebalances."""
+        """Remove members at once (LeaveGroup; v3+ sends several); the group rebalances.
+
+        As Kafka's ``handleLeaveGroup`` (KIP-345): an entry with an instance id and no member
+        id removes whichever member that instance currently is (an admin removing a static
+        member, whose clients never send LeaveGroup themselves); an entry naming both must
+        name the current incarnation, else that entry is answered FENCED_INSTANCE_ID and
+        nobody leaves. Each entry's answer echoes the ids it was asked with.
+        """
         if self.loading:
             return LeaveResult(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS)
         group = self._groups.get(group_id)
@@ -702,27 +854,20 @@ class GroupCoordinator:
             )
         outcome: list[tuple[str, str | None, int]] = []
         for member_id, instance_id in members:
-            member = group.members.get(member_id)
-            if member is None and instance_id is not None:
-                member = next(
-                    (
-                        m
-                        for m in group.members.values()
-                        if m.group_instance_id == instance_id
-                    ),
-                    None,
-                )
-            if member is None:
-                if group.pending_members.pop(member_id, None) is not None:
-                    outcome.append((member_id, instance_id, ErrorCode.NONE))
-                    self._maybe_complete_join(group)
-                else:
-                    outcome.append(
-                        (member_id, instance_id, ErrorCode.UNKNOWN_MEMBER_ID)
-                    )
+            if group.pending_members.pop(member_id, None) is not None:
+                outcome.append((member_id, instance_id, ErrorCode.NONE))
+                self._maybe_complete_join(group)
                 continue
-            self._remove_member(group, member, "left the group")
-            outcome.append((member.member_id, instance_id, ErrorCode.NONE))
+            current = member_id
+            error: int
+            if not member_id and instance_id is not None:
+                current = group.static_members.get(instance_id, "")
+                error = ErrorCode.NONE if current else ErrorCode.UNKNOWN_MEMBER_ID
+            else:
+                error = self._check_member(group, member_id, instance_id)
+            if error == ErrorCode.NONE:
+                self._remove_member(group, group.members[current], "left the group")
+            outcome.append((member_id, instance_id, error))
         return LeaveResult(ErrorCode.NONE, outcome)
 
     # -- offsets ---------------------------------------------------------------------------
@@ -735,13 +880,15 @@ class GroupCoordinator:
         offsets: list[OffsetToCommit],
         *,
         partition_exists: Callable[[str, int], bool],
+        group_instance_id: str | None = None,
     ) -> list[int]:
         """Commit offsets for a group; returns one error code per entry of ``offsets``.
 
         Generation -1 with no member id is a "simple" commit (a consumer that assigns
-        partitions itself); it is accepted only while the group has no members.
+        partitions itself); it is accepted only while the group has no members. A replaced
+        static incarnation (``group_instance_id``, OffsetCommit v7+) is FENCED_INSTANCE_ID.
         """
-        error = self._check_commit(group_id, generation_id, member_id)
+        error = self._check_commit(group_id, generation_id, member_id, group_instance_id)
         if error != ErrorCode.NONE:
             return [error] * len(offsets)
         group = self._groups.get(group_id)
@@ -794,7 +941,14 @@ class GroupCoordinator:
             errors.append(ErrorCode.NONE)
         return errors, records, accepted
 
-    def _check_commit(self, group_id: str, generation_id: int, member_id: str) -> int:
+    def _check_commit(
+        self,
+        group_id: str,
+        generation_id: int,
+        member_id: str,
+        group_instance_id: str | None = None,
+    ) -> int:
+        """May an OffsetCommit naming this generation and member (and instance, v7+) commit?"""
         if self.loading:
             return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
         if not group_id:
@@ -806,9 +960,10 @@ class GroupCoordinator:
             return ErrorCode.UNKNOWN_MEMBER_ID
         if group is None:
             return ErrorCode.ILLEGAL_GENERATION
-        member = group.members.get(member_id)
-        if member is None:
-            return ErrorCode.UNKNOWN_MEMBER_ID
+        error = self._check_member(group, member_id, group_instance_id)
+        if error != ErrorCode.NONE:
+            return error
+        member = group.members[member_id]
         if generation_id != group.generation_id:
             return ErrorCode.ILLEGAL_GENERATION
         if group.state is GroupState.COMPLETING_REBALANCE:
@@ -848,6 +1003,150 @@ class GroupCoordinator:
                     )
                 )
         return ErrorCode.NONE, result
+
+    # -- deletion (DeleteGroups, OffsetDelete) ---------------------------------------------
+
+    async def delete_groups(self, group_ids: list[str]) -> list[tuple[str, int]]:
+        """Delete empty groups and their committed offsets (DeleteGroups); ``(id, error)`` each.
+
+        As Kafka's coordinator decides it: an empty id is INVALID_GROUP_ID, an unknown group
+        (or one already being deleted) GROUP_ID_NOT_FOUND, a group with members
+        NON_EMPTY_GROUP. The offsets go by tombstones in ``__consumer_offsets``, which
+        :meth:`load_record` applies at start, so a restart does not bring them back.
+        Transactional offsets still pending are left to their transaction, live and in the
+        replay alike: a commit marker written after the tombstones recreates the group.
+        """
+        results = []
+        for group_id in group_ids:  # bounded by the request's element limit
+            results.append((group_id, await self._delete_group(group_id)))
+        return results
+
+    async def _delete_group(self, group_id: str) -> int:
+        if self.loading:
+            return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+        if not group_id:
+            return ErrorCode.INVALID_GROUP_ID
+        group = self._groups.get(group_id)
+        if group is None or group.state is GroupState.DEAD:
+            return ErrorCode.GROUP_ID_NOT_FOUND
+        if group.state is not GroupState.EMPTY or group.members:
+            return ErrorCode.NON_EMPTY_GROUP
+        # Dead while the tombstones are written: a join meanwhile is refused
+        # (COORDINATOR_NOT_AVAILABLE) and a commit finds no member, so nothing new is
+        # committed that the tombstones would miss.
+        group.state = GroupState.DEAD
+        written: set[tuple[str, int]] = set()
+        error = await self._write_tombstones(group, list(group.offsets), written)
+        if error == ErrorCode.NONE:
+            # A commit accepted before the group died but waiting for its fsync applies its
+            # offsets only now (its waiter is answered before ours: it appended first). Its
+            # records precede our tombstones, so tombstone any key it added as well.
+            late = [key for key in group.offsets if key not in written]
+            error = await self._write_tombstones(group, late, written)
+        if error != ErrorCode.NONE:
+            group.state = GroupState.EMPTY  # the client may retry; written keys are gone
+            return error
+        if self._groups.get(group_id) is group:
+            del self._groups[group_id]
+        log.info("group %s deleted with %d committed offsets", group_id, len(written))
+        return ErrorCode.NONE
+
+    async def delete_offsets(
+        self,
+        group_id: str,
+        partitions: list[tuple[str, int]],
+        *,
+        partition_exists: Callable[[str, int], bool],
+    ) -> tuple[int, list[int]]:
+        """Delete a group's committed offsets (OffsetDelete, KIP-496).
+
+        Returns a group-level error (then the list is empty) or one error per partition. As in
+        Kafka: an unknown group is GROUP_ID_NOT_FOUND; an empty group loses every offset asked
+        for; a live ``consumer`` group keeps those of topics its members subscribe to
+        (GROUP_SUBSCRIBED_TO_TOPIC, since its consumers would commit them again or, worse,
+        restart from the reset policy); a live group of another protocol type, whose
+        subscriptions cannot be read, is NON_EMPTY_GROUP. A partition that does not exist is
+        UNKNOWN_TOPIC_OR_PARTITION unless the group still has an offset for it (left over
+        from a deleted topic), which is deleted.
+        """
+        if self.loading:
+            return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, []
+        if not group_id:
+            return ErrorCode.INVALID_GROUP_ID, []
+        group = self._groups.get(group_id)
+        if group is None or group.state is GroupState.DEAD:
+            return ErrorCode.GROUP_ID_NOT_FOUND, []
+        subscribed: frozenset[str] | None = frozenset()
+        if group.state is not GroupState.EMPTY or group.members:
+            if group.protocol_type != "consumer":
+                return ErrorCode.NON_EMPTY_GROUP, []
+            subscribed = self._subscribed_topics(group)
+        errors: list[int] = []
+        deletable: list[tuple[str, int]] = []
+        for topic, partition in partitions:
+            if (topic, partition) not in group.offsets and not partition_exists(topic, partition):
+                errors.append(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+            elif subscribed is None or topic in subscribed:
+                errors.append(ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC)
+            else:
+                errors.append(ErrorCode.NONE)
+                deletable.append((topic, partition))
+        # Every deletable partition gets a tombstone, with an offset or not: a commit waiting
+        # for its fsync may hold an offset for it that is not in ``group.offsets`` yet.
+        written: set[tuple[str, int]] = set()
+        error = await self._write_tombstones(group, list(dict.fromkeys(deletable)), written)
+        if error != ErrorCode.NONE:
+            errors = [
+                error if e == ErrorCode.NONE and tp not in written else e
+                for e, tp in zip(errors, partitions)
+            ]
+        return ErrorCode.NONE, errors
+
+    def _subscribed_topics(self, group: _Group) -> frozenset[str] | None:
+        """Topics the members of a ``consumer`` group subscribe to; None when some member's
+        metadata cannot be read (then every topic counts as subscribed, as in Kafka).
+
+        Read from each member's metadata for the selected protocol, or for all its protocols
+        while none is selected yet (the first rebalance of the group).
+        """
+        topics: set[str] = set()
+        for member in group.members.values():  # bounded by group_max_size
+            if group.protocol_name is not None:
+                metadatas = [member.metadata_for(group.protocol_name)]
+            else:
+                metadatas = [metadata for _, metadata in member.protocols]
+            for metadata in metadatas:
+                try:
+                    _, subscription = decode_consumer_subscription(metadata)
+                except MalformedMessageError:
+                    return None
+                topics.update(subscription["topics"] or ())
+        return frozenset(topics)
+
+    async def _write_tombstones(
+        self, group: _Group, keys: list[tuple[str, int]], written: set[tuple[str, int]]
+    ) -> int:
+        """Append tombstones for ``keys`` of the group, then forget those offsets; an error code.
+
+        Written in batches of :data:`TOMBSTONES_PER_BATCH` so a group with very many offsets
+        never builds one oversized batch. ``written`` collects the keys whose tombstones were
+        appended (and dropped from memory), also when a later batch fails.
+        """
+        for start in range(0, len(keys), TOMBSTONES_PER_BATCH):
+            chunk = keys[start:start + TOMBSTONES_PER_BATCH]
+            records: list[tuple[bytes, bytes | None]] = [
+                (encode_offset_key(group.group_id, topic, partition), None)
+                for topic, partition in chunk
+            ]
+            try:
+                await self._store.append_offsets(group.group_id, records)
+            except FlowbusError as exc:
+                log.error("deleting offsets of group %s failed: %s", group.group_id, exc)
+                return ErrorCode.COORDINATOR_NOT_AVAILABLE
+            for key in chunk:
+                group.offsets.pop(key, None)
+                written.add(key)
+        return ErrorCode.NONE
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -1008,9 +1307,28 @@ class GroupCoordinator:
         self._complete_join(group)
 
     def _complete_join(self, group: _Group) -> None:
+        """End the join phase: bump the generation and answer every waiting JoinGroup.
+
+        Dynamic members that did not rejoin are dropped. Static ones stay (KIP-345, Kafka's
+        ``onCompleteJoin``): a static member that is restarting keeps its place and gets its
+        partitions back when it returns; only its session timeout removes it. The leader must
+        be a member that rejoined, since only it gets the member list; when no member at all
+        rejoined, the join phase waits another rebalance timeout for someone to rejoin or for
+        the sessions of the absent static members to expire, as Kafka does.
+        """
         for member in list(group.members.values()):
-            if member.join_future is None:
+            if member.join_future is None and member.group_instance_id is None:
                 self._drop(group, member)
+        joined = [m for m in group.members.values() if m.join_future is not None]
+        if group.members and not joined:
+            group.rebalance_deadline_ms = self._clock.monotonic_ms() + max(
+                m.rebalance_timeout_ms for m in group.members.values()
+            )
+            log.info(
+                "group %s: no member rejoined before the rebalance timeout; waiting longer",
+                group.group_id,
+            )
+            return
         group.pending_members.clear()
         group.initial_delay_deadline_ms = None
         group.generation_id += 1
@@ -1024,8 +1342,9 @@ class GroupCoordinator:
         first = next(iter(group.members.values()))
         group.protocol_type = first.protocol_type
         group.protocol_name = self._select_protocol(group)
-        if group.leader_id not in group.members:
-            group.leader_id = first.member_id
+        leader = group.members.get(group.leader_id or "")
+        if leader is None or leader.join_future is None:
+            group.leader_id = joined[0].member_id
         group.state = GroupState.COMPLETING_REBALANCE
         now_ms = self._clock.monotonic_ms()
         for member in group.members.values():
@@ -1104,6 +1423,9 @@ class GroupCoordinator:
         error_code: int = ErrorCode.UNKNOWN_MEMBER_ID,
     ) -> None:
         del group.members[member.member_id]
+        instance_id = member.group_instance_id
+        if instance_id is not None and group.static_members.get(instance_id) == member.member_id:
+            del group.static_members[instance_id]
         self._fail_waiters(member, error_code)
         if group.leader_id == member.member_id:
             group.leader_id = None

@@ -29,6 +29,7 @@ from flowbus.broker.core import (
 )
 from flowbus.broker.errors import CloseConnection
 from flowbus.broker.group_coordinator import OffsetToCommit
+from flowbus.broker.topic_admin import AlterConfigsResult, ConfigChange, NewPartitions
 from flowbus.protocol.api import ApiKey
 from flowbus.protocol.codec import RequestHeader, api_versions_body
 from flowbus.protocol.error_codes import ErrorCode
@@ -46,6 +47,14 @@ def topic_id_bytes(topic_id: str) -> bytes:
     return uuid.UUID(topic_id).bytes if topic_id else ZERO_UUID
 #: Authorized-operations value meaning "not requested / not provided" (KIP-430).
 AUTHORIZED_OPERATIONS_OMITTED = -(1 << 31)
+#: Every operation Kafka defines on the cluster resource (Create 5, Alter 7, Describe 8,
+#: ClusterAction 9, DescribeConfigs 10, AlterConfigs 11, IdempotentWrite 12), one bit per
+#: AclOperation code: what Kafka reports when asked and no authorizer is configured, and
+#: flowbus authorizes everything.
+CLUSTER_OPERATIONS_ALL = sum(1 << code for code in (5, 7, 8, 9, 10, 11, 12))
+#: DescribeCluster endpoint types (KIP-919): this broker is a broker endpoint only.
+ENDPOINT_TYPE_BROKERS = 1
+ENDPOINT_TYPE_CONTROLLERS = 2
 #: SASL/PLAIN is accepted for client compatibility; any credentials pass (no authentication).
 SASL_MECHANISMS = ["PLAIN"]
 
@@ -155,6 +164,11 @@ class Handlers:
             ApiKey.CREATE_TOPICS: self.create_topics,
             ApiKey.DELETE_TOPICS: self.delete_topics,
             ApiKey.DESCRIBE_CONFIGS: self.describe_configs,
+            ApiKey.CREATE_PARTITIONS: self.create_partitions,
+            ApiKey.ALTER_CONFIGS: self.alter_configs,
+            ApiKey.INCREMENTAL_ALTER_CONFIGS: self.incremental_alter_configs,
+            ApiKey.DELETE_RECORDS: self.delete_records,
+            ApiKey.DESCRIBE_LOG_DIRS: self.describe_log_dirs,
             ApiKey.OFFSET_FOR_LEADER_EPOCH: self.offset_for_leader_epoch,
             ApiKey.FIND_COORDINATOR: self.find_coordinator,
             ApiKey.JOIN_GROUP: self.join_group,
@@ -172,6 +186,12 @@ class Handlers:
             ApiKey.ADD_OFFSETS_TO_TXN: self.add_offsets_to_txn,
             ApiKey.END_TXN: self.end_txn,
             ApiKey.TXN_OFFSET_COMMIT: self.txn_offset_commit,
+            ApiKey.DELETE_GROUPS: self.delete_groups,
+            ApiKey.OFFSET_DELETE: self.offset_delete,
+            ApiKey.DESCRIBE_CLUSTER: self.describe_cluster,
+            ApiKey.DESCRIBE_PRODUCERS: self.describe_producers,
+            ApiKey.DESCRIBE_TRANSACTIONS: self.describe_transactions,
+            ApiKey.LIST_TRANSACTIONS: self.list_transactions,
         }
 
     def register(self, api_key: int, handler: Handler) -> None:
@@ -238,7 +258,12 @@ class Handlers:
                 }
                 for t in result.topics
             ],
-            "cluster_authorized_operations": AUTHORIZED_OPERATIONS_OMITTED,
+            # Metadata v8-10 asks for them too; librdkafka's DescribeCluster uses it (not API 60).
+            "cluster_authorized_operations": (
+                CLUSTER_OPERATIONS_ALL
+                if body.get("include_cluster_authorized_operations")
+                else AUTHORIZED_OPERATIONS_OMITTED
+            ),
         }
 
     # -- produce / fetch -------------------------------------------------------------------
@@ -570,6 +595,108 @@ class Handlers:
             ],
         }
 
+    async def create_partitions(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        topics = [
+            NewPartitions(
+                t["name"],
+                t["count"],
+                None if t.get("assignments") is None else [list(a["broker_ids"]) for a in t["assignments"]],
+            )
+            for t in body["topics"]
+        ]
+        results = await self.core.topic_admin.create_partitions(
+            topics, validate_only=bool(body.get("validate_only", False))
+        )
+        return {
+            "throttle_time_ms": 0,
+            "results": [
+                {"name": r.name, "error_code": r.error_code, "error_message": r.error_message}
+                for r in results
+            ],
+        }
+
+    async def alter_configs(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        resources = [
+            (r["resource_type"], r["resource_name"], [(c["name"], c.get("value")) for c in r["configs"]])
+            for r in body["resources"]
+        ]
+        results = await self.core.topic_admin.alter_configs(
+            resources, validate_only=bool(body.get("validate_only", False))
+        )
+        return {"throttle_time_ms": 0, "responses": _alter_configs_responses(results)}
+
+    async def incremental_alter_configs(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        resources = [
+            (
+                r["resource_type"],
+                r["resource_name"],
+                [ConfigChange(c["name"], c["config_operation"], c.get("value")) for c in r["configs"]],
+            )
+            for r in body["resources"]
+        ]
+        results = await self.core.topic_admin.incremental_alter_configs(
+            resources, validate_only=bool(body.get("validate_only", False))
+        )
+        return {"throttle_time_ms": 0, "responses": _alter_configs_responses(results)}
+
+    async def delete_records(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        wanted = [
+            (t["name"], p["partition_index"], p["offset"])
+            for t in body["topics"]
+            for p in t["partitions"]
+        ]
+        results = await self.core.topic_admin.delete_records(wanted)
+        topics: list[Body] = []
+        by_topic: dict[str, list[Body]] = {}
+        for r in results:
+            partitions = by_topic.get(r.topic)
+            if partitions is None:
+                partitions = by_topic[r.topic] = []
+                topics.append({"name": r.topic, "partitions": partitions})
+            partitions.append(
+                {"partition_index": r.partition, "low_watermark": r.low_watermark, "error_code": r.error_code}
+            )
+        return {"throttle_time_ms": 0, "topics": topics}
+
+    async def describe_log_dirs(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        requested = body.get("topics")
+        wanted = None if requested is None else [(t["topic"], list(t["partitions"])) for t in requested]
+        d = await self.core.topic_admin.describe_log_dirs(wanted)
+        topics: list[Body] = []
+        by_topic: dict[str, list[Body]] = {}
+        for p in d.partitions:
+            partitions = by_topic.get(p.topic)
+            if partitions is None:
+                partitions = by_topic[p.topic] = []
+                topics.append({"name": p.topic, "partitions": partitions})
+            # One replica per partition, the current one: no lag, never a future log.
+            partitions.append(
+                {"partition_index": p.partition, "partition_size": p.size_bytes, "offset_lag": 0, "is_future_key": False}
+            )
+        return {
+            "throttle_time_ms": 0,
+            "error_code": 0,
+            "results": [
+                {
+                    "error_code": 0,
+                    "log_dir": d.path,
+                    "topics": topics,
+                    "total_bytes": d.total_bytes,
+                    "usable_bytes": d.usable_bytes,
+                }
+            ],
+        }
+
     # -- groups ----------------------------------------------------------------------------
 
     async def find_coordinator(
@@ -687,11 +814,15 @@ class Handlers:
         group_id = body["group_id"]
         generation_id = body.get("generation_id_or_member_epoch", -1)
         member_id = body.get("member_id", "")
+        # v7+: a replaced static incarnation is fenced (KIP-345).
+        instance_id = body.get("group_instance_id")
         order = self._commit_order
         keys = (group_id,)
         if len(offsets) <= PARTITIONS_PER_SLICE and not (order.active and order.busy(keys)):
             # The common case: checked and appended as one batch before the first await.
-            errors = await self.core.commit_offsets(group_id, generation_id, member_id, offsets)
+            errors = await self.core.commit_offsets(
+                group_id, generation_id, member_id, offsets, group_instance_id=instance_id
+            )
             return {"throttle_time_ms": 0, "topics": _commit_results(offsets, errors)}
         # Many partitions (up to 10,000): commit them in slices of PARTITIONS_PER_SLICE, one
         # __consumer_offsets batch each, yielding in between, so other clients are served.
@@ -706,7 +837,11 @@ class Handlers:
                 if start:
                     await asyncio.sleep(0)
                 errors += await self.core.commit_offsets(
-                    group_id, generation_id, member_id, offsets[start:start + PARTITIONS_PER_SLICE]
+                    group_id,
+                    generation_id,
+                    member_id,
+                    offsets[start:start + PARTITIONS_PER_SLICE],
+                    group_instance_id=instance_id,
                 )
         finally:
             order.release(keys, mine)
@@ -940,6 +1075,182 @@ class Handlers:
             "session_lifetime_ms": 0,
         }
 
+    # -- admin: groups, cluster, producers, transactions (issue 12) -------------------------
+
+    async def delete_groups(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        results = await self.core.groups.delete_groups(list(body["groups_names"]))
+        return {
+            "throttle_time_ms": 0,
+            "results": [{"group_id": group_id, "error_code": error} for group_id, error in results],
+        }
+
+    async def offset_delete(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        wanted = [
+            (t["name"], p["partition_index"]) for t in body["topics"] for p in t["partitions"]
+        ]
+        error, errors = await self.core.groups.delete_offsets(
+            body["group_id"], wanted, partition_exists=self.core.partition_exists
+        )
+        topics: list[Body] = []
+        if error == ErrorCode.NONE:  # a group-level error carries no topics, as in Kafka
+            by_topic: dict[str, list[Body]] = {}
+            for (topic, partition), partition_error in zip(wanted, errors):
+                partitions = by_topic.get(topic)
+                if partitions is None:
+                    partitions = by_topic[topic] = []
+                    topics.append({"name": topic, "partitions": partitions})
+                partitions.append({"partition_index": partition, "error_code": partition_error})
+        return {"error_code": error, "throttle_time_ms": 0, "topics": topics}
+
+    async def describe_cluster(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        node = self.core.node
+        answer: Body = {
+            "throttle_time_ms": 0,
+            "error_code": ErrorCode.NONE,
+            "error_message": None,
+            # What this endpoint is (v1+, KIP-919): a broker; it has no controller endpoint.
+            "endpoint_type": ENDPOINT_TYPE_BROKERS,
+            "cluster_id": self.core.config.cluster_id,
+            "controller_id": node.node_id,
+            "brokers": [
+                {
+                    "broker_id": node.node_id,
+                    "host": node.host,
+                    "port": node.port,
+                    "rack": None,
+                    "is_fenced": False,
+                }
+            ],
+            "cluster_authorized_operations": (
+                CLUSTER_OPERATIONS_ALL
+                if body.get("include_cluster_authorized_operations")
+                else AUTHORIZED_OPERATIONS_OMITTED
+            ),
+        }
+        endpoint_type = body.get("endpoint_type", ENDPOINT_TYPE_BROKERS)
+        if endpoint_type != ENDPOINT_TYPE_BROKERS:
+            answer["error_code"] = (
+                ErrorCode.MISMATCHED_ENDPOINT_TYPE
+                if endpoint_type == ENDPOINT_TYPE_CONTROLLERS
+                else ErrorCode.UNSUPPORTED_ENDPOINT_TYPE
+            )
+            answer["error_message"] = (
+                f"endpoint type {endpoint_type} asked for; this is a broker endpoint "
+                f"(type {ENDPOINT_TYPE_BROKERS}) and the cluster has no separate controllers"
+            )
+            answer["brokers"] = []
+            answer["cluster_authorized_operations"] = AUTHORIZED_OPERATIONS_OMITTED
+        return answer
+
+    async def describe_producers(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        txn = self.core.txn
+        topics: list[Body] = []
+        deadline = slice_deadline()
+        for topic in body["topics"]:
+            partitions: list[Body] = []
+            for index in topic["partition_indexes"]:
+                if time.perf_counter() >= deadline:
+                    # Up to 10,000 partitions, each maybe rebuilding its producer state from
+                    # the log: let other clients in. Read-only, so nothing to keep in order.
+                    await asyncio.sleep(0)
+                    deadline = slice_deadline()
+                error, entries = self.core.describe_producers(topic["name"], index)
+                partitions.append(
+                    {
+                        "partition_index": index,
+                        "error_code": error,
+                        "error_message": None,
+                        "active_producers": [
+                            {
+                                "producer_id": producer_id,
+                                "producer_epoch": entry.epoch,
+                                "last_sequence": entry.last_sequence,
+                                "last_timestamp": entry.last_timestamp_ms,
+                                "coordinator_epoch": txn.coordinator_epoch_of(producer_id),
+                                "current_txn_start_offset": (
+                                    -1
+                                    if entry.current_txn_first_offset is None
+                                    else entry.current_txn_first_offset
+                                ),
+                            }
+                            for producer_id, entry in entries
+                        ],
+                    }
+                )
+            topics.append({"name": topic["name"], "partitions": partitions})
+        return {"throttle_time_ms": 0, "topics": topics}
+
+    async def describe_transactions(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        states: list[Body] = []
+        for transactional_id, error, meta in self.core.txn.describe_transactions(
+            list(body["transactional_ids"])
+        ):
+            if meta is None:
+                states.append(
+                    {
+                        "error_code": error,
+                        "transactional_id": transactional_id,
+                        "transaction_state": "",
+                        "transaction_timeout_ms": 0,
+                        "transaction_start_time_ms": -1,
+                        "producer_id": -1,
+                        "producer_epoch": -1,
+                        "topics": [],
+                    }
+                )
+                continue
+            by_topic: dict[str, list[int]] = {}
+            for topic, partition in sorted(meta.partitions):
+                by_topic.setdefault(topic, []).append(partition)
+            states.append(
+                {
+                    "error_code": ErrorCode.NONE,
+                    "transactional_id": transactional_id,
+                    "transaction_state": meta.state.kafka_name,
+                    "transaction_timeout_ms": meta.transaction_timeout_ms,
+                    "transaction_start_time_ms": meta.txn_start_ms,
+                    "producer_id": meta.producer_id,
+                    "producer_epoch": meta.producer_epoch,
+                    "topics": [
+                        {"topic": topic, "partitions": partitions}
+                        for topic, partitions in by_topic.items()
+                    ],
+                }
+            )
+        return {"throttle_time_ms": 0, "transaction_states": states}
+
+    async def list_transactions(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        error, unknown, listed = self.core.txn.list_transactions(
+            list(body.get("state_filters") or []),
+            list(body.get("producer_id_filters") or []),
+            body.get("duration_filter", -1),
+        )
+        return {
+            "throttle_time_ms": 0,
+            "error_code": error,
+            "unknown_state_filters": unknown,
+            "transaction_states": [
+                {
+                    "transactional_id": meta.transactional_id,
+                    "producer_id": meta.producer_id,
+                    "transaction_state": meta.state.kafka_name,
+                }
+                for meta in listed
+            ],
+        }
+
 
 def _offsets_to_commit(body: Body) -> list[OffsetToCommit]:
     """The offsets of an OffsetCommit or TxnOffsetCommit request (same topic layout in both)."""
@@ -953,6 +1264,19 @@ def _offsets_to_commit(body: Body) -> list[OffsetToCommit]:
         )
         for t in body["topics"]
         for p in t["partitions"]
+    ]
+
+
+def _alter_configs_responses(results: list[AlterConfigsResult]) -> list[Body]:
+    """Per-resource answers of AlterConfigs and IncrementalAlterConfigs (same layout)."""
+    return [
+        {
+            "error_code": r.error_code,
+            "error_message": r.error_message,
+            "resource_type": r.resource_type,
+            "resource_name": r.resource_name,
+        }
+        for r in results
     ]
 
 

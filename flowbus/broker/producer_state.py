@@ -229,6 +229,13 @@ class PartitionProducerState:
     def entry(self, producer_id: int) -> ProducerEntry | None:
         return self._producers.get(producer_id)
 
+    def entries(self) -> list[tuple[int, ProducerEntry]]:
+        """Every producer remembered here, as ``(producer id, entry)`` (DescribeProducers).
+
+        Expired producers are gone already; a copy, so the caller may yield while reading it.
+        """
+        return list(self._producers.items())
+
     def check(self, header: BatchHeader) -> Check:
         """Decide whether an idempotent batch is new, a retry, or invalid (see the module doc)."""
         if header.producer_id == NO_PRODUCER_ID:

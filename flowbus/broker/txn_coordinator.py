@@ -586,3 +586,67 @@ class TransactionCoordinator:
     def describe(self, transactional_id: str) -> TxnMetadata | None:
         """The metadata of a transactional id (tests and tools)."""
         return self._txns.get(transactional_id)
+
+    def describe_transactions(
+        self, transactional_ids: list[str]
+    ) -> list[tuple[str, int, TxnMetadata | None]]:
+        """DescribeTransactions: ``(transactional id, error, metadata)`` per id asked for.
+
+        An id the coordinator does not know (or one in the transient Dead state, as Kafka
+        treats it) is TRANSACTIONAL_ID_NOT_FOUND; while recovery runs every id answers
+        COORDINATOR_LOAD_IN_PROGRESS, which clients retry.
+        """
+        results: list[tuple[str, int, TxnMetadata | None]] = []
+        for transactional_id in transactional_ids:  # bounded by the request's element limit
+            if self.loading:
+                results.append((transactional_id, ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, None))
+                continue
+            meta = self._txns.get(transactional_id)
+            if meta is None or meta.state is TxnState.DEAD:
+                results.append((transactional_id, ErrorCode.TRANSACTIONAL_ID_NOT_FOUND, None))
+            else:
+                results.append((transactional_id, ErrorCode.NONE, meta))
+        return results
+
+    def list_transactions(
+        self,
+        state_names: list[str],
+        producer_ids: list[int],
+        duration_min_ms: int = -1,
+    ) -> tuple[int, list[str], list[TxnMetadata]]:
+        """ListTransactions: ``(error, unknown state names, matching transactions)``.
+
+        Filters as Kafka's coordinator applies them: an empty list does not filter; state
+        names are matched exactly (``Ongoing``), and names that are no state come back as
+        unknown (they match nothing); Dead ids are never listed. ``duration_min_ms`` >= 0
+        (v1, KIP-994) keeps transactions running longer than that; unlike Kafka, which
+        compares with a start time of -1 as if it were a time, a transaction that has not
+        started (no start time) is not "running" and is left out.
+        """
+        if self.loading:
+            return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, [], []
+        unknown = [name for name in state_names if TxnState.from_kafka_name(name) is None]
+        states = {TxnState.from_kafka_name(name) for name in state_names} - {None}
+        wanted_pids = set(producer_ids)
+        now_ms = self._clock.now_ms()
+        listed = [
+            meta
+            for meta in self._txns.values()  # bounded by the transactional ids
+            if meta.state is not TxnState.DEAD
+            and (not wanted_pids or meta.producer_id in wanted_pids)
+            and (not state_names or meta.state in states)
+            and (
+                duration_min_ms < 0
+                or (meta.txn_start_ms >= 0 and now_ms - meta.txn_start_ms > duration_min_ms)
+            )
+        ]
+        return ErrorCode.NONE, unknown, listed
+
+    def coordinator_epoch_of(self, producer_id: int) -> int:
+        """The coordinator epoch in the markers of this producer (DescribeProducers).
+
+        flowbus's coordinator writes every marker with epoch 0 (one broker: its epoch never
+        changes), so a producer of a transactional id has 0; any other producer never gets a
+        marker and reports -1, Kafka's "none".
+        """
+        return 0 if producer_id in self._by_producer else -1

@@ -66,6 +66,17 @@ class TxnState(IntEnum):
         )
 
     @property
+    def kafka_name(self) -> str:
+        """The state's name as Kafka spells it on the wire (DescribeTransactions and
+        ListTransactions report it, and ListTransactions filters by it): ``PrepareCommit``."""
+        return _KAFKA_NAMES[self]
+
+    @classmethod
+    def from_kafka_name(cls, name: str) -> TxnState | None:
+        """The state Kafka calls ``name`` (exact spelling, as Kafka matches it), or None."""
+        return _BY_KAFKA_NAME.get(name)
+
+    @property
     def is_idle(self) -> bool:
         """No transaction open: a new one may begin."""
         return self in (
@@ -73,6 +84,19 @@ class TxnState(IntEnum):
             TxnState.COMPLETE_COMMIT,
             TxnState.COMPLETE_ABORT,
         )
+
+
+_KAFKA_NAMES: dict[TxnState, str] = {
+    TxnState.EMPTY: "Empty",
+    TxnState.ONGOING: "Ongoing",
+    TxnState.PREPARE_COMMIT: "PrepareCommit",
+    TxnState.PREPARE_ABORT: "PrepareAbort",
+    TxnState.COMPLETE_COMMIT: "CompleteCommit",
+    TxnState.COMPLETE_ABORT: "CompleteAbort",
+    TxnState.DEAD: "Dead",
+    TxnState.PREPARE_EPOCH_FENCE: "PrepareEpochFence",
+}
+_BY_KAFKA_NAME: dict[str, TxnState] = {name: state for state, name in _KAFKA_NAMES.items()}
 
 
 @dataclass(slots=True)

@@ -210,8 +210,12 @@ class LogManager:
                     continue
                 in_use += plog.open_fd_count
 
-    def check_descriptor_budget(self, name: str, partitions: int) -> None:
+    def check_descriptor_budget(self, name: str, partitions: int, *, adding: bool = False) -> None:
         """Refuse ``partitions`` new partitions if their descriptors would exceed the budget.
+
+        Args:
+            adding: the partitions are added to the existing topic ``name`` (CreatePartitions),
+                not a new topic's; only the message differs.
 
         Raises:
             DescriptorBudgetError: with a message naming the need, what is free and the limit.
@@ -221,8 +225,13 @@ class LogManager:
         if in_use + needed <= self.fd_budget:
             return
         free = max(0, self.fd_budget - in_use)
+        what = (
+            f"adding {partitions} partitions to topic {name!r}"
+            if adding
+            else f"creating topic {name!r} with {partitions} partitions"
+        )
         message = (
-            f"creating topic {name!r} with {partitions} partitions needs {needed} file descriptors;"
+            f"{what} needs {needed} file descriptors;"
             f" {free} of the broker's budget of {self.fd_budget} are free (raise ulimit -n to allow more)"
         )
         log.warning("refused: %s", message)
@@ -351,7 +360,7 @@ class LogManager:
                 del self._catalog.topics[name]
                 raise
         except BaseException as exc:
-            self._discard_new_logs(name, partitions, created)
+            self._discard_new_logs(name, range(partitions), created)
             if isinstance(exc, OSError):
                 log.warning("could not create topic %s: %s; nothing was kept", name, exc)
                 raise StorageError(f"could not create topic {name!r}: {exc}; nothing was kept") from exc
@@ -363,13 +372,69 @@ class LogManager:
             self._last_used_ms[(name, plog.partition)] = now_ms
         return self.topic(name)
 
-    def _discard_new_logs(self, name: str, partitions: int, created: list[PartitionLog]) -> None:
-        """Undo a failed creation: close and remove every partition directory it made."""
+    def _discard_new_logs(self, name: str, partitions: range, created: list[PartitionLog]) -> None:
+        """Undo a failed creation: close and remove the directories of ``partitions`` it made."""
         for plog in created:
             with contextlib.suppress(OSError, LogError):  # never hide the first failure
                 plog.delete()
-        for partition in range(partitions):
+        for partition in partitions:
             shutil.rmtree(self.data_dir / partition_dir_name(name, partition), ignore_errors=True)
+
+    def add_partitions(self, name: str, partitions: int, *, validate_only: bool = False) -> TopicMetadata:
+        """Grow topic ``name`` to ``partitions`` partitions, all or nothing (CreatePartitions).
+
+        As :meth:`create_topic`: the new partition directories are created first and the catalog
+        is saved last, so a failure removes them and leaves the topic as it was, and a crash in
+        between leaves directories the catalog does not name, which the next open removes. The
+        new partitions take the topic's current config.
+
+        Args:
+            validate_only: check everything (including the descriptor budget), change nothing.
+
+        Raises:
+            UnknownTopicError: no such topic.
+            InvalidPartitionsError: ``partitions`` not above the current count, or over
+                :data:`MAX_PARTITIONS_PER_TOPIC` (Kafka never removes partitions).
+            DescriptorBudgetError: the new partitions would exceed the descriptor budget.
+            StorageError: the disk failed us; nothing was kept.
+        """
+        self._require_open()
+        entry = self._catalog.topics.get(name)
+        if entry is None:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        current = entry.partitions
+        if not isinstance(partitions, int) or partitions <= current:
+            raise InvalidPartitionsError(
+                f"topic {name!r} has {current} partitions; the new count must be larger, got {partitions}"
+            )
+        if partitions > MAX_PARTITIONS_PER_TOPIC:
+            raise InvalidPartitionsError(f"partitions must be at most {MAX_PARTITIONS_PER_TOPIC}, got {partitions}")
+        self.check_descriptor_budget(name, partitions - current, adding=True)
+        if validate_only:
+            return self.topic(name)
+        config = self._configs[name]
+        new_indexes = range(current, partitions)
+        created: list[PartitionLog] = []
+        try:
+            for partition in new_indexes:  # bounded by MAX_PARTITIONS_PER_TOPIC
+                created.append(self._new_log(name, partition, config, clean_shutdown=False))
+            entry.partitions = partitions
+            try:
+                self._catalog.save()
+            except BaseException:
+                entry.partitions = current
+                raise
+        except BaseException as exc:
+            self._discard_new_logs(name, new_indexes, created)
+            if isinstance(exc, OSError):
+                log.warning("could not add partitions to topic %s: %s; nothing was kept", name, exc)
+                raise StorageError(f"could not add partitions to topic {name!r}: {exc}; nothing was kept") from exc
+            raise
+        now_ms = self.clock.monotonic_ms()
+        for plog in created:
+            self._logs[(name, plog.partition)] = plog
+            self._last_used_ms[(name, plog.partition)] = now_ms
+        return self.topic(name)
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic: the catalog forgets it durably, then its directories are removed.
@@ -403,8 +468,19 @@ class LogManager:
             os.replace(directory, doomed)
             shutil.rmtree(doomed)
 
-    def alter_topic_config(self, name: str, overrides: Mapping[str, str | None]) -> TopicMetadata:
-        """Set (or, with None, remove) config overrides of a topic (IncrementalAlterConfigs).
+    def alter_topic_config(
+        self, name: str, overrides: Mapping[str, str | None], *, validate_only: bool = False
+    ) -> TopicMetadata:
+        """Set (or, with None, remove) config overrides of a topic (AlterConfigs,
+        IncrementalAlterConfigs), all or nothing.
+
+        The catalog is saved before anything changes in memory, so the new settings survive a
+        restart; then every open partition log switches to them at once (retention, cleanup
+        policy, flush policy and max.message.bytes at their next use, segment sizes from the next
+        roll). A partition not open yet reads them when it opens.
+
+        Args:
+            validate_only: check the result, change nothing; returns the topic as it would be.
 
         Raises:
             UnknownTopicError, InvalidConfigError.
@@ -416,6 +492,8 @@ class LogManager:
         merged = {k: v for k, v in entry.overrides.items() if k not in overrides}
         merged.update({k: v for k, v in overrides.items() if v is not None})
         config = TopicConfig.from_overrides(merged, self.default_config)
+        if validate_only:
+            return TopicMetadata(entry.name, entry.partitions, config, entry.topic_id)
         previous = entry.overrides
         entry.overrides = dict(config.overrides)
         try:
@@ -509,6 +587,27 @@ class LogManager:
 
     def logs(self) -> list[PartitionLog]:
         return list(self._logs.values())
+
+    def partition_size_bytes(self, topic: str, partition: int) -> int:
+        """Bytes of the partition's segment files (DescribeLogDirs), without opening a partition
+        left closed (a deferred one is measured on disk: its ``.log`` files).
+
+        Raises:
+            UnknownTopicError: unknown topic, or a partition number it does not have.
+        """
+        plog = self._logs.get((topic, partition))
+        if plog is not None:
+            return plog.size_bytes
+        entry = self._catalog.topics.get(topic)
+        if entry is None or not 0 <= partition < entry.partitions:
+            raise UnknownTopicError(f"unknown topic or partition {topic}-{partition}")
+        directory = self.data_dir / partition_dir_name(topic, partition)
+        total = 0
+        with contextlib.suppress(FileNotFoundError):  # never opened: no directory yet
+            for path in directory.glob("*.log"):  # bounded by the partition's segments
+                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                    total += path.stat().st_size
+        return total
 
     # -- periodic work -----------------------------------------------------------------------
 

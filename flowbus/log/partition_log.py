@@ -236,7 +236,9 @@ class PartitionLog:
         return list(self._segments)
 
     def update_config(self, config: TopicConfig) -> None:
-        """Switch to new settings (AlterConfigs); they apply to segments rolled from now on."""
+        """Switch to new settings (AlterConfigs) at once: the flush policy, max.message.bytes and
+        the timestamp type apply from the next append, retention and cleanup policy from the next
+        tick, segment.bytes and segment.ms at the next roll, index capacities with the next segment."""
         with self._lock:
             self._config = config
             # The index interval applies at once; index capacities with the next segment.
@@ -683,6 +685,31 @@ class PartitionLog:
         with self._lock:
             recovery_segment = self._recovery[1]
             return [s for s in self._segments.inactive() if s.base_offset < recovery_segment]
+
+    def advance_log_start_offset(self, offset: int) -> int:
+        """Move the log start offset up to ``offset`` (DeleteRecords); returns the log start.
+
+        From here on reads, fetches and ListOffsets see the log as starting at ``offset``; an
+        offset at or below the current start changes nothing. The checkpoint is written with
+        fsync before this returns, so a restart keeps the new start (the loader never moves it
+        back). Whole segments below it are removed by :func:`~flowbus.log.retention.apply_retention`
+        once they are below the recovery point (the caller may flush and call it at once).
+
+        Raises:
+            OffsetOutOfRangeError: ``offset`` is negative or above the high watermark.
+        """
+        with self._lock:
+            self._require_open()
+            end = self.log_end_offset
+            if not 0 <= offset <= end:
+                raise OffsetOutOfRangeError(offset, self._log_start_offset, end)
+            if offset <= self._log_start_offset:
+                return self._log_start_offset
+            self._log_start_offset = offset
+            self._cleaner_offset = max(self._cleaner_offset, offset)
+        self._write_checkpoint(durable=True)
+        log.info("log start offset of %s-%d advanced to %d", self.topic, self.partition, offset)
+        return offset
 
     def delete_oldest_segments(self, count: int, reason: str) -> int:
         """Remove the ``count`` oldest segments (never the active one); returns bytes removed.

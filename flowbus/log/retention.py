@@ -11,6 +11,9 @@ recovery segment (see :meth:`PartitionLog.deletable_segments`). Like Kafka:
 * size: the oldest segments go while the log stays at or above ``retention.bytes`` without them.
 
 An active segment whose every record has expired is rolled so that the next pass can delete it.
+
+Segments wholly below the log start offset (moved up by DeleteRecords) go too, whatever
+``cleanup.policy`` says: no read can reach them any more.
 """
 
 from __future__ import annotations
@@ -30,13 +33,34 @@ def retention_time_ms(segment: LogSegment) -> int:
     return segment.last_write_ms
 
 
+def _below_log_start(log: PartitionLog, candidates: list[LogSegment]) -> int:
+    """How many of the oldest ``candidates`` hold only offsets below the log start offset
+    (moved there by DeleteRecords): nothing can read them any more, whatever the policy.
+
+    As Kafka, a segment qualifies when the segment after it starts at or below the log start
+    (its own end offset would also count an empty cleaned segment that the start sits on).
+    """
+    start = log.log_start_offset
+    following = log.segments()[1:]  # candidates are the oldest segments, in order
+    count = 0
+    for _, after in zip(candidates, following):  # bounded by the segment count
+        if after.base_offset > start:
+            break
+        count += 1
+    return count
+
+
 def apply_retention(log: PartitionLog) -> int:
-    """Delete the segments retention no longer keeps; returns the bytes removed."""
-    config = log.config
-    if not config.is_deleting or log.closed:
+    """Delete the segments retention no longer keeps, and those wholly below the log start
+    offset; returns the bytes removed."""
+    if log.closed:
         return 0
-    now_ms = log.clock.now_ms()
+    config = log.config
     candidates = log.deletable_segments()
+    below_start = _below_log_start(log, candidates)
+    if not config.is_deleting:
+        return log.delete_oldest_segments(below_start, "below the log start offset") if below_start else 0
+    now_ms = log.clock.now_ms()
     by_time = 0
     if config.retention_ms >= 0:
         for segment in candidates:  # bounded by the segment count
@@ -54,8 +78,11 @@ def apply_retention(log: PartitionLog) -> int:
                 break
             excess_bytes -= segment.size_bytes
             by_size += 1
-    count = max(by_time, by_size)
+    count = max(by_time, by_size, below_start)
     if count == 0:
         return 0
-    reason = "retention.ms" if by_time >= by_size else "retention.bytes"
+    if below_start >= max(by_time, by_size):
+        reason = "below the log start offset"
+    else:
+        reason = "retention.ms" if by_time >= by_size else "retention.bytes"
     return log.delete_oldest_segments(count, reason)

@@ -480,6 +480,30 @@ DELETE_TOPICS_RESPONSE = message("DeleteTopicsResponse", "0-5", "4+", [
     ]),
 ])
 
+# DeleteRecords (21). v1 same as v0, v2 flexible. offset -1 means the high watermark.
+DELETE_RECORDS_REQUEST = message("DeleteRecordsRequest", "0-2", "2+", [
+    arr("topics", [
+        f("name", "string"),
+        arr("partitions", [
+            f("partition_index", "int32"),
+            f("offset", "int64"),
+        ]),
+    ]),
+    f("timeout_ms", "int32"),
+])
+
+DELETE_RECORDS_RESPONSE = message("DeleteRecordsResponse", "0-2", "2+", [
+    f("throttle_time_ms", "int32"),
+    arr("topics", [
+        f("name", "string"),
+        arr("partitions", [
+            f("partition_index", "int32"),
+            f("low_watermark", "int64"),
+            f("error_code", "int16"),
+        ]),
+    ]),
+])
+
 # InitProducerId (22). v2 flexible, v3 producer id/epoch for epoch bumps.
 INIT_PRODUCER_ID_REQUEST = message("InitProducerIdRequest", "0-4", "2+", [
     f("transactional_id", "string", nullable="0+"),
@@ -639,6 +663,58 @@ DESCRIBE_CONFIGS_RESPONSE = message("DescribeConfigsResponse", "0-4", "4+", [
     ]),
 ])
 
+# AlterConfigs (33). v1 same as v0, v2 flexible. Replaces every override of a resource.
+ALTER_CONFIGS_REQUEST = message("AlterConfigsRequest", "0-2", "2+", [
+    arr("resources", [
+        f("resource_type", "int8"),
+        f("resource_name", "string"),
+        arr("configs", [
+            f("name", "string"),
+            f("value", "string", nullable="0+"),
+        ]),
+    ]),
+    f("validate_only", "bool"),
+])
+
+ALTER_CONFIGS_RESPONSE = message("AlterConfigsResponse", "0-2", "2+", [
+    f("throttle_time_ms", "int32"),
+    arr("responses", [
+        f("error_code", "int16"),
+        f("error_message", "string", nullable="0+"),
+        f("resource_type", "int8"),
+        f("resource_name", "string"),
+    ]),
+])
+
+# DescribeLogDirs (35). v1 same as v0, v2 flexible, v3 top-level error code, v4 volume sizes.
+# topics null = every partition.
+DESCRIBE_LOG_DIRS_REQUEST = message("DescribeLogDirsRequest", "0-4", "2+", [
+    arr("topics", [
+        f("topic", "string"),
+        f("partitions", "[]int32"),
+    ], nullable="0+"),
+])
+
+DESCRIBE_LOG_DIRS_RESPONSE = message("DescribeLogDirsResponse", "0-4", "2+", [
+    f("throttle_time_ms", "int32"),
+    f("error_code", "int16", "3+"),
+    arr("results", [
+        f("error_code", "int16"),
+        f("log_dir", "string"),
+        arr("topics", [
+            f("name", "string"),
+            arr("partitions", [
+                f("partition_index", "int32"),
+                f("partition_size", "int64"),
+                f("offset_lag", "int64"),
+                f("is_future_key", "bool"),
+            ]),
+        ]),
+        f("total_bytes", "int64", "4+", default=-1),
+        f("usable_bytes", "int64", "4+", default=-1),
+    ]),
+])
+
 # SaslAuthenticate (36). v1 session lifetime, v2 flexible.
 SASL_AUTHENTICATE_REQUEST = message("SaslAuthenticateRequest", "0-2", "2+", [
     f("auth_bytes", "bytes"),
@@ -649,6 +725,184 @@ SASL_AUTHENTICATE_RESPONSE = message("SaslAuthenticateResponse", "0-2", "2+", [
     f("error_message", "string", nullable="0+"),
     f("auth_bytes", "bytes"),
     f("session_lifetime_ms", "int64", "1+", default=0),
+])
+
+# CreatePartitions (37). v1 same as v0, v2 flexible, v3 may answer THROTTLING_QUOTA_EXCEEDED.
+# assignments (nullable) lists the brokers of each new partition only.
+CREATE_PARTITIONS_REQUEST = message("CreatePartitionsRequest", "0-3", "2+", [
+    arr("topics", [
+        f("name", "string"),
+        f("count", "int32"),
+        arr("assignments", [
+            f("broker_ids", "[]int32"),
+        ], nullable="0+"),
+    ]),
+    f("timeout_ms", "int32"),
+    f("validate_only", "bool"),
+])
+
+CREATE_PARTITIONS_RESPONSE = message("CreatePartitionsResponse", "0-3", "2+", [
+    f("throttle_time_ms", "int32"),
+    arr("results", [
+        f("name", "string"),
+        f("error_code", "int16"),
+        f("error_message", "string", nullable="0+", default=None),
+    ]),
+])
+
+# IncrementalAlterConfigs (44). v1 flexible. config_operation: 0 set, 1 delete, 2 append,
+# 3 subtract (KIP-339).
+INCREMENTAL_ALTER_CONFIGS_REQUEST = message("IncrementalAlterConfigsRequest", "0-1", "1+", [
+    arr("resources", [
+        f("resource_type", "int8"),
+        f("resource_name", "string"),
+        arr("configs", [
+            f("name", "string"),
+            f("config_operation", "int8"),
+            f("value", "string", nullable="0+"),
+        ]),
+    ]),
+    f("validate_only", "bool"),
+])
+
+INCREMENTAL_ALTER_CONFIGS_RESPONSE = message("IncrementalAlterConfigsResponse", "0-1", "1+", [
+    f("throttle_time_ms", "int32"),
+    arr("responses", [
+        f("error_code", "int16"),
+        f("error_message", "string", nullable="0+"),
+        f("resource_type", "int8"),
+        f("resource_name", "string"),
+    ]),
+])
+
+# DeleteGroups (42). v1 same as v0, v2 flexible. Only empty groups can be deleted.
+DELETE_GROUPS_REQUEST = message("DeleteGroupsRequest", "0-2", "2+", [
+    f("groups_names", "[]string"),
+])
+
+DELETE_GROUPS_RESPONSE = message("DeleteGroupsResponse", "0-2", "2+", [
+    f("throttle_time_ms", "int32"),
+    arr("results", [
+        f("group_id", "string"),
+        f("error_code", "int16"),
+    ]),
+])
+
+# OffsetDelete (47). One version, never flexible (KIP-496). The top-level error comes first.
+OFFSET_DELETE_REQUEST = message("OffsetDeleteRequest", "0", "none", [
+    f("group_id", "string"),
+    arr("topics", [
+        f("name", "string"),
+        arr("partitions", [
+            f("partition_index", "int32"),
+        ]),
+    ]),
+])
+
+OFFSET_DELETE_RESPONSE = message("OffsetDeleteResponse", "0", "none", [
+    f("error_code", "int16"),
+    f("throttle_time_ms", "int32"),
+    arr("topics", [
+        f("name", "string"),
+        arr("partitions", [
+            f("partition_index", "int32"),
+            f("error_code", "int16"),
+        ]),
+    ]),
+])
+
+# DescribeCluster (60). Flexible from v0 (KIP-700); v1 endpoint type (KIP-919), v2 fenced
+# brokers (KIP-1073).
+DESCRIBE_CLUSTER_REQUEST = message("DescribeClusterRequest", "0-2", "0+", [
+    f("include_cluster_authorized_operations", "bool"),
+    f("endpoint_type", "int8", "1+", default=1),
+    f("include_fenced_brokers", "bool", "2+"),
+])
+
+DESCRIBE_CLUSTER_RESPONSE = message("DescribeClusterResponse", "0-2", "0+", [
+    f("throttle_time_ms", "int32"),
+    f("error_code", "int16"),
+    f("error_message", "string", nullable="0+", default=None),
+    f("endpoint_type", "int8", "1+", default=1),
+    f("cluster_id", "string"),
+    f("controller_id", "int32", default=-1),
+    arr("brokers", [
+        f("broker_id", "int32"),
+        f("host", "string"),
+        f("port", "int32"),
+        f("rack", "string", nullable="0+", default=None),
+        f("is_fenced", "bool", "2+"),
+    ]),
+    f("cluster_authorized_operations", "int32", default=-2147483648),
+])
+
+# DescribeProducers (61). Flexible from v0 (KIP-664).
+DESCRIBE_PRODUCERS_REQUEST = message("DescribeProducersRequest", "0", "0+", [
+    arr("topics", [
+        f("name", "string"),
+        f("partition_indexes", "[]int32"),
+    ]),
+])
+
+DESCRIBE_PRODUCERS_RESPONSE = message("DescribeProducersResponse", "0", "0+", [
+    f("throttle_time_ms", "int32"),
+    arr("topics", [
+        f("name", "string"),
+        arr("partitions", [
+            f("partition_index", "int32"),
+            f("error_code", "int16"),
+            f("error_message", "string", nullable="0+", default=None),
+            arr("active_producers", [
+                f("producer_id", "int64"),
+                f("producer_epoch", "int32"),
+                f("last_sequence", "int32", default=-1),
+                f("last_timestamp", "int64", default=-1),
+                f("coordinator_epoch", "int32"),
+                f("current_txn_start_offset", "int64", default=-1),
+            ]),
+        ]),
+    ]),
+])
+
+# DescribeTransactions (65). Flexible from v0 (KIP-664).
+DESCRIBE_TRANSACTIONS_REQUEST = message("DescribeTransactionsRequest", "0", "0+", [
+    f("transactional_ids", "[]string"),
+])
+
+DESCRIBE_TRANSACTIONS_RESPONSE = message("DescribeTransactionsResponse", "0", "0+", [
+    f("throttle_time_ms", "int32"),
+    arr("transaction_states", [
+        f("error_code", "int16"),
+        f("transactional_id", "string"),
+        f("transaction_state", "string"),
+        f("transaction_timeout_ms", "int32"),
+        f("transaction_start_time_ms", "int64"),
+        f("producer_id", "int64"),
+        f("producer_epoch", "int16"),
+        arr("topics", [
+            f("topic", "string"),
+            f("partitions", "[]int32"),
+        ]),
+    ]),
+])
+
+# ListTransactions (66). Flexible from v0 (KIP-664); v1 duration filter (KIP-994). v2's
+# transactional-id pattern (KIP-1152) is not spoken.
+LIST_TRANSACTIONS_REQUEST = message("ListTransactionsRequest", "0-1", "0+", [
+    f("state_filters", "[]string"),
+    f("producer_id_filters", "[]int64"),
+    f("duration_filter", "int64", "1+", default=-1),
+])
+
+LIST_TRANSACTIONS_RESPONSE = message("ListTransactionsResponse", "0-1", "0+", [
+    f("throttle_time_ms", "int32"),
+    f("error_code", "int16"),
+    f("unknown_state_filters", "[]string"),
+    arr("transaction_states", [
+        f("transactional_id", "string"),
+        f("producer_id", "int64"),
+        f("transaction_state", "string"),
+    ]),
 ])
 
 # Consumer group member metadata (JoinGroup protocols[].metadata), with its own int16 version:
@@ -701,6 +955,17 @@ REQUESTS: dict[ApiKey, MessageSpec] = {
     ApiKey.TXN_OFFSET_COMMIT: TXN_OFFSET_COMMIT_REQUEST,
     ApiKey.DESCRIBE_CONFIGS: DESCRIBE_CONFIGS_REQUEST,
     ApiKey.SASL_AUTHENTICATE: SASL_AUTHENTICATE_REQUEST,
+    ApiKey.DELETE_RECORDS: DELETE_RECORDS_REQUEST,
+    ApiKey.ALTER_CONFIGS: ALTER_CONFIGS_REQUEST,
+    ApiKey.DESCRIBE_LOG_DIRS: DESCRIBE_LOG_DIRS_REQUEST,
+    ApiKey.CREATE_PARTITIONS: CREATE_PARTITIONS_REQUEST,
+    ApiKey.INCREMENTAL_ALTER_CONFIGS: INCREMENTAL_ALTER_CONFIGS_REQUEST,
+    ApiKey.DELETE_GROUPS: DELETE_GROUPS_REQUEST,
+    ApiKey.OFFSET_DELETE: OFFSET_DELETE_REQUEST,
+    ApiKey.DESCRIBE_CLUSTER: DESCRIBE_CLUSTER_REQUEST,
+    ApiKey.DESCRIBE_PRODUCERS: DESCRIBE_PRODUCERS_REQUEST,
+    ApiKey.DESCRIBE_TRANSACTIONS: DESCRIBE_TRANSACTIONS_REQUEST,
+    ApiKey.LIST_TRANSACTIONS: LIST_TRANSACTIONS_REQUEST,
 }
 
 #: Response definitions by API key.
@@ -730,4 +995,15 @@ RESPONSES: dict[ApiKey, MessageSpec] = {
     ApiKey.TXN_OFFSET_COMMIT: TXN_OFFSET_COMMIT_RESPONSE,
     ApiKey.DESCRIBE_CONFIGS: DESCRIBE_CONFIGS_RESPONSE,
     ApiKey.SASL_AUTHENTICATE: SASL_AUTHENTICATE_RESPONSE,
+    ApiKey.DELETE_RECORDS: DELETE_RECORDS_RESPONSE,
+    ApiKey.ALTER_CONFIGS: ALTER_CONFIGS_RESPONSE,
+    ApiKey.DESCRIBE_LOG_DIRS: DESCRIBE_LOG_DIRS_RESPONSE,
+    ApiKey.CREATE_PARTITIONS: CREATE_PARTITIONS_RESPONSE,
+    ApiKey.INCREMENTAL_ALTER_CONFIGS: INCREMENTAL_ALTER_CONFIGS_RESPONSE,
+    ApiKey.DELETE_GROUPS: DELETE_GROUPS_RESPONSE,
+    ApiKey.OFFSET_DELETE: OFFSET_DELETE_RESPONSE,
+    ApiKey.DESCRIBE_CLUSTER: DESCRIBE_CLUSTER_RESPONSE,
+    ApiKey.DESCRIBE_PRODUCERS: DESCRIBE_PRODUCERS_RESPONSE,
+    ApiKey.DESCRIBE_TRANSACTIONS: DESCRIBE_TRANSACTIONS_RESPONSE,
+    ApiKey.LIST_TRANSACTIONS: LIST_TRANSACTIONS_RESPONSE,
 }

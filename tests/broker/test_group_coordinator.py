@@ -409,11 +409,15 @@ def test_static_member_rejoin_replaces_its_previous_incarnation() -> None:
         assert (
             second.error_code == ErrorCode.NONE and second.member_id != first.member_id
         )
-        assert [m.member_id for m in second.members] == [second.member_id]
+        # KIP-345: no rebalance; the answer names the old leader id, so it acts as a follower.
+        assert second.generation_id == first.generation_id
+        assert second.members == [] and second.leader == first.member_id
         assert (
             coordinator.heartbeat("g", second.generation_id, first.member_id)
             == ErrorCode.UNKNOWN_MEMBER_ID
         )
+        sync = await coordinator.sync_group("g", second.generation_id, second.member_id, {})
+        assert sync.assignment == b"a"
 
     run(body)
 
