@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 
 from flowbus.broker.config import BrokerConfig
 from flowbus.broker.core import BrokerCore
@@ -24,6 +25,12 @@ log = logging.getLogger("flowbus.broker")
 ready_log = logging.getLogger("flowbus.broker.ready")
 
 READY_MESSAGE = "flowbus broker ready on %s:%d"
+
+#: The interpreter's thread switch interval in a broker process (Python's default is 5 ms): how
+#: long the event loop may wait for the interpreter while the codec thread decodes or encodes a
+#: large request (``ServerLimits.codec_offload_frame_bytes``). Only the broker process sets it; a
+#: worker embedding the broker keeps the default.
+SWITCH_INTERVAL_S = 0.001
 
 
 async def run_broker(
@@ -73,6 +80,7 @@ async def run_broker(
         # docs/benchmarks.md, Event-loop hold).
         gc.collect()
         gc.freeze()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         ready_log.info(READY_MESSAGE, listen_host, server.port)
         await stop.wait()
         log.info("flowbus broker shutting down")
