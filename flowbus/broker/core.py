@@ -719,7 +719,11 @@ class BrokerCore:
         self, topics: list[NewTopic], *, validate_only: bool = False
     ) -> list[CreateTopicResult]:
         results = []
-        for topic in topics:
+        for index, topic in enumerate(topics):
+            if index:
+                # Each topic's files and catalog write take ~1 ms: a request for 1,000 topics
+                # (the codec's budget) serves other clients in between.
+                await asyncio.sleep(0)
             results.append(self._create_topic(topic, validate_only))
         return results
 
@@ -729,7 +733,7 @@ class BrokerCore:
             return CreateTopicResult(
                 name, ErrorCode.INVALID_TOPIC_EXCEPTION, f"illegal topic name {name!r}"
             )
-        if name in self.logs.topics():
+        if self.logs.has_topic(name):
             return CreateTopicResult(
                 name, ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists"
             )

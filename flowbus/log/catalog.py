@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from flowbus.log.checkpoint import fsync_directory
 from flowbus.log.errors import InvalidTopicError, LogError
 
@@ -97,7 +99,9 @@ class Catalog:
                 for e in sorted(self.topics.values(), key=lambda e: e.name)
             ],
         }
-        text = json.dumps(document, indent=1, sort_keys=True).encode()
+        # orjson: the standard library's encoder with indentation runs in Python, ~15 ms for a
+        # catalog of 2,000 topics, written on every topic change on the broker's event loop.
+        text = orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
         assert len(text) <= MAX_CATALOG_BYTES
         tmp = self.path.with_name(CATALOG_FILE + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
