@@ -31,6 +31,29 @@ READY_MESSAGE = "flowbus broker ready on %s:%d"
 #: large request (``ServerLimits.codec_offload_frame_bytes``). Only the broker process sets it; a
 #: worker embedding the broker keeps the default.
 SWITCH_INTERVAL_S = 0.001
+#: How often the broker checks whether partitions were created since its last freeze.
+FREEZE_CHECK_INTERVAL_S = 5.0
+
+
+async def freeze_new_partitions(core: BrokerCore, interval_s: float = FREEZE_CHECK_INTERVAL_S) -> None:
+    """Move objects built since the last check out of the cyclic collector's reach when
+    partitions were created meanwhile (CreateTopics, CreatePartitions, auto-creation).
+
+    A partition's log, segments and indexes are ~40 tracked objects that live as long as the
+    partition; with 2,000 partitions created after start-up a full collection walked 84,000 of
+    them, 12-37 ms on the event loop, every few large requests. Frozen, it walks none. Young
+    garbage is collected first (a cheap generation-1 collection), and closed logs hold no
+    reference cycle (``PartitionLog.close``), so a deleted partition's objects are freed by
+    reference counting even when frozen.
+    """
+    known = core.logs.partition_count()
+    while True:
+        await asyncio.sleep(interval_s)
+        count = core.logs.partition_count()
+        if count > known:
+            gc.collect(1)
+            gc.freeze()
+        known = count
 
 
 async def run_broker(
@@ -71,6 +94,7 @@ async def run_broker(
         raise BrokerError(
             f"cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}"
         ) from exc
+    tasks: list[asyncio.Task[None]] = []  # background work cancelled at shutdown
     try:
         if config.advertised_port == 0:
             core.node = type(core.node)(core.node.node_id, core.node.host, server.port)
@@ -81,10 +105,13 @@ async def run_broker(
         gc.collect()
         gc.freeze()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        tasks.append(asyncio.create_task(freeze_new_partitions(core), name="flowbus-gc-freeze"))
         ready_log.info(READY_MESSAGE, listen_host, server.port)
         await stop.wait()
         log.info("flowbus broker shutting down")
     finally:
+        for task in tasks:
+            task.cancel()
         await server.close()
         await core.close()
         log.info("flowbus broker stopped cleanly")

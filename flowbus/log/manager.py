@@ -527,6 +527,10 @@ class LogManager:
                 plog.update_config(config)
         return self.topic(name)
 
+    def partition_count(self) -> int:
+        """Partitions in the catalog (open, deferred or idle-closed)."""
+        return sum(entry.partitions for entry in self._catalog.topics.values())
+
     def has_topic(self, name: str) -> bool:
         """Whether the catalog names topic ``name`` (without building :meth:`topics`)."""
         return name in self._catalog.topics

@@ -804,10 +804,16 @@ class PartitionLog:
             self._closed = True
             for segment in self._segments:
                 segment.close()
+                # Break the segment -> bound method -> log cycle: a closed log (an idle one
+                # closed for descriptors, or a deleted topic's) is then freed by reference
+                # counting, so the broker can keep its long-lived objects out of the cyclic
+                # collector's reach (gc.freeze) without leaking closed logs.
+                segment.on_reopen = None
             for _, segment in self._pending_deletes:
                 segment.close()
             with self._open_lock:
                 self._open_inactive.clear()
+            self.descriptors_free = self.make_room = None  # the owner's bound methods
 
     def delete(self) -> None:
         """Close without flushing and delete every file (topic deletion)."""
@@ -815,9 +821,11 @@ class PartitionLog:
             self._closed = True
             for segment in self._segments:
                 segment.close()
+                segment.on_reopen = None  # no cycle left for the garbage collector (see close)
             for _, segment in self._pending_deletes:
                 _delete_segment_files(segment)
             self._pending_deletes.clear()
+            self.descriptors_free = self.make_room = None
 
     @property
     def closed(self) -> bool:
