@@ -53,9 +53,9 @@ from flowbus.protocol.framing import FrameDecoder
 
 log = logging.getLogger(__name__)
 
-#: A response is encoded on the codec thread when one of its arrays, or the arrays in the first
-#: entries of one, hold at least this many elements (a Fetch, ListOffsets or Metadata answer
-#: over many partitions or topics; encoding 10,000 partitions takes ~5-8 ms).
+#: A response is encoded on the codec thread when its arrays and the arrays in their entries
+#: hold at least this many elements together (a Fetch, ListOffsets or Metadata answer over many
+#: partitions or topics; encoding 10,000 partitions takes ~5-8 ms).
 OFFLOAD_RESPONSE_ELEMENTS = 256
 
 
@@ -524,19 +524,24 @@ def _decode_or_error(frame: bytes) -> Request | ProtocolError:
 
 
 def _has_many_elements(body: dict[str, Any]) -> bool:
-    """Whether an array of ``body``, or one in the first :data:`OFFLOAD_RESPONSE_ELEMENTS`
-    entries of one, holds at least that many elements: a cheap bound on the encoding work,
-    checked on the event loop for every response (a few lookups for the usual small ones)."""
+    """Whether ``body``'s arrays and the arrays in their entries hold at least
+    :data:`OFFLOAD_RESPONSE_ELEMENTS` elements together (99 topics of 100 partitions each count
+    9,999): a cheap bound on the encoding work, checked on the event loop for every response,
+    that stops counting once the bound is reached (a few lookups for the usual small ones)."""
     limit = OFFLOAD_RESPONSE_ELEMENTS
+    count = 0
     for value in body.values():
         if isinstance(value, list):
-            if len(value) >= limit:
+            count += len(value)
+            if count >= limit:
                 return True
             for entry in value:
                 if isinstance(entry, dict):
                     for inner in entry.values():
-                        if isinstance(inner, list) and len(inner) >= limit:
-                            return True
+                        if isinstance(inner, list):
+                            count += len(inner)
+                            if count >= limit:
+                                return True
     return False
 
 

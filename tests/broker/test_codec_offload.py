@@ -137,3 +137,12 @@ def test_a_malformed_large_frame_closes_only_its_connection(tmp_path: Path) -> N
         assert answer["error_code"] == 0
 
     run_with_broker(tmp_path, body)
+
+
+def test_the_response_size_bound_counts_nested_arrays_together() -> None:
+    """99 topics of 100 partitions: no single array reaches the bound, together they do."""
+    many_topics = {"responses": [{"topic": f"t{i}", "partitions": [{"p": p} for p in range(100)]} for i in range(99)]}
+    assert server_module._has_many_elements(many_topics)
+    few = {"responses": [{"topic": "t", "partitions": [{"p": 0}]}], "throttle_time_ms": 0}
+    assert not server_module._has_many_elements(few)
+    assert server_module._has_many_elements({"topics": [{"name": f"t{i}"} for i in range(256)]})
