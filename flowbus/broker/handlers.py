@@ -812,7 +812,6 @@ class Handlers:
     async def offset_commit(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
     ) -> Body:
-        offsets = await _offsets_to_commit_sliced(body)
         group_id = body["group_id"]
         generation_id = body.get("generation_id_or_member_epoch", -1)
         member_id = body.get("member_id", "")
@@ -820,8 +819,10 @@ class Handlers:
         instance_id = body.get("group_instance_id")
         order = self._commit_order
         keys = (group_id,)
-        if len(offsets) <= PARTITIONS_PER_SLICE and not (order.active and order.busy(keys)):
+        count = sum(len(t["partitions"]) for t in body["topics"])
+        if count <= PARTITIONS_PER_SLICE and not (order.active and order.busy(keys)):
             # The common case: checked and appended as one batch before the first await.
+            offsets = _offsets_to_commit(body)
             errors = await self.core.commit_offsets(
                 group_id, generation_id, member_id, offsets, group_instance_id=instance_id
             )
@@ -833,6 +834,7 @@ class Handlers:
         # group when it runs: a rebalance meanwhile fails the slices after it (ILLEGAL_GENERATION).
         earlier, mine = order.claim(keys)
         try:
+            offsets = await _offsets_to_commit_sliced(body)  # claimed first: order is kept
             await _wait_for_earlier(earlier)
             errors = []
             for start in range(0, len(offsets), PARTITIONS_PER_SLICE):
