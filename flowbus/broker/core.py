@@ -724,10 +724,10 @@ class BrokerCore:
                 # Each topic's files and catalog write take ~1 ms: a request for 1,000 topics
                 # (the codec's budget) serves other clients in between.
                 await asyncio.sleep(0)
-            results.append(self._create_topic(topic, validate_only))
+            results.append(await self._create_topic(topic, validate_only))
         return results
 
-    def _create_topic(self, topic: NewTopic, validate_only: bool) -> CreateTopicResult:
+    async def _create_topic(self, topic: NewTopic, validate_only: bool) -> CreateTopicResult:
         name = topic.name
         if not valid_topic_name(name):
             return CreateTopicResult(
@@ -764,7 +764,13 @@ class BrokerCore:
             if validate_only:
                 self.logs.check_descriptor_budget(name, partitions)
             else:
-                self.logs.create_topic(name, partitions, dict(topic.configs))
+                # A partition's files take ~1-3 ms: a topic of thousands is created in 1 ms
+                # slices between which other clients are served.
+                deadline = slice_deadline()
+                for _ in self.logs.create_topic_steps(name, partitions, dict(topic.configs)):
+                    if time.perf_counter() >= deadline:
+                        await asyncio.sleep(0)
+                        deadline = slice_deadline()
         except LogError as exc:
             return CreateTopicResult(
                 name,
