@@ -146,6 +146,8 @@ class LogManager:
         self._create_fd_counted_ms = 0
         #: Topics whose creation is under way (create_topic_steps): their names are taken.
         self._creating: set[str] = set()
+        #: Topics forgotten by the catalog whose files are still being removed.
+        self._deleting: set[str] = set()
         self.fd_budget = descriptor_budget() if fd_budget is None else fd_budget
         self.default_config = (default_config or TopicConfig()).as_defaults()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -381,6 +383,8 @@ class LogManager:
         validate_topic_name(name)
         if name in self._catalog.topics or name in self._creating:
             raise TopicExistsError(f"topic {name!r} already exists")
+        if name in self._deleting:
+            raise TopicExistsError(f"topic {name!r} is being deleted; create it again once that is done")
         for existing in (*self._catalog.topics, *self._creating):
             if collision_key(existing) == collision_key(name):
                 raise InvalidTopicError(f"topic {name!r} collides with existing topic {existing!r}")
@@ -489,6 +493,19 @@ class LogManager:
         Raises:
             UnknownTopicError: no such topic.
         """
+        for _ in self.delete_topic_steps(name):
+            pass
+
+    def delete_topic_steps(self, name: str) -> Iterator[None]:
+        """:meth:`delete_topic` as a generator that yields after each partition's removal.
+
+        The catalog forgets the topic (durably) before the first yield; until the last
+        directory is gone the name cannot be created again, so a new topic never meets the old
+        one's files. A broker runs the steps in 1 ms slices (2,000 partitions take ~250 ms).
+
+        Raises:
+            UnknownTopicError: no such topic (before the first yield).
+        """
         self._require_open()
         entry = self._catalog.topics.get(name)
         if entry is None:
@@ -501,19 +518,31 @@ class LogManager:
             self._catalog.topics[name] = entry
             raise
         del self._configs[name]
-        for partition in range(entry.partitions):
-            directory = self.data_dir / partition_dir_name(name, partition)
-            plog = self._logs.pop((name, partition), None)
-            self._deferred.pop((name, partition), None)
-            self._last_used_ms.pop((name, partition), None)
-            if plog is not None:
-                plog.delete()
-            elif not directory.exists():
-                continue  # a deferred partition never opened: it may have no directory yet
-            # Rename first so a crash mid-rmtree leaves a directory the next open recognises.
-            doomed = self.data_dir / f"{partition_dir_name(name, partition)}.{uuid.uuid4().hex}{DELETE_DIR_SUFFIX}"
-            os.replace(directory, doomed)
-            shutil.rmtree(doomed)
+        self._deleting.add(name)
+        remaining = iter(range(entry.partitions))
+        try:
+            for partition in remaining:
+                self._delete_partition_files(name, partition)
+                yield
+        finally:
+            # Abandoned midway (a cancelled task): the rest goes at once, never left behind.
+            for partition in remaining:
+                self._delete_partition_files(name, partition)
+            self._deleting.discard(name)
+
+    def _delete_partition_files(self, name: str, partition: int) -> None:
+        directory = self.data_dir / partition_dir_name(name, partition)
+        plog = self._logs.pop((name, partition), None)
+        self._deferred.pop((name, partition), None)
+        self._last_used_ms.pop((name, partition), None)
+        if plog is not None:
+            plog.delete()
+        elif not directory.exists():
+            return  # a deferred partition never opened: it may have no directory yet
+        # Rename first so a crash mid-rmtree leaves a directory the next open recognises.
+        doomed = self.data_dir / f"{partition_dir_name(name, partition)}.{uuid.uuid4().hex}{DELETE_DIR_SUFFIX}"
+        os.replace(directory, doomed)
+        shutil.rmtree(doomed)
 
     def alter_topic_config(
         self, name: str, overrides: Mapping[str, str | None], *, validate_only: bool = False

@@ -70,3 +70,53 @@ def test_a_creation_abandoned_midway_leaves_nothing(tmp_path: Path) -> None:
         assert not manager.has_topic("half")
         assert not any(p.name.startswith("half-") for p in tmp_path.iterdir())
         assert manager.create_topic("half", 2).partitions == 2  # the name is free again
+
+
+def test_a_wide_topic_is_deleted_in_slices_and_cannot_be_created_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        core = BrokerCore(BrokerConfig(data_dir=tmp_path / "data"))
+        await core.start()
+        try:
+            await core.create_topics([NewTopic("wide", PARTITIONS, 1, {})])
+            monkeypatch.setattr(core_module, "LOOP_SLICE_S", 0.0)
+            turns = 0
+            stop = False
+
+            async def count_turns() -> None:
+                nonlocal turns
+                while not stop:
+                    turns += 1
+                    await asyncio.sleep(0)
+
+            counter = asyncio.create_task(count_turns())
+            deletion = asyncio.create_task(core.delete_topics(["wide"]))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert not core.logs.has_topic("wide")  # forgotten at once
+            again = await core.create_topics([NewTopic("wide", 1, 1, {})])
+            assert again[0].error_code == ErrorCode.TOPIC_ALREADY_EXISTS
+            assert "being deleted" in (again[0].error_message or "")
+            assert await deletion == [("wide", ErrorCode.NONE)]
+            stop = True
+            await counter
+            assert turns >= PARTITIONS - 5, turns
+            assert not any(p.name.startswith("wide-") for p in (tmp_path / "data").iterdir())
+            created = await core.create_topics([NewTopic("wide", 1, 1, {})])
+            assert created[0].error_code == ErrorCode.NONE
+        finally:
+            await core.close()
+
+    asyncio.run(main())
+
+
+def test_a_deletion_abandoned_midway_still_removes_every_partition(tmp_path: Path) -> None:
+    with LogManager(tmp_path) as manager:
+        manager.create_topic("gone", 10)
+        steps = manager.delete_topic_steps("gone")
+        for _ in range(3):
+            next(steps)
+        steps.close()
+        assert not any(p.name.startswith("gone-") for p in tmp_path.iterdir())
+        assert manager.create_topic("gone", 1).partitions == 1
