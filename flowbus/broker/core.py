@@ -57,8 +57,9 @@ from flowbus.records.control import (
     parse_control_record,
 )
 from flowbus.records.errors import CorruptRecordError, UnsupportedCompressionError
-from flowbus.records.header import NO_PRODUCER_ID, BatchHeader, read_header
+from flowbus.records.header import NO_PRODUCER_ID, BatchHeader, check_batch, read_header
 from flowbus.records.record import decode_batch
+from flowbus.records.validate import KEYLESS_ON_COMPACTED, keyless_record_indexes
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,9 @@ class ProduceResult:
     log_append_time_ms: int = -1
     log_start_offset: int = -1
     error_message: str | None = None
+    #: Produce v8+ ``record_errors``: (index of the record in its batch, message) for each
+    #: record that made the batch fail (keyless records on a compacted topic).
+    record_errors: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +241,49 @@ def _next_offset_after(records: bytes | memoryview) -> int:
         next_offset = header.next_offset
         pos += header.size_bytes
     return next_offset
+
+
+#: Kafka's record-error list in its error message stops at three entries.
+RECORD_ERRORS_IN_MESSAGE = 3
+
+
+def _refuse_keyless(
+    topic: str, partition: int, plog: PartitionLog, view: memoryview, headers: list[BatchHeader]
+) -> ProduceResult | None:
+    """INVALID_RECORD for the first batch holding a record without a key, as Kafka's
+    ``LogValidator`` answers for a compacted topic (the cleaner could never remove such a
+    record); None when every record has a key.
+
+    ``record_errors`` lists that batch's keyless records by their index in it (the others are
+    fine but refused with them: nothing of the produce is appended). A batch refused for its
+    keys has its CRC checked first, so damage is still CORRUPT_MESSAGE, as the append would say.
+    """
+    pos = 0
+    for header in headers:
+        try:
+            indexes = keyless_record_indexes(view, pos, header)
+            if indexes:
+                check_batch(view, pos)
+        except (CorruptRecordError, UnsupportedCompressionError) as exc:
+            return ProduceResult(ErrorCode.CORRUPT_MESSAGE, error_message=str(exc))
+        if indexes:
+            message = f"{KEYLESS_ON_COMPACTED} {topic}-{partition}"
+            shown = ", ".join(
+                f"RecordError(batchIndex={index}, message='{message}')"
+                for index in indexes[:RECORD_ERRORS_IN_MESSAGE]
+            )
+            return ProduceResult(
+                ErrorCode.INVALID_RECORD,
+                log_start_offset=plog.log_start_offset,
+                # Kafka's InvalidRecordException text, so client logs read the same.
+                error_message=(
+                    f"One or more records have been rejected due to {len(indexes)} record errors "
+                    f"in total, and only showing the first three errors at most: [{shown}]"
+                ),
+                record_errors=tuple((index, message) for index in indexes),
+            )
+        pos += header.size_bytes
+    return None
 
 
 def valid_topic_name(name: str) -> bool:
@@ -563,6 +610,20 @@ class BrokerCore:
                 raise StorageError(
                     f"fsync of {OFFSETS_TOPIC}-{appended.partition} failed (error {error})"
                 )
+
+    def append_offsets_now(
+        self, group_id: str, records: list[tuple[bytes, bytes | None]]
+    ) -> None:
+        """Group metadata records, appended before returning (no wait for an fsync).
+
+        The group coordinator writes them from state changes that cannot wait, such as a
+        session timeout in the tick; the group commit fsyncs them when the flush policy asks.
+        """
+        builder = BatchBuilder()
+        now_ms = self.clock.now_ms()
+        for key, value in records:
+            builder.append(key, value, timestamp_ms=now_ms)
+        self.append_internal(OFFSETS_TOPIC, self.offsets_partition_for(group_id), builder.build())
 
     # -- transactions (used by the transaction coordinator) ---------------------------------
 
@@ -1076,6 +1137,11 @@ class BrokerCore:
                     return ProduceResult(
                         error, log_start_offset=plog.log_start_offset
                     )
+        if plog.config.is_compacted:
+            # Per record, so only for compacted topics: every other produce skips it.
+            refused = _refuse_keyless(topic, partition, plog, view, headers)
+            if refused is not None:
+                return refused
         idempotent = headers[0].producer_id >= 0
         state = self._producer_state(topic, partition, plog) if idempotent else None
         if state is not None:

@@ -20,22 +20,25 @@ Time comes from an injected clock and one periodic :meth:`GroupCoordinator.tick`
 timeouts, rebalance timeouts, the initial rebalance delay and MEMBER_ID_REQUIRED reservations
 expire there, so there is no per-member sleeping task and tests use a ``ManualClock``.
 
-Committed offsets are records of the compacted internal topic ``__consumer_offsets``
-(written through an :class:`OffsetStore`, replayed by :meth:`GroupCoordinator.load_record` at
-start). The encoding is flowbus's own, all integers big-endian::
+Committed offsets and group metadata are records of the compacted internal topic
+``__consumer_offsets`` (written through an :class:`OffsetStore`, replayed by
+:meth:`GroupCoordinator.load_record` at start), in Kafka's own formats so that lag monitors such as
+Burrow can read them (``internal_records.py`` has the layouts and versions):
 
-    key   = version int16 (= 1, "committed offset")
-            group_id  string (int16 length + UTF-8)
-            topic     string (int16 length + UTF-8)
-            partition int32
-    value = version int16 (= 1)
-            offset int64, leader_epoch int32,
-            metadata nullable string (int16 length, -1 = null),
-            commit_timestamp_ms int64
-    value absent (tombstone) = the committed offset was deleted
+* OffsetCommitKey v1 (group, topic, partition) → OffsetCommitValue v3 (offset, leader epoch,
+  metadata, commit timestamp); a tombstone deletes the committed offset.
+* GroupMetadataKey v2 (group) → GroupMetadataValue v3: generation, protocol type and name,
+  leader, and every member (member id, group instance id, client id and host, timeouts,
+  subscription and assignment). Written when a rebalance completes (the leader's SyncGroup, or the
+  group becoming Empty), when a static member takes over its place (KIP-345), and as a tombstone
+  when the group is deleted or forgotten. So a restart keeps each group's generation, protocol type
+  and members: the members are loaded as they were (Stable) and keep their session timeout from the
+  load on, so a consumer that keeps heartbeating carries on, a static member that rejoins gets its
+  assignment back, and members that never return expire and trigger a rebalance.
 
-Key versions 2 and up are reserved for group metadata; the loader skips versions it does not
-know, so an older broker can read a newer topic.
+Key versions this broker does not know (Kafka 4's consumer-group records) are skipped, so a
+topic shared with newer writers still loads. Values that flowbus wrote before it used Kafka's
+formats are read too (see ``group_records.py``).
 
 Transactional offset commits (TxnOffsetCommit, KIP-98/KIP-447) use the same records, written in a
 *transactional* batch carrying the producer's id and epoch. They stay pending (invisible to
@@ -50,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,7 +60,18 @@ from enum import Enum
 from typing import Protocol
 
 from flowbus.broker.errors import InternalTopicError
-from flowbus.broker.internal_records import decode_str, encode_str
+from flowbus.broker.group_records import (
+    CommittedOffset,
+    GroupMetadata,
+    GroupRecord,
+    MemberMetadata,
+    decode_offset_record,
+    decode_offsets_record,
+    encode_group_key,
+    encode_group_value,
+    encode_offset_key,
+    encode_offset_value,
+)
 from flowbus.clock import Clock
 from flowbus.errors import FlowbusError
 from flowbus.protocol.codec import decode_consumer_subscription
@@ -67,12 +80,6 @@ from flowbus.protocol.errors import MalformedMessageError
 
 log = logging.getLogger(__name__)
 
-OFFSET_KEY_VERSION = 1
-OFFSET_VALUE_VERSION = 1
-_INT16 = struct.Struct(">h")
-_INT32 = struct.Struct(">i")
-_OFFSET_VALUE = struct.Struct(">hqi")
-_INT64 = struct.Struct(">q")
 #: Offsets deleted per ``__consumer_offsets`` batch (DeleteGroups, OffsetDelete): about 60 bytes
 #: a tombstone, so a batch stays far below the topic's record-batch size limit.
 TOMBSTONES_PER_BATCH = 1_000
@@ -164,14 +171,6 @@ class GroupListing:
 
 
 @dataclass(frozen=True, slots=True)
-class CommittedOffset:
-    offset: int
-    leader_epoch: int
-    metadata: str | None
-    commit_timestamp_ms: int
-
-
-@dataclass(frozen=True, slots=True)
 class OffsetToCommit:
     topic: str
     partition: int
@@ -207,6 +206,17 @@ class OffsetStore(Protocol):
         records: list[tuple[bytes, bytes | None]],
     ) -> None:
         """Append the records as one transactional batch of that producer."""
+        ...
+
+    def append_offsets_now(
+        self, group_id: str, records: list[tuple[bytes, bytes | None]]
+    ) -> None:
+        """Append the records before returning, without waiting for an fsync.
+
+        For group metadata, written from state transitions that cannot wait (a session
+        timeout in the tick). Once this returns the records survive a process crash; an fsync
+        is requested when the log's flush policy asks for one. Raises FlowbusError on failure.
+        """
         ...
 
 
@@ -253,68 +263,9 @@ class _Group:
     rebalance_deadline_ms: int = 0
     initial_delay_deadline_ms: int | None = None
     offsets: dict[tuple[str, int], CommittedOffset] = field(default_factory=dict)
-
-
-def encode_offset_key(group_id: str, topic: str, partition: int) -> bytes:
-    """Key of a committed-offset record (see the module doc)."""
-    return (
-        _INT16.pack(OFFSET_KEY_VERSION)
-        + encode_str(group_id)
-        + encode_str(topic)
-        + _INT32.pack(partition)
-    )
-
-
-def encode_offset_value(committed: CommittedOffset) -> bytes:
-    """Value of a committed-offset record (see the module doc)."""
-    if committed.metadata is None:
-        metadata = _INT16.pack(-1)
-    else:
-        metadata = encode_str(committed.metadata)
-    return (
-        _OFFSET_VALUE.pack(
-            OFFSET_VALUE_VERSION, committed.offset, committed.leader_epoch
-        )
-        + metadata
-        + _INT64.pack(committed.commit_timestamp_ms)
-    )
-
-
-def decode_offset_record(
-    key: bytes, value: bytes | None
-) -> tuple[str, str, int, CommittedOffset | None] | None:
-    """Decode a ``__consumer_offsets`` record; None for key versions this broker does not know.
-
-    Raises:
-        InternalTopicError: the record is malformed.
-    """
-    try:
-        (version,) = _INT16.unpack_from(key, 0)
-        if version != OFFSET_KEY_VERSION:
-            return None
-        group_id, pos = decode_str(key, 2)
-        topic, pos = decode_str(key, pos)
-        (partition,) = _INT32.unpack_from(key, pos)
-        if value is None:
-            return group_id, topic, partition, None
-        value_version, offset, leader_epoch = _OFFSET_VALUE.unpack_from(value, 0)
-        if value_version != OFFSET_VALUE_VERSION:
-            return None
-        pos = _OFFSET_VALUE.size
-        (meta_len,) = _INT16.unpack_from(value, pos)
-        if meta_len < 0:
-            metadata, pos = None, pos + 2
-        else:
-            metadata, pos = decode_str(value, pos)
-        (commit_timestamp_ms,) = _INT64.unpack_from(value, pos)
-    except (struct.error, UnicodeDecodeError) as exc:
-        raise InternalTopicError(f"malformed committed-offset record: {exc}") from exc
-    return (
-        group_id,
-        topic,
-        partition,
-        CommittedOffset(offset, leader_epoch, metadata, commit_timestamp_ms),
-    )
+    #: A GroupMetadata record of this group is in ``__consumer_offsets``: forgetting the group
+    #: must write its tombstone, or a restart would bring it back.
+    persisted: bool = False
 
 
 def _subscription_changed(
@@ -365,26 +316,78 @@ class GroupCoordinator:
         if key is None:
             return
         try:
-            decoded = decode_offset_record(key, value)
+            decoded = decode_offsets_record(key, value)
         except InternalTopicError as exc:
             log.warning("skipping a malformed record in __consumer_offsets: %s", exc)
             return
+        if isinstance(decoded, GroupRecord):
+            self._load_group(decoded.group_id, decoded.metadata)
+            return
         if decoded is None:
             return
-        group_id, topic, partition, committed = decoded
-        group = self._groups.get(group_id)
-        if committed is None:
+        group = self._groups.get(decoded.group_id)
+        key_tp = (decoded.topic, decoded.partition)
+        if decoded.committed is None:
             if group is not None:
-                group.offsets.pop((topic, partition), None)
-                if not group.offsets:
+                group.offsets.pop(key_tp, None)
+                if not group.offsets and not group.persisted:
                     # Its last offset deleted (DeleteGroups, OffsetDelete) and no members while
                     # loading: nothing left to remember, as the tick decides for a live group.
-                    # Listing it after a restart would bring a deleted group back.
-                    del self._groups[group_id]
+                    # Listing it after a restart would bring a deleted group back. A group
+                    # with metadata waits for its own tombstone (or the first tick).
+                    del self._groups[decoded.group_id]
             return
         if group is None:
-            group = self._groups[group_id] = _Group(group_id)
-        group.offsets[(topic, partition)] = committed
+            group = self._groups[decoded.group_id] = _Group(decoded.group_id)
+        group.offsets[key_tp] = decoded.committed
+
+    def _load_group(self, group_id: str, metadata: GroupMetadata | None) -> None:
+        """Apply a GroupMetadata record: the group as its last completed rebalance left it.
+
+        Members come back as they were (Stable) with a fresh session (:meth:`finish_loading`
+        starts it), as Kafka's coordinator schedules every loaded member's heartbeat expiry: a
+        consumer that keeps heartbeating through the restart carries on, a static member that
+        rejoins takes its place back (KIP-345), and members that never return time out.
+        """
+        group = self._groups.get(group_id)
+        offsets = group.offsets if group is not None else {}
+        if metadata is None:
+            # Deleted (DeleteGroups, or forgotten when empty); its offsets have their own
+            # tombstones, and any left over keep a bare group.
+            if offsets:
+                self._groups[group_id] = _Group(group_id, offsets=offsets)
+            else:
+                self._groups.pop(group_id, None)
+            return
+        now_ms = self._clock.monotonic_ms()
+        fresh = _Group(
+            group_id,
+            generation_id=metadata.generation,
+            protocol_type=metadata.protocol_type or None,
+            offsets=offsets,
+            persisted=True,
+        )
+        if metadata.members and metadata.protocol is not None:
+            fresh.state = GroupState.STABLE
+            fresh.protocol_name = metadata.protocol
+            fresh.leader_id = metadata.leader
+            for m in metadata.members:  # bounded by the record's size
+                session_ms = m.session_timeout_ms
+                fresh.members[m.member_id] = _Member(
+                    m.member_id,
+                    m.group_instance_id,
+                    m.client_id,
+                    m.client_host,
+                    session_ms,
+                    m.rebalance_timeout_ms if m.rebalance_timeout_ms > 0 else session_ms,
+                    metadata.protocol_type,
+                    [(metadata.protocol, m.subscription)],
+                    now_ms,
+                    m.assignment,
+                )
+                if m.group_instance_id is not None:
+                    fresh.static_members[m.group_instance_id] = m.member_id
+        self._groups[group_id] = fresh
 
     def load_txn_record(
         self, producer_id: int, key: bytes | None, value: bytes | None
@@ -530,7 +533,14 @@ class GroupCoordinator:
         return ErrorCode.NONE
 
     def finish_loading(self) -> None:
-        """Start answering group requests (all offsets are loaded)."""
+        """Start answering group requests (all offsets and groups are loaded).
+
+        Loaded members' sessions start now, so a long replay does not expire them.
+        """
+        now_ms = self._clock.monotonic_ms()
+        for group in self._groups.values():
+            for member in group.members.values():
+                member.last_seen_ms = now_ms
         self.loading = False
 
     # -- membership ------------------------------------------------------------------------
@@ -715,6 +725,9 @@ class GroupCoordinator:
                 group.protocol_type, old_metadata, member.metadata_for(group.protocol_name)
             )
         ):
+            # Kafka persists the new member id at once: after a restart the old id is fenced
+            # and this one keeps the assignment.
+            self._persist_group(group)
             return JoinResult(
                 ErrorCode.NONE,
                 group.generation_id,
@@ -797,6 +810,7 @@ class GroupCoordinator:
             for m in group.members.values():
                 m.assignment = bytes(assignments.get(m.member_id, b""))
             group.state = GroupState.STABLE
+            self._persist_group(group)
             now_ms = self._clock.monotonic_ms()
             for m in group.members.values():
                 m.last_seen_ms = now_ms
@@ -933,7 +947,10 @@ class GroupCoordinator:
             if not partition_exists(item.topic, item.partition):
                 errors.append(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
                 continue
-            committed = CommittedOffset(item.offset, item.leader_epoch, item.metadata, now_wall_ms)
+            # Kafka stores a null metadata as "" (its record field is not nullable).
+            committed = CommittedOffset(
+                item.offset, item.leader_epoch, item.metadata or "", now_wall_ms
+            )
             records.append(
                 (encode_offset_key(group_id, item.topic, item.partition), encode_offset_value(committed))
             )
@@ -1043,6 +1060,14 @@ class GroupCoordinator:
             # records precede our tombstones, so tombstone any key it added as well.
             late = [key for key in group.offsets if key not in written]
             error = await self._write_tombstones(group, late, written)
+        if error == ErrorCode.NONE:
+            # Last, the group's own tombstone (Kafka writes it too), so a restart does not
+            # bring back its generation and protocol type either.
+            try:
+                await self._store.append_offsets(group_id, [(encode_group_key(group_id), None)])
+            except FlowbusError as exc:
+                log.error("deleting the metadata of group %s failed: %s", group_id, exc)
+                error = ErrorCode.COORDINATOR_NOT_AVAILABLE
         if error != ErrorCode.NONE:
             group.state = GroupState.EMPTY  # the client may retry; written keys are gone
             return error
@@ -1148,6 +1173,53 @@ class GroupCoordinator:
                 written.add(key)
         return ErrorCode.NONE
 
+    # -- group metadata records ------------------------------------------------------------
+
+    def _persist_group(self, group: _Group) -> None:
+        """Append the group's GroupMetadata record: a rebalance completed (or a static member
+        took over its place), so this is the state a restarted broker should resume from.
+
+        Written at once (:meth:`OffsetStore.append_offsets_now`), in the same step as the state
+        change, so no later record of the group can overtake it in the log.
+        """
+        members = [
+            MemberMetadata(
+                m.member_id,
+                m.group_instance_id,
+                m.client_id,
+                m.client_host,
+                m.rebalance_timeout_ms,
+                m.session_timeout_ms,
+                m.metadata_for(group.protocol_name),
+                m.assignment,
+            )
+            for m in group.members.values()  # bounded by group_max_size
+        ]
+        metadata = GroupMetadata(
+            group.protocol_type or "",
+            group.generation_id,
+            group.protocol_name,
+            group.leader_id,
+            self._clock.now_ms(),
+            members,
+        )
+        record = (encode_group_key(group.group_id), encode_group_value(metadata))
+        if self._append_now(group.group_id, [record]):
+            group.persisted = True
+
+    def _append_now(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> bool:
+        """Append group records at once; False (logged) when the log refused them.
+
+        A lost group record costs a rebalance after a restart, not correctness: the group
+        carries on in memory, as Kafka's does when its metadata append fails.
+        """
+        try:
+            self._store.append_offsets_now(group_id, records)
+        except FlowbusError as exc:
+            log.error("writing the metadata of group %s failed: %s", group_id, exc)
+            return False
+        return True
+
     # -- inspection ------------------------------------------------------------------------
 
     def describe_group(self, group_id: str) -> GroupDescription:
@@ -1240,6 +1312,8 @@ class GroupCoordinator:
                 # Nothing left to remember: Kafka marks such a group Dead and forgets it.
                 group.state = GroupState.DEAD
                 del self._groups[group.group_id]
+                if group.persisted:
+                    self._append_now(group.group_id, [(encode_group_key(group.group_id), None)])
 
     def close(self) -> None:
         """Answer every waiting join and sync so that no request hangs at shutdown."""
@@ -1338,6 +1412,7 @@ class GroupCoordinator:
             group.state = GroupState.EMPTY
             group.protocol_name = None
             group.leader_id = None
+            self._persist_group(group)
             return
         first = next(iter(group.members.values()))
         group.protocol_type = first.protocol_type

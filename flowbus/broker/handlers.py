@@ -47,11 +47,19 @@ def topic_id_bytes(topic_id: str) -> bytes:
     return uuid.UUID(topic_id).bytes if topic_id else ZERO_UUID
 #: Authorized-operations value meaning "not requested / not provided" (KIP-430).
 AUTHORIZED_OPERATIONS_OMITTED = -(1 << 31)
-#: Every operation Kafka defines on the cluster resource (Create 5, Alter 7, Describe 8,
-#: ClusterAction 9, DescribeConfigs 10, AlterConfigs 11, IdempotentWrite 12), one bit per
-#: AclOperation code: what Kafka reports when asked and no authorizer is configured, and
-#: flowbus authorizes everything.
+# KIP-430 authorized operations: one bit per AclOperation code (Read 3, Write 4, Create 5,
+# Delete 6, Alter 7, Describe 8, ClusterAction 9, DescribeConfigs 10, AlterConfigs 11,
+# IdempotentWrite 12). Kafka without an authorizer answers, when asked, every operation its
+# ``AclEntry.supportedOperations`` lists for the resource type; flowbus has no authorizer
+# (everything is allowed), so it answers the same sets.
+#: Cluster: Create, Alter, Describe, ClusterAction, DescribeConfigs, AlterConfigs, IdempotentWrite.
 CLUSTER_OPERATIONS_ALL = sum(1 << code for code in (5, 7, 8, 9, 10, 11, 12))
+#: Topic: Read, Write, Create, Delete, Alter, Describe, DescribeConfigs, AlterConfigs.
+TOPIC_OPERATIONS_ALL = sum(1 << code for code in (3, 4, 5, 6, 7, 8, 10, 11))
+#: Group: Read, Delete, Describe, as in Kafka up to 3.9. Kafka 4.0 adds DescribeConfigs and
+#: AlterConfigs with its group configs (KIP-848, KAFKA-14510); flowbus has no group configs
+#: (DescribeConfigs knows topics and this broker only), so it does not claim those two.
+GROUP_OPERATIONS_ALL = sum(1 << code for code in (3, 6, 8))
 #: DescribeCluster endpoint types (KIP-919): this broker is a broker endpoint only.
 ENDPOINT_TYPE_BROKERS = 1
 ENDPOINT_TYPE_CONTROLLERS = 2
@@ -228,6 +236,12 @@ class Handlers:
         allow = bool(body.get("allow_auto_topic_creation", True))
         result = await self.core.metadata(names, allow_auto_create=allow)
         node_id = result.controller_id
+        # v8+; every topic entry, as Kafka (which has no authorizer to leave some out here).
+        topic_operations = (
+            TOPIC_OPERATIONS_ALL
+            if body.get("include_topic_authorized_operations")
+            else AUTHORIZED_OPERATIONS_OMITTED
+        )
         return {
             "throttle_time_ms": 0,
             "brokers": [
@@ -254,7 +268,7 @@ class Handlers:
                         }
                         for p in range(t.partitions)
                     ],
-                    "topic_authorized_operations": AUTHORIZED_OPERATIONS_OMITTED,
+                    "topic_authorized_operations": topic_operations,
                 }
                 for t in result.topics
             ],
@@ -322,7 +336,10 @@ class Handlers:
                 "base_offset": result.base_offset,
                 "log_append_time_ms": result.log_append_time_ms,
                 "log_start_offset": result.log_start_offset,
-                "record_errors": [],
+                "record_errors": [
+                    {"batch_index": index, "batch_index_error_message": message}
+                    for index, message in result.record_errors
+                ] if result.record_errors else [],
                 "error_message": result.error_message,
             }
         if acks == 0:
@@ -906,6 +923,8 @@ class Handlers:
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
     ) -> Body:
         groups = []
+        # v3+ (KIP-430). As Kafka: only groups described without an error get the set.
+        asked = bool(body.get("include_authorized_operations"))
         for group_id in body["groups"]:
             d = self.core.groups.describe_group(group_id)
             groups.append(
@@ -926,7 +945,11 @@ class Handlers:
                         }
                         for m in d.members
                     ],
-                    "authorized_operations": AUTHORIZED_OPERATIONS_OMITTED,
+                    "authorized_operations": (
+                        GROUP_OPERATIONS_ALL
+                        if asked and d.error_code == ErrorCode.NONE
+                        else AUTHORIZED_OPERATIONS_OMITTED
+                    ),
                 }
             )
         return {"throttle_time_ms": 0, "groups": groups}

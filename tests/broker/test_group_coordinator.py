@@ -35,6 +35,9 @@ class MemoryStore:
     ) -> None:
         self.records.extend(records)
 
+    def append_offsets_now(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> None:
+        self.records.extend(records)
+
 
 def make(delay_ms: int = 0) -> tuple[GroupCoordinator, ManualClock, MemoryStore]:
     clock = ManualClock()
@@ -335,7 +338,7 @@ def test_offsets_survive_a_reload() -> None:
         assert error == ErrorCode.NONE
         assert [(f.topic, f.partition, f.offset, f.metadata) for f in fetched] == [
             ("t", 0, 10, "m"),
-            ("t", 1, 20, None),
+            ("t", 1, 20, ""),  # Kafka stores a null metadata as "" (its field is not nullable)
         ]
         _, missing = reloaded.fetch_offsets("simple", [("t", 9)])
         assert missing[0].offset == -1

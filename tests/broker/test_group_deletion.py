@@ -40,6 +40,11 @@ class GatedStore:
         self.records.extend(records)
         await self.gate.wait()
 
+    def append_offsets_now(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> None:
+        if self.fail:
+            raise FlowbusError("disk full")
+        self.records.extend(records)
+
     async def append_txn_offsets(
         self, group_id: str, producer_id: int, producer_epoch: int, records: list[tuple[bytes, bytes | None]]
     ) -> None:

@@ -50,6 +50,9 @@ class MemoryStore:
     ) -> None:
         self.records.extend(records)
 
+    def append_offsets_now(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> None:
+        self.records.extend(records)
+
     async def append_txn_offsets(
         self,
         group_id: str,
