@@ -382,6 +382,9 @@ class BrokerCore:
         )
         #: CreatePartitions, AlterConfigs, IncrementalAlterConfigs, DeleteRecords, DescribeLogDirs.
         self.topic_admin = TopicAdmin(self, INTERNAL_TOPICS)
+        #: Topics being created in slices, done when their creation ends (either way): a second
+        #: CreateTopics of the name waits for it, so "already exists" means it does.
+        self._topic_creations: dict[str, asyncio.Future[None]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -757,6 +760,11 @@ class BrokerCore:
                     if exc.errno != ErrorCode.TOPIC_ALREADY_EXISTS:
                         infos.append(TopicInfo(name, exc.errno))
                         continue
+                    if not self.logs.has_topic(name):
+                        # Being created (or its files deleted) right now: Kafka's answer for a
+                        # topic without leaders yet; clients ask again.
+                        infos.append(TopicInfo(name, ErrorCode.LEADER_NOT_AVAILABLE))
+                        continue
                 meta = self.logs.topic(name)
             infos.append(
                 TopicInfo(
@@ -825,13 +833,25 @@ class BrokerCore:
             if validate_only:
                 self.logs.check_descriptor_budget(name, partitions)
             else:
+                pending = self._topic_creations.get(name)
+                if pending is not None:
+                    await asyncio.shield(pending)  # answered once the other creation ended
+                    return CreateTopicResult(
+                        name, ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists"
+                    )
                 # A partition's files take ~1-3 ms: a topic of thousands is created in 1 ms
                 # slices between which other clients are served.
-                deadline = slice_deadline()
-                for _ in self.logs.create_topic_steps(name, partitions, dict(topic.configs)):
-                    if time.perf_counter() >= deadline:
-                        await asyncio.sleep(0)
-                        deadline = slice_deadline()
+                creation = asyncio.get_running_loop().create_future()
+                self._topic_creations[name] = creation
+                try:
+                    deadline = slice_deadline()
+                    for _ in self.logs.create_topic_steps(name, partitions, dict(topic.configs)):
+                        if time.perf_counter() >= deadline:
+                            await asyncio.sleep(0)
+                            deadline = slice_deadline()
+                finally:
+                    del self._topic_creations[name]
+                    creation.set_result(None)
         except LogError as exc:
             return CreateTopicResult(
                 name,

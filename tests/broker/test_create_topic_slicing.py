@@ -120,3 +120,30 @@ def test_a_deletion_abandoned_midway_still_removes_every_partition(tmp_path: Pat
         steps.close()
         assert not any(p.name.startswith("gone-") for p in tmp_path.iterdir())
         assert manager.create_topic("gone", 1).partitions == 1
+
+
+def test_a_second_creation_of_a_topic_under_way_is_answered_once_it_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two apps of one process create the same topic: the second answer, "already exists", comes
+    once the topic does, and Metadata meanwhile says LEADER_NOT_AVAILABLE (clients retry)."""
+
+    async def main() -> None:
+        core = BrokerCore(BrokerConfig(data_dir=tmp_path / "data"))
+        await core.start()
+        try:
+            monkeypatch.setattr(core_module, "LOOP_SLICE_S", 0.0)
+            first = asyncio.create_task(core.create_topics([NewTopic("shared", PARTITIONS, 1, {})]))
+            await asyncio.sleep(0)
+            assert not core.logs.has_topic("shared")
+            meta = await core.metadata(["shared"])
+            assert meta.topics[0].error_code == ErrorCode.LEADER_NOT_AVAILABLE
+            (second,) = await core.create_topics([NewTopic("shared", 4, 1, {})])
+            assert second.error_code == ErrorCode.TOPIC_ALREADY_EXISTS
+            assert core.logs.topic("shared").partitions == PARTITIONS  # it exists when answered
+            ((created,),) = [await first]
+            assert created.error_code == ErrorCode.NONE
+        finally:
+            await core.close()
+
+    asyncio.run(main())
