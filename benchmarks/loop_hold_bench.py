@@ -66,6 +66,7 @@ VERSIONS = {
     ApiKey.PRODUCE: 9,
     ApiKey.METADATA: 12,
     ApiKey.CREATE_TOPICS: 5,
+    ApiKey.DELETE_TOPICS: 5,
 }
 
 
@@ -171,9 +172,27 @@ KINDS: dict[str, tuple[ApiKey, Callable[[], dict[str, Any]], Callable[[dict[str,
     "metadata": (ApiKey.METADATA, metadata_body, check_metadata),
 }
 
+#: Partitions of the topic the "create_delete" kind creates and deletes in each repeat.
+WIDE_TOPIC_PARTITIONS = 1_000
+
 #: Every kind the benchmark runs, in order: the broker alone first, Metadata (and the broker
 #: alone again) last, once its 2,000 topics exist.
-ALL_KINDS = ["idle", "fetch", "list_offsets", "offset_commit", "produce", "metadata", "idle_2000_topics"]
+ALL_KINDS = ["idle", "fetch", "list_offsets", "offset_commit", "produce", "create_delete", "metadata",
+             "idle_2000_topics"]
+
+
+def create_and_delete_wide_topic(sock: socket.socket, correlation_id: int) -> None:
+    """CreateTopics of one topic of WIDE_TOPIC_PARTITIONS partitions, then DeleteTopics of it."""
+    name = f"loop-hold-wide-{correlation_id}"
+    created = round_trip(sock, ApiKey.CREATE_TOPICS, 2 * correlation_id, {
+        "topics": [{"name": name, "num_partitions": WIDE_TOPIC_PARTITIONS, "replication_factor": 1,
+                    "assignments": [], "configs": []}], "timeout_ms": 60_000, "validate_only": False})
+    if created["topics"][0]["error_code"]:
+        raise AssertionError(f"creating {name}: {created['topics'][0]}")
+    deleted = round_trip(sock, ApiKey.DELETE_TOPICS, 2 * correlation_id + 1,
+                         {"topic_names": [name], "timeout_ms": 60_000})
+    if deleted["responses"][0]["error_code"]:
+        raise AssertionError(f"deleting {name}: {deleted['responses'][0]}")
 
 
 def create_topics(sock: socket.socket, topics: list[tuple[str, int]]) -> None:
@@ -257,6 +276,12 @@ def measure_kind(host: str, port: int, kind: str, repeats: int) -> dict[str, flo
         if kind.startswith("idle"):
             time.sleep(IDLE_S)
             big_ms.append(0.0)
+        elif kind == "create_delete":
+            with connect(host, port) as sock:
+                for correlation_id in range(1, repeats + 1):
+                    started = time.perf_counter()
+                    create_and_delete_wide_topic(sock, correlation_id)
+                    big_ms.append((time.perf_counter() - started) * 1000)
         else:
             api_key, build, check = KINDS[kind]
             body = build()
