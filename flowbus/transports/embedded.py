@@ -953,7 +953,8 @@ class EmbeddedTransport(Transport):
     async def create_topics(self, specs: Sequence[TopicSpec]) -> None:
         await self.start()
         results = await self.core.create_topics(
-            [CoreNewTopic(s.name, s.partitions, s.replication_factor, dict(s.config)) for s in specs]
+            [CoreNewTopic(s.name, s.partitions, s.replication_factor, dict(s.config)) for s in specs],
+            sliced=False,  # each topic whole: partition_count() may auto-create it synchronously
         )
         for result in results:
             if result.error_code not in (ErrorCode.NONE, ErrorCode.TOPIC_ALREADY_EXISTS):
