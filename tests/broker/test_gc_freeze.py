@@ -46,3 +46,34 @@ def test_partitions_created_after_start_are_frozen_and_nothing_else_is(tmp_path:
     assert quiet == 0
     assert frozen > 0
     assert partitions >= 40
+
+
+def test_a_broker_process_runs_full_collections_a_thousand_gen1_collections_apart(tmp_path: Path) -> None:
+    """``flowbus broker`` (the runner) sets the third GC threshold: checked on a real process
+    through a tiny helper script that runs the broker's runner and prints the thresholds."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.support.broker_process import free_port
+
+    script = textwrap.dedent(f"""
+        import asyncio, gc
+        from pathlib import Path
+        from flowbus.broker.config import BrokerConfig
+        from flowbus.broker.runner import run_broker
+
+        async def main():
+            stop = asyncio.Event()
+            async def report():
+                await asyncio.sleep(0.5)
+                print("thresholds", gc.get_threshold(), flush=True)
+                stop.set()
+            asyncio.get_running_loop().create_task(report())
+            await run_broker(BrokerConfig(data_dir=Path({str(tmp_path / 'data')!r})),
+                             listen_host="127.0.0.1", listen_port={free_port()}, stop=stop)
+        asyncio.run(main())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "thresholds (700, 10, 1000)" in out.stdout, out.stdout
