@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import re
-import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -16,6 +14,7 @@ from flowbus.app_errors import ConfigurationError
 from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.operators.dataflow import Dataflow
 from flowbus.operators.steps import GroupByStep
+from flowbus.pages import PageSpec
 from flowbus.operators.windowed import IDLE_MS_DEFAULT as WINDOW_IDLE_MS_DEFAULT
 from flowbus.serializers import Serializer
 from flowbus.state import MemoryBudget, make_backend
@@ -29,6 +28,7 @@ from flowbus.transports import transport_from_url
 from flowbus.transports.base import Producer, Transport
 
 if TYPE_CHECKING:
+    from flowbus.state.table import Table as StateTable  # in App's body, ``Table`` is the method
     from flowbus.testing import TestContext
     from flowbus.worker import Worker
 
@@ -109,6 +109,11 @@ class App:
             raise ConfigurationError(f"processing_guarantee must be one of {_GUARANTEES}, not {processing_guarantee!r}")
         if error_policy not in _POLICIES:
             raise ConfigurationError(f"error_policy must be one of {_POLICIES}, not {error_policy!r}")
+        if not re.fullmatch(r"[a-zA-Z0-9._-]+", id or ""):
+            raise ConfigurationError(
+                f"app id {id!r}: use only ASCII letters, digits, '.', '_' and '-' (it is the consumer group "
+                f"id and the prefix of the app's topics, which Kafka's rule for topic names applies to)"
+            )
         self.id = id
         self.broker = broker
         self.processing_guarantee: ProcessingGuarantee = processing_guarantee
@@ -134,6 +139,8 @@ class App:
         self.timers: list[TimerSpec] = []
         self.crontabs: list[CronSpec] = []
         self.startup_tasks: list[Callable[[], Any]] = []
+        self.pages: list[PageSpec] = []
+        """``@app.page`` handlers, served by ``flowbus worker --web`` (flowbus.web.pages)."""
         self.dead_letter_topic = self.topic(dead_letter_topic or f"{id}-dead-letters", value_serializer="raw", key_serializer="raw", internal=True)
         self._transport: Transport | None = None
         self._scheduler: Scheduler | None = None
@@ -321,6 +328,48 @@ class App:
 
         return decorate
 
+    def page(
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        name: str | None = None,
+        table: StateTable | None = None,
+        topic: Topic | str | None = None,
+        key: str | None = None,
+    ) -> Callable[[F], F]:
+        """Serve ``async def handler(request)`` at ``path`` on the worker's web server (``--web``).
+
+        The handler gets an :class:`aiohttp.web.Request` and returns an aiohttp response or any
+        JSON-able object. With ``table=`` (or ``topic=``) and ``key=`` naming a part of the path
+        (``/counts/{word}``, ``key="word"``), the request is answered by the worker that owns the
+        key's partition: the others forward it there (faust's ``@app.table_route``). Pages are
+        listed by ``GET /`` under ``page:<name>`` (the handler's name by default).
+
+        Raises:
+            ConfigurationError: ``key`` without ``table``/``topic`` (or the reverse), both given,
+                or ``key`` not a ``{part}`` of ``path``.
+        """
+        if not path.startswith("/"):
+            raise ConfigurationError(f"page path {path!r} must start with '/'")
+        if table is not None and topic is not None:
+            raise ConfigurationError(f"page {path!r}: route by a table or by a topic, not both")
+        route_by: StateTable | Topic | None = table if table is not None else (
+            self._as_topic(topic) if topic is not None else None)
+        if (route_by is None) != (key is None):
+            raise ConfigurationError(f"page {path!r}: routing needs both key= and table= (or topic=)")
+        if key is not None and "{" + key + "}" not in path:
+            raise ConfigurationError(f"page {path!r}: key={key!r} must name a part of the path ({{{key}}})")
+
+        def decorate(fn: F) -> F:
+            page_name = str(name or getattr(fn, "__name__", path))
+            if any(p.name == page_name for p in self.pages):
+                raise ConfigurationError(f"a page named {page_name!r} exists already (pass name=)")
+            self.pages.append(PageSpec(path, method.upper(), fn, page_name, route_by, key))
+            return fn
+
+        return decorate
+
     def task(self, fn: F) -> F:
         """Run the decorated function once when the worker starts (after agents are running)."""
         self.startup_tasks.append(fn)
@@ -403,16 +452,17 @@ class App:
             producer, self._producer = self._producer, None
             await producer.close()
 
-    def main(self) -> None:
-        """Run a worker in this process with SIGTERM and SIGINT mapped to a clean shutdown."""
+    def main(self, argv: Sequence[str] | None = None) -> None:
+        """Run this app's worker as ``flowbus worker`` would, then exit the process.
 
-        async def _main() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop)
-            await self.run()
+        It takes the worker's options (all but ``-A``) from ``argv``, by default the command
+        line, so ``python shop.py --broker kafka://h:9092 -l debug`` works like
+        ``flowbus worker -A shop:app --broker kafka://h:9092 -l debug``: the same one-line
+        start errors, signal handling (a second Ctrl-C forces the stop) and exit status.
+        """
+        from flowbus.cli.worker import app_main
 
-        asyncio.run(_main())
+        app_main(self, argv)
 
     def test_context(self, clock: Any = None, *, settle_timeout_s: float = 30.0) -> TestContext:
         """A test harness: the broker core in-process on a temporary directory (``memory://``), a

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Callable, Iterable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from flowbus.app_errors import DecodeError
@@ -20,6 +21,7 @@ from flowbus.context import current_source
 from flowbus.transports.base import Headers, Record, TopicPartition
 
 if TYPE_CHECKING:
+    from flowbus.metrics.worker_stats import TopicEvents
     from flowbus.timers import Scheduler
     from flowbus.topic import Topic
 
@@ -70,6 +72,8 @@ class Channel:
         """True while the agent is blocked on this channel (the test harness's notion of "done")."""
         self.on_drained: Callable[[], None] | None = None
         self.processed_events = 0
+        self.stats: TopicEvents | None = None
+        """The worker's counters of the agent's topic: processing and end-to-end latency."""
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -197,9 +201,13 @@ class Stream:
                 channel.ack(record)
                 continue
             item = make(record, key, value)
+            started_s = perf_counter()
             yield item
             channel.in_flight.clear()
             channel.ack(record)
+            stats = channel.stats
+            if stats is not None:
+                stats.processed_one(perf_counter() - started_s, record.timestamp_ms)
 
     async def take(self, max_events: int, within_s: float) -> AsyncIterator[list[Any]]:
         """Lists of up to ``max_events`` values, each list emitted at most ``within_s`` (app clock)
@@ -238,9 +246,12 @@ class Stream:
                 if not records:
                     channel.idle.set()
                 await channel.wait()
+            started_s = perf_counter()
             if values:
                 current_source.set(None)  # a list may mix partitions: table writes check ownership
                 yield values
             channel.in_flight.clear()
             for record in records:
                 channel.ack(record)
+            if channel.stats is not None:
+                channel.stats.processed_many(perf_counter() - started_s, records)

@@ -6,6 +6,9 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from flowbus.app_errors import ConfigurationError
+from flowbus.log.catalog import validate_topic_name
+from flowbus.log.errors import InvalidTopicError
 from flowbus.serializers import Codec, Serializer
 from flowbus.transports.base import Headers, RecordMetadata, TopicSpec
 
@@ -40,6 +43,11 @@ class Topic:
         config: Mapping[str, str] | None = None,
         internal: bool = False,
     ) -> None:
+        try:
+            validate_topic_name(name)
+        except InvalidTopicError as exc:
+            # Here, at the declaration, rather than as the broker's refusal when the worker starts.
+            raise ConfigurationError(f"{exc} (Kafka's rule for topic names)") from None
         self.app = app
         self.name = name
         self.key_type = key_type

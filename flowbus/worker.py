@@ -34,12 +34,15 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from flowbus.app_errors import AgentError, DecodeError
 from flowbus.context import current_source
+from flowbus.metrics.worker_stats import WorkerStats
 from flowbus.operators import compile_dataflows
 from flowbus.operators.steps import Emit, fan_out
+from flowbus.pages import member_client_id
 from flowbus.stream import Channel, Stream
 from flowbus.timers import run_crontab, run_timer
 from flowbus.transactional_id import TransactionalIdSlot, claim_slot, process_transactional_id, take_orphans
@@ -103,6 +106,8 @@ class Worker:
         self.closing = False
         self.next_commit_ms = 0
         self.events_in = 0
+        self.stats = WorkerStats(self.clock.now_ms)
+        """Counters for the metrics (flowbus/metrics/): events, latencies, commits."""
         self.dispatch_ms = 0
         """Monotonic time of the batch being dispatched (see :attr:`Runtime.dispatch_ms`)."""
         self.leader_topic: str | None = None
@@ -124,9 +129,16 @@ class Worker:
         self.failed_transactions = 0
         """Transactions aborted after a failed commit (the worker went on from the committed offsets)."""
         self.revoking = False
+        self.web_url: str | None = None
+        """This worker's web server (``--web``), set before :meth:`start`: it goes into the
+        consumer's client id, where the other workers of the group find it to forward table
+        queries (:mod:`flowbus.web.routing`)."""
         self._tasks: list[asyncio.Task[Any]] = []
         self._agent_tasks: list[asyncio.Task[Any]] = []
         self._deadline_tasks: set[asyncio.Task[None]] = set()
+        self.forced = False
+        """Set by :meth:`force_stop`: shut down without waiting for agents or committing."""
+        self._final_commit: asyncio.Task[None] | None = None
 
     # -- start ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -159,7 +171,7 @@ class Worker:
         self.consumer = self.transport.consumer(
             app.id,
             isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
-            client_id=f"{app.id}-{socket.gethostname()}-{os.getpid()}",
+            client_id=member_client_id(f"{app.id}-{socket.gethostname()}-{os.getpid()}", self.web_url),
         )
         if sources:
             self.consumer.subscribe(sources, on_assigned=self._on_assigned, on_revoked=self._on_revoked)
@@ -171,6 +183,14 @@ class Worker:
             self._tasks.append(asyncio.create_task(self._run_task(fn)))
         self.next_commit_ms = self.clock.monotonic_ms() + self.commit_interval_ms
         self.started = True
+        if not (sources or app.tables or app.timers or app.crontabs or app.startup_tasks):
+            # Usually the decorators ran on another App object, or -A names the wrong module:
+            # say so rather than run silently with nothing to do.
+            log.warning(
+                "app %r has no agents, dataflows, tables, timers, crontabs or tasks: this worker has "
+                "nothing to run (were they declared on another App, or does -A name the wrong module?)",
+                app.id,
+            )
 
     async def _start_transactions(self) -> None:
         """The transactional producer and its first transaction.
@@ -382,6 +402,7 @@ class Worker:
         for index in range(agent.concurrency):
             channel = Channel(f"{agent.name}#{index}", agent.max_buffered_events)
             channel.on_drained = self.drained.set
+            channel.stats = self.stats.topic(agent.topic.name)
             channels.append(channel)
             self.channels.append(channel)
             self._agent_tasks.append(
@@ -472,6 +493,67 @@ class Worker:
         """Ask the worker to shut down cleanly (what SIGTERM does)."""
         self.stopping.set()
 
+    def force_stop(self) -> None:
+        """Stop without waiting for agents (a second Ctrl-C): the agents' tasks are cancelled in
+        the event they are in, and the final commit is skipped (under exactly-once the open
+        transaction is aborted). Nothing is lost: what was processed since the last commit is
+        processed again by the partitions' next owner, as after a crash."""
+        self.forced = True
+        self.stopping.set()
+        for task in self._agent_tasks:
+            task.cancel()
+        if self._final_commit is not None:
+            self._final_commit.cancel()
+
+    def busy_agents(self) -> list[str]:
+        """What a stop waits for: each agent instance in the middle of an event, with the event's
+        ``topic[partition]@offset`` (several for a ``take`` list), e.g. ``shop.enrich#0 (orders[2]@17)``."""
+        busy = []
+        for channel, task in zip(self.channels, self._agent_tasks, strict=True):
+            if task.done() or channel.idle.is_set():
+                continue
+            where = ", ".join(f"{r.topic}[{r.partition}]@{r.offset}" for r in channel.in_flight[:3])
+            more = len(channel.in_flight) - 3
+            if more > 0:
+                where += f" and {more} more"
+            busy.append(f"{channel.name} ({where})" if where else channel.name)
+        return busy
+
+    async def lag(self) -> int | None:
+        """Records of the assigned partitions not processed yet: each partition's end offset minus
+        the offset of its next record to process (buffered and in-flight records count as not
+        processed; before anything was dispatched, the group's committed offset is that point).
+        ``None`` when nothing is assigned. This is what ``flowbus groups describe`` shows as LAG
+        once the worker has committed."""
+        consumer = self.consumer
+        if consumer is None or not self.assigned:
+            return None
+        assigned = sorted(self.assigned)
+        processed = self.processed_offsets()
+        unknown = [tp for tp in assigned if tp not in processed]
+        if unknown:
+            for tp, offset in (await consumer.committed(unknown)).items():
+                processed[tp] = offset if offset is not None else 0
+        ends = await consumer.end_offsets(assigned)
+        return sum(max(0, end - processed.get(tp, 0)) for tp, end in ends.items() if tp in self.assigned)
+
+    def processed_offsets(self) -> dict[TopicPartition, int]:
+        """For each assigned partition this worker knows it for: the offset of the next record to
+        process (the first buffered or in-flight one, else the one after the last dispatched,
+        else the last commit)."""
+        out: dict[TopicPartition, int] = {}
+        for tp in self.assigned:
+            offset = self.dispatched_next.get(tp)
+            if offset is None:
+                offset = self.committed.get(tp)
+                if offset is None:
+                    continue
+            for channel in self.channels:
+                if channel.outstanding.get(tp):
+                    offset = min(offset, channel.acked_next[tp])
+            out[tp] = offset
+        return out
+
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
         """Start, loop until :meth:`stop` (or a ``stop``-policy failure), then shut down cleanly."""
@@ -539,9 +621,13 @@ class Worker:
                 self.rewind.setdefault(tp, first.offset)
                 start = end
                 continue
+            topic_stats = self.stats.topic(topic)
+            topic_stats.events_in += end - start
             runner = self.runners.get(topic)
             if runner is not None:
+                started_s = perf_counter()
                 runner(run)
+                topic_stats.ran(run, perf_counter() - started_s)
             for channels in self.routes.get(topic, ()):
                 channel = channels[partition % len(channels)]
                 channel.put(tp, run)
@@ -622,7 +708,9 @@ class Worker:
         assert self.producer is not None and self.consumer is not None
         self.next_commit_ms = self.clock.monotonic_ms() + self.commit_interval_ms
         async with self.commit_guard:
+            started_s = perf_counter()
             await self._commit_locked(barrier=barrier)
+            self.stats.commits.observe(perf_counter() - started_s)
 
     async def _commit_locked(self, *, barrier: bool) -> None:
         assert self.producer is not None and self.consumer is not None
@@ -790,11 +878,20 @@ class Worker:
             task.cancel()  # an idle check must not ask a consumer that is closing
         try:
             if self.started and self.producer is not None and self.consumer is not None:
-                if self.failure is not None and self.exactly_once:
+                if (self.failure is not None or self.forced) and self.exactly_once:
                     await self.producer.abort_transaction()
-                else:
+                elif not self.forced:
+                    # A task of its own, so that force_stop() can cancel a commit that waits
+                    # for an agent stuck in its event.
+                    self._final_commit = asyncio.create_task(self.commit(barrier=True))
                     try:
-                        await self.commit(barrier=True)
+                        await self._final_commit
+                    except asyncio.CancelledError:
+                        if not self.forced:
+                            raise
+                        log.warning("forced stop: the final commit was skipped")
+                        if self.exactly_once:
+                            await self.producer.abort_transaction()
                     except Exception:
                         log.exception("final commit failed")
                         if self.exactly_once:

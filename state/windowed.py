@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from flowbus.context import current_source
+from flowbus.metrics.histogram import DELAY_BOUNDS_S, LatencyHistogram
 from flowbus.serializers import Serializer
 from flowbus.state.table import DELETED, MISSING, Table, TablePartition
 from flowbus.state.windows import (
@@ -152,6 +153,9 @@ class WindowedTable(Table):
         self.late_records = 0
         """Records that came after every window they belong to had closed."""
         self.closed_windows = 0
+        self.close_latency = LatencyHistogram(DELAY_BOUNDS_S)
+        """Per window closed on a running worker: from its close time (end + grace, event time)
+        to the wall-clock time it closed (the metrics' ``flowbus_worker_window_close_latency_seconds``)."""
         self.on_ready: Callable[[int], None] | None = None
         """Called with a partition number once it is restored (the step arms its idle close)."""
         self.wall_clock: Clock | None = None
@@ -424,9 +428,15 @@ class WindowClock:
         due = self.table.due(part, part.watermark_ms)
         if not due:
             return
-        close = self.close
+        close, table = self.close, self.table
+        wall = table.wall_clock
+        now_ms = wall.now_ms() if wall is not None else None  # one clock read per closing round
+        observe_many = table.close_latency.observe_many
         for close_ms, data_key in due:
+            closed_before = table.closed_windows
             close(part, close_ms, data_key)
+            if now_ms is not None and table.closed_windows != closed_before:
+                observe_many(max(now_ms - close_ms, 0) / 1000, table.closed_windows - closed_before)
         if self.runtime is not None:
             self.runtime.commit_soon(CLOSE_COMMIT_DELAY_MS)
 

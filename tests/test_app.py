@@ -377,3 +377,46 @@ def test_agent_group_by_brings_each_key_to_one_instance() -> None:
     assert sorted(seen) == [f"a{i}" for i in range(5)]
     assert all(len({p for p, _ in pairs}) == 1 for pairs in seen.values()), "one key, one partition"
     assert sorted(a for pairs in seen.values() for _, a in pairs) == list(range(30))
+
+
+# -- names and app.main() ---------------------------------------------------------------------
+
+def test_names_that_break_kafkas_rule_are_refused_with_the_rule() -> None:
+    with pytest.raises(ConfigurationError, match=r"app id 'my app': use only ASCII letters, digits"):
+        App("my app")
+    app = App("names")
+    with pytest.raises(ConfigurationError, match=r"topic name 'bad topic!' may contain only ASCII letters, digits, "
+                                                 r"'\.', '_' and '-' \(Kafka's rule for topic names\)"):
+        app.topic("bad topic!")
+    with pytest.raises(ConfigurationError, match="topic name is 250 characters; the limit is 249"):
+        app.topic("t" * 250)
+
+
+def test_main_takes_the_worker_options(capsys: pytest.CaptureFixture[str]) -> None:
+    """``app.main(argv)`` is ``flowbus worker`` for this app: its options, its one-line errors."""
+    import logging
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    app = App("main-args")
+    try:
+        with pytest.raises(SystemExit) as exited:
+            app.main(["--broker", f"kafka://127.0.0.1:{port}", "-l", "warning"])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert exited.value.code == 1
+    assert app.broker == f"kafka://127.0.0.1:{port}", "--broker was applied to the app"
+    assert capsys.readouterr().err.splitlines() == [
+        (f"Error: kafka://127.0.0.1:{port}: cannot connect to the broker (127.0.0.1:{port}: connection refused); "
+         "is the broker running?")
+    ]
+    with pytest.raises(SystemExit) as exited:
+        app.main(["--help"])
+    assert exited.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--data-dir" in help_text and "--timeout-s" in help_text and "-A" not in help_text

@@ -1,8 +1,12 @@
-"""``flowbus worker``: loading the app, exit status on a stop-policy failure, the status line."""
+"""``flowbus worker``: loading the app, exit status on a stop-policy failure, the status line.
+
+The one-line start errors, stopping with signals and the status line on a terminal are in
+``tests/cli/test_worker.py`` (real worker processes)."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import subprocess
 import sys
 import textwrap
@@ -38,10 +42,12 @@ def test_load_app_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.chdir(tmp_path)
     assert cli_worker.load_app("some_module:app").id == "x"
     assert cli_worker.load_app("some_module").id == "x"
-    with pytest.raises(click.BadParameter, match="does not name"):
+    with pytest.raises(click.ClickException, match="found no 'other' in 'some_module'"):
         cli_worker.load_app("some_module:other")
-    with pytest.raises(click.BadParameter, match="cannot import"):
+    with pytest.raises(click.ClickException, match="cannot import 'no_such_module': no module named"):
         cli_worker.load_app("no_such_module:app")
+    with pytest.raises(click.BadParameter, match="expected module:app"):
+        cli_worker.load_app(":app")
 
 
 def test_stop_policy_failure_exits_nonzero(tmp_path: Path) -> None:
@@ -56,33 +62,35 @@ def test_stop_policy_failure_exits_nonzero(tmp_path: Path) -> None:
     assert "flowbus worker stopped" in result.stderr
 
 
-def test_status_line_shows_rates_and_lag(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_line_shows_rates_and_lag(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli_worker, "STATUS_INTERVAL_S", 0.01)
 
     calls: list[int] = []
     second_call = asyncio.Event()  # the status line is written right after each call returns
 
-    class Consumer:
-        async def end_offsets(self, tps: list[object]) -> dict[object, int]:
-            calls.append(1)
-            if len(calls) == 2:
-                second_call.set()
-            return {tp: 10 for tp in tps}
+    async def lag() -> int:
+        calls.append(1)
+        if len(calls) == 2:
+            second_call.set()
+        return 6
 
     worker = SimpleNamespace(
         app=SimpleNamespace(id="demo"), events_in=0, producer=SimpleNamespace(records_sent=0),
-        consumer=Consumer(), assigned={("t", 0)}, dispatched_next={("t", 0): 4}, state=None,
+        assigned={("t", 0)}, state=None, lag=lag,
     )
+    out = io.StringIO()
+    line = cli_worker.StatusLine(out)
 
     async def main() -> None:
-        task = asyncio.create_task(cli_worker._status_line(worker))  # type: ignore[arg-type]
+        task = asyncio.create_task(cli_worker._status_line(worker, line))  # type: ignore[arg-type]
         worker.events_in, worker.producer.records_sent = 5, 3
         await asyncio.wait_for(second_call.wait(), 10)  # so at least one line was written
         task.cancel()
 
     asyncio.run(main())
-    line = capsys.readouterr().err
-    assert "demo: in" in line and "out" in line and "lag 6" in line
+    written = out.getvalue()
+    assert written.startswith(cli_worker.CLEAR_LINE + "demo: in ")
+    assert "out" in written and "1 partitions | lag 6" in written
 
 
 def test_exactly_once_runs_on_the_embedded_broker(tmp_path: Path) -> None:

@@ -33,3 +33,16 @@ def test_mapped_packages_import_as_flowbus_subpackages() -> None:
 
     assert Path(flowbus.operators.__file__).parent == ROOT / "operators"
     assert Path(flowbus.state.__file__).parent == ROOT / "state"
+
+
+def test_the_dashboard_files_are_package_data() -> None:
+    """The dashboard works offline only if its page, script and style sheet are installed."""
+    import fnmatch
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = config["package-data"]["flowbus.web"]
+    static = ROOT / "flowbus" / "web" / "static"
+    files = sorted(p.relative_to(static.parent).as_posix() for p in static.iterdir() if p.is_file())
+    assert {"static/dashboard.html", "static/dashboard.js", "static/dashboard.css"} <= set(files)
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, pattern) for pattern in patterns)]
+    assert missing == [], "add these to [tool.setuptools.package-data] in pyproject.toml"

@@ -49,6 +49,7 @@ from flowbus.log.errors import (
     UnknownTopicError,
 )
 from flowbus.log.txn_index import AbortedTxn
+from flowbus.metrics.broker_stats import BrokerStats
 from flowbus.protocol.error_codes import ErrorCode
 from flowbus.records.builder import BatchBuilder
 from flowbus.records.control import (
@@ -367,6 +368,8 @@ class BrokerCore:
         self._last_snapshot_ms = clock.monotonic_ms()
         self._loaded = asyncio.Event()
         self._waiters = _FetchWaiters()
+        #: Records and bytes per topic, in and out, for the metrics (flowbus/metrics/).
+        self.stats = BrokerStats()
         self._flushing: set[PartitionLog] = set()
         self._flush_due_future: asyncio.Future[int] | None = None
         #: Durable acks: produces waiting for an fsync share one per log.
@@ -1214,6 +1217,7 @@ class BrokerCore:
                 self.clock.now_ms(),
             )
         self._waiters.wake((topic, partition))
+        self.stats.produced(topic, headers, len(view))
         if result.flush_required:
             # flush.messages reached: as in Kafka, the answer follows the fsync.
             durable.append((plog, result.last_offset + 1))
@@ -1329,6 +1333,8 @@ class BrokerCore:
             limit = min(request.partition_max_bytes, remaining)
             result = self._read_partition(request, limit, totals[0] == 0, isolation_level)
             size = len(result.records)
+            if size:
+                self.stats.fetched(request.topic, result.records)
             totals[0] += size
             remaining = max(0, remaining - size)
             # Damaged data (CORRUPT_MESSAGE) does not end the long poll early: it stays damaged,

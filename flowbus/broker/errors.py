@@ -37,3 +37,16 @@ class CloseConnection(BrokerError):
     Kafka does this for a failed Produce with acks=0: the client reads no response, so closing
     the connection is the only way to make it refresh metadata and notice the error.
     """
+
+
+class CloseAfterResponse(CloseConnection):
+    """Raised by a handler to answer ``body`` and then close the connection.
+
+    SASL does this (Kafka's authenticator too): a failed authentication or a request out of
+    order is answered with its error code, so the client can report it, and the connection is
+    closed right after, so it gets no second try.
+    """
+
+    def __init__(self, reason: str, body: dict[str, object]) -> None:
+        super().__init__(reason)
+        self.body = body

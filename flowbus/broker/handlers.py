@@ -27,8 +27,16 @@ from flowbus.broker.core import (
     ProduceResult,
     slice_deadline,
 )
-from flowbus.broker.errors import CloseConnection
+from flowbus.broker.errors import CloseAfterResponse, CloseConnection
 from flowbus.broker.group_coordinator import OffsetToCommit
+from flowbus.broker.security.credentials import CREDENTIALS_FILE, CredentialStore
+from flowbus.broker.security.errors import CredentialError
+from flowbus.broker.security.sasl import ANONYMOUS, SaslSession
+from flowbus.broker.security.scram import (
+    MECHANISMS_BY_CODE,
+    ScramCredential,
+    check_user_name,
+)
 from flowbus.broker.topic_admin import AlterConfigsResult, ConfigChange, NewPartitions
 from flowbus.protocol.api import ApiKey
 from flowbus.protocol.codec import RequestHeader, api_versions_body
@@ -63,8 +71,17 @@ GROUP_OPERATIONS_ALL = sum(1 << code for code in (3, 6, 8))
 #: DescribeCluster endpoint types (KIP-919): this broker is a broker endpoint only.
 ENDPOINT_TYPE_BROKERS = 1
 ENDPOINT_TYPE_CONTROLLERS = 2
-#: SASL/PLAIN is accepted for client compatibility; any credentials pass (no authentication).
-SASL_MECHANISMS = ["PLAIN"]
+#: Upsertions and deletions of one AlterUserScramCredentials request, at most (each upsertion
+#: is checked and the file rewritten once per request).
+ALTER_SCRAM_CREDENTIALS_MAX = 1_000
+
+
+def _address_for(conn: ConnectionInfo, host: str, port: int) -> dict[str, Any]:
+    """This broker's address as the connection's listener advertises it (one broker: every
+    node address a response carries is this broker's)."""
+    if conn.advertised is not None:
+        host, port = conn.advertised
+    return {"host": host, "port": port}
 
 
 #: First version of each transactional API that knows PRODUCER_FENCED (KIP-588); older
@@ -87,11 +104,32 @@ def _fenced_for(header: RequestHeader, error: int) -> int:
     return error
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionInfo:
-    """Who sent a request: used for group member descriptions and log lines."""
+    """Who sent a request: for group member descriptions, log lines and (later) an authorizer.
+
+    ``principal`` is ``User:NAME`` after SASL, the TLS client certificate's subject
+    (``User:CN=...``) on an SSL listener that received one, else ``User:ANONYMOUS``; ``listener``
+    names the listener the connection came through (``docs/security.md``).
+    """
 
     client_host: str
+    listener: str = "PLAINTEXT"
+    security_protocol: str = "PLAINTEXT"
+    #: The listener's advertised (host, port): what Metadata, FindCoordinator and DescribeCluster
+    #: tell this connection (None: the core's node address).
+    advertised: tuple[str, int] | None = None
+    #: ``User:<subject>`` of a verified TLS client certificate.
+    tls_principal: str | None = None
+    #: The SASL state of a connection on a SASL listener (None elsewhere).
+    sasl: SaslSession | None = None
+
+    @property
+    def principal(self) -> str:
+        """The authenticated principal; ``User:ANONYMOUS`` when there is none."""
+        if self.sasl is not None and self.sasl.principal is not None:
+            return self.sasl.principal
+        return self.tls_principal or ANONYMOUS
 
 
 Handler = Callable[[RequestHeader, Body, ConnectionInfo], Awaitable[Body | None]]
@@ -156,8 +194,10 @@ async def _wait_for_earlier(earlier: list[asyncio.Future[None]]) -> None:
 class Handlers:
     """Dispatch table from API key to the adapter of that API."""
 
-    def __init__(self, core: BrokerCore) -> None:
+    def __init__(self, core: BrokerCore, credentials: CredentialStore | None = None) -> None:
         self.core = core
+        #: SCRAM credentials (``<data-dir>/credentials.json``) for SASL and the SCRAM admin APIs.
+        self.credentials = credentials or CredentialStore(core.config.data_dir / CREDENTIALS_FILE)
         #: Partitions of produce requests that yield halfway (more than PARTITIONS_PER_SLICE):
         #: a later produce to one of them is appended after it, as if nothing had yielded.
         self._produce_order = ArrivalOrder()
@@ -190,6 +230,8 @@ class Handlers:
             ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
             ApiKey.SASL_HANDSHAKE: self.sasl_handshake,
             ApiKey.SASL_AUTHENTICATE: self.sasl_authenticate,
+            ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS: self.describe_user_scram_credentials,
+            ApiKey.ALTER_USER_SCRAM_CREDENTIALS: self.alter_user_scram_credentials,
             ApiKey.ADD_PARTITIONS_TO_TXN: self.add_partitions_to_txn,
             ApiKey.ADD_OFFSETS_TO_TXN: self.add_offsets_to_txn,
             ApiKey.END_TXN: self.end_txn,
@@ -245,7 +287,7 @@ class Handlers:
         return {
             "throttle_time_ms": 0,
             "brokers": [
-                {"node_id": b.node_id, "host": b.host, "port": b.port, "rack": None}
+                {"node_id": b.node_id, **_address_for(conn, b.host, b.port), "rack": None}
                 for b in result.brokers
             ],
             "cluster_id": result.cluster_id,
@@ -728,8 +770,7 @@ class Handlers:
             "error_code": result.error_code,
             "error_message": result.error_message,
             "node_id": node.node_id if node else -1,
-            "host": node.host if node else "",
-            "port": node.port if node else -1,
+            **(_address_for(conn, node.host, node.port) if node else {"host": "", "port": -1}),
         }
 
     async def join_group(
@@ -1085,22 +1126,134 @@ class Handlers:
     async def sasl_handshake(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
     ) -> Body:
-        ok = body.get("mechanism") in SASL_MECHANISMS
-        return {
-            "error_code": 0 if ok else ErrorCode.UNSUPPORTED_SASL_MECHANISM,
-            "mechanisms": SASL_MECHANISMS,
-        }
+        """SASL listeners: the connection's state machine (``security/sasl.py``). Elsewhere, as
+        Kafka: ILLEGAL_SASL_STATE, the connection stays (no mechanism is offered there)."""
+        if conn.sasl is None:
+            return {"error_code": ErrorCode.ILLEGAL_SASL_STATE, "mechanisms": []}
+        return conn.sasl.handshake(str(body.get("mechanism") or ""))
 
     async def sasl_authenticate(
         self, header: RequestHeader, body: Body, conn: ConnectionInfo
     ) -> Body:
-        # Success carries empty auth bytes (KAFKA-PROTOCOL.md: other brokers broke clients here).
-        return {
-            "error_code": 0,
-            "error_message": None,
-            "auth_bytes": b"",
-            "session_lifetime_ms": 0,
-        }
+        """SASL listeners: one step of PLAIN or SCRAM; a failure is answered
+        SASL_AUTHENTICATION_FAILED and closes the connection. Elsewhere ILLEGAL_SASL_STATE, then
+        closed, as Kafka does."""
+        if conn.sasl is None:
+            raise CloseAfterResponse(
+                "SaslAuthenticate on a listener without SASL",
+                {"error_code": ErrorCode.ILLEGAL_SASL_STATE,
+                 "error_message": f"listener {conn.listener} does not use SASL",
+                 "auth_bytes": b"", "session_lifetime_ms": 0},
+            )
+        return await conn.sasl.authenticate(header.api_version, bytes(body.get("auth_bytes") or b""))
+
+    async def describe_user_scram_credentials(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        """Users' SCRAM mechanisms and iterations (never salts or keys). ``users`` null or
+        empty: every user; a name asked twice is DUPLICATE_RESOURCE, an unknown one
+        RESOURCE_NOT_FOUND, as in Kafka."""
+        store = self.credentials
+        requested = body.get("users")
+        names = [u["name"] for u in requested] if requested else store.users()
+        results: list[Body] = []
+        for name in dict.fromkeys(names):
+            entries = store.mechanisms_of(name)
+            if names.count(name) > 1:
+                error, message = ErrorCode.DUPLICATE_RESOURCE, f"user {name!r} asked for more than once"
+            elif not entries:
+                error, message = ErrorCode.RESOURCE_NOT_FOUND, f"attempt to describe a user credential that does not exist: {name}"
+            else:
+                error, message = ErrorCode.NONE, None
+            results.append({
+                "user": name,
+                "error_code": error,
+                "error_message": message,
+                "credential_infos": [
+                    {"mechanism": c.mechanism.code, "iterations": c.iterations} for c in entries
+                ] if error == ErrorCode.NONE else [],
+            })
+        return {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "error_message": None,
+                "results": results}
+
+    async def alter_user_scram_credentials(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        """Upsert and delete SCRAM credentials, then rewrite ``credentials.json`` once.
+
+        The client sends the salted password (never the password); the broker keeps only
+        StoredKey and ServerKey derived from it. Per user: an unknown mechanism is
+        UNSUPPORTED_SASL_MECHANISM, iterations or salt out of range UNACCEPTABLE_CREDENTIAL, a
+        user named twice for one mechanism DUPLICATE_RESOURCE, deleting what does not exist
+        RESOURCE_NOT_FOUND; a user with any error has none of its changes applied.
+        """
+        deletions = body.get("deletions") or []
+        upsertions = body.get("upsertions") or []
+        if len(deletions) + len(upsertions) > ALTER_SCRAM_CREDENTIALS_MAX:
+            message = f"at most {ALTER_SCRAM_CREDENTIALS_MAX} changes per request"
+            users = dict.fromkeys([d["name"] for d in deletions] + [u["name"] for u in upsertions])
+            return {"throttle_time_ms": 0, "results": [
+                {"user": user, "error_code": ErrorCode.POLICY_VIOLATION, "error_message": message}
+                for user in users
+            ]}
+        store = self.credentials
+        errors: dict[str, tuple[int, str]] = {}
+        seen: set[tuple[str, int]] = set()
+        changes: list[tuple[str, Any]] = []
+        order: dict[str, None] = {}
+        for kind, entries in (("delete", deletions), ("upsert", upsertions)):
+            for entry in entries:
+                name, code = entry["name"], entry["mechanism"]
+                order[name] = None
+                mechanism = MECHANISMS_BY_CODE.get(code)
+                if name in errors:
+                    continue
+                if mechanism is None:
+                    errors[name] = (ErrorCode.UNSUPPORTED_SASL_MECHANISM, f"unknown SCRAM mechanism {code}")
+                    continue
+                if (name, code) in seen:
+                    errors[name] = (ErrorCode.DUPLICATE_RESOURCE,
+                                    f"more than one change of {mechanism.name} for user {name!r}")
+                    continue
+                seen.add((name, code))
+                if kind == "delete":
+                    if store.get(name, mechanism) is None:
+                        errors[name] = (ErrorCode.RESOURCE_NOT_FOUND,
+                                        f"no {mechanism.name} credential for user {name!r}")
+                    else:
+                        changes.append((name, mechanism))
+                    continue
+                try:
+                    check_user_name(name)
+                    credential = ScramCredential.from_salted_password(
+                        mechanism, bytes(entry["salted_password"]), bytes(entry["salt"]), entry["iterations"]
+                    )
+                except CredentialError as exc:
+                    errors[name] = (ErrorCode.UNACCEPTABLE_CREDENTIAL, str(exc))
+                    continue
+                changes.append((name, credential))
+        applied = False
+        for name, change in changes:
+            if name in errors:
+                continue
+            applied = True
+            if isinstance(change, ScramCredential):
+                store.put(name, change)
+            else:
+                store.delete(name, change)
+        if applied:
+            try:
+                await asyncio.to_thread(store.save)
+            except CredentialError as exc:
+                log.error("%s", exc)
+                store.reload()  # what is on disk is what holds
+                for name in order:
+                    errors.setdefault(name, (ErrorCode.UNKNOWN_SERVER_ERROR, "could not store the credentials"))
+        return {"throttle_time_ms": 0, "results": [
+            {"user": name, "error_code": errors.get(name, (ErrorCode.NONE, None))[0],
+             "error_message": errors.get(name, (ErrorCode.NONE, None))[1]}
+            for name in order
+        ]}
 
     # -- admin: groups, cluster, producers, transactions (issue 12) -------------------------
 
@@ -1148,8 +1301,7 @@ class Handlers:
             "brokers": [
                 {
                     "broker_id": node.node_id,
-                    "host": node.host,
-                    "port": node.port,
+                    **_address_for(conn, node.host, node.port),
                     "rack": None,
                     "is_fenced": False,
                 }

@@ -29,12 +29,24 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from flowbus.broker.core import BrokerCore
-from flowbus.broker.errors import CloseConnection
+from flowbus.broker.errors import BrokerConfigError, CloseAfterResponse, CloseConnection
 from flowbus.broker.handlers import ConnectionInfo, Handlers
+from flowbus.broker.security.listeners import (
+    TLS_HANDSHAKE_TIMEOUT_S,
+    Listener,
+    TlsSettings,
+    principal_of_certificate,
+)
+from flowbus.broker.security.sasl import (
+    UNAUTHENTICATED_FRAME_BYTES_MAX,
+    SaslSession,
+    SaslSettings,
+)
 from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.protocol.api import ApiKey
 from flowbus.protocol.codec import (
@@ -103,16 +115,19 @@ class ServerLimits:
 
 @dataclass(frozen=True, slots=True)
 class _CloseMarker:
-    """In the pipeline instead of a response: close the connection at this point."""
+    """In the pipeline instead of a response: close the connection at this point (after
+    writing ``last_response``, the answer of the request that closes it, if any)."""
 
     reason: str
+    last_response: bytes = b""
 
 
 class _Connection(asyncio.Protocol):
     """One client connection: frames in, ordered responses out."""
 
-    def __init__(self, server: BrokerServer) -> None:
+    def __init__(self, server: BrokerServer, listener: Listener | None = None) -> None:
         self._server = server
+        self._listener = listener
         self._decoder = FrameDecoder(server.limits.max_frame_bytes)
         self._pipeline: collections.deque[
             asyncio.Future[bytes | _CloseMarker | None]
@@ -151,6 +166,8 @@ class _Connection(asyncio.Protocol):
         if isinstance(peer, tuple):
             self._peer = f"{peer[0]}:{peer[1]}"
             self._info = ConnectionInfo(f"/{peer[0]}")
+        if self._listener is not None:
+            self._secure(transport, self._listener)
         if len(self._server.connections) >= self._server.limits.max_connections:
             log.warning(
                 "refusing connection from %s: %d connections open",
@@ -158,15 +175,52 @@ class _Connection(asyncio.Protocol):
                 len(self._server.connections),
             )
             self._closed = True
+            self._server.stats.connections_refused += 1
             transport.abort()
             return
         address = peer[0] if isinstance(peer, tuple) else "?"
         if not self._server.admit_address(address, self._peer):
             self._closed = True
+            self._server.stats.connections_refused += 1
             transport.abort()
             return
         self._address = address
         self._server.connections.add(self)
+        self._server.stats.connections_accepted += 1
+
+    def _secure(self, transport: asyncio.Transport, listener: Listener) -> None:
+        """Record the listener, the TLS client's subject and, on a SASL listener, start the
+        SASL state machine; until it authenticates, frames are limited to
+        ``UNAUTHENTICATED_FRAME_BYTES_MAX`` (an anonymous peer cannot make us buffer 32 MiB)."""
+        info = self._info
+        info.listener = listener.name
+        info.security_protocol = listener.protocol.value
+        if listener.advertised_host is not None and listener.advertised_port is not None:
+            info.advertised = (listener.advertised_host, listener.advertised_port)
+        if listener.protocol.uses_tls:
+            subject = principal_of_certificate(transport.get_extra_info("peercert"))
+            info.tls_principal = f"User:{subject}" if subject else None
+            if subject:
+                log.info("connection from %s on listener %s: TLS client %s",
+                         self._peer, listener.name, info.tls_principal)
+        if listener.protocol.uses_sasl:
+            settings = self._server.sasl
+            if settings is None:  # BrokerServer refuses this at start: never reached
+                raise RuntimeError("a SASL listener without SASL settings")
+            info.sasl = SaslSession(settings)
+            self._decoder.max_frame_bytes = min(
+                UNAUTHENTICATED_FRAME_BYTES_MAX, self._server.limits.max_frame_bytes
+            )
+
+    def _authenticated(self) -> None:
+        """After each SaslAuthenticate answer: once the session is authenticated, full-size
+        frames, and one log line (who logged in where: the audit trail Kafka's logs give)."""
+        if self._decoder.max_frame_bytes != self._server.limits.max_frame_bytes:
+            self._decoder.max_frame_bytes = self._server.limits.max_frame_bytes
+            log.info("connection from %s on listener %s authenticated as %s",
+                     self._peer, self._info.listener, self._info.principal)
+        else:
+            log.debug("connection from %s re-authenticated as %s (KIP-368)", self._peer, self._info.principal)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -199,6 +253,7 @@ class _Connection(asyncio.Protocol):
         if self._closed:
             return
         self.last_active_ms = self._server.clock.monotonic_ms()
+        self._server.stats.network_received_bytes += len(data)
         try:
             frames = self._decoder.feed(data)
         except RemoteProtocolError as exc:
@@ -316,6 +371,13 @@ class _Connection(asyncio.Protocol):
         self.abort(f"malformed request: {error}")
 
     def _dispatch_request(self, request: Request, *, decoded_off_loop: bool = False) -> None:
+        sasl = self._info.sasl
+        if sasl is not None and not sasl.allows(request.header.api_key):
+            # Before authentication only ApiVersions and the SASL requests are served (KIP-152);
+            # anything else, or a request after the session expired (KIP-368), closes the
+            # connection unanswered, as Kafka does.
+            self.abort(f"{_api_name(request.header.api_key)}: {sasl.expired_reason()}")
+            return
         task = asyncio.get_running_loop().create_task(self._run(request, decoded_off_loop))
         self._enqueue(task)
 
@@ -392,6 +454,14 @@ class _Connection(asyncio.Protocol):
     async def _run_unthrottled(
         self, request: Request, decoded_off_loop: bool = False
     ) -> bytes | _CloseMarker | None:
+        """Handle ``request`` and count its latency per API (metrics: one clock read at each end)."""
+        started_s = time.perf_counter()
+        try:
+            return await self._handle(request, decoded_off_loop)
+        finally:
+            self._server.stats.request_done(request.header.api_key, time.perf_counter() - started_s)
+
+    async def _handle(self, request: Request, decoded_off_loop: bool) -> bytes | _CloseMarker | None:
         header = request.header
         handlers = self._server.handlers
         debug = log.isEnabledFor(logging.DEBUG)
@@ -421,12 +491,18 @@ class _Connection(asyncio.Protocol):
                 return await asyncio.get_running_loop().run_in_executor(
                     self._server.codec_executor, encode_response, header, body
                 )
+            sasl = self._info.sasl
+            if header.api_key == ApiKey.SASL_AUTHENTICATE and sasl is not None and sasl.authenticated:
+                self._authenticated()
             return encode_response(header, body)
+        except CloseAfterResponse as exc:
+            return _CloseMarker(str(exc), encode_response(header, exc.body))
         except CloseConnection as exc:
             return _CloseMarker(str(exc))
         except asyncio.CancelledError:
             raise
         except Exception:
+            self._server.stats.request_failed(header.api_key)
             log.exception(
                 "request %s v%d from %s failed",
                 _api_name(header.api_key),
@@ -452,11 +528,15 @@ class _Connection(asyncio.Protocol):
             data = future.result()
             if isinstance(data, _CloseMarker):
                 log.info("closing connection from %s: %s", self._peer, data.reason)
+                if data.last_response:
+                    transport.write(data.last_response)
+                    self._server.stats.network_sent_bytes += len(data.last_response)
                 self._closed = True
                 transport.close()  # after the responses already written
                 return
             if data:
                 transport.write(data)
+                self._server.stats.network_sent_bytes += len(data)
         self.last_active_ms = self._server.clock.monotonic_ms()
         if not self._writing_paused:
             self._response_room.set()  # a waiting Fetch may head the pipeline now
@@ -575,8 +655,23 @@ class BrokerServer:
         limits: ServerLimits | None = None,
         clock: Clock = SYSTEM_CLOCK,
         handlers: Handlers | None = None,
+        listeners: list[Listener] | None = None,
+        tls: TlsSettings | None = None,
+        sasl: SaslSettings | None = None,
     ) -> None:
         self.core = core
+        #: Where connections are accepted (``docs/security.md``); None: one PLAINTEXT listener
+        #: on ``host:port`` advertising the core's node address (as before listeners existed).
+        self.listeners = listeners
+        self.tls = tls
+        #: Shared by the connections of SASL listeners (credentials, mechanisms, re-auth).
+        self.sasl = sasl
+        #: Bound port of each listener, by name (after :meth:`start`).
+        self.bound_ports: dict[str, int] = {}
+        #: The listeners as connections see them (advertised port 0 replaced by the bound one).
+        self._listener_by_name: dict[str, Listener] = {}
+        #: The core's counters; the server adds request latencies, connections and bytes.
+        self.stats = core.stats
         self.handlers = handlers or Handlers(core)
         self.limits = limits or ServerLimits()
         self.clock = clock
@@ -595,6 +690,8 @@ class BrokerServer:
         self._refused_per_address = 0
         self._refused_logged_ms: int | None = None
         self._server: asyncio.base_events.Server | None = None
+        #: Every listener's asyncio server (``_server`` is the first).
+        self._servers: list[asyncio.base_events.Server] = []
         self._reaper: asyncio.Task[None] | None = None
         #: One thread decodes large request frames and encodes large responses
         #: (``limits.codec_offload_frame_bytes``); its own, so they never queue behind fsyncs.
@@ -666,15 +763,63 @@ class BrokerServer:
         self._refused_logged_ms = now_ms
 
     async def start(self) -> None:
+        """Bind every listener (the first one's port becomes ``self.port``).
+
+        Raises:
+            BrokerConfigError: a TLS listener without TLS settings or a SASL one without SASL
+                settings.
+            OSError: a port could not be bound (listeners bound so far are closed again).
+        """
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), self.host, self.port, reuse_address=True
-        )
-        sockname = self._server.sockets[0].getsockname()
-        self.port = sockname[1]
+        if self.listeners is None:
+            self._server = await loop.create_server(
+                lambda: _Connection(self), self.host, self.port, reuse_address=True
+            )
+            self._servers = [self._server]
+            sockname = self._server.sockets[0].getsockname()
+            self.port = sockname[1]
+        else:
+            await self._start_listeners(loop)
         self._reaper = asyncio.create_task(
             self._reap_idle_connections(), name="flowbus-idle-reaper"
         )
+
+    async def _start_listeners(self, loop: asyncio.AbstractEventLoop) -> None:
+        listeners = self.listeners or []
+        if any(listener.protocol.uses_tls for listener in listeners) and self.tls is None:
+            raise BrokerConfigError("an SSL or SASL_SSL listener needs --ssl-certfile")
+        if any(listener.protocol.uses_sasl for listener in listeners) and self.sasl is None:
+            raise BrokerConfigError("a SASL listener needs SASL settings")
+        context = self.tls.server_context() if self.tls is not None else None
+        resolved: list[Listener] = []
+        try:
+            for listener in listeners:
+                tls = listener.protocol.uses_tls
+                self._listener_by_name[listener.name] = listener
+                server = await loop.create_server(
+                    lambda name=listener.name: _Connection(self, self._listener_by_name[name]),  # type: ignore[misc]
+                    listener.host,
+                    listener.port,
+                    reuse_address=True,
+                    ssl=context if tls else None,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls else None,
+                )
+                self._servers.append(server)
+                port = server.sockets[0].getsockname()[1]
+                self.bound_ports[listener.name] = port
+                if listener.advertised_port == 0:  # port 0 advertised: the bound one
+                    listener = listener.with_advertised(listener.advertised_host or "127.0.0.1", port)
+                    self._listener_by_name[listener.name] = listener  # before the next await
+                resolved.append(listener)
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            self._servers = []
+            raise
+        self.listeners = resolved
+        self._server = self._servers[0]
+        self.host = resolved[0].host
+        self.port = self.bound_ports[resolved[0].name]
 
     async def _reap_idle_connections(self) -> None:
         idle_ms = self.limits.connections_max_idle_ms
@@ -693,11 +838,13 @@ class BrokerServer:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for conn in list(self.connections):
             conn.close_quietly()
-        if self._server is not None:
+        for server in self._servers:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+                await asyncio.wait_for(server.wait_closed(), 5)
         self.codec_executor.shutdown(wait=False, cancel_futures=True)
+        if self.sasl is not None:
+            self.sasl.close()

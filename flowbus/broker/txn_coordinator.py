@@ -125,6 +125,10 @@ class TransactionCoordinator:
         self._by_producer: dict[int, TxnMetadata] = {}
         #: True until :meth:`load` finished recovery: requests answer COORDINATOR_LOAD_IN_PROGRESS.
         self.loading = True
+        #: Transactions this coordinator completed since start (the metrics' counters; a
+        #: completion replayed from the log at start-up is not counted again).
+        self.committed_count = 0
+        self.aborted_count = 0
         #: Durable acks: each transactional id's last state record whose log asked for an fsync
         #: (its answer waits for it, see :meth:`wait_durable`).
         self._unsynced: dict[str, InternalAppend] = {}
@@ -546,6 +550,10 @@ class TransactionCoordinator:
         """Apply or drop the pending offsets and log CompleteCommit/CompleteAbort."""
         self._core.groups.complete_txn_offsets(meta.producer_id, commit)
         meta.state = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
+        if commit:
+            self.committed_count += 1
+        else:
+            self.aborted_count += 1
         meta.partitions = set()
         meta.groups = set()
         meta.txn_start_ms = -1

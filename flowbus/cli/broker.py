@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from flowbus.broker.config import BrokerConfig, parse_host_port
 from flowbus.broker.errors import BrokerConfigError, BrokerError
+
+if TYPE_CHECKING:
+    from flowbus.broker.security.settings import SecuritySettings
 
 
 def _host_port(
@@ -161,6 +165,60 @@ def _host_port(
     show_default=True,
     help="Close a connection whose request has not arrived whole this long after its first byte.",
 )
+@click.option(
+    "--metrics",
+    "--web",
+    "metrics_listen",
+    metavar="HOST:PORT",
+    default=None,
+    callback=_host_port,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics and the live dashboard at "
+    "http://HOST:PORT/ (port 0 picks a free port; default: off; --web is the same option, "
+    "named like the worker's). See docs/operations.md.",
+)
+@click.option(
+    "--listener",
+    "listener_specs",
+    multiple=True,
+    metavar="[NAME=]PROTOCOL://HOST:PORT",
+    help="A listener, repeatable: PROTOCOL is PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; "
+    "NAME (default: the protocol) tells two listeners of one protocol apart. With --listener, "
+    "--listen adds a PLAINTEXT listener only when given. See docs/security.md.",
+)
+@click.option(
+    "--advertised-listener",
+    "advertised_specs",
+    multiple=True,
+    metavar="NAME://HOST:PORT",
+    help="What Metadata tells clients of listener NAME to connect to (repeatable; default: "
+    "the listener's own address).",
+)
+@click.option("--ssl-certfile", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PEM certificate (chain) of SSL and SASL_SSL listeners.")
+@click.option("--ssl-keyfile", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PEM private key (default: in --ssl-certfile).")
+@click.option("--ssl-cafile", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PEM CA certificates client certificates must chain to.")
+@click.option(
+    "--ssl-client-auth",
+    type=click.Choice(["none", "requested", "required"], case_sensitive=False),
+    default="none",
+    show_default=True,
+    help="Whether TLS clients must present a certificate; its subject becomes the principal.",
+)
+@click.option(
+    "--sasl-mechanisms",
+    default="PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+    show_default=True,
+    help="Comma-separated SASL mechanisms SASL listeners offer.",
+)
+@click.option(
+    "--connections-max-reauth-ms",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="KIP-368: SASL clients must re-authenticate within this long (0: sessions never expire).",
+)
 def broker(
     data_dir: Path,
     listen: tuple[str, int],
@@ -182,6 +240,15 @@ def broker(
     max_connections: int,
     max_connections_per_address: int,
     request_receive_timeout_ms: int,
+    metrics_listen: tuple[str, int] | None,
+    listener_specs: tuple[str, ...],
+    advertised_specs: tuple[str, ...],
+    ssl_certfile: Path | None,
+    ssl_keyfile: Path | None,
+    ssl_cafile: Path | None,
+    ssl_client_auth: str,
+    sasl_mechanisms: str,
+    connections_max_reauth_ms: int,
 ) -> None:
     """Run the Kafka-protocol broker until SIGTERM or Ctrl-C."""
     # Imported here so that other commands do not pay for loading the broker.
@@ -201,6 +268,17 @@ def broker(
         if advertise is not None
         else (host if host not in ("0.0.0.0", "::", "") else "127.0.0.1", port)
     )
+    security = None
+    if listener_specs or advertised_specs or ssl_certfile is not None:
+        ctx = click.get_current_context()
+        listen_given = ctx.get_parameter_source("listen") is not click.core.ParameterSource.DEFAULT
+        security = _security_settings(
+            listener_specs, advertised_specs, (host, port, adv_host, adv_port) if listen_given or not listener_specs else None,
+            ssl_certfile, ssl_keyfile, ssl_cafile, ssl_client_auth, sasl_mechanisms, connections_max_reauth_ms,
+        )
+        first = security.listeners[0]
+        host, port = first.host, first.port
+        adv_host, adv_port = first.advertised_host or host, first.advertised_port or 0
     config = BrokerConfig(
         data_dir=data_dir,
         advertised_host=adv_host,
@@ -228,7 +306,52 @@ def broker(
     )
     try:
         asyncio.run(
-            run_broker(config, listen_host=host, listen_port=port, limits=limits)
+            run_broker(config, listen_host=host, listen_port=port, limits=limits, metrics_listen=metrics_listen,
+                       security=security)
         )
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _security_settings(
+    listener_specs: tuple[str, ...],
+    advertised_specs: tuple[str, ...],
+    plaintext: tuple[str, int, str, int] | None,
+    certfile: Path | None,
+    keyfile: Path | None,
+    cafile: Path | None,
+    client_auth: str,
+    mechanisms: str,
+    reauth_ms: int,
+) -> SecuritySettings:
+    """The listeners of ``--listener`` (after the ``--listen`` one, when it counts) with their
+    advertised addresses, TLS and SASL settings; a bad spec is a usage error (exit 2)."""
+    from flowbus.broker.security.listeners import (
+        ClientAuth,
+        Listener,
+        SecurityProtocol,
+        TlsSettings,
+        parse_advertised,
+        parse_listener,
+        resolve_listeners,
+    )
+    from flowbus.broker.security.settings import SecuritySettings
+
+    try:
+        listeners = [parse_listener(spec) for spec in listener_specs]
+        advertised = [parse_advertised(spec) for spec in advertised_specs]
+        if plaintext is not None:
+            host, port, adv_host, adv_port = plaintext
+            listeners.insert(0, Listener("PLAINTEXT", SecurityProtocol.PLAINTEXT, host, port))
+            if not any(name == "PLAINTEXT" for name, _, _ in advertised):
+                advertised.append(("PLAINTEXT", adv_host, adv_port))
+        resolved = resolve_listeners(listeners, advertised)
+    except BrokerConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    tls = None
+    if certfile is not None:
+        tls = TlsSettings(certfile, keyfile, cafile, ClientAuth(client_auth.lower()))
+    elif any(listener.protocol.uses_tls for listener in resolved):
+        raise click.UsageError("an SSL or SASL_SSL listener needs --ssl-certfile (and --ssl-keyfile)")
+    names = tuple(m.strip().upper() for m in mechanisms.split(",") if m.strip())
+    return SecuritySettings(tuple(resolved), tls, names, reauth_ms)

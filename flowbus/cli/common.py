@@ -112,7 +112,7 @@ def _check_embedded(url: str, *, create: bool) -> None:
 def make_transport(url: str) -> Transport:
     """The transport for ``url``; kafka:// clients are told not to log connection failures."""
     scheme = url.partition("://")[0]
-    if scheme == "kafka":
+    if scheme in ("kafka", "kafkas"):
         from flowbus.transports.kafka import KafkaTransport
 
         return KafkaTransport(url, config=_KAFKA_CLIENT_CONFIG)
@@ -140,7 +140,7 @@ async def connect(url: str, *, timeout_s: float, create: bool = False) -> AsyncI
     except FlowbusError as exc:
         raise click.ClickException(f"cannot open {url}: {exc}") from exc
     try:
-        if url.startswith("kafka://"):
+        if url.startswith(("kafka://", "kafkas://")):
             await transport.list_topics(timeout_s=timeout_s)
         yield transport
     finally:

@@ -33,6 +33,8 @@ from flowbus.cli.tables import tables as _tables  # noqa: E402
 cli.add_command(_tables)
 from flowbus.cli.data import data as _data  # noqa: E402
 cli.add_command(_data)
+from flowbus.cli.users import users as _users  # noqa: E402
+cli.add_command(_users)
 
 
 def main() -> None:

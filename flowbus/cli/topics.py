@@ -66,6 +66,13 @@ def list_topics(broker_url: str, timeout_s: float, internal: bool) -> None:
 @timeout_option
 def create_topic(name: str, partitions: int, configs: dict[str, str], broker_url: str, timeout_s: float) -> None:
     """Create topic NAME; fails if it exists or the broker rejects a config."""
+    from flowbus.log.catalog import validate_topic_name
+    from flowbus.log.errors import InvalidTopicError
+
+    try:
+        validate_topic_name(name)  # Kafka's rule, so the message says which part is broken
+    except InvalidTopicError as exc:
+        raise click.ClickException(str(exc)) from exc
 
     async def main() -> None:
         async with connect(broker_url, timeout_s=timeout_s, create=True) as transport:

@@ -727,6 +727,53 @@ SASL_AUTHENTICATE_RESPONSE = message("SaslAuthenticateResponse", "0-2", "2+", [
     f("session_lifetime_ms", "int64", "1+", default=0),
 ])
 
+# DescribeUserScramCredentials (50) and AlterUserScramCredentials (51), KIP-554: v0 only,
+# flexible. Mechanism is Kafka's ScramMechanism code (1 SCRAM-SHA-256, 2 SCRAM-SHA-512); the
+# client sends the salted password, never the password.
+DESCRIBE_USER_SCRAM_CREDENTIALS_REQUEST = message("DescribeUserScramCredentialsRequest", "0", "0+", [
+    arr("users", [
+        f("name", "string"),
+    ], nullable="0+"),
+])
+
+DESCRIBE_USER_SCRAM_CREDENTIALS_RESPONSE = message("DescribeUserScramCredentialsResponse", "0", "0+", [
+    f("throttle_time_ms", "int32"),
+    f("error_code", "int16"),
+    f("error_message", "string", nullable="0+"),
+    arr("results", [
+        f("user", "string"),
+        f("error_code", "int16"),
+        f("error_message", "string", nullable="0+"),
+        arr("credential_infos", [
+            f("mechanism", "int8"),
+            f("iterations", "int32"),
+        ]),
+    ]),
+])
+
+ALTER_USER_SCRAM_CREDENTIALS_REQUEST = message("AlterUserScramCredentialsRequest", "0", "0+", [
+    arr("deletions", [
+        f("name", "string"),
+        f("mechanism", "int8"),
+    ]),
+    arr("upsertions", [
+        f("name", "string"),
+        f("mechanism", "int8"),
+        f("iterations", "int32"),
+        f("salt", "bytes"),
+        f("salted_password", "bytes"),
+    ]),
+])
+
+ALTER_USER_SCRAM_CREDENTIALS_RESPONSE = message("AlterUserScramCredentialsResponse", "0", "0+", [
+    f("throttle_time_ms", "int32"),
+    arr("results", [
+        f("user", "string"),
+        f("error_code", "int16"),
+        f("error_message", "string", nullable="0+"),
+    ]),
+])
+
 # CreatePartitions (37). v1 same as v0, v2 flexible, v3 may answer THROTTLING_QUOTA_EXCEEDED.
 # assignments (nullable) lists the brokers of each new partition only.
 CREATE_PARTITIONS_REQUEST = message("CreatePartitionsRequest", "0-3", "2+", [
@@ -962,6 +1009,8 @@ REQUESTS: dict[ApiKey, MessageSpec] = {
     ApiKey.INCREMENTAL_ALTER_CONFIGS: INCREMENTAL_ALTER_CONFIGS_REQUEST,
     ApiKey.DELETE_GROUPS: DELETE_GROUPS_REQUEST,
     ApiKey.OFFSET_DELETE: OFFSET_DELETE_REQUEST,
+    ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS: DESCRIBE_USER_SCRAM_CREDENTIALS_REQUEST,
+    ApiKey.ALTER_USER_SCRAM_CREDENTIALS: ALTER_USER_SCRAM_CREDENTIALS_REQUEST,
     ApiKey.DESCRIBE_CLUSTER: DESCRIBE_CLUSTER_REQUEST,
     ApiKey.DESCRIBE_PRODUCERS: DESCRIBE_PRODUCERS_REQUEST,
     ApiKey.DESCRIBE_TRANSACTIONS: DESCRIBE_TRANSACTIONS_REQUEST,
@@ -1002,6 +1051,8 @@ RESPONSES: dict[ApiKey, MessageSpec] = {
     ApiKey.INCREMENTAL_ALTER_CONFIGS: INCREMENTAL_ALTER_CONFIGS_RESPONSE,
     ApiKey.DELETE_GROUPS: DELETE_GROUPS_RESPONSE,
     ApiKey.OFFSET_DELETE: OFFSET_DELETE_RESPONSE,
+    ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS: DESCRIBE_USER_SCRAM_CREDENTIALS_RESPONSE,
+    ApiKey.ALTER_USER_SCRAM_CREDENTIALS: ALTER_USER_SCRAM_CREDENTIALS_RESPONSE,
     ApiKey.DESCRIBE_CLUSTER: DESCRIBE_CLUSTER_RESPONSE,
     ApiKey.DESCRIBE_PRODUCERS: DESCRIBE_PRODUCERS_RESPONSE,
     ApiKey.DESCRIBE_TRANSACTIONS: DESCRIBE_TRANSACTIONS_RESPONSE,

@@ -63,7 +63,7 @@ def transport_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK) -> Transport:
         from flowbus.transports.memory import MemoryTransport
 
         return MemoryTransport(url, clock=clock)
-    if scheme == "kafka":
+    if scheme in ("kafka", "kafkas"):  # kafkas: over TLS (docs/security.md)
         from flowbus.transports.kafka import KafkaTransport
 
         return KafkaTransport(url, clock=clock)

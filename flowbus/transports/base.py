@@ -24,6 +24,7 @@ import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal, NamedTuple, Protocol
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -151,6 +152,9 @@ class Producer(abc.ABC):
 
     records_sent: int = 0
     """Records handed to this producer so far (for status lines; counted per batch where possible)."""
+    records_sent_by_topic: Mapping[str, int] = MappingProxyType({})
+    """The same per topic (the worker's ``flowbus_worker_events_out_total``); a transport that
+    counts them gives each producer a dict of its own, the default stays empty."""
 
     @abc.abstractmethod
     def send(

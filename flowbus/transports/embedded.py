@@ -26,7 +26,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from flowbus.broker.config import BrokerConfig
 from flowbus.broker.core import (
@@ -42,6 +42,7 @@ from flowbus.broker.core import (
 from flowbus.broker.core import NewTopic as CoreNewTopic
 from flowbus.broker.group_coordinator import GroupConfig, OffsetToCommit
 from flowbus.clock import SYSTEM_CLOCK, Clock
+from flowbus.log.errors import LogError
 from flowbus.log.manager import LOCK_FILE
 from flowbus.protocol.error_codes import ErrorCode
 from flowbus.records.builder import BatchBuilder
@@ -78,6 +79,9 @@ from flowbus.transports.errors import (
     TransportError,
 )
 from flowbus.transports.partitioner import partition_for_key
+
+if TYPE_CHECKING:
+    from flowbus.broker.server import BrokerServer
 
 log = logging.getLogger("flowbus.transports.embedded")
 
@@ -186,6 +190,44 @@ class _CoreHandle:
 _CORES: dict[Path, _CoreHandle] = {}
 
 
+class DataDirInUseError(TransportError):
+    """Another process (a worker or ``flowbus broker``) holds the embedded data dir open."""
+
+
+def _in_use_message(data_dir: Path) -> str:
+    return (
+        f"data dir {data_dir} is in use by another worker or flowbus broker, and only one process may "
+        f"open it: start that one with --listen HOST:PORT and use --broker kafka://HOST:PORT"
+    )
+
+
+def _os_reason(exc: OSError) -> str:
+    """``Permission denied: /x/y`` from an OSError, without errno numbers or Python reprs."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    reason = reason[:1].lower() + reason[1:]
+    return f"{reason} ({exc.filename})" if exc.filename else reason
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Raise :class:`TransportError` when ``host:port`` cannot be listened on (in use, no such
+    address, not allowed). Binds and closes a socket as asyncio's server will (SO_REUSEADDR),
+    so a port in TIME_WAIT passes; a port taken between this check and the real bind is still
+    reported by the caller."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise TransportError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror})") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {host}:{port}: {_os_reason(exc)}") from exc
+
+
 def data_dir_in_use(data_dir: str | Path) -> bool:
     """True when another process holds ``data_dir`` open (a worker or ``flowbus broker``).
 
@@ -242,6 +284,8 @@ class EmbeddedProducer(Producer):
         self._txn_append_order = asyncio.Lock()
         #: Set when the coordinator or a partition said this producer was fenced: fatal.
         self._fenced = False
+        #: Counted per batch shipped (metrics); bounded by the topics this producer writes.
+        self.records_sent_by_topic: dict[str, int] = {}
 
     def _new_builder(self, tp: tuple[str, int]) -> BatchBuilder:
         """A batch for ``tp``: plain, or transactional with the partition's next sequence.
@@ -368,6 +412,7 @@ class EmbeddedProducer(Producer):
             del self._sticky[tp[0]]
         builder = self._builders.pop(tp)
         self.records_sent += len(builder)
+        self.records_sent_by_topic[tp[0]] = self.records_sent_by_topic.get(tp[0], 0) + len(builder)
         futures = self._futures.pop(tp, [])
         if self._pid >= 0:
             error = self._add_to_txn(tp)
@@ -897,16 +942,42 @@ class EmbeddedTransport(Transport):
             raise TransportError("the embedded transport is not started")
         return self._handle.core
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` ran and :meth:`close` did not (``core`` is usable)."""
+        return self._started and self._handle is not None
+
+    @property
+    def server(self) -> BrokerServer | None:
+        """The Kafka-protocol server of ``listen`` (None without it, or before :meth:`start`)."""
+        return self._handle.server if self._handle is not None else None
+
     async def start(self) -> None:
         if self._started:
             return
         handle = _CORES.get(self.data_dir)
         if handle is None:
             host, port = "127.0.0.1", 9092
+            security = None
             if self.listen:
                 from flowbus.broker.config import parse_host_port
+                from flowbus.broker.errors import BrokerConfigError
+                from flowbus.broker.security.settings import parse_listen_url
 
-                host, port = parse_host_port(self.listen)
+                try:
+                    # PROTOCOL://HOST:PORT?... secures it like `flowbus broker` (docs/security.md).
+                    if "://" in self.listen:
+                        security = parse_listen_url(self.listen)
+                        listener = security.listeners[0]
+                        host, port = listener.host, listener.port
+                    else:
+                        host, port = parse_host_port(self.listen)
+                except BrokerConfigError as exc:
+                    raise TransportError(f"cannot listen on {self.listen!r}: {exc}") from exc
+                # Before the data dir is opened: a busy port is then one line, not a broker
+                # that loads its logs and closes them again.
+                _check_bindable(host, port)
+            self._check_data_dir()
             # No initial rebalance delay: an embedded worker is usually its group's first member
             # and should not wait Kafka's 3 s to start; later members trigger a rebalance anyway.
             config = BrokerConfig(
@@ -914,18 +985,53 @@ class EmbeddedTransport(Transport):
                 groups=GroupConfig(group_initial_rebalance_delay_ms=0),
                 **self._broker_settings,
             )
-            handle = _CORES[self.data_dir] = _CoreHandle(BrokerCore(config, clock=self.broker_clock))
-            await handle.core.start()
+            core: BrokerCore | None = None
+            try:
+                core = BrokerCore(config, clock=self.broker_clock)  # opens (and locks) the data dir
+                await core.start()
+            except (OSError, LogError) as exc:
+                if core is not None:
+                    await core.close()
+                if isinstance(exc, LogError) and data_dir_in_use(self.data_dir):
+                    raise DataDirInUseError(_in_use_message(self.data_dir)) from exc  # taken since the check
+                reason = _os_reason(exc) if isinstance(exc, OSError) else str(exc)
+                raise TransportError(f"cannot open data dir {self.data_dir}: {reason}") from exc
+            handle = _CORES[self.data_dir] = _CoreHandle(core)
             await handle.core.wait_loaded()
             if self.listen:
-                from flowbus.broker.server import BrokerServer
+                from flowbus.broker.errors import BrokerError
+                from flowbus.broker.runner import make_server
 
-                handle.server = BrokerServer(handle.core, host=host, port=port, clock=self.broker_clock)
-                await handle.server.start()
+                try:
+                    handle.server = make_server(handle.core, host, port, None, self.broker_clock, security)
+                    await handle.server.start()
+                except BrokerError as exc:  # credentials file or TLS files unreadable
+                    _CORES.pop(self.data_dir, None)
+                    await handle.core.close()
+                    raise TransportError(f"cannot listen on {self.listen!r}: {exc}") from exc
+                except OSError as exc:
+                    # Taken since the check: give the data dir back before saying so.
+                    _CORES.pop(self.data_dir, None)
+                    await handle.core.close()
+                    raise TransportError(f"cannot listen on {host}:{port}: {_os_reason(exc)}") from exc
                 log.info("embedded broker listening on %s:%d", host, handle.server.port)
         handle.users += 1
         self._handle = handle
         self._started = True
+
+    def _check_data_dir(self) -> None:
+        """Refuse, in one sentence each, a data dir that is a file, one whose parent is not a
+        directory, or one another process holds (a worker or ``flowbus broker``)."""
+        path = self.data_dir
+        if path.exists() and not path.is_dir():
+            raise TransportError(f"cannot open data dir {path}: it is a file, not a directory")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise TransportError(f"cannot create data dir {path}: {parent} is a file, not a directory")
+                break
+        if data_dir_in_use(path):
+            raise DataDirInUseError(_in_use_message(path))
 
     async def close(self) -> None:
         if not self._started or self._handle is None:

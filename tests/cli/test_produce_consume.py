@@ -275,3 +275,56 @@ def test_long_lines_span_reads_and_have_a_limit(
     monkeypatch.setattr(produce_module, "LINE_BYTES_MAX", 100_000)
     too_long = invoke("produce", "long", "--broker", url, input=long_line + b"\n")
     assert too_long.exit_code == 1 and "longer than 100000 bytes" in too_long.stderr
+
+
+def test_print_headers_prints_them_first_as_kafkas_console_consumer_does(invoke: Invoke, tmp_path: Path) -> None:
+    import asyncio
+
+    from flowbus.transports.base import TopicSpec
+    from flowbus.transports.embedded import EmbeddedTransport
+
+    url = f"embedded://{tmp_path / 'data'}"
+
+    async def write() -> None:
+        transport = EmbeddedTransport(url)
+        await transport.start()
+        await transport.create_topics([TopicSpec("h", 1)])
+        producer = transport.producer()
+        await producer.send("h", b"v1", b"k1", headers=(("trace", b"abc"), ("empty", b"")))
+        await producer.send("h", b"v2", None)
+        await producer.close()
+        await transport.close()
+
+    asyncio.run(write())
+    result = invoke("consume", "h", "--from-beginning", "-n", "2", "--print-headers", "--broker", url)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "trace:abc,empty:\tv1\nNO_HEADERS\tv2\n"
+    result = invoke("consume", "h", "--from-beginning", "-n", "2", "--print-headers", "--key-separator", "|",
+                    "--broker", url)
+    assert result.stdout == "trace:abc,empty:|k1|v1\nNO_HEADERS||v2\n"
+
+
+def test_a_group_consume_into_head_commits_nothing_head_dropped(tmp_path: Path) -> None:
+    """``| head -2``: the batch fits in the pipe and head reads it whole, prints two lines and
+    exits; the records it dropped were not written out, so they are not committed."""
+    url = f"embedded://{tmp_path / 'data'}"
+    subprocess.run([*FLOWBUS, "topics", "create", "small", "--broker", url], check=True, capture_output=True, timeout=30)
+    lines = b"".join(b"%d\n" % i for i in range(1000))
+    subprocess.run([*FLOWBUS, "produce", "small", "--broker", url], input=lines, check=True, capture_output=True, timeout=30)
+    shell = f"{' '.join(FLOWBUS)} consume small --group g --from-beginning --broker {url} | head -n 2"
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, timeout=60, check=False)
+    assert done.stdout == b"0\n1\n"
+    assert b"Traceback" not in done.stderr, done.stderr
+    described = subprocess.run([*FLOWBUS, "groups", "describe", "g", "--broker", url], capture_output=True,
+                               timeout=30, check=False)
+    rows = [line.split() for line in described.stdout.splitlines() if line.startswith(b"small")]
+    committed = [int(row[2]) for row in rows if row[2] != b"-"]
+    assert all(offset <= 2 for offset in committed), described.stdout
+
+    # A reader that reads everything gets everything committed.
+    shell = f"{' '.join(FLOWBUS)} consume small --group g2 --from-beginning --timeout-s 1 --broker {url} | wc -l"
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, timeout=60, check=True)
+    assert done.stdout.strip() == b"1000"
+    described = subprocess.run([*FLOWBUS, "groups", "describe", "g2", "--broker", url], capture_output=True,
+                               timeout=30, check=True)
+    assert [b"small", b"0", b"1000", b"1000", b"0"] in [line.split()[:5] for line in described.stdout.splitlines()]

@@ -112,3 +112,14 @@ def test_default_broker_is_the_apps_and_the_environment_overrides_it(
     assert invoke("topics", "create", "there", env=env).exit_code == 0
     assert invoke("topics", "list", env=env).stdout.split() == ["there"]
     assert invoke("topics", "list").stdout.split() == ["here"]
+
+
+@pytest.mark.parametrize(("name", "rule"), [
+    ("bad topic!", "topic name 'bad topic!' may contain only ASCII letters, digits, '.', '_' and '-'"),
+    ("..", "topic name cannot be '..'"),
+    ("t" * 250, "topic name is 250 characters; the limit is 249"),
+])
+def test_an_invalid_topic_name_says_which_rule_it_breaks(invoke: Invoke, tmp_path: Path, name: str, rule: str) -> None:
+    result = invoke("topics", "create", name, "--broker", f"embedded://{tmp_path / 'data'}")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"Error: {rule}"]

@@ -23,6 +23,8 @@ EXPECTED = {
     # DeleteGroups, OffsetDelete, DescribeCluster, DescribeProducers, DescribeTransactions,
     # ListTransactions (v2's regex filter is not spoken).
     42: ((0, 2), 2), 47: ((0, 0), None), 60: ((0, 2), 0), 61: ((0, 0), 0), 65: ((0, 0), 0), 66: ((0, 1), 0),
+    # DescribeUserScramCredentials, AlterUserScramCredentials (issue 14, KIP-554).
+    50: ((0, 0), 0), 51: ((0, 0), 0),
 }
 
 

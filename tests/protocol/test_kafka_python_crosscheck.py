@@ -38,7 +38,8 @@ from tests.protocol.bodies import all_pairs, normalise, rich_body, sparse_body
 
 _NEW_MODULES = ["producer", "consumer.fetch", "consumer.group", "consumer.metadata", "consumer.offsets",
                 "metadata.api_versions", "metadata.find_coordinator", "metadata.metadata", "admin.topics",
-                "admin.configs", "admin.groups", "admin.transactions", "admin.cluster", "sasl"]
+                "admin.configs", "admin.groups", "admin.transactions", "admin.cluster", "admin.users",
+                "sasl"]
 
 
 def _new_classes() -> dict[tuple[int, str], Any]:
