@@ -179,7 +179,7 @@ class WorkerCollector(Collector):
         for slot in sorted(slots, key=lambda s: (s.count, s.partition)):
             if slot.closed:
                 continue
-            size.add_metric([",".join(t.name for t in slot.tables), str(slot.partition)], _disk_bytes(slot.path))
+            size.add_metric([",".join(t.name for t in slot.tables), str(slot.partition)], disk_bytes(slot.path))
         yield size
 
     def _windows(self) -> Iterator[Metric]:
@@ -205,7 +205,7 @@ class WorkerCollector(Collector):
         yield latency
 
 
-def _disk_bytes(path: Path) -> int:
+def disk_bytes(path: Path) -> int:
     """Sizes of the files under ``path`` (at most :data:`STATE_FILES_COUNTED_MAX`); 0 when it is
     not there (the memory backend)."""
     total = 0

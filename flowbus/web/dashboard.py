@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from flowbus.metrics.broker_collector import OPEN_TXN_STATES
+from flowbus.metrics.worker_collector import disk_bytes
 from flowbus.protocol.error_codes import ErrorCode
 from flowbus.web.tables import json_response
 
@@ -98,14 +99,22 @@ class History:
 
 async def sample_forever(sample: Callable[[], Any]) -> None:
     """Call ``sample()`` (awaiting it when it is a coroutine) every :data:`SAMPLE_INTERVAL_S`;
-    a failing sample is logged and the next one tried (the dashboard never stops the process)."""
+    a failing sample is logged and the next one tried (the dashboard never stops the process).
+    The same failure again is logged at debug level only: once a second would flood the log."""
+    last_failure = ""
     while True:
         try:
             result = sample()
             if asyncio.iscoroutine(result):
                 await result
-        except Exception:  # a dashboard error must not end the sampler
-            log.exception("dashboard sample failed")
+            last_failure = ""
+        except Exception as exc:  # a dashboard error must not end the sampler
+            failure = repr(exc)
+            if failure != last_failure:
+                log.exception("dashboard sample failed (logged again when it changes)")
+            else:
+                log.debug("dashboard sample failed again: %s", failure)
+            last_failure = failure
         await asyncio.sleep(SAMPLE_INTERVAL_S)
 
 
@@ -216,6 +225,8 @@ class WorkerStatsSource:
         self.history = History(["events_in_per_s", "events_out_per_s", "lag"])
         #: Per table: (the owned partitions counted, key count, capped), from the last count.
         self._keys: dict[str, tuple[list[int], int, bool]] = {}
+        #: Per table: bytes on disk of the partition databases holding it, from the last count.
+        self._sizes: dict[str, int] = {}
 
     async def sample(self) -> None:
         worker = self.worker
@@ -242,12 +253,15 @@ class WorkerStatsSource:
 
     def _count_keys(self, *, every: bool) -> None:
         """Count each table's keys (at most :data:`KEYS_COUNTED_MAX`): on every
-        :data:`TABLES_EVERY_SAMPLES`-th sample, and as soon as its owned partitions change."""
+        :data:`TABLES_EVERY_SAMPLES`-th sample, and as soon as its owned partitions change; the
+        sizes on disk with them."""
+        counted = False
         for name, table in sorted(self.worker.app.tables.items()):
             owned = table.owned_partitions()
             known = self._keys.get(name)
             if not every and known is not None and known[0] == owned:
                 continue
+            counted = True
             keys = 0
             for partition in owned:
                 part = table.parts[partition]
@@ -258,13 +272,31 @@ class WorkerStatsSource:
                 if keys >= KEYS_COUNTED_MAX:
                     break
             self._keys[name] = (owned, keys, keys >= KEYS_COUNTED_MAX)
+        if counted:
+            self._sizes = self._disk_sizes()
+
+    def _disk_sizes(self) -> dict[str, int]:
+        """Bytes on disk per table: each open partition database counts for every table it holds
+        (tables of one partition count share a database, as RocksDB column families)."""
+        state = self.worker.state
+        sizes: dict[str, int] = {}
+        if state is None:
+            return sizes
+        for slot in list(state.slots.values()):
+            if slot.closed:
+                continue
+            size = disk_bytes(slot.path)
+            for table in slot.tables:
+                sizes[table.name] = sizes.get(table.name, 0) + size
+        return sizes
 
     def _tables(self) -> list[dict[str, Any]]:
         out = []
         for name, table in sorted(self.worker.app.tables.items()):
             _, keys, capped = self._keys.get(name, ([], None, False))
             out.append({"name": name, "kind": type(table).__name__, "partitions": table.partitions,
-                        "owned": table.owned_partitions(), "keys": keys, "keys_capped": capped})
+                        "owned": table.owned_partitions(), "keys": keys, "keys_capped": capped,
+                        "size_bytes": self._sizes.get(name)})
         return out
 
     def snapshot(self) -> dict[str, Any]:

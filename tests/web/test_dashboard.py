@@ -55,8 +55,7 @@ async def wait_until(check: Callable[[], Awaitable[bool]], what: str) -> None:
 
 
 def make_app(data_dir: Path) -> App:
-    app = App("dashboard-app", broker=f"embedded://{data_dir}", commit_interval_ms=200, topic_partitions=3,
-              state_backend="memory")
+    app = App("dashboard-app", broker=f"embedded://{data_dir}", commit_interval_ms=200, topic_partitions=3)
     orders = app.topic("orders", key_type=str)
     doubled = app.topic("doubled")
     per_customer = app.Table("orders-per-customer", key_type=str, default=int)
@@ -145,6 +144,7 @@ async def check_worker_page(page: Page, port: int, tmp_path: Path) -> None:
     assert max(stats["series"]["events_in_per_s"]) > 0
     (table,) = stats["tables"]
     assert table["owned"] == [0, 1, 2] and table["keys"] == CUSTOMERS
+    assert table["size_bytes"] > 0  # RocksDB's files
     docs = os.environ.get("FLOWBUS_UPDATE_DOCS_IMAGES") == "1"
     if docs:  # a plot with some history to show
         await wait_until(lambda: _canvas_grew(page, "events", DOCS_PLOT_POINTS), "points for the docs' screenshot")

@@ -267,6 +267,7 @@
       { title: "partitions", key: "partitions", num: true },
       { title: "owned here", key: "owned", format: (v) => (v && v.length ? v.join(", ") : "–") },
       { title: "keys here", key: "keys", num: true, format: (v, row) => (row.keys_capped ? "≥ " : "") + formatNumber(v) },
+      { title: "on disk", key: "size_bytes", num: true, format: formatBytes },
     ], stats.tables, "no tables");
     if (stats.broker) renderBroker(stats.broker, "embedded broker · ");
   }
