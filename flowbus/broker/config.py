@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flowbus.broker.errors import BrokerConfigError
 from flowbus.broker.group_coordinator import GroupConfig
+from flowbus.broker.security.acls import AuthorizerConfig
 from flowbus.broker.txn_coordinator import TxnConfig
 from flowbus.log.config import LONG_MAX, TopicConfig
 
@@ -70,6 +71,9 @@ class BrokerConfig:
     #: everything). The test harness's broker uses -1: its records carry the app's manual clock,
     #: which the core's real clock would take for years-old data and delete at the next tick.
     log_retention_ms: int = 604_800_000
+    #: The ACL authorizer (``docs/security.md``); None (the default): every client may do
+    #: everything, as before issue 14. Set: deny unless an ACL allows (or a super user).
+    authorizer: AuthorizerConfig | None = None
 
     def topic_defaults(self) -> TopicConfig:
         """The topic config defaults this broker's settings imply (for the LogManager)."""

@@ -917,7 +917,7 @@ class BrokerCore:
 
     def _broker_config_values(self) -> list[ConfigValue]:
         cfg = self.config
-        entries = {
+        entries: dict[str, str | None] = {
             "broker.id": str(cfg.node_id),
             "auto.create.topics.enable": str(cfg.auto_create_topics_enable).lower(),
             "num.partitions": str(cfg.auto_create_topics_partitions),
@@ -931,11 +931,13 @@ class BrokerCore:
             "group.max.session.timeout.ms": str(
                 cfg.groups.group_max_session_timeout_ms
             ),
-            "log.dirs": str(cfg.data_dir),
+            "log.dirs": None,
             "log.flush.interval.messages": str(cfg.log_flush_interval_messages),
         }
+        # Host paths are never told (issue 14): ``log.dirs`` is listed as Kafka lists a
+        # sensitive config, with a null value and is_sensitive set, for every principal.
         return [
-            ConfigValue(k, v, True, False, CONFIG_SOURCE_STATIC_BROKER)
+            ConfigValue(k, v, True, False, CONFIG_SOURCE_STATIC_BROKER, is_sensitive=v is None)
             for k, v in entries.items()
         ]
 

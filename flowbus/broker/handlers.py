@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from flowbus.broker.authz import GUARDS, Check
 from flowbus.broker.core import (
     PARTITIONS_PER_SLICE,
     BrokerCore,
@@ -29,6 +30,18 @@ from flowbus.broker.core import (
 )
 from flowbus.broker.errors import CloseAfterResponse, CloseConnection
 from flowbus.broker.group_coordinator import OffsetToCommit
+from flowbus.broker.security.acls import (
+    ACLS_FILE,
+    AclBinding,
+    AclError,
+    AclFilter,
+    AclOperation,
+    AclStore,
+    Authorizer,
+    PatternType,
+    Permission,
+    ResourceType,
+)
 from flowbus.broker.security.credentials import CREDENTIALS_FILE, CredentialStore
 from flowbus.broker.security.errors import CredentialError
 from flowbus.broker.security.sasl import ANONYMOUS, SaslSession
@@ -58,8 +71,8 @@ AUTHORIZED_OPERATIONS_OMITTED = -(1 << 31)
 # KIP-430 authorized operations: one bit per AclOperation code (Read 3, Write 4, Create 5,
 # Delete 6, Alter 7, Describe 8, ClusterAction 9, DescribeConfigs 10, AlterConfigs 11,
 # IdempotentWrite 12). Kafka without an authorizer answers, when asked, every operation its
-# ``AclEntry.supportedOperations`` lists for the resource type; flowbus has no authorizer
-# (everything is allowed), so it answers the same sets.
+# ``AclEntry.supportedOperations`` lists for the resource type; so does flowbus with its
+# authorizer off (everything is allowed). With it on, ``authz.py`` replaces them per principal.
 #: Cluster: Create, Alter, Describe, ClusterAction, DescribeConfigs, AlterConfigs, IdempotentWrite.
 CLUSTER_OPERATIONS_ALL = sum(1 << code for code in (5, 7, 8, 9, 10, 11, 12))
 #: Topic: Read, Write, Create, Delete, Alter, Describe, DescribeConfigs, AlterConfigs.
@@ -106,7 +119,7 @@ def _fenced_for(header: RequestHeader, error: int) -> int:
 
 @dataclass(slots=True)
 class ConnectionInfo:
-    """Who sent a request: for group member descriptions, log lines and (later) an authorizer.
+    """Who sent a request: for group member descriptions, log lines and the authorizer.
 
     ``principal`` is ``User:NAME`` after SASL, the TLS client certificate's subject
     (``User:CN=...``) on an SSL listener that received one, else ``User:ANONYMOUS``; ``listener``
@@ -133,6 +146,11 @@ class ConnectionInfo:
 
 
 Handler = Callable[[RequestHeader, Body, ConnectionInfo], Awaitable[Body | None]]
+#: ``GUARDS.get`` default: an API the authorization table forgot.
+_UNGUARDED: Any = object()
+#: Creations of one CreateAcls and filters of one DeleteAcls request, at most (each request
+#: rewrites ``acls.json`` once).
+ACL_CHANGES_PER_REQUEST_MAX = 1_000
 
 
 class ArrivalOrder:
@@ -203,6 +221,11 @@ class Handlers:
         self._produce_order = ArrivalOrder()
         #: Groups of OffsetCommit requests committed in slices: later commits of the group wait.
         self._commit_order = ArrivalOrder()
+        #: The ACL authorizer when ``--authorizer on`` (``core.config.authorizer``), else None:
+        #: no request is checked and the ACL APIs answer SECURITY_DISABLED, as Kafka without one.
+        self.authorizer: Authorizer | None = None
+        if core.config.authorizer is not None:
+            self.authorizer = Authorizer(AclStore(core.config.data_dir / ACLS_FILE), core.config.authorizer)
         self._table: dict[int, Handler] = {
             ApiKey.API_VERSIONS: self.api_versions,
             ApiKey.METADATA: self.metadata,
@@ -242,6 +265,9 @@ class Handlers:
             ApiKey.DESCRIBE_PRODUCERS: self.describe_producers,
             ApiKey.DESCRIBE_TRANSACTIONS: self.describe_transactions,
             ApiKey.LIST_TRANSACTIONS: self.list_transactions,
+            ApiKey.DESCRIBE_ACLS: self.describe_acls,
+            ApiKey.CREATE_ACLS: self.create_acls,
+            ApiKey.DELETE_ACLS: self.delete_acls,
         }
 
     def register(self, api_key: int, handler: Handler) -> None:
@@ -258,6 +284,19 @@ class Handlers:
         handler = self._table.get(header.api_key)
         if handler is None:
             return {"error_code": ErrorCode.UNSUPPORTED_VERSION}
+        if self.authorizer is not None:
+            # Every API has an entry (a test checks): a missing one fails closed here.
+            guard = GUARDS.get(ApiKey(header.api_key), _UNGUARDED)
+            if guard is _UNGUARDED:
+                return {"error_code": ErrorCode.CLUSTER_AUTHORIZATION_FAILED}
+            if guard is not None:
+                check = Check(self.authorizer, conn.principal, conn.client_host, header,
+                              self.core.config.auto_create_topics_enable)
+
+                async def inner(filtered: Body) -> Body | None:
+                    return await handler(header, filtered, conn)
+
+                return await guard(check, body, inner)
         return await handler(header, body, conn)
 
     # -- cluster ---------------------------------------------------------------------------
@@ -1429,6 +1468,136 @@ class Handlers:
                 for meta in listed
             ],
         }
+
+
+    # -- ACLs (issue 14, item 3) -------------------------------------------------------------
+
+    def _acls_disabled(self) -> tuple[int, str] | None:
+        if self.authorizer is None:
+            return ErrorCode.SECURITY_DISABLED, "no authorizer is configured (flowbus broker --authorizer on)"
+        return None
+
+    async def describe_acls(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        """The bindings a filter matches, grouped by resource pattern (Kafka's layout)."""
+        disabled = self._acls_disabled()
+        if disabled is not None or self.authorizer is None:
+            code, message = disabled or (ErrorCode.SECURITY_DISABLED, None)
+            return {"throttle_time_ms": 0, "error_code": code, "error_message": message, "resources": []}
+        try:
+            flt = _acl_filter(body, header.api_version)
+        except AclError as exc:
+            return {"throttle_time_ms": 0, "error_code": ErrorCode.INVALID_REQUEST, "error_message": str(exc),
+                    "resources": []}
+        resources: dict[tuple[int, str, int], list[Body]] = {}
+        for b in self.authorizer.store.bindings(flt):
+            resources.setdefault((b.resource_type, b.name, b.pattern_type), []).append(
+                {"principal": b.principal, "host": b.host, "operation": int(b.operation),
+                 "permission_type": int(b.permission)})
+        return {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "error_message": None, "resources": [
+            {"resource_type": int(kind), "resource_name": name, "pattern_type": int(pattern), "acls": acls}
+            for (kind, name, pattern), acls in resources.items()
+        ]}
+
+    async def create_acls(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        """Add bindings, each checked on its own (a bad one is INVALID_REQUEST), then rewrite
+        ``acls.json`` once; a failed write leaves the file and the ACLs in force as they were."""
+        creations = body["creations"]
+        disabled = self._acls_disabled()
+        if disabled is None and len(creations) > ACL_CHANGES_PER_REQUEST_MAX:
+            disabled = ErrorCode.POLICY_VIOLATION, f"at most {ACL_CHANGES_PER_REQUEST_MAX} ACLs per request"
+        if disabled is not None or self.authorizer is None:
+            code, message = disabled or (ErrorCode.SECURITY_DISABLED, None)
+            return {"throttle_time_ms": 0, "results": [
+                {"error_code": code, "error_message": message} for _ in creations]}
+        results: list[Body] = []
+        valid: list[AclBinding] = []
+        for c in creations:
+            try:
+                binding = AclBinding(
+                    ResourceType(c["resource_type"]), c["resource_name"],
+                    PatternType(c.get("resource_pattern_type", PatternType.LITERAL)), c["principal"],
+                    c["host"], AclOperation(c["operation"]), Permission(c["permission_type"]),
+                ).validate()
+            except (AclError, ValueError) as exc:
+                results.append({"error_code": ErrorCode.INVALID_REQUEST, "error_message": str(exc)})
+                continue
+            valid.append(binding)
+            results.append({"error_code": ErrorCode.NONE, "error_message": None})
+        store = self.authorizer.store
+        if valid:
+            try:
+                store.add(valid)
+                await asyncio.to_thread(store.save)
+            except AclError as exc:
+                log.error("%s", exc)
+                store.reload()  # what is on disk is what holds
+                results = [r if r["error_code"] else {"error_code": ErrorCode.UNKNOWN_SERVER_ERROR,
+                                                       "error_message": str(exc)} for r in results]
+            else:
+                log.info("%s created %d ACL(s)", conn.principal, len(valid))
+        return {"throttle_time_ms": 0, "results": results}
+
+    async def delete_acls(
+        self, header: RequestHeader, body: Body, conn: ConnectionInfo
+    ) -> Body:
+        """Remove the bindings each filter matches, then rewrite ``acls.json`` once."""
+        filters = body["filters"]
+        disabled = self._acls_disabled()
+        if disabled is None and len(filters) > ACL_CHANGES_PER_REQUEST_MAX:
+            disabled = ErrorCode.POLICY_VIOLATION, f"at most {ACL_CHANGES_PER_REQUEST_MAX} filters per request"
+        if disabled is not None or self.authorizer is None:
+            code, message = disabled or (ErrorCode.SECURITY_DISABLED, None)
+            return {"throttle_time_ms": 0, "filter_results": [
+                {"error_code": code, "error_message": message, "matching_acls": []} for _ in filters]}
+        store = self.authorizer.store
+        results: list[Body] = []
+        removed_any = False
+        for entry in filters:
+            try:
+                gone = store.remove(_acl_filter(entry, header.api_version))
+            except AclError as exc:
+                results.append({"error_code": ErrorCode.INVALID_REQUEST, "error_message": str(exc),
+                                "matching_acls": []})
+                continue
+            removed_any = removed_any or bool(gone)
+            results.append({"error_code": ErrorCode.NONE, "error_message": None, "matching_acls": [
+                {"error_code": ErrorCode.NONE, "error_message": None, "resource_type": int(b.resource_type),
+                 "resource_name": b.name, "pattern_type": int(b.pattern_type), "principal": b.principal,
+                 "host": b.host, "operation": int(b.operation), "permission_type": int(b.permission)}
+                for b in gone]})
+        if removed_any:
+            try:
+                await asyncio.to_thread(store.save)
+            except AclError as exc:
+                log.error("%s", exc)
+                store.reload()
+                results = [{"error_code": ErrorCode.UNKNOWN_SERVER_ERROR, "error_message": str(exc),
+                            "matching_acls": []} for _ in filters]
+            else:
+                log.info("%s deleted ACLs", conn.principal)
+        return {"throttle_time_ms": 0, "filter_results": results}
+
+
+def _acl_filter(entry: Body, version: int) -> AclFilter:
+    """A DescribeAcls request or DeleteAcls filter as an :class:`AclFilter` (v0 has no
+    pattern type: it matches LITERAL bindings, as Kafka).
+
+    Raises:
+        AclError: an unknown code, or UNKNOWN where a filter needs a value.
+    """
+    try:
+        return AclFilter(
+            ResourceType(entry["resource_type_filter"]), entry.get("resource_name_filter"),
+            PatternType(entry.get("pattern_type_filter", PatternType.LITERAL) if version >= 1 else PatternType.LITERAL),
+            entry.get("principal_filter"), entry.get("host_filter"),
+            AclOperation(entry["operation"]), Permission(entry["permission_type"]),
+        ).validate()
+    except ValueError as exc:
+        raise AclError(f"bad ACL filter: {exc}") from exc
 
 
 def _offsets_to_commit(body: Body) -> list[OffsetToCommit]:

@@ -318,6 +318,12 @@ class TopicAdmin:
             return AlterConfigsResult(
                 resource_type, name, ErrorCode.INVALID_REQUEST, f"unsupported config resource type {resource_type}"
             )
+        if name in self._internal_topics:
+            # Written and tuned by the broker only (issue 14): a client changing their retention
+            # or cleanup policy could drop every group's offsets or every transaction's state.
+            return AlterConfigsResult(
+                resource_type, name, ErrorCode.INVALID_TOPIC_EXCEPTION, f"{name} is internal: its configs are the broker's"
+            )
         logs = self._core.logs
         try:
             delta = changes()

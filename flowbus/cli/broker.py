@@ -13,6 +13,7 @@ from flowbus.broker.config import BrokerConfig, parse_host_port
 from flowbus.broker.errors import BrokerConfigError, BrokerError
 
 if TYPE_CHECKING:
+    from flowbus.broker.security.acls import AuthorizerConfig
     from flowbus.broker.security.settings import SecuritySettings
 
 
@@ -219,6 +220,26 @@ def _host_port(
     show_default=True,
     help="KIP-368: SASL clients must re-authenticate within this long (0: sessions never expire).",
 )
+@click.option(
+    "--authorizer",
+    type=click.Choice(["on", "off"], case_sensitive=False),
+    default="off",
+    show_default=True,
+    help="Check every request against the ACLs (flowbus acls): on, a client may do only what an "
+    "ACL allows. See docs/security.md.",
+)
+@click.option(
+    "--super-users",
+    default="",
+    metavar="User:A;User:B",
+    help="Principals the authorizer allows everything (Kafka's super.users).",
+)
+@click.option(
+    "--allow-everyone-if-no-acl-found",
+    is_flag=True,
+    default=False,
+    help="With --authorizer on, allow a resource no ACL names to everyone (default: deny).",
+)
 def broker(
     data_dir: Path,
     listen: tuple[str, int],
@@ -249,6 +270,9 @@ def broker(
     ssl_client_auth: str,
     sasl_mechanisms: str,
     connections_max_reauth_ms: int,
+    authorizer: str,
+    super_users: str,
+    allow_everyone_if_no_acl_found: bool,
 ) -> None:
     """Run the Kafka-protocol broker until SIGTERM or Ctrl-C."""
     # Imported here so that other commands do not pay for loading the broker.
@@ -293,6 +317,7 @@ def broker(
         transactions=TxnConfig(transaction_max_timeout_ms=transaction_max_timeout_ms),
         **({} if flush_messages is None else {"log_flush_interval_messages": flush_messages}),
         log_fd_budget=log_fd_budget,
+        authorizer=_authorizer_config(authorizer, super_users, allow_everyone_if_no_acl_found),
     )
     limits = ServerLimits(
         max_frame_bytes=max_frame_bytes,
@@ -311,6 +336,24 @@ def broker(
         )
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _authorizer_config(mode: str, super_users: str, allow_everyone: bool) -> AuthorizerConfig | None:
+    """``--authorizer on`` with its super users, else None; a bad principal is a usage error."""
+    from flowbus.broker.security.acls import (
+        AclError,
+        AuthorizerConfig,
+        parse_super_users,
+    )
+
+    if mode.lower() != "on":
+        if super_users or allow_everyone:
+            raise click.UsageError("--super-users and --allow-everyone-if-no-acl-found need --authorizer on")
+        return None
+    try:
+        return AuthorizerConfig(parse_super_users(super_users), allow_everyone)
+    except AclError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def _security_settings(

@@ -35,6 +35,8 @@ from flowbus.cli.data import data as _data  # noqa: E402
 cli.add_command(_data)
 from flowbus.cli.users import users as _users  # noqa: E402
 cli.add_command(_users)
+from flowbus.cli.acls import acls as _acls  # noqa: E402
+cli.add_command(_acls)
 
 
 def main() -> None:

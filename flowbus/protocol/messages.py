@@ -626,6 +626,86 @@ TXN_OFFSET_COMMIT_RESPONSE = message("TxnOffsetCommitResponse", "0-3", "3+", [
     ]),
 ])
 
+# DescribeAcls (29), CreateAcls (30), DeleteAcls (31). v1 adds the pattern type (KIP-290),
+# v2 flexible, v3 the USER resource type (which flowbus does not authorize).
+DESCRIBE_ACLS_REQUEST = message("DescribeAclsRequest", "0-3", "2+", [
+    f("resource_type_filter", "int8"),
+    f("resource_name_filter", "string", nullable="0+"),
+    f("pattern_type_filter", "int8", "1+", default=3),
+    f("principal_filter", "string", nullable="0+"),
+    f("host_filter", "string", nullable="0+"),
+    f("operation", "int8"),
+    f("permission_type", "int8"),
+])
+
+DESCRIBE_ACLS_RESPONSE = message("DescribeAclsResponse", "0-3", "2+", [
+    f("throttle_time_ms", "int32"),
+    f("error_code", "int16"),
+    f("error_message", "string", nullable="0+"),
+    arr("resources", [
+        f("resource_type", "int8"),
+        f("resource_name", "string"),
+        f("pattern_type", "int8", "1+", default=3),
+        arr("acls", [
+            f("principal", "string"),
+            f("host", "string"),
+            f("operation", "int8"),
+            f("permission_type", "int8"),
+        ]),
+    ]),
+])
+
+CREATE_ACLS_REQUEST = message("CreateAclsRequest", "0-3", "2+", [
+    arr("creations", [
+        f("resource_type", "int8"),
+        f("resource_name", "string"),
+        f("resource_pattern_type", "int8", "1+", default=3),
+        f("principal", "string"),
+        f("host", "string"),
+        f("operation", "int8"),
+        f("permission_type", "int8"),
+    ]),
+])
+
+CREATE_ACLS_RESPONSE = message("CreateAclsResponse", "0-3", "2+", [
+    f("throttle_time_ms", "int32"),
+    arr("results", [
+        f("error_code", "int16"),
+        f("error_message", "string", nullable="0+"),
+    ]),
+])
+
+DELETE_ACLS_REQUEST = message("DeleteAclsRequest", "0-3", "2+", [
+    arr("filters", [
+        f("resource_type_filter", "int8"),
+        f("resource_name_filter", "string", nullable="0+"),
+        f("pattern_type_filter", "int8", "1+", default=3),
+        f("principal_filter", "string", nullable="0+"),
+        f("host_filter", "string", nullable="0+"),
+        f("operation", "int8"),
+        f("permission_type", "int8"),
+    ]),
+])
+
+DELETE_ACLS_RESPONSE = message("DeleteAclsResponse", "0-3", "2+", [
+    f("throttle_time_ms", "int32"),
+    arr("filter_results", [
+        f("error_code", "int16"),
+        f("error_message", "string", nullable="0+"),
+        arr("matching_acls", [
+            f("error_code", "int16"),
+            f("error_message", "string", nullable="0+"),
+            f("resource_type", "int8"),
+            f("resource_name", "string"),
+            f("pattern_type", "int8", "1+", default=3),
+            f("principal", "string"),
+            f("host", "string"),
+            f("operation", "int8"),
+            f("permission_type", "int8"),
+        ]),
+    ]),
+])
+
 # DescribeConfigs (32). v0 has is_default; v1 synonyms and config source; v3 documentation
 # and type; v4 flexible.
 DESCRIBE_CONFIGS_REQUEST = message("DescribeConfigsRequest", "0-4", "4+", [
@@ -1015,6 +1095,9 @@ REQUESTS: dict[ApiKey, MessageSpec] = {
     ApiKey.DESCRIBE_PRODUCERS: DESCRIBE_PRODUCERS_REQUEST,
     ApiKey.DESCRIBE_TRANSACTIONS: DESCRIBE_TRANSACTIONS_REQUEST,
     ApiKey.LIST_TRANSACTIONS: LIST_TRANSACTIONS_REQUEST,
+    ApiKey.DESCRIBE_ACLS: DESCRIBE_ACLS_REQUEST,
+    ApiKey.CREATE_ACLS: CREATE_ACLS_REQUEST,
+    ApiKey.DELETE_ACLS: DELETE_ACLS_REQUEST,
 }
 
 #: Response definitions by API key.
@@ -1057,4 +1140,7 @@ RESPONSES: dict[ApiKey, MessageSpec] = {
     ApiKey.DESCRIBE_PRODUCERS: DESCRIBE_PRODUCERS_RESPONSE,
     ApiKey.DESCRIBE_TRANSACTIONS: DESCRIBE_TRANSACTIONS_RESPONSE,
     ApiKey.LIST_TRANSACTIONS: LIST_TRANSACTIONS_RESPONSE,
+    ApiKey.DESCRIBE_ACLS: DESCRIBE_ACLS_RESPONSE,
+    ApiKey.CREATE_ACLS: CREATE_ACLS_RESPONSE,
+    ApiKey.DELETE_ACLS: DELETE_ACLS_RESPONSE,
 }

@@ -25,6 +25,8 @@ EXPECTED = {
     42: ((0, 2), 2), 47: ((0, 0), None), 60: ((0, 2), 0), 61: ((0, 0), 0), 65: ((0, 0), 0), 66: ((0, 1), 0),
     # DescribeUserScramCredentials, AlterUserScramCredentials (issue 14, KIP-554).
     50: ((0, 0), 0), 51: ((0, 0), 0),
+    # DescribeAcls, CreateAcls, DeleteAcls (issue 14, item 3).
+    29: ((0, 3), 2), 30: ((0, 3), 2), 31: ((0, 3), 2),
 }
 
 
