@@ -19,6 +19,13 @@ with ``--flush-messages 1`` (every produce answered after an fsync, with group c
 ``--runs`` times (median and range)::
 
     python benchmarks/broker_bench.py --durability [--runs 3] [--messages 2000000]
+
+``--sasl-ssl`` measures what security costs (issue 14, item 6; target: TLS costs at most 35%
+of plaintext produce throughput): one broker with two listeners, PLAINTEXT and SASL_SSL
+(SCRAM-SHA-512, a throwaway CA and certificate, a user added with ``flowbus users add`` before
+the broker starts), produce runs alternating between the two, ``--runs`` times each::
+
+    python benchmarks/broker_bench.py --sasl-ssl [--runs 3] [--messages 2000000]
 """
 
 from __future__ import annotations
@@ -26,8 +33,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing
+import os
+import secrets
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +47,7 @@ import confluent_kafka
 import confluent_kafka.admin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.support.broker_process import BrokerProcess
+from tests.support.broker_process import BrokerProcess, free_port
 
 VALUE_BYTES = 100
 _STAMP = struct.Struct(">q")
@@ -51,10 +61,14 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         future.result(30)
 
 
-def bench_produce(bootstrap: str, topic: str, messages: int) -> float:
-    """Seconds to produce and get acknowledged ``messages`` 100-byte values."""
+def bench_produce(bootstrap: str, topic: str, messages: int, security: dict[str, str] | None = None) -> float:
+    """Seconds to produce and get acknowledged ``messages`` 100-byte values.
+
+    ``security``: librdkafka's security settings (``security.protocol``, ``sasl.*``, ``ssl.*``).
+    """
     producer = confluent_kafka.Producer(
         {
+            **(security or {}),
             "bootstrap.servers": bootstrap,
             "acks": "all",
             "enable.idempotence": True,
@@ -201,10 +215,18 @@ def main() -> None:
         action="store_true",
         help="only produce throughput, default flush policy vs --flush-messages 1",
     )
-    parser.add_argument("--runs", type=int, default=3, help="runs per setting with --durability")
+    parser.add_argument(
+        "--sasl-ssl",
+        action="store_true",
+        help="only produce throughput, PLAINTEXT vs SASL_SSL (SCRAM-SHA-512) listeners of one broker",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs per setting with --durability and --sasl-ssl")
     args = parser.parse_args()
     if args.durability:
         bench_durability(args.messages, args.partitions, args.runs)
+        return
+    if args.sasl_ssl:
+        bench_sasl_ssl(args.messages, args.partitions, args.runs)
         return
 
     with (
@@ -281,6 +303,72 @@ def bench_durability(messages: int, partitions: int, runs: int) -> None:
             f"(runs: {', '.join(f'{r:,.0f}' for r in values)}; {partitions} partitions, acks=all, "
             f"idempotent, linger 5 ms, {messages} msgs of {VALUE_BYTES} bytes)"
         )
+
+
+#: What ``--sasl-ssl`` allows TLS to cost, as a fraction of plaintext produce throughput (issue 14).
+TLS_COST_MAX = 0.35
+
+
+def _load_average() -> str:
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
+def bench_sasl_ssl(messages: int, partitions: int, runs: int) -> None:
+    """Produce throughput through a PLAINTEXT and a SASL_SSL listener of one broker.
+
+    One broker process serves both, so the only difference is the listener: TLS (a P-256
+    certificate from a throwaway CA, as the tests make them) and one SCRAM-SHA-512 login per
+    connection. Runs alternate between the listeners, each to a fresh topic, so a change in the
+    machine's load hits both alike.
+    """
+    from tests.support.certs import TestCa  # the cryptography package: a dev extra
+
+    password = secrets.token_urlsafe(16)
+    with tempfile.TemporaryDirectory(prefix="flowbus-bench-") as tmp:
+        data_dir = Path(tmp) / "data"
+        ca = TestCa(Path(tmp) / "certs")
+        server = ca.issue("server", "localhost", server=True)
+        # Offline, before the broker starts: the password goes through stdin, never argv.
+        subprocess.run(
+            [sys.executable, "-m", "flowbus", "users", "add", "bench", "--mechanism", "SCRAM-SHA-512",
+             "--password-file", "-", "--data-dir", str(data_dir)],
+            input=password, text=True, capture_output=True, check=True, timeout=60,
+        )
+        sasl_ssl_port = free_port()
+        extra = [
+            "--group-initial-rebalance-delay-ms", "0",
+            "--listener", f"SASL_SSL://127.0.0.1:{sasl_ssl_port}",
+            "--ssl-certfile", str(server.cert), "--ssl-keyfile", str(server.key),
+        ]
+        sasl_ssl = {
+            "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "bench", "sasl.password": password, "ssl.ca.location": str(ca.pem.cert),
+        }
+        rates: dict[str, list[float]] = {"PLAINTEXT": [], "SASL_SSL": []}
+        load_before = _load_average()
+        with BrokerProcess(data_dir, log_level="warning", extra_args=extra) as broker:
+            settings = [
+                ("PLAINTEXT", broker.bootstrap, None),
+                ("SASL_SSL", f"127.0.0.1:{sasl_ssl_port}", sasl_ssl),
+            ]
+            for run in range(runs):
+                for label, bootstrap, security in settings:
+                    topic = f"security-{label.lower()}-{run}"
+                    create_topic(broker.bootstrap, topic, partitions)
+                    rates[label].append(messages / bench_produce(bootstrap, topic, messages, security))
+        load_after = _load_average()
+    for label, values in rates.items():
+        print(
+            f"produce, {label}: median {statistics.median(values):,.0f} msgs/s "
+            f"(range {min(values):,.0f}-{max(values):,.0f}; runs: {', '.join(f'{r:,.0f}' for r in values)}; "
+            f"{partitions} partitions, acks=all, idempotent, linger 5 ms, {messages} msgs of {VALUE_BYTES} bytes)"
+        )
+    ratio = statistics.median(rates["SASL_SSL"]) / statistics.median(rates["PLAINTEXT"])
+    verdict = "within" if 1 - ratio <= TLS_COST_MAX else "OVER"
+    print(
+        f"SASL_SSL / PLAINTEXT: {ratio:.2f} (TLS costs {1 - ratio:.0%} of plaintext throughput; "
+        f"{verdict} the {TLS_COST_MAX:.0%} target); load average before {load_before}, after {load_after}"
+    )
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ class App:
     Args:
         id: the app's name; the consumer group id and the prefix of its internal topics.
         broker: ``embedded://DIR`` (default), ``kafka://host:port`` or ``memory://`` (tests).
+            A kafka:// URL may carry a password (``USER:PASSWORD@``, ``sasl.password=``), but a
+            secret in source code is discouraged: use ``sasl.password.file=PATH`` or
+            ``sasl.password.env=VARNAME`` (``docs/security.md``). The command line refuses it.
         processing_guarantee: ``at_least_once`` (default), ``at_most_once`` or ``exactly_once``.
         error_policy: what happens to an event that cannot be decoded or whose processing raises:
             ``log`` (alias ``skip``: log it with topic/partition/offset and go on),
@@ -149,7 +152,10 @@ class App:
         self.worker: Worker | None = None
 
     def __repr__(self) -> str:
-        return f"<App {self.id!r} broker={self.broker!r} {self.processing_guarantee}>"
+        # The repr lands in logs and tracebacks: a password in a kafka:// URL is masked.
+        from flowbus.transports.kafka import redact_url
+
+        return f"<App {self.id!r} broker={redact_url(self.broker)!r} {self.processing_guarantee}>"
 
     # -- declarations -----------------------------------------------------------------------
     def topic(

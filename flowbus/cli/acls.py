@@ -26,6 +26,7 @@ from typing import Any
 import click
 
 # The --bootstrap plumbing of `flowbus users` (one admin client, futures waited with a timeout).
+from flowbus.cli.common import BrokerUrlOption
 from flowbus.cli.users import DEFAULT_DATA_DIR, REQUEST_TIMEOUT_S, _admin, _wait
 
 OPERATIONS = ["All", "Read", "Write", "Create", "Delete", "Alter", "Describe", "ClusterAction",
@@ -51,7 +52,7 @@ def _resource_options(func: Any) -> Any:
         click.option("--cluster", is_flag=True, help="The cluster resource (kafka-cluster)."),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATA_DIR,
                      show_default=True, help="Data directory of a stopped broker."),
-        click.option("--bootstrap", metavar="URL", default=None,
+        click.option("--bootstrap", metavar="URL", default=None, cls=BrokerUrlOption,
                      help="A running broker (HOST:PORT or kafka://... with security parameters)."),
     ]):
         func = decorator(func)

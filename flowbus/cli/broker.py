@@ -198,6 +198,10 @@ def _host_port(
               help="PEM certificate (chain) of SSL and SASL_SSL listeners.")
 @click.option("--ssl-keyfile", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PEM private key (default: in --ssl-certfile).")
+@click.option("--ssl-key-password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Kafka's ssl.key.password of an encrypted --ssl-keyfile: the first line of this file.")
+@click.option("--ssl-key-password-env", metavar="VARNAME", default=None,
+              help="Kafka's ssl.key.password of an encrypted --ssl-keyfile: this environment variable.")
 @click.option("--ssl-cafile", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PEM CA certificates client certificates must chain to.")
 @click.option(
@@ -266,6 +270,8 @@ def broker(
     advertised_specs: tuple[str, ...],
     ssl_certfile: Path | None,
     ssl_keyfile: Path | None,
+    ssl_key_password_file: Path | None,
+    ssl_key_password_env: str | None,
     ssl_cafile: Path | None,
     ssl_client_auth: str,
     sasl_mechanisms: str,
@@ -299,6 +305,7 @@ def broker(
         security = _security_settings(
             listener_specs, advertised_specs, (host, port, adv_host, adv_port) if listen_given or not listener_specs else None,
             ssl_certfile, ssl_keyfile, ssl_cafile, ssl_client_auth, sasl_mechanisms, connections_max_reauth_ms,
+            key_password=_key_password(ssl_key_password_file, ssl_key_password_env),
         )
         first = security.listeners[0]
         host, port = first.host, first.port
@@ -356,6 +363,27 @@ def _authorizer_config(mode: str, super_users: str, allow_everyone: bool) -> Aut
         raise click.UsageError(str(exc)) from exc
 
 
+def _key_password(file: Path | None, env: str | None) -> str | None:
+    """``--ssl-key-password-file`` or ``--ssl-key-password-env``: the key's password never comes
+    from the command line itself (``ps`` shows argv to every user of the machine).
+
+    Raises:
+        click.UsageError: both given, an unreadable file or an unset variable (exit 2).
+    """
+    from flowbus.secret_sources import SecretSourceError, read_secret
+
+    if file is not None and env is not None:
+        raise click.UsageError("give --ssl-key-password-file or --ssl-key-password-env, not both")
+    try:
+        if file is not None:
+            return read_secret("ssl.key.password", "file", str(file))
+        if env is not None:
+            return read_secret("ssl.key.password", "env", env)
+    except SecretSourceError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return None
+
+
 def _security_settings(
     listener_specs: tuple[str, ...],
     advertised_specs: tuple[str, ...],
@@ -366,6 +394,8 @@ def _security_settings(
     client_auth: str,
     mechanisms: str,
     reauth_ms: int,
+    *,
+    key_password: str | None = None,
 ) -> SecuritySettings:
     """The listeners of ``--listener`` (after the ``--listen`` one, when it counts) with their
     advertised addresses, TLS and SASL settings; a bad spec is a usage error (exit 2)."""
@@ -393,7 +423,7 @@ def _security_settings(
         raise click.UsageError(str(exc)) from exc
     tls = None
     if certfile is not None:
-        tls = TlsSettings(certfile, keyfile, cafile, ClientAuth(client_auth.lower()))
+        tls = TlsSettings(certfile, keyfile, cafile, ClientAuth(client_auth.lower()), key_password)
     elif any(listener.protocol.uses_tls for listener in resolved):
         raise click.UsageError("an SSL or SASL_SSL listener needs --ssl-certfile (and --ssl-keyfile)")
     names = tuple(m.strip().upper() for m in mechanisms.split(",") if m.strip())

@@ -12,7 +12,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +46,58 @@ TIMEOUT_S_DEFAULT = 10.0
 _KAFKA_CLIENT_CONFIG: dict[str, Any] = {"log_level": 0}
 
 
+class InlineSecretError(click.ClickException):
+    """A secret written on the command line: one ``Error:`` line and exit status 2, as click's
+    usage errors, without the usage text (the fix is in the message)."""
+
+    exit_code = 2
+
+
+def refuse_inline_secrets(url: str | None, option: str, *, envvar: str | None = None) -> None:
+    """Refuse a broker URL from the command line that carries a secret itself (issue 14, item 4:
+    secrets come from files or environment variables, never from the command line, where
+    every user of the machine reads them with ``ps``).
+
+    Args:
+        url: the option's value; None and URLs without secrets pass.
+        option: the option's name, for the message (``--broker``).
+        envvar: the environment variable the option also reads, named as a place where the
+            whole URL may carry its secrets.
+
+    Raises:
+        InlineSecretError: naming the ``.file`` and ``.env`` forms of the first secret found.
+    """
+    if not url or "://" not in url:
+        return
+    from flowbus.transports.kafka import inline_secrets
+
+    found = inline_secrets(url)
+    if not found:
+        return
+    name = found[0]
+    alternative = f" (or put the whole URL in ${envvar})" if envvar else ""
+    raise InlineSecretError(
+        f"{option}: {name} is not taken from the command line, where other users see it; "
+        f"use {name}.file=PATH or {name}.env=VARNAME in the URL instead{alternative}"
+    )
+
+
+class BrokerUrlOption(click.Option):
+    """A broker URL option (``--broker``, ``--bootstrap``) that applies
+    :func:`refuse_inline_secrets` to a value from the command line only: a whole URL kept in
+    the environment (``$FLOWBUS_BROKER``) may carry its secrets.
+
+    The check sits in ``consume_value``, the one place that knows where the value came from
+    (click sets the parameter source only after a callback has run)."""
+
+    def consume_value(self, ctx: click.Context, opts: Mapping[str, Any]) -> tuple[Any, Any]:
+        value, source = super().consume_value(ctx, opts)
+        if source is click.core.ParameterSource.COMMANDLINE and isinstance(value, str):
+            envvar = self.envvar if isinstance(self.envvar, str) else None
+            refuse_inline_secrets(value, self.opts[0], envvar=envvar)
+        return value, source
+
+
 def broker_option(func: F) -> F:
     """``--broker URL`` (or ``$FLOWBUS_BROKER``), defaulting to the app's default broker."""
     return click.option(
@@ -49,6 +108,7 @@ def broker_option(func: F) -> F:
         show_envvar=True,
         default=DEFAULT_BROKER_URL,
         show_default=True,
+        cls=BrokerUrlOption,
         help=(
             "kafka://HOST:PORT (a flowbus broker, a worker started with --listen, any Kafka) "
             "or embedded://DIR (an embedded broker's data dir that no worker has open)."
@@ -138,7 +198,9 @@ async def connect(url: str, *, timeout_s: float, create: bool = False) -> AsyncI
     try:
         await transport.start()
     except FlowbusError as exc:
-        raise click.ClickException(f"cannot open {url}: {exc}") from exc
+        from flowbus.transports.kafka import redact_url
+
+        raise click.ClickException(f"cannot open {redact_url(url)}: {exc}") from exc
     try:
         if url.startswith(("kafka://", "kafkas://")):
             await transport.list_topics(timeout_s=timeout_s)

@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from flowbus.cli.common import BROKER_ENVVAR, connect, echo_table, run, timeout_option
+from flowbus.cli.common import (
+    BROKER_ENVVAR,
+    BrokerUrlOption,
+    connect,
+    echo_table,
+    run,
+    timeout_option,
+)
 from flowbus.cli.worker import load_app
 from flowbus.errors import FlowbusError
 from flowbus.transports import TopicPartition
@@ -82,6 +89,7 @@ def _app_options(func: F) -> F:
     """``-A``, ``--state-dir`` and ``--broker``: which app, where its local state is, which broker."""
     func = click.option(
         "--broker", "broker_url", metavar="URL", default=None, envvar=BROKER_ENVVAR, show_envvar=True,
+        cls=BrokerUrlOption,
         help="kafka://HOST:PORT (a worker started with --listen, a flowbus broker, any Kafka) or "
         "embedded://DIR (only while no worker has DIR open). Default: the app's broker.",
     )(func)
@@ -102,6 +110,14 @@ class _Target:
     app: App
     app_dir: Path
     broker_url: str
+
+    @property
+    def shown_url(self) -> str:
+        """The broker URL as messages show it: a password (from ``$FLOWBUS_BROKER`` or the app)
+        masked."""
+        from flowbus.transports.kafka import redact_url
+
+        return redact_url(self.broker_url)
 
 
 def _target(app_spec: str, state_dir: Path | None, broker_url: str | None) -> _Target:
@@ -348,7 +364,7 @@ def _local_count(target: _Target, table: Table, timeout_s: float) -> int:
             f"databases with {' and '.join(map(str, sorted(counts)))} partitions" if counts else "no database"
         )
         raise click.ClickException(
-            f"cannot tell how many partitions table {table.name!r} has: the broker ({target.broker_url}) did not "
+            f"cannot tell how many partitions table {table.name!r} has: the broker ({target.shown_url}) did not "
             f"say ({reason}) and {target.app_dir} holds {found} of it; pass --broker URL of a reachable broker"
         )
     (count,) = counts
@@ -433,7 +449,7 @@ def _read_changelog(
             description = (await transport.describe_topics([topic])).get(topic)
             if description is None:
                 raise click.ClickException(
-                    f"no changelog topic {topic!r} on {target.broker_url}: has a worker of {target.app.id!r} run there?"
+                    f"no changelog topic {topic!r} on {target.shown_url}: has a worker of {target.app.id!r} run there?"
                 )
             partition = partition_for_key(key, description.partitions)
             value = await _scan_changelog(transport, TopicPartition(topic, partition), match, deadline, timeout_s)
@@ -469,7 +485,7 @@ def list_tables(app_spec: str, state_dir: Path | None, broker_url: str | None, t
         return
     answer = _ask_broker(target.broker_url, app_tables, timeout_s)
     if isinstance(answer, str):
-        click.echo(f"broker {target.broker_url} unreachable: {answer}", err=True)
+        click.echo(f"broker {target.shown_url} unreachable: {answer}", err=True)
     rows = []
     for table in app_tables:
         changelog = answer.get(table.changelog_topic) if isinstance(answer, dict) else None
@@ -486,7 +502,7 @@ def list_tables(app_spec: str, state_dir: Path | None, broker_url: str | None, t
             table.changelog_topic, partitions, ends,
             _local_summary(_local_partitions(target.app_dir, table, count)),
         ))
-    click.echo(f"App: {target.app.id}  State dir: {target.app_dir}  Broker: {target.broker_url}")
+    click.echo(f"App: {target.app.id}  State dir: {target.app_dir}  Broker: {target.shown_url}")
     echo_table(["TABLE", "KIND", "KEY", "VALUE", "CHANGELOG", "PARTITIONS", "END-OFFSETS", "LOCAL"], rows)
 
 

@@ -30,6 +30,7 @@ from flowbus.broker.security.scram import (
     ITERATIONS_MAX,
     ITERATIONS_MIN,
 )
+from flowbus.cli.common import BrokerUrlOption
 
 DEFAULT_DATA_DIR = Path("./flowbus-data")
 #: Longest password read from a file or stdin, in characters (the rest is not read).
@@ -44,6 +45,7 @@ def _target_options(func: Any) -> Any:
         "--bootstrap",
         metavar="URL",
         default=None,
+        cls=BrokerUrlOption,
         help="A running broker (HOST:PORT or kafka://... with security parameters): change it "
         "through AlterUserScramCredentials instead of editing --data-dir.",
     )(func)

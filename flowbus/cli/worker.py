@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from flowbus.cli.common import BROKER_ENVVAR, TIMEOUT_S_DEFAULT
+from flowbus.cli.common import BROKER_ENVVAR, TIMEOUT_S_DEFAULT, BrokerUrlOption
 
 if TYPE_CHECKING:
     from flowbus.app import App
@@ -424,7 +424,9 @@ def run_worker(app: App, *, listen: str | None, timeout_s: float, log_level: str
     except KeyboardInterrupt:  # before the handlers were installed: nothing ran yet
         sys.exit(128 + signal.SIGINT)
     except BrokerUnavailableError as exc:
-        raise click.ClickException(f"{app.broker}: {exc}; is the broker running?") from exc
+        from flowbus.transports.kafka import redact_url
+
+        raise click.ClickException(f"{redact_url(app.broker)}: {exc}; is the broker running?") from exc
     except FlowbusError as exc:  # a bad data dir, a busy port, exactly_once without transactions...
         log.debug("the worker failed", exc_info=exc)
         raise click.ClickException(f"flowbus worker could not run {app.id!r}: {exc}") from exc
@@ -442,11 +444,11 @@ def worker_options(func: Any) -> Any:
     """The options ``flowbus worker`` and ``app.main()`` share."""
     options = [
         click.option(
-            "--broker", default=None, envvar=BROKER_ENVVAR, show_envvar=True,
+            "--broker", default=None, envvar=BROKER_ENVVAR, show_envvar=True, cls=BrokerUrlOption,
             help="Broker URL, overriding the app's (embedded://DIR, kafka://HOST:PORT).",
         ),
         click.option("--data-dir", default=None, help="Data directory of the embedded broker (embedded://DATA_DIR)."),
-        click.option("--listen", default=None, help="Also serve the embedded broker on HOST:PORT for other workers and tools, "
+        click.option("--listen", default=None, cls=BrokerUrlOption, help="Also serve the embedded broker on HOST:PORT for other workers and tools, "
                      "or on a secured listener: PROTOCOL://HOST:PORT?ssl.certfile=...&sasl.mechanisms=... "
                      "(docs/security.md)."),
         click.option(

@@ -36,6 +36,7 @@ from confluent_kafka.admin import (
 )
 
 from flowbus.clock import SYSTEM_CLOCK, Clock
+from flowbus.secret_sources import SECRET_SOURCES, SecretSourceError, read_secret
 from flowbus.transports.base import (
     Consumer,
     GroupDescription,
@@ -90,24 +91,53 @@ KAFKA_SCHEMES = ("kafka", "kafkas")
 #: SASL mechanism of a URL that gives credentials but no ``sasl.mechanism``: SCRAM never sends
 #: the password, and ``flowbus users add`` stores both SCRAM variants.
 SASL_MECHANISM_DEFAULT = "SCRAM-SHA-512"
-#: A password file is read up to this many characters (its first line is the password).
-PASSWORD_FILE_CHARS_MAX = 4096
-#: Query parameters whose values never appear in error messages.
-_SECRET_PARAMETERS = ("sasl.password", "ssl.key.password", "ssl.keystore.password")
+#: librdkafka settings that hold a secret. Each also has a ``NAME.file=PATH`` form (the first
+#: line of PATH) and a ``NAME.env=VARNAME`` form (an environment variable), so a command line
+#: never has to carry it: other users of the machine read argv in ``ps``.
+SECRET_PARAMETERS = (
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "sasl.oauthbearer.client.secret",
+)
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password (``user:PASSWORD@`` and ``sasl.password=``) replaced by ``***``."""
+    """``url`` with its secrets (``user:PASSWORD@`` and :data:`SECRET_PARAMETERS`) replaced by ``***``.
+
+    Only the values are hidden: ``sasl.password.file=PATH`` and ``sasl.password.env=NAME`` say
+    where a secret is, not what it is, so they stay readable in error messages.
+    """
     scheme, sep, rest = url.partition("://")
     netloc, qsep, query = rest.partition("?")
     userinfo, at, hosts = netloc.rpartition("@")
     if at and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
     items = [
-        f"{item.partition('=')[0]}=***" if item.partition("=")[0] in _SECRET_PARAMETERS else item
+        f"{item.partition('=')[0]}=***" if urllib.parse.unquote(item.partition("=")[0]) in SECRET_PARAMETERS else item
         for item in query.split("&")
     ] if query else []
     return f"{scheme}{sep}{netloc}{qsep}{'&'.join(items)}"
+
+
+def inline_secrets(url: str) -> list[str]:
+    """Names of the secrets written into ``url`` itself: ``sasl.password`` for a
+    ``USER:PASSWORD@`` part, and each of :data:`SECRET_PARAMETERS` given as a query parameter.
+
+    A command-line tool refuses such a URL (``flowbus.cli.common.refuse_inline_secrets``); the
+    ``.file`` and ``.env`` forms are not listed.
+    """
+    _, _, rest = url.partition("://")
+    netloc, _, query = rest.partition("?")
+    userinfo, at, _ = netloc.rpartition("@")
+    found = []
+    if at and userinfo.partition(":")[2]:
+        found.append("sasl.password")
+    for item in filter(None, query.split("&")):
+        name = urllib.parse.unquote(item.partition("=")[0])
+        if name in SECRET_PARAMETERS and name not in found:
+            found.append(name)
+    return found
 
 
 def _parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -115,15 +145,17 @@ def _parse_url(url: str) -> tuple[str, dict[str, str]]:
     librdkafka settings (``docs/security.md``).
 
     Query parameters are librdkafka settings, percent-decoded (``security.protocol``,
-    ``sasl.mechanism``, ``sasl.username``, ``sasl.password``, ``ssl.ca.location``, ...), plus
-    ``sasl.password.file=PATH`` (the first line of PATH is the password: it stays out of argv
-    and environment listings). ``USER:PASSWORD@`` sets ``sasl.username`` and ``sasl.password``.
-    Unless ``security.protocol`` is given it follows from the URL: ``kafkas://`` is SSL, SASL
-    settings make it SASL_PLAINTEXT (SASL_SSL with ``kafkas://``); SASL without
-    ``sasl.mechanism`` uses :data:`SASL_MECHANISM_DEFAULT`.
+    ``sasl.mechanism``, ``sasl.username``, ``sasl.password``, ``ssl.ca.location``, ...). Each of
+    :data:`SECRET_PARAMETERS` may instead be given as ``NAME.file=PATH`` (the first line of PATH)
+    or ``NAME.env=VARNAME`` (an environment variable): ``sasl.password.file=/run/secrets/app``.
+    ``USER:PASSWORD@`` sets ``sasl.username`` and ``sasl.password``. Unless
+    ``security.protocol`` is given it follows from the URL: ``kafkas://`` is SSL, SASL settings
+    make it SASL_PLAINTEXT (SASL_SSL with ``kafkas://``); SASL without ``sasl.mechanism`` uses
+    :data:`SASL_MECHANISM_DEFAULT`.
 
     Raises:
-        TransportError: no broker, a malformed parameter, or an unreadable password file.
+        TransportError: no broker, a malformed parameter, an unreadable secret file or an unset
+            secret variable.
     """
     shown = redact_url(url)
     scheme, _, rest = url.partition("://")
@@ -143,13 +175,14 @@ def _parse_url(url: str) -> tuple[str, dict[str, str]]:
         config.setdefault("sasl.username", urllib.parse.unquote(user))
         if password:
             config.setdefault("sasl.password", urllib.parse.unquote(password))
-    password_file = config.pop("sasl.password.file", None)
-    if password_file is not None:
-        try:
-            with open(password_file, encoding="utf-8") as file:
-                config["sasl.password"] = file.read(PASSWORD_FILE_CHARS_MAX).partition("\n")[0].rstrip("\r")
-        except OSError as exc:
-            raise TransportError(f"cannot read the password file {password_file}: {exc.strerror or exc}") from exc
+    for name in SECRET_PARAMETERS:
+        for source in SECRET_SOURCES:
+            where = config.pop(f"{name}.{source}", None)
+            if where is not None:
+                try:
+                    config[name] = read_secret(name, source, where)
+                except SecretSourceError as exc:
+                    raise TransportError(str(exc)) from exc
     sasl = any(name.startswith("sasl.") for name in config)
     if "security.protocol" not in config and (sasl or scheme == "kafkas"):
         config["security.protocol"] = ("SASL_" if sasl else "") + ("SSL" if scheme == "kafkas" else "PLAINTEXT")
@@ -187,6 +220,9 @@ _UNREACHABLE_CODES = frozenset(
 )
 """librdkafka's codes for "no broker answered in time": the admin calls below report them as
 :class:`BrokerUnavailableError` so a tool can say *unreachable* instead of a raw error."""
+_LOGIN_ERROR_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
+"""librdkafka's codes for a refused SASL login and a failed TLS handshake (an untrusted
+certificate): reported as such, not as an unreachable broker."""
 _LEADER_UNKNOWN_CODES = frozenset(
     {KafkaError._NOENT, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION, *_UNREACHABLE_CODES}
 )
@@ -692,6 +728,8 @@ class KafkaTransport(Transport):
         self.bootstrap, from_url = _parse_url(url)
         self.extra = {**from_url, **dict(config or {})}
         self._admin: AdminClient | None = None
+        self._login_error: KafkaError | None = None
+        """The last SASL or TLS failure the admin client reported (its ``error_cb``)."""
 
     def _base(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.bootstrap}
@@ -708,8 +746,27 @@ class KafkaTransport(Transport):
     @property
     def admin(self) -> AdminClient:
         if self._admin is None:
-            self._admin = AdminClient(self._with_extra(self._base(), consumer=False))
+            config = self._with_extra(self._base(), consumer=False)
+            config.setdefault("error_cb", self._note_login_error)
+            self._admin = AdminClient(config)
         return self._admin
+
+    def _note_login_error(self, err: KafkaError) -> None:
+        """Keep a refused login: librdkafka only retries it, and a metadata request then fails
+        as "broker transport failure", which reads as an unreachable broker."""
+        if err.code() in _LOGIN_ERROR_CODES:
+            self._login_error = err
+
+    def _refused_login(self, what: str) -> TransportError | None:
+        """After a failed admin call: the refused login behind it, if there was one. Error
+        callbacks are served by ``poll``, which the blocking metadata call does not do."""
+        if self._admin is not None:
+            self._admin.poll(0)
+        if self._login_error is None:
+            return None
+        # "sasl_ssl://127.0.0.1:9093/bootstrap: SASL authentication error: ... (after 110ms in state AUTH_REQ)"
+        reason = self._login_error.str().partition(": ")[2].rpartition(" (after ")[0] or self._login_error.str()
+        return TransportError(f"{what}: the broker refused the login ({reason})")
 
     async def create_topics(self, specs: Sequence[TopicSpec]) -> None:
         if not specs:
@@ -794,7 +851,8 @@ class KafkaTransport(Transport):
         try:
             meta = await asyncio.to_thread(self.admin.list_topics, None, wait_s)
         except KafkaException as exc:
-            raise _admin_error(exc, f"listing topics of {self.bootstrap}") from exc
+            what = f"listing topics of {self.bootstrap}"
+            raise (self._refused_login(what) or _admin_error(exc, what)) from exc
         return sorted(name for name, topic in meta.topics.items() if topic.error is None)
 
     async def delete_topics(self, names: Sequence[str], *, timeout_s: float | None = None) -> None:

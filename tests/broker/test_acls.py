@@ -365,9 +365,12 @@ def test_kafka_python_admin_manages_acls(authorized: Authorized) -> None:
         admin.close()
 
 
-def test_cli_online_and_acls_survive_a_restart(authorized: Authorized) -> None:
+def test_cli_online_and_acls_survive_a_restart(authorized: Authorized, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The password comes from the environment (the CLI's subprocess inherits it): the command
+    # line refuses one written into the URL.
+    monkeypatch.setenv("FLOWBUS_TEST_ADMIN_PASSWORD", PASSWORDS["admin"])
     url = (f"kafka://127.0.0.1:{authorized.sasl_port}?security.protocol=SASL_PLAINTEXT&sasl.mechanism=SCRAM-SHA-256"
-           f"&sasl.username=admin&sasl.password={PASSWORDS['admin']}")
+           f"&sasl.username=admin&sasl.password.env=FLOWBUS_TEST_ADMIN_PASSWORD")
     added = run_cli(["acls", "add", "--bootstrap", url, "--allow-principal", "User:bob", "--operation", "Describe",
                      "--topic", "bob-secret"])
     assert added.returncode == 0, added.stderr

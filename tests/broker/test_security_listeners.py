@@ -372,7 +372,11 @@ def test_scram_credentials_through_the_admin_client(secured: Secured) -> None:
 
 
 def test_users_cli_against_the_running_broker(secured: Secured) -> None:
-    bootstrap = f"kafka://alice:{PASSWORD}@127.0.0.1:{secured.sasl_port}?sasl.mechanism=SCRAM-SHA-256"
+    # The password comes from a file: the command line refuses one written into the URL.
+    password_file = secured.tmp / "alice-password"
+    password_file.write_text(PASSWORD + "\n")
+    bootstrap = (f"kafka://alice@127.0.0.1:{secured.sasl_port}?sasl.mechanism=SCRAM-SHA-256"
+                 f"&sasl.password.file={password_file}")
     added = run_cli(["users", "add", "erin", "--mechanism", "SCRAM-SHA-512", "--password-file", "-",
                      "--bootstrap", bootstrap], stdin="erin-pw\n")
     assert added.returncode == 0, added.stderr

@@ -55,6 +55,14 @@ class ClientAuth(enum.Enum):
     REQUIRED = "required"
 
 
+def _no_key_password() -> str:
+    """The password callback of a key loaded without one: called only if the key is encrypted."""
+    raise SecurityConfigError(
+        "the TLS key is encrypted: give its password with --ssl-key-password-file or --ssl-key-password-env "
+        "(ssl.key.password.file= or ssl.key.password.env= in a --listen URL)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
     """The server's certificate and key, and how client certificates are checked.
@@ -82,7 +90,9 @@ class TlsSettings:
             context.load_cert_chain(
                 str(self.certfile),
                 str(self.keyfile) if self.keyfile else None,
-                password=self.key_password,
+                # Without a password OpenSSL would prompt on the terminal for an encrypted key
+                # (and a broker under a supervisor would wait there); say what to give instead.
+                password=self.key_password if self.key_password is not None else _no_key_password,
             )
             if self.cafile is not None:
                 context.load_verify_locations(cafile=str(self.cafile))

@@ -15,12 +15,32 @@ from flowbus.broker.security.listeners import (
     resolve_listeners,
 )
 from flowbus.broker.security.sasl import SUPPORTED_MECHANISMS
+from flowbus.secret_sources import SECRET_SOURCES, SecretSourceError, read_secret
 
 #: Query parameters of a listener URL (``parse_listen_url``), with Kafka's broker setting names.
 LISTEN_URL_PARAMETERS = (
     "ssl.certfile", "ssl.keyfile", "ssl.cafile", "ssl.client.auth",
+    "ssl.key.password", "ssl.key.password.file", "ssl.key.password.env",
     "sasl.mechanisms", "connections.max.reauth.ms", "advertised",
 )
+
+
+def key_password(params: dict[str, str]) -> str | None:
+    """The password of an encrypted ``ssl.keyfile`` (Kafka's ``ssl.key.password``): given as is
+    (the Python API), or from ``ssl.key.password.file=PATH`` / ``ssl.key.password.env=VARNAME``
+    (the command line, which refuses the first form).
+
+    Raises:
+        SecurityConfigError: the file cannot be read or the variable is not set.
+    """
+    for source in SECRET_SOURCES:
+        where = params.get(f"ssl.key.password.{source}")
+        if where is not None:
+            try:
+                return read_secret("ssl.key.password", source, where)
+            except SecretSourceError as exc:
+                raise SecurityConfigError(str(exc)) from exc
+    return params.get("ssl.key.password")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +69,9 @@ def parse_listen_url(text: str) -> SecuritySettings:
     """One secured listener from a URL, for ``flowbus worker --listen`` (the embedded broker):
     ``PROTOCOL://HOST:PORT?ssl.certfile=..&ssl.keyfile=..&ssl.cafile=..&ssl.client.auth=required
     &sasl.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512&connections.max.reauth.ms=0
-    &advertised=HOST:PORT`` (every parameter optional; the same settings as ``flowbus broker``).
+    &advertised=HOST:PORT`` (every parameter optional; the same settings as ``flowbus broker``),
+    and for an encrypted key ``ssl.key.password.file=PATH`` or ``ssl.key.password.env=VARNAME``
+    (:func:`key_password`).
 
     Raises:
         SecurityConfigError: a malformed URL, an unknown parameter, or TLS without a certificate.
@@ -80,6 +102,7 @@ def parse_listen_url(text: str) -> SecuritySettings:
             Path(params["ssl.keyfile"]) if "ssl.keyfile" in params else None,
             Path(params["ssl.cafile"]) if "ssl.cafile" in params else None,
             client_auth,
+            key_password(params),
         )
     elif listener.protocol.uses_tls:
         raise SecurityConfigError(f"a {listener.protocol.value} listener needs ssl.certfile=PATH")
