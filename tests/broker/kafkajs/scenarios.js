@@ -1,11 +1,17 @@
-// KafkaJS scenarios against a running flowbus broker, for tests/broker/test_kafkajs.py.
+// KafkaJS scenarios against a running flowbus broker, for tests/broker/test_kafkajs.py and
+// test_kafkajs_security.py (the sasl-* scenarios).
 //
 // Usage: node scenarios.js SCENARIO HOST:PORT '{"topic": "...", ...}'
 // Prints one JSON object on stdout: what the client did and saw. The Python test makes the
 // assertions, so a scenario records results (and per-step errors) instead of judging them.
 // KafkaJS logs (warnings and errors only) go to stderr.
+//
+// A secured listener: the arguments carry `"security": {"sasl": "scram-sha-512", "username":
+// "alice", "caFile": "ca.pem"}` (caFile for SASL_SSL, none for SASL_PLAINTEXT) and the password
+// comes from the environment variable PASSWORD_VARIABLE, never from argv (`ps` shows argv).
 'use strict'
 
+const fs = require('fs')
 const { Kafka, logLevel, ConfigResourceTypes } = require('kafkajs')
 const codecs = require('./codecs')
 
@@ -72,7 +78,24 @@ function toRecord(partition, message) {
   }
 }
 
-function makeKafka(bootstrap, clientId) {
+const PASSWORD_VARIABLE = 'KAFKAJS_SASL_PASSWORD'
+
+/** KafkaJS's `ssl` and `sasl` options for `security` (see the top of this file); none without it. */
+function securityOptions(security) {
+  if (!security) return {}
+  const password = process.env[PASSWORD_VARIABLE]
+  if (password === undefined) {
+    throw new Error(`security given but ${PASSWORD_VARIABLE} is not set`)
+  }
+  const options = { sasl: { mechanism: security.sasl, username: security.username, password } }
+  if (security.caFile) {
+    // Only this CA is trusted; the certificate must name the host connected to (127.0.0.1).
+    options.ssl = { ca: [fs.readFileSync(security.caFile, 'utf-8')] }
+  }
+  return options
+}
+
+function makeKafka(bootstrap, clientId, security = null) {
   return new Kafka({
     clientId,
     brokers: [bootstrap],
@@ -81,6 +104,7 @@ function makeKafka(bootstrap, clientId) {
       process.stderr.write(`${label} [${namespace}] ${JSON.stringify(log)}\n`)
     },
     retry: { retries: 5, initialRetryTime: 100, maxRetryTime: 1000 },
+    ...securityOptions(security),
   })
 }
 
@@ -543,6 +567,69 @@ scenarios['offsets-by-timestamp'] = async (kafka, { topic, group }) => {
   return { base, answers, consumed, watermarks }
 }
 
+// Over a SASL listener (`security` in the arguments): every connection logs in first. Admin
+// creates the topic, a producer writes `count` records over two partitions, a group member reads
+// them and commits explicitly, then two more records go to a new member of the same group, which
+// must start at the commit and see only those.
+scenarios['sasl-round-trip'] = async (kafka, { topic, group, count }) => {
+  const admin = kafka.admin()
+  await admin.connect()
+  const out = {}
+  out.created = await step(() => createTopic(admin, topic, 2))
+  out.cluster = await step(async () => {
+    const cluster = await admin.describeCluster()
+    return cluster.brokers.map(b => ({ nodeId: b.nodeId, host: b.host, port: b.port }))
+  })
+  const producer = kafka.producer()
+  await producer.connect()
+  const messages = []
+  for (let i = 0; i < count; i++) messages.push({ partition: i % 2, key: `k-${i}`, value: `sasl-${i}` })
+  out.sent = await step(async () => {
+    const result = await producer.send({ topic, acks: -1, messages })
+    return result.map(r => ({ partition: r.partition, errorCode: r.errorCode, baseOffset: Number(r.baseOffset) }))
+  })
+
+  const consumer = kafka.consumer({ groupId: group, ...CONSUMER_TIMINGS })
+  const records = []
+  await consumer.connect()
+  await consumer.subscribe({ topic, fromBeginning: true })
+  await consumer.run({
+    autoCommit: false,
+    eachMessage: async ({ partition, message }) => void records.push(toRecord(partition, message)),
+  })
+  await waitFor(() => records.length >= count)
+  out.consumed = records.slice()
+  // Commit what was read: the next offset to read, per partition (OffsetCommit).
+  const next = {}
+  for (const { partition, offset } of records) next[partition] = Math.max(next[partition] || 0, offset + 1)
+  out.commit = await step(() =>
+    consumer.commitOffsets(
+      Object.entries(next).map(([partition, offset]) => ({ topic, partition: Number(partition), offset: String(offset) }))
+    )
+  )
+  await consumer.disconnect()
+  out.committed = await step(() => committedOffsets(admin, group, topic))
+
+  await producer.send({ topic, messages: [{ partition: 0, value: 'after-0' }, { partition: 1, value: 'after-1' }] })
+  await producer.disconnect()
+  out.resumed = await consumeAll(kafka, { topic, groupId: group, count: 2 })
+  await admin.disconnect()
+  return out
+}
+
+// A login the broker refuses (wrong password or unknown user): what the admin client's and the
+// producer's connect() throw, and how long each took (a non-retriable error fails at once).
+scenarios['sasl-refused'] = async kafka => {
+  const out = {}
+  for (const [name, client] of [['admin', kafka.admin()], ['producer', kafka.producer()]]) {
+    const started = Date.now()
+    out[name] = await step(() => client.connect())
+    out[`${name}Ms`] = Date.now() - started
+    await client.disconnect()
+  }
+  return out
+}
+
 async function main() {
   const [name, bootstrap, argsJson] = process.argv.slice(2)
   const scenario = scenarios[name]
@@ -551,7 +638,7 @@ async function main() {
     process.exit(2)
   }
   const args = JSON.parse(argsJson || '{}')
-  const result = await scenario(makeKafka(bootstrap, `flowbus-test-${name}`), args)
+  const result = await scenario(makeKafka(bootstrap, `flowbus-test-${name}`, args.security), args)
   // Exit only once the output is written: stdout is an asynchronous pipe, and exiting
   // earlier cuts the JSON at the pipe's buffer size (64 KiB).
   await new Promise(resolve => process.stdout.write(`${JSON.stringify(result)}\n`, resolve))
