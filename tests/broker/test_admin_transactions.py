@@ -10,12 +10,9 @@ what the client does not send (unknown state names) or hides (it raises on a per
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import confluent_kafka
 import confluent_kafka.admin as ck_admin
@@ -26,9 +23,9 @@ import pytest
 from kafka.admin import TransactionState
 
 from flowbus.protocol.api import ApiKey
-from flowbus.protocol.codec import decode_response, encode_request
 from flowbus.protocol.error_codes import ErrorCode
 from tests.support.broker_process import BrokerProcess
+from tests.support.wire import Wire
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,36 +33,9 @@ READ_TIMEOUT_S = 10.0
 TXN_TIMEOUT_MS = 60_000
 
 
-class Wire:
-    """One blocking connection speaking our codec: a request in, its response out."""
-
-    def __init__(self, broker: BrokerProcess) -> None:
-        self.sock = socket.create_connection((broker.host, broker.port), timeout=READ_TIMEOUT_S)
-        self.correlation_id = 0
-
-    def call(self, api_key: int, version: int, body: dict[str, Any]) -> dict[str, Any]:
-        self.correlation_id += 1
-        self.sock.sendall(encode_request(api_key, version, self.correlation_id, "admin-txn-test", body))
-        (size,) = struct.unpack(">i", self._read(4))
-        got, response = decode_response(api_key, version, self._read(size))
-        assert got == self.correlation_id
-        return response
-
-    def _read(self, size: int) -> bytes:
-        chunks = bytearray()
-        while len(chunks) < size:
-            chunk = self.sock.recv(size - len(chunks))
-            assert chunk, "the broker closed the connection"
-            chunks += chunk
-        return bytes(chunks)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def wire(broker: BrokerProcess) -> Iterator[Wire]:
-    connection = Wire(broker)
+    connection = Wire(broker, "admin-txn-test")
     yield connection
     connection.close()
 

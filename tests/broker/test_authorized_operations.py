@@ -11,8 +11,6 @@ sends DescribeCluster), and raw frames of our own codec for the version boundari
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,9 +21,9 @@ import kafka.admin
 import pytest
 
 from flowbus.protocol.api import ApiKey
-from flowbus.protocol.codec import decode_response, encode_request
 from flowbus.protocol.error_codes import ErrorCode
 from tests.support.broker_process import BrokerProcess
+from tests.support.wire import Wire
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,36 +47,9 @@ def bits(operations: dict[str, int]) -> int:
     return sum(1 << code for code in operations.values())
 
 
-class Wire:
-    """One blocking connection speaking our codec: a request in, its response out."""
-
-    def __init__(self, broker: BrokerProcess) -> None:
-        self.sock = socket.create_connection((broker.host, broker.port), timeout=READ_TIMEOUT_S)
-        self.correlation_id = 0
-
-    def call(self, api_key: int, version: int, body: dict[str, Any]) -> dict[str, Any]:
-        self.correlation_id += 1
-        self.sock.sendall(encode_request(api_key, version, self.correlation_id, "authz-ops-test", body))
-        (size,) = struct.unpack(">i", self._read(4))
-        got, response = decode_response(api_key, version, self._read(size))
-        assert got == self.correlation_id
-        return response
-
-    def _read(self, size: int) -> bytes:
-        chunks = bytearray()
-        while len(chunks) < size:
-            chunk = self.sock.recv(size - len(chunks))
-            assert chunk, "the broker closed the connection"
-            chunks += chunk
-        return bytes(chunks)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def wire(broker: BrokerProcess) -> Iterator[Wire]:
-    connection = Wire(broker)
+    connection = Wire(broker, "authz-ops-test")
     yield connection
     connection.close()
 
