@@ -345,10 +345,12 @@ class _Connection(asyncio.Protocol):
             return
         result = decoding.result()
         if isinstance(result, ProtocolError):
+            self._dispatch_failed(result)  # closes the connection, or answers ApiVersions
+        else:
+            self._dispatch_request(result, decoded_off_loop=True)
+        if self._closed:
             self._held_frames.clear()
-            self._dispatch_failed(result)
             return
-        self._dispatch_request(result, decoded_off_loop=True)
         held = self._held_frames
         while held and self._decoding is None and not self._closed:
             self._dispatch_now(held.popleft())

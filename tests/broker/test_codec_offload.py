@@ -146,3 +146,25 @@ def test_the_response_size_bound_counts_nested_arrays_together() -> None:
     few = {"responses": [{"topic": "t", "partitions": [{"p": 0}]}], "throttle_time_ms": 0}
     assert not server_module._has_many_elements(few)
     assert server_module._has_many_elements({"topics": [{"name": f"t{i}"} for i in range(256)]})
+
+
+def test_a_large_apiversions_frame_at_an_unknown_version_is_answered_and_the_connection_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Decoded on the codec thread, an ApiVersions of an unknown version still gets Kafka's
+    fallback answer, and the requests pipelined behind it are answered after it, in order."""
+    import struct
+
+    async def body(h: Harness) -> None:
+        client = await h.connect()
+        client_id = b"big"
+        header = struct.pack(">hhih", int(ApiKey.API_VERSIONS), 99, 41, len(client_id)) + client_id
+        frame = header + b"\x00" * 70_000  # past codec_offload_frame_bytes
+        client.writer.write(struct.pack(">i", len(frame)) + frame)
+        second = client.send(ApiKey.API_VERSIONS, 3, {"client_software_name": "t", "client_software_version": "1"})
+        got, fallback = decode_response(ApiKey.API_VERSIONS, 0, await client.read_frame())
+        assert (got, fallback["error_code"]) == (41, 35)
+        got, answer = decode_response(ApiKey.API_VERSIONS, 3, await client.read_frame())
+        assert (got, answer["error_code"]) == (second, 0)
+
+    run_with_broker(tmp_path, body)
