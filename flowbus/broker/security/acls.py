@@ -25,9 +25,7 @@ offline under the data directory's lock like ``credentials.json``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -35,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from flowbus.broker.security.errors import SecurityConfigError
+from flowbus.broker.security.files import write_private_file
 
 #: The file's name in the broker's data directory.
 ACLS_FILE = "acls.json"
@@ -386,23 +385,8 @@ class AclStore:
         """
         payload = json.dumps({"version": FORMAT_VERSION, "acls": [b.to_json() for b in self._bindings]},
                              indent=1).encode("utf-8")
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, payload)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_private_file(self.path, payload)
         except OSError as exc:
             raise AclError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 

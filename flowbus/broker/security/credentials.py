@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from flowbus.broker.security.errors import CredentialError
+from flowbus.broker.security.files import write_private_file
 from flowbus.broker.security.scram import (
     ITERATIONS_MAX,
     MECHANISMS,
@@ -124,23 +123,8 @@ class CredentialStore:
             CredentialError: the file could not be written (the old one is left as it was).
         """
         payload = json.dumps(_serialize(self._users), indent=1, sort_keys=True).encode("utf-8")
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, payload)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_private_file(self.path, payload)
         except OSError as exc:
             raise CredentialError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
