@@ -17,8 +17,6 @@ As ``flowbus users``, two ways to reach them:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import click
 
 # The --bootstrap plumbing of `flowbus users` (one admin client, futures waited with a timeout).
-from flowbus.cli.common import BrokerUrlOption
+from flowbus.cli.common import BrokerUrlOption, locked_data_dir
 from flowbus.cli.users import DEFAULT_DATA_DIR, REQUEST_TIMEOUT_S, _admin, _wait
 
 OPERATIONS = ["All", "Read", "Write", "Create", "Delete", "Alter", "Describe", "ClusterAction",
@@ -189,23 +187,12 @@ def _acl_store(data_dir: Path) -> Iterator[Any]:
     """The ACL store of a stopped broker, its data directory locked meanwhile (the lock the
     broker's log manager holds: taking it proves no broker uses the file at the same time)."""
     from flowbus.broker.security.acls import ACLS_FILE, AclError, AclStore
-    from flowbus.log.manager import LOCK_FILE
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise click.ClickException(
-                f"{data_dir} is open in a running broker or worker: use --bootstrap HOST:PORT"
-            ) from None
+    with locked_data_dir(data_dir):
         try:
             yield AclStore(data_dir / ACLS_FILE)
         except AclError as exc:
             raise click.ClickException(str(exc)) from exc
-    finally:
-        os.close(fd)
 
 
 # -- --bootstrap: confluent-kafka's admin client ------------------------------------------------

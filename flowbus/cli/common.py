@@ -10,6 +10,8 @@ messages instead of tracebacks.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import signal
 import sys
 from collections.abc import (
@@ -264,3 +266,24 @@ async def next_or_stop(queue: asyncio.Queue[T], stop: asyncio.Event) -> T | None
         if not getter.done():
             getter.cancel()
     return getter.result() if getter.done() and not getter.cancelled() else None
+
+
+@contextmanager
+def locked_data_dir(data_dir: Path) -> Iterator[None]:
+    """Hold a stopped broker's data directory for an offline edit (``flowbus users``,
+    ``flowbus acls``). The lock is the one the broker's log manager holds (``.lock``, flock):
+    taking it proves no broker or worker reads or writes the directory's files meanwhile."""
+    from flowbus.log.manager import LOCK_FILE
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise click.ClickException(
+                f"{data_dir} is open in a running broker or worker: use --bootstrap HOST:PORT"
+            ) from None
+        yield
+    finally:
+        os.close(fd)

@@ -16,8 +16,6 @@ prompts for it twice, or reads the first line of ``--password-file FILE`` (``-``
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +28,7 @@ from flowbus.broker.security.scram import (
     ITERATIONS_MAX,
     ITERATIONS_MIN,
 )
-from flowbus.cli.common import BrokerUrlOption
+from flowbus.cli.common import BrokerUrlOption, locked_data_dir
 
 DEFAULT_DATA_DIR = Path("./flowbus-data")
 #: Longest password read from a file or stdin, in characters (the rest is not read).
@@ -180,23 +178,12 @@ def _store(data_dir: Path) -> Iterator[Any]:
     """
     from flowbus.broker.security.credentials import CREDENTIALS_FILE, CredentialStore
     from flowbus.broker.security.errors import CredentialError
-    from flowbus.log.manager import LOCK_FILE
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise click.ClickException(
-                f"{data_dir} is open in a running broker or worker: use --bootstrap HOST:PORT"
-            ) from None
+    with locked_data_dir(data_dir):
         try:
             yield CredentialStore(data_dir / CREDENTIALS_FILE)
         except CredentialError as exc:
             raise click.ClickException(str(exc)) from exc
-    finally:
-        os.close(fd)
 
 
 def _admin(bootstrap: str) -> Any:
