@@ -46,9 +46,12 @@ from flowbus.state.windows import (
     WindowSpec,
     key_prefix,
     split_key,
+    split_window_key,
     window_key,
 )
 from flowbus.transports.base import Record, TopicPartition
+
+new_tuple = tuple.__new__
 
 if TYPE_CHECKING:
     from flowbus.operators.dataflow import Dataflow
@@ -410,19 +413,24 @@ class WindowStep(Step):
         late_send = runtime.sender(self.on_late) if self.on_late is not None else None
         idle_ms = self.idle_ms
 
+        set_source, reset_source = current_source.set, current_source.reset
+
         def emit_at(start_ms: int, key: Any, value: Any, partition: int) -> None:
             """Pass a closed window's result on, stamped with the window start."""
-            token = current_source.set(Record(source_topic, partition, -1, start_ms, None, None))
+            # tuple.__new__ skips NamedTuple's Python-level __new__ (once per closed window).
+            token = set_source(new_tuple(Record, (source_topic, partition, -1, start_ms, None, None, ())))
             try:
                 nxt(key, value)
             finally:
-                current_source.reset(token)
+                reset_source(token)
 
         late = late_records(table, late_send, f"window {table.name!r}", "its windows")
 
         # -- closing ------------------------------------------------------------------------
+        lookup, decode_value = table.lookup, table.value_codec.decode
+
         def close_window(part: WindowPartition, close_ms: int, data_key: bytes) -> None:
-            acc = get(part, data_key)
+            acc = lookup(part, data_key, decode_value)
             if acc is MISSING:
                 return
             if data_key in part.born_here:
@@ -431,10 +439,9 @@ class WindowStep(Step):
                 part.pending[data_key] = DELETED
             table.closed_windows += 1
             if final:
-                _, key_bytes, window = split_key(data_key)
-                assert window is not None
-                emit_at(window.start, decode_key(key_bytes),
-                        {"start": window.start, "end": window.end, "value": result(acc)}, part.partition)
+                key_bytes, start, end = split_window_key(data_key)
+                emit_at(start, decode_key(key_bytes), {"start": start, "end": end, "value": result(acc)},
+                        part.partition)
 
         def close_sessions(part: WindowPartition, close_ms: int, data_key: bytes) -> None:
             sessions = get(part, data_key)
@@ -517,8 +524,6 @@ class WindowStep(Step):
             size = spec.size_ms
             span = _SPAN.pack
             prefixes: dict[Any, bytes] = {}
-            lookup = table.lookup
-            decode = table.value_codec.decode
 
             def tumbling_step(key: Any, value: Any) -> None:
                 prefix = prefixes.get(key)
@@ -553,7 +558,7 @@ class WindowStep(Step):
                 pending = part.pending
                 acc = pending.get(data_key, MISSING)
                 if acc is MISSING:
-                    acc = lookup(part, data_key, decode)
+                    acc = lookup(part, data_key, decode_value)
                     if acc is MISSING:
                         acc = initial()
                         add_close(part, close_ms, data_key)

@@ -432,11 +432,17 @@ class WindowClock:
         wall = table.wall_clock
         now_ms = wall.now_ms() if wall is not None else None  # one clock read per closing round
         observe_many = table.close_latency.observe_many
+        # The latency histogram gets one observation per close time, not per window: due is in
+        # close-time order, and windows of one size closing together share their close time.
+        run_ms, closed_before = -1, table.closed_windows
         for close_ms, data_key in due:
-            closed_before = table.closed_windows
+            if close_ms != run_ms:
+                if now_ms is not None and table.closed_windows != closed_before:
+                    observe_many(max(now_ms - run_ms, 0) / 1000, table.closed_windows - closed_before)
+                run_ms, closed_before = close_ms, table.closed_windows
             close(part, close_ms, data_key)
-            if now_ms is not None and table.closed_windows != closed_before:
-                observe_many(max(now_ms - close_ms, 0) / 1000, table.closed_windows - closed_before)
+        if now_ms is not None and table.closed_windows != closed_before:
+            observe_many(max(now_ms - run_ms, 0) / 1000, table.closed_windows - closed_before)
         if self.runtime is not None:
             self.runtime.commit_soon(CLOSE_COMMIT_DELAY_MS)
 
@@ -449,7 +455,10 @@ class WindowClock:
             return
         due_at = part.seen_ms + max(idle_ms, part.next_close_ms - max(part.stream_time_ms, 0))
         if part.idle_armed and part.idle_due_ms <= due_at:
-            return  # the armed check comes first; it re-arms from what it finds
+            # The armed check comes first; it re-arms from what it finds. Noting the stream time
+            # looked at keeps a backlog (stream time racing ahead) from calling this per record.
+            part.armed_stream_ms = part.stream_time_ms
+            return
         tps = self.sources(part.partition)
         if not tps:
             return

@@ -197,6 +197,14 @@ def split_key(data_key: bytes) -> tuple[bytes, bytes, WindowRange | None]:
     return kind, key, None
 
 
+def split_window_key(data_key: bytes) -> tuple[bytes, int, int]:
+    """(user key bytes, window start, window end) of a :data:`KIND_WINDOW` store key, without
+    the :class:`WindowRange` that :func:`split_key` builds (closing calls this per window)."""
+    (length,) = _U32.unpack_from(data_key, 1)
+    start, end = _SPAN.unpack_from(data_key, 5 + length)
+    return data_key[5 : 5 + length], start, end
+
+
 # The close index: u64 close time ‖ store key -> b"". An entry means "at this watermark, look at
 # this key": what is due there is closed, the rest stays. Entries that find nothing are harmless.
 def index_key(close_ms: int, data_key: bytes) -> bytes:
