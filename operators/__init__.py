@@ -1,4 +1,4 @@
-"""Stream operators: map, filter, flat_map, branch, group_by, through, take and to.
+"""Stream operators: map, update, filter, flat_map, branch, group_by, through, take and to.
 
 Used through the declarative form ``app.stream(topic)``, which returns a :class:`Dataflow`;
 the worker compiles each dataflow once into a chain of plain function calls.
@@ -18,6 +18,7 @@ from flowbus.operators.steps import (
     TakeStep,
     ThroughStep,
     ToStep,
+    UpdateStep,
 )
 
 __all__ = [
@@ -32,5 +33,6 @@ __all__ = [
     "TakeStep",
     "ThroughStep",
     "ToStep",
+    "UpdateStep",
     "compile_dataflows",
 ]

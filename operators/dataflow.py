@@ -42,6 +42,7 @@ from flowbus.operators.steps import (
     TakeStep,
     ThroughStep,
     ToStep,
+    UpdateStep,
     fan_out,
 )
 from flowbus.operators.stateful import AggregateStep, StatefulStep
@@ -94,12 +95,7 @@ class Dataflow:
         """Call ``fn(value)`` (or ``fn(value, state)``) for its effect and pass the value on unchanged."""
         if stateful:
             return self._add(StatefulStep("update", fn, self._state_table()))
-
-        def call_and_pass(value: Any) -> Any:
-            fn(value)
-            return value
-
-        return self._add(MapStep(call_and_pass))
+        return self._add(UpdateStep(fn))
 
     # -- keyed aggregations (Kafka Streams: groupByKey().count() ... .toStream()) ------------
     def count(self, *, name: str | None = None) -> Dataflow:

@@ -108,6 +108,25 @@ class MapStep(Step):
         return map_step
 
 
+class UpdateStep(Step):
+    """``fn(value)`` for its effect; the record passes on unchanged (one call per record, not a
+    map around a wrapper)."""
+
+    name = "update"
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def compile(self, nxt: Emit, runtime: Runtime) -> Emit:
+        fn = self.fn
+
+        def update_step(key: Any, value: Any) -> None:
+            fn(value)
+            nxt(key, value)
+
+        return update_step
+
+
 class FilterStep(Step):
     name = "filter"
 
