@@ -165,7 +165,7 @@ def serve_worker(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.02)
         print(READY_TEXT, flush=True)
 
-    app.main()
+    app.main([])  # the script parsed its own options: the worker takes none from sys.argv
 
 
 class ChildWorker:

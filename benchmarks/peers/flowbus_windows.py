@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                 app.stop()  # the worker commits (results, changelog and offsets) and leaves the group
 
     app.stream(clicks).update(tick).tumbling_window(WINDOW_MS, name="counts").count().final().to(out)
-    app.main()
+    # Not app.main(): that parses sys.argv as worker options and exits the process when the worker
+    # stops, before the figures below are printed.
+    asyncio.run(app.run())
     if progress["events"] < target:
         print(f"flowbus_windows: stopped after {progress['events']} of {target} events", file=sys.stderr)
         return 1

@@ -45,7 +45,10 @@ SCRIPTS = {
     "flowbus": HERE / "flowbus_wordcount.py",
     "faust": HERE / "faust_wordcount.py",
     "quix": HERE / "quix_wordcount.py",
+    "flowbus-dataflow": HERE / "flowbus_wordcount.py",
 }
+#: Options per peer: flowbus-dataflow is the same script counting with ``app.stream(...).count()``.
+SCRIPT_ARGS: dict[str, tuple[str, ...]] = {"flowbus-dataflow": ("--form", "dataflow")}
 TOPIC = "words"
 PARTITIONS = 4
 RESULT = re.compile(r"events_per_s=([0-9.]+|inf) events=(\d+) seconds=([0-9.]+)")
@@ -89,8 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--words", type=int, default=10_000, help="distinct words")
     parser.add_argument("--runs", type=int, default=3, help="runs of each peer, interleaved")
     parser.add_argument("--peers", default="flowbus,faust,quix",
-                        help="comma-separated subset of: flowbus, faust, quix (flowbus's own word count runs "
-                             "interleaved with the others, on the same broker and interpreter)")
+                        help="comma-separated subset of: flowbus, faust, quix, flowbus-dataflow (flowbus's "
+                             "word count runs interleaved with the others, on the same broker and interpreter; "
+                             "flowbus is the agent on a table, flowbus-dataflow app.stream(words).count())")
     parser.add_argument("--python", default=sys.executable,
                         help="python of the environment with faust-streaming and quixstreams (default: this one)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed to each peer run")
@@ -269,7 +273,7 @@ def run_peer(args: argparse.Namespace, bootstrap: str, peer: str, index: int, wo
     state_dir = work / "state" / f"{peer}-{index}"
     state_dir.mkdir(parents=True)
     cmd = [args.python, str(SCRIPTS[peer]), "--broker", bootstrap, "--events", str(events),
-           "--state-dir", str(state_dir), "--app-id", app_id]
+           "--state-dir", str(state_dir), "--app-id", app_id, *SCRIPT_ARGS.get(peer, ())]
     run = Run(peer, index, ok=False, load=loadavg())
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
