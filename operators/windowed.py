@@ -558,7 +558,8 @@ class WindowStep(Step):
                 pending = part.pending
                 acc = pending.get(data_key, MISSING)
                 if acc is MISSING:
-                    acc = lookup(part, data_key, decode_value)
+                    if start <= part.taken_time_ms:  # else no commit has seen this window: it is new
+                        acc = lookup(part, data_key, decode_value)
                     if acc is MISSING:
                         acc = initial()
                         add_close(part, close_ms, data_key)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import struct
+from itertools import islice
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,7 @@ class WindowPartition(TablePartition):
         "scan_from_ms",
         "seen_ms",
         "stream_time_ms",
+        "taken_time_ms",
         "time_dirty",
         "time_loaded",
         "time_written_ms",
@@ -102,6 +104,11 @@ class WindowPartition(TablePartition):
         self.stream_time_ms = -1
         self.watermark_ms = -1
         """Every window closing at or before this time is closed."""
+        self.taken_time_ms = TIME_MAX_MS
+        """Stream time when a commit last took this partition's changes (or the stored stream time
+        at load): every window in the database, the commit under way or the read cache was opened
+        by a record at or before it, so a window starting later is new if it is not pending, and
+        opening it needs no database lookup. TIME_MAX_MS (look every window up) until loaded."""
         self.time_dirty = False
         self.time_written_ms = -1
         """Wall-clock time this process last sent the stream-time record (-1: not yet)."""
@@ -186,6 +193,8 @@ class WindowedTable(Table):
         changes = super().take_changes(partition)
         part = self.parts.get(partition)
         if isinstance(part, WindowPartition):
+            if part.time_loaded and part.stream_time_ms > part.taken_time_ms:
+                part.taken_time_ms = part.stream_time_ms
             clock = self.wall_clock
             now_ms = clock.now_ms() if clock is not None else -1
             if (not part.time_dirty and clock is not None and part.time_loaded and part.stream_time_ms >= 0
@@ -270,6 +279,10 @@ class WindowedTable(Table):
         raw = part.db.get(self.name, TIME_KEY)
         if raw is not None:
             part.stream_time_ms, part.watermark_ms = _TIME.unpack(raw)
+            part.taken_time_ms = part.stream_time_ms
+        elif not any(key != TIME_KEY for key, _ in islice(part.db.items(self.name), 2)):
+            part.taken_time_ms = -1  # nothing stored: every window is new
+        # (Windows stored without a stream time, which no commit writes: keep looking them up.)
         part.time_loaded = True
         # Everything closing at or before the stored watermark was closed in the commit that
         # stored it: index entries there are stale (a restore rebuilds entries for every record

@@ -326,6 +326,29 @@ def test_timestamp_extractor(tmp_path: Path) -> None:
     run(app, body)
 
 
+def test_a_window_continues_across_commits(tmp_path: Path) -> None:
+    """A window's records before and after commits add up: once a commit has taken a window,
+    its next record reads it back from the committed state (a window opened after the last
+    commit is new and is opened without a lookup)."""
+    app, events, out = make_app(tmp_path)
+    app.stream(events).tumbling_window(10 * S, name="c").count().final().to(out)
+
+    async def body(t: TestContext) -> None:
+        await send(t, events, "a", 1 * S)
+        await send(t, events, "a", 2 * S)
+        await t.commit()
+        await send(t, events, "a", 3 * S)
+        await t.commit()
+        await send(t, events, "b", 4 * S)  # a first record for "b" after the commits: a new window
+        await send(t, events, "a", 5 * S)
+        assert dict(app.tables["c"].items()) == {("a", (0, 10 * S)): 4, ("b", (0, 10 * S)): 1}
+        await send(t, events, "a", 10 * S)
+        await send(t, events, "b", 10 * S)
+        assert sorted(results(t, out)) == [(0, 10 * S, 1), (0, 10 * S, 4)]
+
+    run(app, body)
+
+
 def test_window_store_is_committed_and_closed_windows_tombstoned(tmp_path: Path) -> None:
     app, events, out = make_app(tmp_path)
     app.stream(events).tumbling_window(10 * S, name="c").count().final().to(out)
