@@ -181,12 +181,50 @@ def make_transport(url: str) -> Transport:
     return transport_from_url(url)
 
 
+FIRST_ANSWER_SLICE_S = 0.25
+"""How long each metadata request of :func:`first_answer` waits before it looks again for a refused
+login: a wrong password or an untrusted certificate ends a command this long after the broker
+refused it at most."""
+
+
+async def first_answer(transport: Transport, timeout_s: float) -> list[str]:
+    """The broker's topics, asked until it answers or ``timeout_s`` passed; a refused login ends
+    the wait at once.
+
+    librdkafka retries a refused SASL login (or a failed TLS handshake) like a lost connection and
+    reports it only through its error callback, which the blocking metadata request does not
+    serve, so one request of ``timeout_s`` hid it until the very end: a wrong password waited the
+    whole timeout. Kafka's own clients fail at once (an authentication error is not retriable),
+    and so does this: the request is made in slices of :data:`FIRST_ANSWER_SLICE_S`, and the
+    transport's error for a refused login (a :class:`FlowbusError` that is not a
+    :class:`BrokerUnavailableError`) ends the wait. An unreachable broker is still waited for until
+    ``timeout_s``, as it may be starting.
+
+    Raises:
+        BrokerUnavailableError: no answer within ``timeout_s`` (the last slice's error).
+        FlowbusError: the broker refused the login, or another error that waiting does not fix.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        slice_end = min(deadline, loop.time() + FIRST_ANSWER_SLICE_S)
+        try:
+            return await transport.list_topics(timeout_s=max(slice_end - loop.time(), 0.001))
+        except BrokerUnavailableError:
+            # A request that failed before its slice ended (no broker usable yet) is not repeated
+            # in a busy loop.
+            await asyncio.sleep(max(slice_end - loop.time(), 0))
+            if loop.time() >= deadline:
+                raise
+
+
 @asynccontextmanager
 async def connect(url: str, *, timeout_s: float, create: bool = False) -> AsyncIterator[Transport]:
     """A started transport for ``url``, closed on exit.
 
-    A kafka:// broker is asked for its topics once, within ``timeout_s``, so an unreachable one
-    fails here with :class:`BrokerUnavailableError` rather than later inside a client's retries.
+    A kafka:// broker is asked for its topics within ``timeout_s`` (:func:`first_answer`), so an
+    unreachable one fails here with :class:`BrokerUnavailableError` rather than later inside a
+    client's retries, and a refused login fails at once.
 
     Args:
         create: an embedded data dir may be created (``topics create``); otherwise it must exist.
@@ -205,7 +243,7 @@ async def connect(url: str, *, timeout_s: float, create: bool = False) -> AsyncI
         raise click.ClickException(f"cannot open {redact_url(url)}: {exc}") from exc
     try:
         if url.startswith(("kafka://", "kafkas://")):
-            await transport.list_topics(timeout_s=timeout_s)
+            await first_answer(transport, timeout_s)
         yield transport
     finally:
         await transport.close()

@@ -323,10 +323,11 @@ class Stopper:
 
 async def _check_kafka(url: str, timeout_s: float) -> None:
     """Fail fast, in one line, when a kafka:// broker does not answer: a TCP connect to each
-    bootstrap server (a refused connection is known at once), then one metadata request, all
+    bootstrap server (a refused connection is known at once), then the broker's topics, all
     within ``timeout_s``. Without this the worker's clients retry for their own timeouts while
-    librdkafka logs every attempt."""
-    from flowbus.cli.common import make_transport
+    librdkafka logs every attempt. A refused login ends the check at once (:func:`first_answer`):
+    waiting does not fix a wrong password."""
+    from flowbus.cli.common import first_answer, make_transport
     from flowbus.transports.errors import BrokerUnavailableError
     from flowbus.transports.kafka import _parse_url
 
@@ -349,7 +350,7 @@ async def _check_kafka(url: str, timeout_s: float) -> None:
         raise BrokerUnavailableError(f"cannot connect to the broker ({'; '.join(reasons)})")
     transport = make_transport(url)
     try:
-        await transport.list_topics(timeout_s=max(0.1, deadline - loop.time()))
+        await first_answer(transport, max(0.1, deadline - loop.time()))
     except BrokerUnavailableError as exc:
         raise BrokerUnavailableError(f"{exc} within {timeout_s:g} s (--timeout-s waits longer)") from exc
     finally:

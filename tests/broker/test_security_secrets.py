@@ -4,7 +4,8 @@
 (the fixture of ``test_security_listeners``), with ``sasl.password.env=VARNAME`` and with
 ``sasl.password.file=PATH``: records go through the app. A password written into the URL is
 refused before anything starts; an unset variable and a wrong password each end the worker
-with one ``Error:`` line that does not show the password. The broker's own encrypted TLS key
+with one ``Error:`` line that does not show the password (a wrong password at once, as it ends
+``flowbus topics list``: waiting does not fix it). The broker's own encrypted TLS key
 takes its password the same two ways (``--ssl-key-password-file``/``-env``, and
 ``ssl.key.password.file=``/``.env=`` in a ``--listen`` URL).
 """
@@ -94,9 +95,13 @@ def test_a_worker_reads_its_password_from_the_environment_or_a_file(secured: Sec
     assert PASSWORD not in stderr
 
 
-def _worker_fails(tmp_path: Path, url: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _worker_fails(tmp_path: Path, url: str, env: dict[str, str], *,
+                  broker_timeout_s: float = 10.0) -> subprocess.CompletedProcess[str]:
+    """``flowbus worker --broker URL --timeout-s BROKER_TIMEOUT_S``, expected to stop by itself
+    within :data:`WORKER_TIMEOUT_S`."""
     (tmp_path / "secret_app.py").write_text(SIMPLE_APP)
-    return subprocess.run([*FLOWBUS, "worker", "-A", "secret_app:app", "--broker", url, "--timeout-s", "10"],
+    return subprocess.run([*FLOWBUS, "worker", "-A", "secret_app:app", "--broker", url,
+                           "--timeout-s", f"{broker_timeout_s:g}"],
                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=WORKER_TIMEOUT_S, check=False)
 
 
@@ -123,7 +128,10 @@ def test_an_unset_password_variable_stops_the_worker_in_one_line(secured: Secure
 
 def test_a_wrong_password_stops_the_worker_without_showing_it(secured: Secured, tmp_path: Path) -> None:
     env = {**os.environ, PASSWORD_VARIABLE: "not-" + PASSWORD}
-    result = _worker_fails(tmp_path, _url(secured, f"sasl.password.env={PASSWORD_VARIABLE}"), env)
+    # --timeout-s beyond the subprocess timeout: the refused login ends the worker, not the wait
+    # for a broker that does not answer (waiting does not fix a wrong password).
+    result = _worker_fails(tmp_path, _url(secured, f"sasl.password.env={PASSWORD_VARIABLE}"), env,
+                           broker_timeout_s=10 * WORKER_TIMEOUT_S)
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last == (
@@ -132,6 +140,24 @@ def test_a_wrong_password_stops_the_worker_without_showing_it(secured: Secured, 
         "Authentication failed: invalid credentials with SASL mechanism SCRAM-SHA-512)"
     ), result.stderr
     assert PASSWORD not in result.stderr
+
+
+def test_a_wrong_password_stops_a_command_without_showing_it(secured: Secured) -> None:
+    """``flowbus topics list`` (every broker command connects the same way): the refused login in
+    one line, although --timeout-s would wait far beyond the subprocess timeout for a broker
+    that does not answer."""
+    env = {**os.environ, PASSWORD_VARIABLE: "not-" + PASSWORD}
+    result = subprocess.run(
+        [*FLOWBUS, "topics", "list", "--broker", _url(secured, f"sasl.password.env={PASSWORD_VARIABLE}"),
+         "--timeout-s", f"{10 * WORKER_TIMEOUT_S:g}"],
+        capture_output=True, text=True, env=env, timeout=WORKER_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        (f"Error: listing topics of 127.0.0.1:{secured.sasl_ssl_port}: the broker refused the login (SASL "
+         "authentication error: Authentication failed: invalid credentials with SASL mechanism SCRAM-SHA-512)"),
+    ], result.stderr
+    assert PASSWORD not in result.stderr + result.stdout
 
 
 # -- an encrypted broker key: ssl.key.password from a file or the environment ------------------

@@ -143,8 +143,9 @@ def test_tables_list_masks_a_password_from_the_environment(invoke: Invoke, tmp_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     url = f"kafka://app:{PASSWORD}@127.0.0.1:{_closed_port()}"
+    # A closed port: --timeout-s bounds the wait for a broker that may be starting (10 s by default).
     result = invoke("tables", "list", "-A", "secret_tables_app:app", "--state-dir", str(tmp_path / "state"),
-                    env={"FLOWBUS_BROKER": url})
+                    "--timeout-s", "0.5", env={"FLOWBUS_BROKER": url})
     assert "Broker: kafka://app:***@127.0.0.1:" in result.stdout, result.output
     assert PASSWORD not in result.output
 
