@@ -225,9 +225,12 @@ def test_admin_groups(
     ]
     assert out["listed"]["ok"] == [{"groupId": group, "protocolType": "consumer"}]
     assert out["committed"]["ok"] == {"0": 10}
-    assert out["afterSet"]["ok"] == {"0": 3}
-    # KafkaJS's resetOffsets commits the "earliest" sentinel (-2), resolved when a member starts.
+    # resetOffsets replaces the member's 10 with the "earliest" sentinel (-2), resolved when a
+    # member starts; setOffsets, at the same time, commits 7 for a group that had no offsets.
+    assert out["resetOffsets"] == {"ok": None}
+    assert out["setOffsets2"] == {"ok": None}
     assert out["afterReset"]["ok"] == {"0": -2}
+    assert out["afterSet2"]["ok"] == {"0": 7}
     assert sorted(g["groupId"] for g in out["listedBoth"]["ok"]) == sorted(
         [group, group2]
     )

@@ -320,12 +320,19 @@ scenarios['admin-groups'] = async (kafka, { topic, group, group2 }) => {
   }
   out.listed = await step(listed)
   out.committed = await step(() => committedOffsets(admin, group, topic))
-  out.setOffsets = await step(() => admin.setOffsets({ groupId: group, topic, partitions: [{ partition: 0, offset: '3' }] }))
-  out.afterSet = await step(() => committedOffsets(admin, group, topic))
-  out.resetOffsets = await step(() => admin.resetOffsets({ groupId: group, topic, earliest: true }))
+  // setOffsets and resetOffsets each take 5 s whatever the broker: the consumer they start pauses
+  // its one topic, so its fetch loop sleeps maxWaitTimeInMs (KafkaJS's default 5000, which the
+  // admin client does not let us set) before the first FETCH event, the one that stops it. The
+  // two run at once, on two groups: the reset replaces the offset the member above committed (10);
+  // the second group exists only through the offsets the admin client commits.
+  const [resetOffsets, setOffsets2] = await Promise.all([
+    step(() => admin.resetOffsets({ groupId: group, topic, earliest: true })),
+    step(() => admin.setOffsets({ groupId: group2, topic, partitions: [{ partition: 0, offset: '7' }] })),
+  ])
+  out.resetOffsets = resetOffsets
+  out.setOffsets2 = setOffsets2
   out.afterReset = await step(() => committedOffsets(admin, group, topic))
-  // A second group that exists only through offsets committed by the admin client.
-  out.setOffsets2 = await step(() => admin.setOffsets({ groupId: group2, topic, partitions: [{ partition: 0, offset: '7' }] }))
+  out.afterSet2 = await step(() => committedOffsets(admin, group2, topic))
   out.listedBoth = await step(listed)
   out.deleted = await step(() => admin.deleteGroups([group, group2]))
   out.deleteMissing = await step(() => admin.deleteGroups([`${group}-never-existed`]))
