@@ -555,11 +555,16 @@ class Worker:
         return out
 
     # -- the loop ---------------------------------------------------------------------------
-    async def run(self) -> None:
-        """Start, loop until :meth:`stop` (or a ``stop``-policy failure), then shut down cleanly."""
+    async def run(self, on_started: Callable[[], None] | None = None) -> None:
+        """Start, loop until :meth:`stop` (or a ``stop``-policy failure), then shut down cleanly.
+
+        ``on_started`` is called once start-up is done, before the first poll (``flowbus worker``
+        freezes what start-up built then; see :func:`flowbus.cli.worker.freeze_startup_objects`)."""
         try:
             if not self.started:
                 await self.start()
+            if on_started is not None:
+                on_started()
             while not self.stopping.is_set():
                 await self.step(POLL_TIMEOUT_MS)
         except AgentError:

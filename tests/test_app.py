@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -420,3 +421,36 @@ def test_main_takes_the_worker_options(capsys: pytest.CaptureFixture[str]) -> No
     assert exited.value.code == 0
     help_text = capsys.readouterr().out
     assert "--data-dir" in help_text and "--timeout-s" in help_text and "-A" not in help_text
+
+
+def test_main_freezes_what_start_up_built_and_unfreezes_on_stop(tmp_path: Path) -> None:
+    """``flowbus worker`` (and ``app.main``) moves start-up's objects out of the cyclic
+    collector's reach once the worker has started, and gives them back when it stops (a process
+    that goes on after ``main(argv)``, like this one, is not left with them frozen)."""
+    import gc
+    import logging
+
+    gc.unfreeze()  # whatever ran before in this process
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    app = App("main-gc", broker=f"embedded://{tmp_path / 'data'}", state_dir=tmp_path / "state")
+    seen: dict[str, int] = {}
+
+    @app.task
+    async def look() -> None:
+        for _ in range(500):  # start-up ends soon after tasks start; 5 s at most
+            if gc.get_freeze_count():
+                break
+            await asyncio.sleep(0.01)
+        seen["frozen"] = gc.get_freeze_count()
+        app.stop()
+
+    try:
+        with pytest.raises(SystemExit) as exited:
+            app.main(["-l", "warning"])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert exited.value.code == 0
+    assert seen["frozen"] > 0
+    assert gc.get_freeze_count() == 0
