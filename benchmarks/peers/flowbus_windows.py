@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from flowbus import App
+from flowbus.cli.common import TIMEOUT_S_DEFAULT
+from flowbus.cli.worker import run_worker
 
 WINDOW_MS = 10_000
 
@@ -68,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                 app.stop()  # the worker commits (results, changelog and offsets) and leaves the group
 
     app.stream(clicks).update(tick).tumbling_window(WINDOW_MS, name="counts").count().final().to(out)
-    # Not app.main(): that parses sys.argv as worker options and exits the process when the worker
+    # Run as `flowbus worker` runs it (signal handling, logging, the start-up GC freeze); not
+    # app.main(), which parses sys.argv as worker options and exits the process when the worker
     # stops, before the figures below are printed.
-    asyncio.run(app.run())
+    run_worker(app, listen=None, timeout_s=TIMEOUT_S_DEFAULT, log_level="warning")
     if progress["events"] < target:
         print(f"flowbus_windows: stopped after {progress['events']} of {target} events", file=sys.stderr)
         return 1

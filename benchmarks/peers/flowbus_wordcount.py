@@ -16,13 +16,14 @@ timed from the first to the last processed event, as the peers' scripts do.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 import uuid
 from pathlib import Path
 
 from flowbus import App
+from flowbus.cli.common import TIMEOUT_S_DEFAULT
+from flowbus.cli.worker import run_worker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                 counts[word] = n
                 counted(n)
 
-    # Not app.main(): that parses sys.argv as worker options and exits the process when the worker
+    # Run as `flowbus worker` runs it (signal handling, logging, the start-up GC freeze); not
+    # app.main(), which parses sys.argv as worker options and exits the process when the worker
     # stops, before the figures below are printed.
-    asyncio.run(app.run())
+    run_worker(app, listen=None, timeout_s=TIMEOUT_S_DEFAULT, log_level="warning")
     print(f"distinct_words={progress['distinct']} app_id={app_id}", file=sys.stderr, flush=True)
     if progress["events"] < target:
         print(f"flowbus_wordcount: stopped after {progress['events']} of {target} events", file=sys.stderr)

@@ -21,8 +21,8 @@ from tests.support.broker_process import BrokerProcess
 PEERS = Path(__file__).resolve().parents[2] / "benchmarks" / "peers"
 sys.path.insert(0, str(PEERS))
 
-import run_peers  # noqa: E402
-import run_window_peers  # noqa: E402
+import run_peers
+import run_window_peers
 
 pytestmark = pytest.mark.timeout(180)
 
