@@ -390,11 +390,10 @@ def freeze_startup_objects() -> None:
     """Move what start-up built out of the cyclic collector's reach, as ``flowbus broker`` does.
 
     Modules, the app, its compiled dataflows, stores and clients live as long as the worker, and
-    every collection of the oldest generation walked them again while events flowed (the
-    effect on a windowed count is in docs/benchmarks.md). A young-generation collection first
-    frees what start-up left;
-    objects frozen are still freed by reference counting, and :func:`_run` unfreezes them when
-    the worker stops.
+    every collection of the oldest generation walked them again while events flowed (the effect
+    on a windowed count is in docs/benchmarks.md). A young-generation collection first frees what
+    start-up left; frozen objects are still freed by reference counting, and :func:`_run`
+    unfreezes them when the worker stops.
     """
     gc.collect(1)
     gc.freeze()
