@@ -471,7 +471,8 @@ class KafkaConsumer(Consumer):
         self._start_offsets: dict[TopicPartition, int] = {}
         """Where reading starts in a partition that returned nothing yet since it was assigned
         (librdkafka reports no position until a message is consumed): its committed offset,
-        or where ``auto.offset.reset`` points. Looked up once per assignment, on the poll thread."""
+        or where ``auto.offset.reset`` points. Looked up once per assignment, on the poll thread;
+        set by :meth:`seek` and :meth:`resume` (whose seek clears librdkafka's position too)."""
         self._offset_reset = str(config.get("auto.offset.reset", "latest"))
         self._in_rebalance = False
         self._pause_after_rebalance: list[KafkaTopicPartition] = []
@@ -691,8 +692,35 @@ class KafkaConsumer(Consumer):
             self._consumer.pause(parts)
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Resume, and seek each partition to its position so fetching starts at once.
+
+        librdkafka applies a resume without waking the thread that fetches from the partition's
+        broker; when every partition it fetches was paused, that thread sleeps up to 1 s (its
+        fixed idle wait) before it fetches again. A worker whose agent is slower than its polls
+        pauses at ``max_buffered_events`` and resumes at half of it, so each cycle stalled up to
+        1 s: a relay with ``max_buffered_events=20`` ran at ~40 events/s instead of ~200. A seek
+        to the position (where the resume fetches from anyway) makes the partition's fetch state
+        active again, which wakes that thread. The seek clears librdkafka's position until the
+        next message: :attr:`_start_offsets` keeps it for the caught-up notes meanwhile.
+        """
         parts = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
-        self._call(lambda: self._consumer.resume(parts))
+        if parts:
+            self._call(lambda: self._resume_now(parts))
+
+    def _resume_now(self, parts: list[KafkaTopicPartition]) -> None:
+        self._consumer.resume(parts)
+        try:
+            positions = self._consumer.position(parts)
+        except KafkaException:
+            return  # closing: nothing to wake
+        for found in positions:
+            if found.offset < 0:
+                continue  # nothing consumed yet: librdkafka starts the fetch itself
+            try:
+                self._consumer.seek(found)
+            except KafkaException:
+                continue  # revoked meanwhile: the resume alone is all there is to do
+            self._start_offsets[TopicPartition(found.topic, found.partition)] = found.offset
 
     async def commit(self, offsets: Mapping[TopicPartition, int], *, asynchronous: bool = False) -> None:
         parts = [KafkaTopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
@@ -707,8 +735,15 @@ class KafkaConsumer(Consumer):
             raise CommitError(str(exc)) from exc
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Read ``partition`` from ``offset`` on; librdkafka reports no position until the next
+        message, so :attr:`_start_offsets` says where reading starts meanwhile (an entry left by
+        :meth:`resume` would be stale)."""
         target = KafkaTopicPartition(partition.topic, partition.partition, offset)
         self._call(lambda: self._consumer.seek(target))
+        if offset >= 0:
+            self._start_offsets[partition] = offset
+        else:
+            self._start_offsets.pop(partition, None)
 
     async def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         parts = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
