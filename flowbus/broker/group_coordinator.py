@@ -83,6 +83,9 @@ log = logging.getLogger(__name__)
 #: Offsets deleted per ``__consumer_offsets`` batch (DeleteGroups, OffsetDelete): about 60 bytes
 #: a tombstone, so a batch stays far below the topic's record-batch size limit.
 TOMBSTONES_PER_BATCH = 1_000
+#: The ``client_host`` of the embedded transport's consumers (``embedded://``, ``memory://``):
+#: they live in the process of the core they join, so none outlives it (see :meth:`GroupCoordinator.finish_loading`).
+EMBEDDED_CLIENT_HOST = "embedded"
 
 
 class GroupState(Enum):
@@ -535,12 +538,25 @@ class GroupCoordinator:
     def finish_loading(self) -> None:
         """Start answering group requests (all offsets and groups are loaded).
 
-        Loaded members' sessions start now, so a long replay does not expire them.
+        Loaded members' sessions start now, so a long replay does not expire them. Except the
+        embedded transport's consumers (:data:`EMBEDDED_CLIENT_HOST`): they ran in the process of
+        the core that recorded them and ended with it (a crash, or that core closed), so nothing
+        will ever heartbeat for them; they expire at the first tick. Waiting out their session
+        (10 s) kept a worker restarted on its embedded data dir from getting its partitions back.
         """
         now_ms = self._clock.monotonic_ms()
         for group in self._groups.values():
             for member in group.members.values():
-                member.last_seen_ms = now_ms
+                if member.client_host == EMBEDDED_CLIENT_HOST:
+                    log.info(
+                        "member %s of group %s was an embedded consumer of the core that recorded it: "
+                        "it ended with that core, its session expires now",
+                        member.member_id,
+                        group.group_id,
+                    )
+                    member.last_seen_ms = now_ms - member.session_timeout_ms - 1
+                else:
+                    member.last_seen_ms = now_ms
         self.loading = False
 
     # -- membership ------------------------------------------------------------------------

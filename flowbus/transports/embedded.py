@@ -40,7 +40,11 @@ from flowbus.broker.core import (
     FetchRequestPartition,
 )
 from flowbus.broker.core import NewTopic as CoreNewTopic
-from flowbus.broker.group_coordinator import GroupConfig, OffsetToCommit
+from flowbus.broker.group_coordinator import (
+    EMBEDDED_CLIENT_HOST,
+    GroupConfig,
+    OffsetToCommit,
+)
 from flowbus.clock import SYSTEM_CLOCK, Clock
 from flowbus.log.errors import LogError
 from flowbus.log.manager import LOCK_FILE
@@ -659,7 +663,7 @@ class EmbeddedConsumer(Consumer):
             joined = await groups.join_group(
                 self._group_id, self._member_id, "consumer", [("range", meta), ("roundrobin", meta)],
                 session_timeout_ms=SESSION_TIMEOUT_MS, rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
-                client_id=self._client_id, client_host="embedded",
+                client_id=self._client_id, client_host=EMBEDDED_CLIENT_HOST,
             )
             code = joined.error_code
             if code == ErrorCode.MEMBER_ID_REQUIRED:
