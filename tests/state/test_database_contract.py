@@ -7,6 +7,8 @@ dict, and compares every read.
 
 from __future__ import annotations
 
+import gc
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,6 +148,22 @@ def test_items_in_unsigned_byte_order_within_bounds(
     if reverse:
         expected.reverse()
     assert list(db.items("a", start, end, reverse=reverse)) == [(k, b"v" + k) for k in expected]
+
+
+def test_a_bounded_scan_is_whole_while_its_caller_allocates(db: PartitionDatabase) -> None:
+    """The scan's upper bound outlives the call that made it: rocksdict reads it from memory it
+    does not own at every step, so a bound freed and reused by the caller's own allocations
+    ended a RocksDB scan after its first key."""
+    keys = [struct.pack(">Q", 1_000 + i) + b"k" for i in range(50)]
+    _fill(db, keys)
+    seen = []
+    kept = []
+    for key, _ in db.items("a", struct.pack(">Q", 0), struct.pack(">Q", 2_000)):
+        seen.append(key)
+        kept.extend([struct.pack(">Q", len(seen)) * 3, (len(seen), b"x" * 8), bytes(16)])  # reuse freed memory
+    assert seen == keys
+    gc.collect()
+    assert [k for k, _ in db.prefix_items("a", struct.pack(">Q", 1_000)[:6])] == keys
 
 
 @pytest.mark.parametrize("prefix", [b"", b"a", b"\xff", b"\xff\xff", b"\x00", b"ab", b"q"])
