@@ -12,10 +12,12 @@ three things per partition (:class:`WindowPartition`):
   crash is late after it, and a window closed before it is not opened again.
 * **A close index**, in a second store (``<table>#close``) written in the same batch as the
   data but not changelogged: ``close time ‖ store key``. Closing walks it from the last
-  watermark to the new one, so it costs what closes, never a scan of every key. Entries added
-  since the last commit are also kept in a heap, so they close before they reach the database.
-  An entry only says "look at this key at this time": an entry that finds nothing due is
-  dropped, which lets restore rebuild the index from every changelog record it replays.
+  watermark to the new one, so it costs what closes, never a scan of every key. Entries not in
+  the database yet are kept in memory in one bucket per close time (a heap of close times above
+  them), so they close before they reach the database, and a window opened and closed between
+  two commits costs two dict operations, not two heap operations on byte strings. An entry only
+  says "look at this key at this time": an entry that finds nothing due is dropped, which lets
+  restore rebuild the index from every changelog record it replays.
 * **Lateness**: records whose windows are all closed are counted (``late_records``) and handed
   to the step's late-record policy, never silently merged into a closed window.
 """
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from flowbus.state.base import PartitionDatabase
 
 _TIME = struct.Struct(">qq")
+
 NO_CLOSE_MS = TIME_MAX_MS
 """``next_close_ms`` of a partition with nothing to close."""
 INDEX_STORE_SUFFIX = "#close"
@@ -82,14 +85,17 @@ class WindowPartition(TablePartition):
     __slots__ = (
         "armed_stream_ms",
         "born_here",
-        "heap",
+        "close_times",
         "idle_armed",
         "idle_due_ms",
         "index_committing",
         "index_pending",
+        "new_index",
         "next_close_ms",
         "scan_from_ms",
         "seen_ms",
+        "stored_from_ms",
+        "taken_index",
         "stream_time_ms",
         "taken_time_ms",
         "time_dirty",
@@ -112,14 +118,25 @@ class WindowPartition(TablePartition):
         self.time_dirty = False
         self.time_written_ms = -1
         """Wall-clock time this process last sent the stream-time record (-1: not yet)."""
-        self.index_pending: dict[bytes, bytes | None] = {}
+        self.new_index: dict[int, dict[bytes, None]] = {}
+        """Index entries added since the last commit took the changes: close time -> store keys
+        (an ordered set). The commit that takes them writes them to the database."""
+        self.taken_index: dict[int, dict[bytes, None]] = {}
+        """Index entries the commit under way writes (in memory until it is stored)."""
+        self.close_times: list[int] = []
+        """Heap of the close times of :attr:`new_index` and :attr:`taken_index` (a time whose
+        buckets are gone is skipped when it comes up)."""
+        self.index_pending: dict[bytes, None] = {}
+        """Deletions of index entries in the database (or being written to it), since the last take."""
         self.index_committing: dict[bytes, bytes | None] = {}
+        """What the commit under way writes to the index store: new entries and deletions."""
         self.born_here: set[bytes] = set()
         """Store keys indexed since the last commit, among the entries :meth:`WindowedTable.due` took."""
-        self.heap: list[bytes] = []
-        """Index keys added and not yet in the database (smallest close time first)."""
         self.scan_from_ms = 0
         """The database's index is closed below this time already (entries there are stale)."""
+        self.stored_from_ms = 0
+        """No live entry of the database's index closes before this time (from the last scan and
+        the commits stored since): closing up to an earlier time needs no database scan."""
         self.next_close_ms = NO_CLOSE_MS
         self.seen_ms = 0
         """Monotonic time the last record of this partition was seen (for the idle close)."""
@@ -204,12 +221,23 @@ class WindowedTable(Table):
                 part.time_dirty = False
                 part.time_written_ms = now_ms
                 changes[TIME_KEY] = _TIME.pack(part.stream_time_ms, part.watermark_ms)
-            if part.index_pending:
-                if part.index_committing:
-                    part.index_committing.update(part.index_pending)
-                else:
-                    part.index_committing = part.index_pending
+            if part.index_pending or part.new_index:
+                writes: dict[bytes, bytes | None] = part.index_committing
+                writes.update(part.index_pending)
+                # A new entry wins over a deletion of the same entry: the deletion came first
+                # (closing an entry that is not in the database yet deletes nothing).
+                for close_ms, keys in part.new_index.items():
+                    prefix = index_key(close_ms, b"")
+                    for data_key in keys:
+                        writes[prefix + data_key] = b""
+                    taken = part.taken_index.get(close_ms)
+                    if taken is None:
+                        part.taken_index[close_ms] = keys
+                    else:
+                        taken.update(keys)
+                part.index_committing = writes
                 part.index_pending = {}
+                part.new_index = {}
         return changes
 
     def local_changes(self, partition: int) -> dict[str, dict[bytes, bytes | None]]:
@@ -222,22 +250,34 @@ class WindowedTable(Table):
     def changes_stored(self, partition: int) -> None:
         part = self.parts.get(partition)
         if isinstance(part, WindowPartition):
-            if part.index_committing:
-                stored = part.index_committing
-                part.index_committing = {}
-                heap = [k for k in part.heap if k not in stored]
-                if len(heap) != len(part.heap):
-                    heapq.heapify(heap)
-                    part.heap = heap
+            if part.taken_index:
+                # Now in the database: closing them is the database scan's job (the live ones
+                # are still open, so they close at or after scan_from_ms).
+                low = min(part.taken_index)
+                if low < part.stored_from_ms:
+                    part.stored_from_ms = max(low, part.scan_from_ms)
+                part.taken_index = {}
+            part.index_committing = {}
         super().changes_stored(partition)
 
     def changes_failed(self, partition: int) -> None:
         part = self.parts.get(partition)
         if isinstance(part, WindowPartition):
             part.time_dirty = True
-            if part.index_committing:
-                part.index_committing.update(part.index_pending)
-                part.index_pending, part.index_committing = part.index_committing, {}
+            # What the failed commit was to write goes back to pending: its deletions, and its
+            # new entries (closing them again deletes nothing, as for any entry not stored).
+            deletions = {ikey: None for ikey, added in part.index_committing.items() if added is None}
+            deletions.update(part.index_pending)
+            part.index_pending = deletions
+            part.index_committing = {}
+            for close_ms, keys in part.taken_index.items():
+                bucket = part.new_index.get(close_ms)
+                if bucket is None:
+                    part.new_index[close_ms] = keys
+                else:
+                    keys.update(bucket)
+                    part.new_index[close_ms] = keys
+            part.taken_index = {}
         super().changes_failed(partition)
 
     def restored_changes(self, changes: dict[bytes, bytes | None]) -> dict[str, dict[bytes, bytes | None]]:
@@ -291,60 +331,82 @@ class WindowedTable(Table):
         part.scan_from_ms = max(part.watermark_ms + 1, 0)
         for ikey, _ in part.db.items(self.index_store, None, index_bound(part.scan_from_ms)):
             part.index_pending[ikey] = None
+        part.stored_from_ms = part.scan_from_ms  # what restore wrote is not known: scan it
         part.next_close_ms = self._next_close(part)
 
     def _next_close(self, part: WindowPartition) -> int:
-        best = split_index_key(part.heap[0])[0] if part.heap else NO_CLOSE_MS
+        times, new, taken = part.close_times, part.new_index, part.taken_index
+        while times and times[0] not in new and times[0] not in taken:
+            heapq.heappop(times)  # its entries closed or reached the database
+        best = times[0] if times else NO_CLOSE_MS
+        if part.stored_from_ms >= best:
+            return best
         for ikey, _ in part.db.items(self.index_store, index_bound(part.scan_from_ms), index_bound(best)):
-            if part.index_pending.get(ikey, b"") is None or part.index_committing.get(ikey, b"") is None:
+            if ikey in part.index_pending or part.index_committing.get(ikey, b"") is None:
                 continue  # closed already; its deletion is not stored yet
-            return split_index_key(ikey)[0]
+            close_ms = split_index_key(ikey)[0]
+            part.stored_from_ms = close_ms
+            return close_ms
+        part.stored_from_ms = best
         return best
 
     def add_close(self, part: WindowPartition, close_ms: int, data_key: bytes) -> None:
         """Index ``data_key`` to be looked at when the watermark reaches ``close_ms``."""
-        ikey = index_key(close_ms, data_key)
-        if part.index_pending.get(ikey) == b"":
-            return
-        part.index_pending[ikey] = b""
-        heapq.heappush(part.heap, ikey)
+        bucket = part.new_index.get(close_ms)
+        if bucket is None:
+            bucket = part.new_index[close_ms] = {}
+            if close_ms not in part.taken_index:
+                heapq.heappush(part.close_times, close_ms)
+        bucket[data_key] = None
         if close_ms < part.next_close_ms:
             part.next_close_ms = close_ms
 
     def due(self, part: WindowPartition, upto_ms: int) -> list[tuple[int, bytes]]:
         """Take every index entry closing at or before ``upto_ms``: (close time, store key),
-        in close-time order; they are deleted from the index with the next commit.
+        in close-time order (store-key order within a close time); they are deleted from the
+        index with the next commit.
 
         ``part.born_here`` then holds the store keys whose entry was added since the last commit
         took the changes: a window among them was created since, so closing it can simply forget
         it (no tombstone for a record the changelog never got; a backfill or a catch-up, whose
         windows open and close between two commits, writes nothing of them at all)."""
-        found: set[bytes] = set()
-        bound = index_bound(upto_ms + 1)
-        if part.scan_from_ms <= upto_ms:
-            for ikey, _ in part.db.items(self.index_store, index_bound(part.scan_from_ms), bound):
-                found.add(ikey)
-            part.scan_from_ms = upto_ms + 1
-        heap = part.heap
-        while heap and heap[0] < bound:
-            found.add(heapq.heappop(heap))
-        pending, committing = part.index_pending, part.index_committing
         born = part.born_here
         born.clear()
-        out = []
-        for ikey in sorted(found):
-            added = pending.get(ikey, b"-")
-            if added is None or committing.get(ikey, b"") is None:
-                continue
-            entry = split_index_key(ikey)
-            if added == b"":
+        pending, committing = part.index_pending, part.index_committing
+        out: list[tuple[int, bytes]] = []
+        mixed = False
+        times, new, taken = part.close_times, part.new_index, part.taken_index
+        while times and times[0] <= upto_ms:
+            close_ms = heapq.heappop(times)
+            keys = new.pop(close_ms, None)
+            if keys is not None:
                 # Indexed since the last commit took the changes: neither the database nor the
-                # changelog has heard of this entry (nor, for a window, of its data).
-                del pending[ikey]
-                born.add(entry[1])
-            else:
-                pending[ikey] = None
-            out.append(entry)
+                # changelog has heard of these entries (nor, for a window, of its data).
+                born.update(keys)
+                out.extend([(close_ms, data_key) for data_key in sorted(keys)])
+            written = taken.pop(close_ms, None)
+            if written is not None:
+                # Being written by the commit under way: the next one deletes them.
+                prefix = index_key(close_ms, b"")
+                for data_key in written:
+                    pending[prefix + data_key] = None
+                    if keys is None or data_key not in keys:
+                        out.append((close_ms, data_key))
+                        mixed = True
+        if part.scan_from_ms <= upto_ms:
+            if part.stored_from_ms <= upto_ms:
+                fresh = set(out)
+                for ikey, _ in part.db.items(self.index_store, index_bound(part.scan_from_ms), index_bound(upto_ms + 1)):
+                    if ikey in pending or committing.get(ikey, b"") is None:
+                        continue  # closed already; its deletion is not stored yet
+                    pending[ikey] = None
+                    entry = split_index_key(ikey)
+                    if entry not in fresh:
+                        out.append(entry)
+                        mixed = True
+            part.scan_from_ms = upto_ms + 1
+        if mixed:
+            out.sort()
         part.next_close_ms = self._next_close(part)
         return out
 
