@@ -41,7 +41,7 @@ from flowbus.app_errors import AgentError, DecodeError
 from flowbus.context import current_source
 from flowbus.metrics.worker_stats import WorkerStats
 from flowbus.operators import compile_dataflows
-from flowbus.operators.steps import Emit, fan_out
+from flowbus.operators.steps import DirectSink, Emit, fan_out
 from flowbus.pages import member_client_id
 from flowbus.stream import Channel, Stream
 from flowbus.timers import run_crontab, run_timer
@@ -276,6 +276,10 @@ class Worker:
             else:
                 send_raw(None if key is None else encode_key(key), encode_value(value))
 
+        def send_encoded(key_bytes: bytes | None, value: Any, timestamp_ms: int) -> None:
+            send_raw(key_bytes, encode_value(value), timestamp_ms if timestamp_ms >= 0 else None)
+
+        send.direct = DirectSink(topic.key_codec, send_encoded)  # type: ignore[attr-defined]
         return send
 
     def call_at_ms(self, delay_ms: int, callback: Callable[[], None]) -> None:

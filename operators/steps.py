@@ -11,15 +11,39 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from flowbus.clock import Clock
+    from flowbus.serializers import Codec
     from flowbus.topic import Topic
     from flowbus.transports.base import TopicPartition
 
 Emit = Callable[[Any, Any], None]
 """A compiled step: called with (key, value)."""
+
+
+class DirectSink(NamedTuple):
+    """The way straight into the topic that ends a chain (``.to(topic)``), for what a step emits
+    outside any input record (a closing window's result): the step gives the timestamp, no
+    headers go out, and a key the step holds encoded as the topic's key codec would encode it is
+    passed as it is, not decoded to be encoded again. A runtime's sender may carry one as its
+    ``direct`` attribute; a step uses it only when its ``nxt`` is that sender (:func:`direct_sink`)."""
+
+    key_codec: Codec
+    send: Callable[[bytes | None, Any, int], None]
+    """``send(key_bytes, value, timestamp_ms)``: encodes the value and enqueues the record."""
+
+    def takes_keys_of(self, codec: Codec) -> bool:
+        """Whether keys encoded by ``codec`` are what this sink's key codec makes of them (the
+        same serializer and type: encoding what was decoded gives the same bytes back)."""
+        return codec.serializer is self.key_codec.serializer and codec.type_ is self.key_codec.type_
+
+
+def direct_sink(nxt: Emit) -> DirectSink | None:
+    """``nxt``'s :class:`DirectSink` when ``nxt`` sends to a topic and nothing else."""
+    sink = getattr(nxt, "direct", None)
+    return sink if isinstance(sink, DirectSink) else None
 
 
 def _drop(key: Any, value: Any) -> None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowbus.context import current_source
 from flowbus.operators.stateful import NoKeyError
-from flowbus.operators.steps import Emit, Runtime, Step
+from flowbus.operators.steps import Emit, Runtime, Step, direct_sink
 from flowbus.state.errors import PartitionNotOwnedError
 from flowbus.state.table import DELETED, MISSING
 from flowbus.state.windowed import NO_CLOSE_MS, WindowClock, WindowedTable, WindowPartition
@@ -415,8 +415,18 @@ class WindowStep(Step):
 
         set_source, reset_source = current_source.set, current_source.reset
 
+        sink = direct_sink(nxt)
+        # A chain ending here in .to(topic): results go straight to the topic, and a key stored
+        # in the sink's own encoding goes out as it is stored (not decoded and encoded again).
+        sink_send = sink.send if sink is not None else None
+        sink_encode_key = sink.key_codec.encode if sink is not None else None
+        raw_keys = sink is not None and sink.takes_keys_of(table.key_codec)
+
         def emit_at(start_ms: int, key: Any, value: Any, partition: int) -> None:
             """Pass a closed window's result on, stamped with the window start."""
+            if sink_send is not None:
+                sink_send(None if key is None else sink_encode_key(key), value, start_ms)  # type: ignore[misc]
+                return
             # tuple.__new__ skips NamedTuple's Python-level __new__ (once per closed window).
             token = set_source(new_tuple(Record, (source_topic, partition, -1, start_ms, None, None, ())))
             try:
@@ -440,6 +450,9 @@ class WindowStep(Step):
             table.closed_windows += 1
             if final:
                 key_bytes, start, end = split_window_key(data_key)
+                if raw_keys:
+                    sink_send(key_bytes, {"start": start, "end": end, "value": result(acc)}, start)  # type: ignore[misc]
+                    return
                 emit_at(start, decode_key(key_bytes), {"start": start, "end": end, "value": result(acc)},
                         part.partition)
 

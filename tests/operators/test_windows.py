@@ -62,6 +62,30 @@ def test_tumbling_final_emits_once_when_stream_time_passes_the_end(tmp_path: Pat
     run(app, body)
 
 
+@pytest.mark.parametrize("out_key", ["str", "json"], ids=["same key codec", "another key codec"])
+def test_final_results_sent_straight_to_the_topic_have_the_window_start_and_no_input_headers(
+    tmp_path: Path, out_key: str
+) -> None:
+    """A chain ending in .to(topic) right after the window gets the results without a pass
+    through the generic output (the window's stored key bytes go out as they are when the
+    topic encodes keys the same way): the same records as the generic path would send."""
+    app, events, _ = make_app(tmp_path)
+    out = app.topic("direct", key_type=str) if out_key == "str" else app.topic("direct", key_serializer="json")
+    app.stream(events).tumbling_window(10 * S).count().final().to(out)
+
+    async def body(t: TestContext) -> None:
+        await t.send(events, 1, key="ü-a", timestamp_ms=3 * S, headers={"trace": b"x"})
+        await t.send(events, 1, key="ü-a", timestamp_ms=4 * S, headers={"trace": b"y"})
+        await t.send(events, 1, key="ü-a", timestamp_ms=12 * S, headers={"trace": b"z"})
+        records = t.records(out)
+        assert [(r.key, r.timestamp_ms, r.headers) for r in records] == [
+            ("ü-a".encode() if out_key == "str" else b'"\xc3\xbc-a"', 0, ())
+        ]
+        assert t.items(out) == [("ü-a", {"start": 0, "end": 10 * S, "value": 2})]
+
+    run(app, body)
+
+
 def test_windows_are_per_key_and_per_partition_stream_time(tmp_path: Path) -> None:
     app, events, out = make_app(tmp_path)
     app.stream(events).tumbling_window(10 * S).count().final().to(out)
