@@ -36,6 +36,7 @@ from flowbus.state.table import DELETED, MISSING
 from flowbus.state.windowed import NO_CLOSE_MS, WindowClock, WindowedTable, WindowPartition
 from flowbus.state.windows import (
     _SPAN,
+    _U32,
     KIND_ENTRIES,
     KIND_SESSIONS,
     KIND_WINDOW,
@@ -46,7 +47,6 @@ from flowbus.state.windows import (
     WindowSpec,
     key_prefix,
     split_key,
-    split_window_key,
     window_key,
 )
 from flowbus.transports.base import Record, TopicPartition
@@ -439,22 +439,31 @@ class WindowStep(Step):
         # -- closing ------------------------------------------------------------------------
         lookup, decode_value = table.lookup, table.value_codec.decode
 
+        plain_result = type(agg).result is Aggregation.result  # the aggregate is the result
+        span_at = _SPAN.unpack_from
+        length_at = _U32.unpack_from
+
         def close_window(part: WindowPartition, close_ms: int, data_key: bytes) -> None:
-            acc = lookup(part, data_key, decode_value)
-            if acc is MISSING:
-                return
+            pending = part.pending
+            acc = pending.get(data_key, MISSING)  # a window closing soon after it opened
+            if acc is MISSING or acc is DELETED:
+                acc = lookup(part, data_key, decode_value)
+                if acc is MISSING:
+                    return
             if data_key in part.born_here:
-                del part.pending[data_key]  # opened and closed between two commits: nothing to undo
+                del pending[data_key]  # opened and closed between two commits: nothing to undo
             else:
-                part.pending[data_key] = DELETED
+                pending[data_key] = DELETED
             table.closed_windows += 1
             if final:
-                key_bytes, start, end = split_window_key(data_key)
+                # split_window_key, inlined (once per closed window)
+                end_of_key = 5 + length_at(data_key, 1)[0]
+                start, end = span_at(data_key, end_of_key)
+                value = {"start": start, "end": end, "value": acc if plain_result else result(acc)}
                 if raw_keys:
-                    sink_send(key_bytes, {"start": start, "end": end, "value": result(acc)}, start)  # type: ignore[misc]
+                    sink_send(data_key[5:end_of_key], value, start)  # type: ignore[misc]
                     return
-                emit_at(start, decode_key(key_bytes), {"start": start, "end": end, "value": result(acc)},
-                        part.partition)
+                emit_at(start, decode_key(data_key[5:end_of_key]), value, part.partition)
 
         def close_sessions(part: WindowPartition, close_ms: int, data_key: bytes) -> None:
             sessions = get(part, data_key)
@@ -504,7 +513,9 @@ class WindowStep(Step):
 
         # Closing what the watermark passed, and the idle close: shared with the faust-style
         # windowed tables (flowbus.state.window_tables).
-        window_clock = WindowClock(table, close_one, idle_ms=idle_ms)
+        # Tumbling and hopping stores hold windows only: no dispatch on the key's kind.
+        window_clock = WindowClock(table, close_window if isinstance(spec, Tumbling | Hopping) else close_one,
+                                   idle_ms=idle_ms)
         window_clock.start(runtime, lambda partition: [TopicPartition(source_topic, partition)])
         close_due, arm = window_clock.close_due, window_clock.arm
         rearm_ms = idle_ms if idle_ms is not None else NO_CLOSE_MS
@@ -537,6 +548,7 @@ class WindowStep(Step):
             size = spec.size_ms
             span = _SPAN.pack
             prefixes: dict[Any, bytes] = {}
+            counting = type(agg) is Count  # adds one per record: no calls to add() and keep()
 
             def tumbling_step(key: Any, value: Any) -> None:
                 prefix = prefixes.get(key)
@@ -576,7 +588,7 @@ class WindowStep(Step):
                     if acc is MISSING:
                         acc = initial()
                         add_close(part, close_ms, data_key)
-                acc = pending[data_key] = add(acc, keep(value))
+                acc = pending[data_key] = acc + 1 if counting else add(acc, keep(value))
                 if emit_current:
                     nxt(key, {"start": start, "end": start + size, "value": result(acc)})
                 if not part.idle_armed or part.stream_time_ms > part.armed_stream_ms + rearm_ms:
