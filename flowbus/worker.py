@@ -380,8 +380,11 @@ class Worker:
     def _make_runner(self, topic: Topic, head: Emit) -> Callable[[list[Record]], None]:
         decode_key = topic.key_codec.decode
         decode_value = topic.value_codec.decode
+        key_bytes_decode = topic.key_codec.decode_bytes
+        value_bytes_decode = topic.value_codec.decode_bytes
         handle = self.handle_error
         set_source = current_source.set
+        where = f"dataflow on {topic.name}"
 
         def run(records: list[Record]) -> None:
             # The source is each record itself (its partition for tables, its timestamp and
@@ -390,11 +393,16 @@ class Worker:
             try:
                 for record in records:
                     set_source(record)
+                    key, value = record.key, record.value
                     try:
-                        key = record.key
-                        head(None if key is None else decode_key(key), decode_value(record.value))
+                        try:
+                            key = None if key is None else key_bytes_decode(key)
+                            value = None if value is None else value_bytes_decode(value)
+                        except Exception:  # noqa: BLE001 - the codec's own decode says what is wrong
+                            key, value = decode_key(record.key), decode_value(record.value)
+                        head(key, value)
                     except Exception as exc:  # noqa: BLE001 - every failure goes to the error policy
-                        handle(exc, [record], f"dataflow on {topic.name}")
+                        handle(exc, [record], where)
             finally:
                 set_source(None)
 

@@ -166,3 +166,31 @@ def test_compiled_chain_is_plain_function_calls() -> None:
     for v in (-1, 1, 2):
         head(None, v)
     assert runtime.sent == [("out", None, 2), ("out", None, 4)]
+
+
+def test_undecodable_records_go_to_the_error_policy_as_decode_errors_and_the_rest_flows() -> None:
+    """A dataflow decodes keys and values with the C decoders directly; a record they refuse
+    still reaches the policy as the codec's DecodeError (not the decoder's own exception), and
+    null keys and values still arrive as None."""
+    app = App("decode", broker="memory://", error_policy="dead_letter")
+    src = app.topic("in", key_type=str)
+    seen: list[tuple[Any, Any]] = []
+    app.stream(src).update(lambda v: None).to(app.topic("out", key_type=str))
+    app.stream(src).map(lambda v: v).update(lambda v: seen.append(v))
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            await t.send_raw(src, b'{"n": 1}', key="ü".encode())
+            await t.send_raw(src, b'{"n": 2}', key=b"\xff\xfe")  # not UTF-8
+            await t.send_raw(src, b"{broken", key=b"k")  # not JSON
+            await t.send_raw(src, None, key=b"gone")  # a tombstone
+            await t.send_raw(src, b'"no key"', key=None)
+            assert t.items("out") == [("ü", {"n": 1}), ("gone", None), (None, "no key")]
+            assert seen == [{"n": 1}, None, "no key"]
+            dead = t.records(app.dead_letter_topic)
+            assert [(r.key, r.value) for r in dead] == [(b"\xff\xfe", b'{"n": 2}'), (b"k", b"{broken")]  # once each: one decode for both chains
+            assert {dict(r.headers)["flowbus.error.type"] for r in dead} == {b"DecodeError"}
+            messages = sorted(dict(r.headers)["flowbus.error.message"] for r in dead)
+            assert messages[0].startswith(b"json decode failed") and messages[-1].startswith(b"not UTF-8")
+
+    run(main())
