@@ -26,6 +26,10 @@ from flowbus.state.errors import PartitionNotOwnedError
 from flowbus.state.table import DELETED, MISSING, Table, TablePartition
 
 
+ENCODED_KEYS_MAX = 100_000
+"""String keys whose encoded bytes an aggregation step remembers (emptied when full)."""
+
+
 class NoKeyError(ValueError):
     """A stateful step got a record without a key (state is kept per key)."""
 
@@ -132,12 +136,28 @@ class AggregateStep(Step):
         locate = _partition_getter(table, f"{self.name} into {table.name!r}")
         decode = table.value_codec.decode
         lookup = Table.lookup
+        parts = table.parts
+        get_source = current_source.get
+        # Key bytes of recent keys: a key is encoded once, not once per record (emptied when full).
+        encoded: dict[Any, bytes] = {}
 
         def aggregate_step(key: Any, value: Any) -> None:
-            part, key_bytes = locate(key)
-            current = lookup(part, key_bytes, decode)
+            # locate(), inlined for the common case: a key seen before, its partition ready.
+            key_bytes = encoded.get(key) if type(key) is str else None
+            source = get_source()
+            part = parts.get(source.partition) if key_bytes is not None and source is not None else None
+            if part is None or not part.ready:
+                part, key_bytes = locate(key)
+                if type(key) is str:
+                    if len(encoded) >= ENCODED_KEYS_MAX:
+                        encoded.clear()
+                    encoded[key] = key_bytes
+            pending = part.pending
+            current = pending.get(key_bytes, MISSING)
+            if current is MISSING or current is DELETED:
+                current = lookup(part, key_bytes, decode)
             result = fn(initial() if current is MISSING else current, value)
-            part.pending[key_bytes] = result
+            pending[key_bytes] = result
             nxt(key, result)
 
         return aggregate_step

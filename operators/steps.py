@@ -143,6 +143,12 @@ class UpdateStep(Step):
 
     def compile(self, nxt: Emit, runtime: Runtime) -> Emit:
         fn = self.fn
+        if nxt is _drop:  # the end of the chain: nothing to pass the value to
+
+            def last_update_step(key: Any, value: Any) -> None:
+                fn(value)
+
+            return last_update_step
 
         def update_step(key: Any, value: Any) -> None:
             fn(value)
