@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from flowbus.transports.base import TopicPartition, TopicSpec
+from flowbus.transports.errors import ProduceError
 from flowbus.transports.kafka import KafkaTransport
 from tests.support.broker_process import BrokerProcess
 
@@ -100,5 +101,47 @@ def test_transactions_commit_offsets_and_records_atomically(broker: BrokerProces
             await c.close()
         await producer.close()
         await plain.close()
+
+    asyncio.run(main())
+
+
+def test_sender_for_passes_timestamp_headers_and_key_and_reports_failures(broker: BrokerProcess) -> None:
+    """The per-topic sender calls produce with positional arguments: each must land where the
+    keyword would have put it (timestamp, headers, the key partitioned like send()), and a
+    record the broker refuses must still fail the flush."""
+
+    async def main() -> None:
+        t = KafkaTransport(f"kafka://{broker.bootstrap}")
+        name = f"ks-{time.monotonic_ns()}"
+        await t.create_topics([TopicSpec(name, 3)])
+        producer = t.producer()
+        send = producer.sender_for(name)
+        for i in range(12):
+            send(b"key-%d" % (i % 4), b"v%d" % i, 1_600_000_000_000 + i, (("h", b"%d" % i),) if i % 2 else ())
+        send(None, b"now")
+        reference = [producer.send(name, b"ref", b"key-%d" % k) for k in range(4)]
+        await producer.flush()
+        partition_of = {b"key-%d" % k: (await f).partition for k, f in enumerate(reference)}
+        assert producer.records_sent_by_topic[name] == 17
+        consumer = t.consumer(None)
+        consumer.assign([TopicPartition(name, p) for p in range(3)])
+        got = []
+        deadline = time.monotonic() + 20
+        while len(got) < 17 and time.monotonic() < deadline:
+            got += await consumer.poll_batch(100, 100)
+        sent = sorted((r for r in got if r.value not in (b"ref", b"now")), key=lambda r: r.timestamp_ms)
+        assert [r.value for r in sent] == [b"v%d" % i for i in range(12)]
+        assert [r.timestamp_ms for r in sent] == [1_600_000_000_000 + i for i in range(12)]
+        assert [r.headers for r in sent] == [(("h", b"%d" % i),) if i % 2 else () for i in range(12)]
+        assert all(r.partition == partition_of[r.key] for r in sent), "the key decides the partition"
+        now = next(r for r in got if r.value == b"now")
+        assert now.key is None and abs(now.timestamp_ms - time.time() * 1000) < 60_000
+        small = f"{name}-small"
+        await t.create_topics([TopicSpec(small, 1, config={"max.message.bytes": "1000"})])
+        producer.sender_for(small)(b"big", b"x" * 5_000)  # over that topic's max.message.bytes
+        with pytest.raises(ProduceError, match="too large"):
+            await producer.flush()
+        await consumer.close()
+        await producer.close()
 
     asyncio.run(main())
