@@ -69,6 +69,11 @@ MAX_POLL_RECORDS = 2_000
 """Records per poll; also the most a full channel can overshoot its limit by, since a polled
 batch is always delivered whole (pausing stops the *next* fetch, nothing is ever dropped)."""
 POLL_TIMEOUT_MS = 100
+TRANSACTION_LINGER_MS = 1
+"""The transactional producer's linger (5 ms otherwise): every commit waits for what is still
+lingering to be sent and acknowledged, and under exactly-once a busy worker commits ten times a
+second. Measured on 200,000 windowed clicks over kafka:// (medians of 6 interleaved runs): the
+commits' flushes took 46 ms in all instead of 84 ms, and the run 295k clicks/s instead of 281k."""
 AGENT_RESTARTS_WITHOUT_PROGRESS_MAX = 10
 """An agent that keeps failing outside any event is stopped after this many restarts in a row."""
 
@@ -211,7 +216,7 @@ class Worker:
             tid = self.txn_slot.transactional_id
         self.transactional_id = tid
         log.info("exactly-once with transactional id %s", tid)
-        self.producer = self.transport.producer(transactional_id=tid)
+        self.producer = self.transport.producer(transactional_id=tid, linger_ms=TRANSACTION_LINGER_MS)
         await self.producer.init_transactions()
         if self.txn_slot is not None and self.txn_slot.orphaned:
             log.info("transactional id %s: ended what its previous worker (dead) left open", tid)
