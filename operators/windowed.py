@@ -64,6 +64,8 @@ IDLE_MS_DEFAULT = 5_000
 the wall clock; ``App(window_idle_ms=...)`` or ``idle_ms=`` on a window changes it."""
 PREFIX_CACHE_KEYS_MAX = 100_000
 """Keys whose store-key prefix a tumbling window step remembers (emptied when full)."""
+SPAN_CACHE_MAX = 1_024
+"""Window starts whose encoded span a tumbling window step remembers (emptied when full)."""
 
 
 # -- aggregations ----------------------------------------------------------------------------
@@ -549,6 +551,8 @@ class WindowStep(Step):
             span = _SPAN.pack
             prefixes: dict[Any, bytes] = {}
             counting = type(agg) is Count  # adds one per record: no calls to add() and keep()
+            spans: dict[int, bytes] = {}
+            """Encoded (start, end) of recent window starts: one struct.pack per window start."""
 
             def tumbling_step(key: Any, value: Any) -> None:
                 prefix = prefixes.get(key)
@@ -579,15 +583,24 @@ class WindowStep(Step):
                 if close_ms <= part.watermark_ms:
                     late(key, value, t, part)
                     return
-                data_key = prefix + span(start, start + size)
+                suffix = spans.get(start)
+                if suffix is None:
+                    if len(spans) >= SPAN_CACHE_MAX:
+                        spans.clear()
+                    suffix = spans[start] = span(start, start + size)
+                data_key = prefix + suffix
                 pending = part.pending
                 acc = pending.get(data_key, MISSING)
                 if acc is MISSING:
                     if start <= part.taken_time_ms:  # else no commit has seen this window: it is new
                         acc = lookup(part, data_key, decode_value)
                     if acc is MISSING:
-                        acc = initial()
-                        add_close(part, close_ms, data_key)
+                        acc = 0 if counting else initial()
+                        bucket = part.new_index.get(close_ms)
+                        if bucket is not None:
+                            bucket[data_key] = None  # add_close, inlined: its close time is indexed
+                        else:
+                            add_close(part, close_ms, data_key)
                 acc = pending[data_key] = acc + 1 if counting else add(acc, keep(value))
                 if emit_current:
                     nxt(key, {"start": start, "end": start + size, "value": result(acc)})
