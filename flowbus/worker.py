@@ -281,10 +281,7 @@ class Worker:
             else:
                 send_raw(None if key is None else encode_key(key), encode_value(value))
 
-        def send_encoded(key_bytes: bytes | None, value: Any, timestamp_ms: int) -> None:
-            send_raw(key_bytes, encode_value(value), timestamp_ms if timestamp_ms >= 0 else None)
-
-        send.direct = DirectSink(topic.key_codec, send_encoded)  # type: ignore[attr-defined]
+        send.direct = DirectSink(topic.key_codec, encode_value, send_raw)  # type: ignore[attr-defined]
         return send
 
     def call_at_ms(self, delay_ms: int, callback: Callable[[], None]) -> None:

@@ -31,8 +31,10 @@ class DirectSink(NamedTuple):
     ``direct`` attribute; a step uses it only when its ``nxt`` is that sender (:func:`direct_sink`)."""
 
     key_codec: Codec
-    send: Callable[[bytes | None, Any, int], None]
-    """``send(key_bytes, value, timestamp_ms)``: encodes the value and enqueues the record."""
+    encode_value: Callable[[Any], bytes | None]
+    """The topic's value encoder."""
+    send_raw: Callable[[bytes | None, bytes | None, int], None]
+    """``send_raw(key_bytes, value_bytes, timestamp_ms)`` (a time of at least 0) enqueues the record."""
 
     def takes_keys_of(self, codec: Codec) -> bool:
         """Whether keys encoded by ``codec`` are what this sink's key codec makes of them (the

@@ -420,14 +420,15 @@ class WindowStep(Step):
         sink = direct_sink(nxt)
         # A chain ending here in .to(topic): results go straight to the topic, and a key stored
         # in the sink's own encoding goes out as it is stored (not decoded and encoded again).
-        sink_send = sink.send if sink is not None else None
+        sink_send = sink.send_raw if sink is not None else None
         sink_encode_key = sink.key_codec.encode if sink is not None else None
+        sink_encode_value = sink.encode_value if sink is not None else None
         raw_keys = sink is not None and sink.takes_keys_of(table.key_codec)
 
         def emit_at(start_ms: int, key: Any, value: Any, partition: int) -> None:
             """Pass a closed window's result on, stamped with the window start."""
             if sink_send is not None:
-                sink_send(None if key is None else sink_encode_key(key), value, start_ms)  # type: ignore[misc]
+                sink_send(None if key is None else sink_encode_key(key), sink_encode_value(value), start_ms)  # type: ignore[misc]
                 return
             # tuple.__new__ skips NamedTuple's Python-level __new__ (once per closed window).
             token = set_source(new_tuple(Record, (source_topic, partition, -1, start_ms, None, None, ())))
@@ -463,7 +464,7 @@ class WindowStep(Step):
                 start, end = span_at(data_key, end_of_key)
                 value = {"start": start, "end": end, "value": acc if plain_result else result(acc)}
                 if raw_keys:
-                    sink_send(data_key[5:end_of_key], value, start)  # type: ignore[misc]
+                    sink_send(data_key[5:end_of_key], sink_encode_value(value), start)  # type: ignore[misc]
                     return
                 emit_at(start, decode_key(data_key[5:end_of_key]), value, part.partition)
 
