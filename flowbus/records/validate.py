@@ -95,8 +95,8 @@ def _max_timestamp_delta(data: bytes | bytearray | memoryview, pos: int, end: in
     """Walk the records filling ``data[pos:end]``; the largest timestamp delta (None if none).
 
     The hot loop of every append, so written for CPython: one- and two-byte varints (record
-    lengths up to 8191, deltas up to +-8191 ms) are decoded inline, with the one-byte zigzag
-    values looked up in a tuple; longer ones call :mod:`flowbus.records.varint`. It runs at
+    lengths up to 8191, deltas up to +-8191 ms) and three-byte deltas are decoded inline, with
+    the one-byte zigzag values looked up in a tuple; longer ones call :mod:`flowbus.records.varint`. It runs at
     most once per MIN_RECORD_BYTES of the blob (each pass moves that far or raises), and the
     number of records must equal ``count``.
     """
@@ -122,6 +122,11 @@ def _max_timestamp_delta(data: bytes | bytearray | memoryview, pos: int, end: in
                 delta = zigzag[b]
             elif (b2 := data[pos + 2]) < 0x80:
                 b = (b & 0x7F) | (b2 << 7)
+                delta = (b >> 1) ^ -(b & 1)
+            elif (b3 := data[pos + 3]) < 0x80:
+                # Three bytes: deltas up to +-1,048,575 ms, as in a batch of records stamped with
+                # their event times (a window's results carry its start, spread over minutes).
+                b = (b & 0x7F) | ((b2 & 0x7F) << 7) | (b3 << 14)
                 delta = (b >> 1) ^ -(b & 1)
             else:
                 delta, _ = decode_varlong(data, pos + 1)

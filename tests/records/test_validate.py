@@ -28,6 +28,11 @@ def with_max_timestamp(batch: bytes, max_timestamp: int) -> bytearray:
 @settings(max_examples=60, deadline=None)
 @example(shifts=[0], codec=Codec.NONE, claimed=T0)  # the producer's value is right
 @example(shifts=[5, 1, 3], codec=Codec.NONE, claimed=-1)  # sarama 1.22
+# deltas at the edges of one-, two-, three- and four-byte zigzag varints, both signs
+@example(shifts=[0, 63, -64, 64, 8191, -8192, 8192, -8193, 1_048_575, -1_048_576], codec=Codec.NONE, claimed=T0)
+@example(shifts=[0, -1_048_576, 1_048_575], codec=Codec.NONE, claimed=T0)
+@example(shifts=[0, 1_048_576, -1_048_577, 20_000], codec=Codec.NONE, claimed=-1)
+@example(shifts=[-1_048_577, -1_048_576, -8193], codec=Codec.NONE, claimed=T0)
 @given(
     shifts=st.lists(st.integers(-(10**9), 10**12), min_size=1, max_size=40),
     codec=st.sampled_from(list(Codec)),
