@@ -230,6 +230,11 @@ _LEADER_UNKNOWN_CODES = frozenset(
 """Codes of a list-offsets call made while the partition's leader is not known (yet): retried."""
 WATERMARKS_RETRY_S = 0.2
 START_LOOKUP_TIMEOUT_S = 2.0
+START_LOOKUP_DELAY_S = 0.5
+"""A partition assigned less than this long ago that returned nothing yet is noted "not caught
+up" without the start-offset lookup: on a flowing stream its first records come before then, and
+the lookup's round trips (the committed offset, then each partition's watermarks) held the poll
+thread, and so the worker's first records, for ~300 ms after every assignment."""
 """Limit of the one committed-offset lookup a consumer makes for a partition that returned
 nothing since it was assigned (to tell whether it is caught up); a failed lookup is retried
 after the next poll."""
@@ -482,6 +487,8 @@ class KafkaConsumer(Consumer):
         or where ``auto.offset.reset`` points. Looked up once per assignment, on the poll thread;
         set by :meth:`seek` and :meth:`resume` (whose seek clears librdkafka's position too)."""
         self._offset_reset = str(config.get("auto.offset.reset", "latest"))
+        self._assigned_at: dict[TopicPartition, float] = {}
+        """When each assigned partition was assigned (monotonic s): see START_LOOKUP_DELAY_S."""
         self._in_rebalance = False
         self._pause_after_rebalance: list[KafkaTopicPartition] = []
         self._calls_lock = threading.Lock()
@@ -525,8 +532,10 @@ class KafkaConsumer(Consumer):
     def _assign_cb(self, consumer: Any, partitions: list[KafkaTopicPartition]) -> None:
         tps = [TopicPartition(p.topic, p.partition) for p in partitions]
         self._assignment.extend(tp for tp in tps if tp not in self._assignment)
+        assigned_at = time.monotonic()
         for tp in tps:
             self._start_offsets.pop(tp, None)
+            self._assigned_at[tp] = assigned_at
         if self._on_assigned is None:
             return
         # Assign now (instead of letting confluent-kafka do it after this callback), so partitions
@@ -550,6 +559,7 @@ class KafkaConsumer(Consumer):
         self._assignment = [tp for tp in self._assignment if tp not in tps]
         for tp in tps:
             self._start_offsets.pop(tp, None)
+            self._assigned_at.pop(tp, None)
 
     def subscribe(
         self,
@@ -626,15 +636,16 @@ class KafkaConsumer(Consumer):
             try:
                 positions = self._consumer.position([KafkaTopicPartition(tp.topic, tp.partition) for tp in assignment])
                 unknown: list[tuple[TopicPartition, int]] = []
+                lookup_before = time.monotonic() - START_LOOKUP_DELAY_S
                 for found in positions:
                     tp = TopicPartition(found.topic, found.partition)
                     _, high = self._consumer.get_watermark_offsets(found, cached=True)
                     if found.offset >= 0:
                         at_end[tp] = 0 <= high <= found.offset
-                    elif high >= 0:
+                    elif high >= 0 and (tp in self._start_offsets or self._assigned_at.get(tp, 0.0) <= lookup_before):
                         unknown.append((tp, high))
                     else:
-                        at_end[tp] = False  # no fetch response yet
+                        at_end[tp] = False  # no fetch response yet, or assigned just now (its records may be coming)
                 if unknown:
                     starts = self._starts([tp for tp, _ in unknown])
                     for tp, high in unknown:
