@@ -17,7 +17,10 @@ clicks keyed by user, results ``{"start", "end", "value"}`` keyed by user. Print
 
    * busy stream: ``--rate`` clicks/s for ``--busy-s`` seconds; a window's latency is from when the
      first click at or after its end + grace was sent on its partition (stream time passes the
-     close time) to when its result was read;
+     close time) to when its result was read. Windows closing in the first ``--warmup-s`` seconds
+     are reported apart (``warm-up``): the worker's consumer is still starting then (its offset
+     lookups and first fetch, ~0.6 s after the assignment on kafka://), which is start-up, not a
+     busy stream;
    * idle stream: ``--cycles`` bursts, each sent in the last 300-100 ms of a window, then silence;
      the latency is from the window's end + grace to when its result was read. The idle close
      (``--idle-ms``, the partition caught up and quiet) decides, so expect about the idle time.
@@ -262,16 +265,28 @@ class BusySent:
     partition_of: list[int]
     sent: list[list[int]]
     wanted: set[tuple[bytes, int]]
+    started_ms: int = 0
+    """Wall-clock time the first click was sent."""
 
-    def latencies(self, reader: Reader) -> Latencies:
+    def latencies(self, reader: Reader, warmup_ms: int = 0) -> tuple[Latencies, Latencies]:
         """From the first click at or after a window's end on its partition (grace is 0) to the
-        result; windows with no later click on their partition closed idle and are left out."""
-        out = Latencies()
+        result; windows with no later click on their partition closed idle and are left out.
+        Returns (windows closing after the first ``warmup_ms``, those closing before)."""
+        out, early = Latencies(), Latencies()
         closes: set[tuple[int, int]] = set()
+        early_closes: set[tuple[int, int]] = set()
         for key, end in self.wanted:
             p = self.partition_of[int(key[1:])]
             at = bisect_left(self.sent[p], end)
             if at == len(self.sent[p]):
+                continue
+            if end < self.started_ms + warmup_ms:
+                early_closes.add((p, end))
+                reads = reader.seen.get((key, end))
+                if reads:
+                    early.samples.append(reads[0] - self.sent[p][at])
+                else:
+                    early.missing += 1
                 continue
             closes.add((p, end))
             reads = reader.seen.get((key, end))
@@ -281,7 +296,8 @@ class BusySent:
             out.repeated += len(reads) - 1
             out.samples.append(reads[0] - self.sent[p][at])
         out.windows = len(closes)
-        return out
+        early.windows = len(early_closes)
+        return out, early
 
 
 async def busy_phase(producer_transport: Transport, topic: str, args: argparse.Namespace,
@@ -290,7 +306,7 @@ async def busy_phase(producer_transport: Transport, topic: str, args: argparse.N
     producer = producer_transport.producer()
     keys = user_keys(args.users)
     partition_of = [partition_for_key(k, PARTITIONS) for k in keys]
-    out = BusySent(partition_of, [[] for _ in range(PARTITIONS)], set())
+    out = BusySent(partition_of, [[] for _ in range(PARTITIONS)], set(), started_ms=now_ms())
     window = args.latency_window_ms
     tick_s = 0.01
     per_tick = args.rate * tick_s
@@ -356,7 +372,7 @@ async def idle_phase(producer_transport: Transport, reader: Reader, topic: str, 
 
 
 async def bench_latency(place: str, guarantee: str, args: argparse.Namespace, work: Path,
-                        kafka_bootstrap: str | None) -> tuple[Latencies, Latencies]:
+                        kafka_bootstrap: str | None) -> tuple[Latencies, Latencies, Latencies]:
     from flowbus.transports.kafka import KafkaTransport
     from tests.support.broker_process import free_port
 
@@ -383,7 +399,8 @@ async def bench_latency(place: str, guarantee: str, args: argparse.Namespace, wo
         finally:
             stop.set()
             await reading
-        return sent.latencies(reader), idle
+        busy, warmup = sent.latencies(reader, int(args.warmup_s * 1000))
+        return busy, warmup, idle
     except Exception:
         print(f"worker log ({child.log_path}):\n{child.log_tail()}", file=sys.stderr)
         raise
@@ -409,6 +426,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guarantees", default="at_least_once,exactly_once")
     parser.add_argument("--rate", type=int, default=2_000, help="clicks/s of the busy stream and in bursts")
     parser.add_argument("--busy-s", type=float, default=20.0)
+    parser.add_argument("--warmup-s", type=float, default=2.0,
+                        help="busy windows closing this soon after the first click are reported apart (start-up)")
     parser.add_argument("--cycles", type=int, default=10, help="idle-stream bursts")
     parser.add_argument("--idle-ms", type=int, default=1_000, help="App(window_idle_ms=...) of the latency runs")
     parser.add_argument("--latency-window-ms", type=int, default=1_000)
@@ -465,9 +484,11 @@ async def main(args: argparse.Namespace) -> None:
                       f"idle: {args.cycles} bursts, each ending {BURST_MS[1]} ms before a window's end")
                 for place in places:
                     for guarantee in guarantees:
-                        busy, idle = await bench_latency(place, guarantee, args, tmp,
-                                                         broker.bootstrap if broker else None)
+                        busy, warmup, idle = await bench_latency(place, guarantee, args, tmp,
+                                                                 broker.bootstrap if broker else None)
                         print(f"  {place:9} {guarantee:14} busy: {busy.text()}", flush=True)
+                        print(f"  {place:9} {guarantee:14} warm-up (first {args.warmup_s:g} s): {warmup.text()}",
+                              flush=True)
                         print(f"  {place:9} {guarantee:14} idle: {idle.text()}", flush=True)
         finally:
             if broker is not None:
