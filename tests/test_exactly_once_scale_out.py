@@ -60,6 +60,8 @@ TXN_ID_TEXT = "exactly-once with transactional id "
 """What a worker logs at start."""
 MARKER_HELD_S = 2.0
 """How long the test checks that the orphaned transactions really hold read_committed readers."""
+LOG_LINE_WAIT_S = 10.0
+"""How long the worker may take to log what the reader already saw (a bound, not a wait)."""
 
 APP_MODULE = textwrap.dedent(
     """
@@ -398,8 +400,14 @@ def test_transactions_left_open_by_killed_workers_end_when_a_worker_starts(
         workers.check_alive()
         assert seen, f"the orphaned transactions still hold readers after {took:.1f} s\n{workers.tails()}"
         assert took < TRANSACTION_TIMEOUT_S / 2
+        # The reader sees the marker as soon as the broker ends slot 1's transaction; the worker
+        # logs it once its InitProducerId answer is back, a moment later.
+        wanted = ("ended what its previous worker (dead) left open", "ended what its worker (dead) left open")
+        deadline = time.monotonic() + LOG_LINE_WAIT_S
+        while not all(text in workers.log(0) for text in wanted) and time.monotonic() < deadline:
+            time.sleep(0.05)
         log = workers.log(0)
-        assert "ended what its previous worker (dead) left open" in log and "ended what its worker (dead) left open" in log
+        assert all(text in log for text in wanted), log
         workers.stop()
     finally:
         workers.kill_all()
