@@ -144,8 +144,10 @@ class AggregateStep(Step):
         def aggregate_step(key: Any, value: Any) -> None:
             # locate(), inlined for the common case: a key seen before, its partition ready.
             key_bytes = encoded.get(key) if type(key) is str else None
-            source = get_source()
-            part = parts.get(source.partition) if key_bytes is not None and source is not None else None
+            part = None
+            if key_bytes is not None:
+                source = get_source()
+                part = parts.get(source.partition) if source is not None else None
             if part is None or not part.ready:
                 part, key_bytes = locate(key)
                 if type(key) is str:

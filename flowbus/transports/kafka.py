@@ -230,14 +230,14 @@ _LEADER_UNKNOWN_CODES = frozenset(
 """Codes of a list-offsets call made while the partition's leader is not known (yet): retried."""
 WATERMARKS_RETRY_S = 0.2
 START_LOOKUP_TIMEOUT_S = 2.0
+"""Limit of the one committed-offset lookup a consumer makes for a partition that returned
+nothing since it was assigned (to tell whether it is caught up); a failed lookup is retried
+after the next poll."""
 START_LOOKUP_DELAY_S = 0.5
 """A partition assigned less than this long ago that returned nothing yet is noted "not caught
 up" without the start-offset lookup: on a flowing stream its first records come before then, and
 the lookup's round trips (the committed offset, then each partition's watermarks) held the poll
 thread, and so the worker's first records, for ~300 ms after every assignment."""
-"""Limit of the one committed-offset lookup a consumer makes for a partition that returned
-nothing since it was assigned (to tell whether it is caught up); a failed lookup is retried
-after the next poll."""
 _UNKNOWN_TOPIC_CODES = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION})
 
 #: Kafka's group state names (what ``kafka-consumer-groups`` prints) by librdkafka's enum name.
