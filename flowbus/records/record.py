@@ -22,15 +22,16 @@ raise ``IndexError``, ``struct.error`` or ``UnicodeDecodeError``, or loop for lo
 input is long.
 
 The hot loop inlines the one- and two-byte cases of every varint (values up to +-8191:
-deltas within a batch, lengths of ordinary keys and values) and calls
-:mod:`flowbus.records.varint` only for longer ones; a function call per field would cost
-more than the rest of the record's decoding.
+deltas within a batch, lengths of ordinary keys and values), and the three-byte case of the
+deltas (the records after the 8,192nd of a large batch, timestamps spread over minutes); it
+calls :mod:`flowbus.records.varint` only for longer ones. A function call per field would
+cost more than the rest of the record's decoding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from flowbus.records.compression import MAX_DECOMPRESSED_BYTES, Codec, decompress
 from flowbus.records.errors import CorruptRecordError, UnsupportedCompressionError
@@ -68,11 +69,22 @@ _new_record = tuple.__new__  # skips NamedTuple's Python-level __new__: 3x faste
 
 
 def decode_batch(
-    buf: bytes | bytearray | memoryview, pos: int = 0, *, max_bytes: int = MAX_DECOMPRESSED_BYTES
-) -> tuple[BatchHeader, list[Record]]:
+    buf: bytes | bytearray | memoryview,
+    pos: int = 0,
+    *,
+    max_bytes: int = MAX_DECOMPRESSED_BYTES,
+    record_type: type[Any] = Record,
+    leading_fields: tuple[Any, ...] = (),
+    null_header_value: bytes | None = None,
+) -> tuple[BatchHeader, list[Any]]:
     """Decode the batch at ``pos``: its header and all its records.
 
     ``max_bytes`` caps the decompressed records blob (see :mod:`flowbus.records.compression`).
+
+    A consumer with its own record type builds it in the same pass, rather than copying every
+    :class:`Record` into it: each record is then a ``record_type`` tuple of ``leading_fields``
+    (a transport's topic and partition) followed by offset, timestamp, key, value and headers,
+    with ``null_header_value`` for a null header value.
 
     Raises:
         CorruptRecordError: bad CRC, truncated batch, malformed or inconsistent records.
@@ -106,7 +118,7 @@ def decode_batch(
         raise CorruptRecordError(
             f"record_count {header.record_count} cannot fit in a records blob of {len(data)} bytes"
         )
-    records = _decode_records(data, header)
+    records = _decode_records(data, header, record_type, leading_fields, null_header_value)
     if header.is_log_append_time:
         # Consumers report the broker's append time (max_timestamp) for every record of a
         # LogAppendTime batch; rare enough to fix up after the hot loop rather than in it.
@@ -133,14 +145,15 @@ def iter_records(buf: bytes | bytearray | memoryview, *, max_bytes: int = MAX_DE
         pos += header.size_bytes
 
 
-def _decode_records(data: bytes, header: BatchHeader) -> list[Record]:
+def _decode_records(
+    data: bytes, header: BatchHeader, cls: type[Any], leading: tuple[Any, ...], null_header_value: bytes | None
+) -> list[Any]:
     """The hot loop: decode ``header.record_count`` records filling ``data`` exactly."""
     base_offset = header.base_offset
     base_timestamp = header.base_timestamp
     last_offset_delta = header.last_offset_delta
     new = _new_record
-    cls = Record
-    records: list[Record] = []
+    records: list[Any] = []
     append = records.append
     end = len(data)
     pos = 0
@@ -172,6 +185,11 @@ def _decode_records(data: bytes, header: BatchHeader) -> list[Record]:
                 b = (b & 0x7F) | (b2 << 7)
                 timestamp_delta = (b >> 1) ^ -(b & 1)
                 pos += 2
+            elif (b3 := data[pos + 2]) < 0x80:
+                # Three bytes: up to +-1,048,575 ms (records stamped with event times).
+                b = (b & 0x7F) | ((b2 & 0x7F) << 7) | (b3 << 14)
+                timestamp_delta = (b >> 1) ^ -(b & 1)
+                pos += 3
             else:
                 timestamp_delta, pos = decode_varlong(data, pos)
             # offsetDelta
@@ -183,6 +201,11 @@ def _decode_records(data: bytes, header: BatchHeader) -> list[Record]:
                 b = (b & 0x7F) | (b2 << 7)
                 offset_delta = (b >> 1) ^ -(b & 1)
                 pos += 2
+            elif (b3 := data[pos + 2]) < 0x80:
+                # Three bytes: the records after the 8,192nd of a batch (a large fetch's batches).
+                b = (b & 0x7F) | ((b2 & 0x7F) << 7) | (b3 << 14)
+                offset_delta = (b >> 1) ^ -(b & 1)
+                pos += 3
             else:
                 offset_delta, pos = decode_varint(data, pos)
             if offset_delta <= prev_offset_delta or offset_delta > last_offset_delta:
@@ -233,21 +256,11 @@ def _decode_records(data: bytes, header: BatchHeader) -> list[Record]:
                 headers: tuple[RecordHeader, ...] = ()
                 pos += 1
             else:
-                headers, pos = _decode_headers(data, pos, record_end)
+                headers, pos = _decode_headers(data, pos, record_end, null_header_value)
             if pos != record_end:
                 raise CorruptRecordError(f"record fields end at {pos} but its length says {record_end}")
-            append(
-                new(
-                    cls,
-                    (
-                        base_offset + offset_delta,
-                        base_timestamp + timestamp_delta,
-                        key,
-                        value,
-                        headers,
-                    ),
-                )
-            )
+            # () + t is t itself: no copy for a plain Record.
+            append(new(cls, leading + (base_offset + offset_delta, base_timestamp + timestamp_delta, key, value, headers)))
     except IndexError:
         raise CorruptRecordError(f"records blob of {end} bytes ends inside a record") from None
     if pos != end:
@@ -255,8 +268,11 @@ def _decode_records(data: bytes, header: BatchHeader) -> list[Record]:
     return records
 
 
-def _decode_headers(data: bytes, pos: int, record_end: int) -> tuple[tuple[RecordHeader, ...], int]:
-    """Decode a header count and the headers of one record; ``record_end`` bounds the count."""
+def _decode_headers(
+    data: bytes, pos: int, record_end: int, null_value: bytes | None = None
+) -> tuple[tuple[RecordHeader, ...], int]:
+    """Decode a header count and the headers of one record; ``record_end`` bounds the count;
+    a null value is given as ``null_value``."""
     count, pos = decode_varint(data, pos)
     if count < 0 or count * MIN_HEADER_BYTES > record_end - pos:
         raise CorruptRecordError(f"record header count {count} does not fit the record")
@@ -277,7 +293,7 @@ def _decode_headers(data: bytes, pos: int, record_end: int) -> tuple[tuple[Recor
             header_value: bytes | None = data[pos : pos + size]
             pos += size
         elif size == -1:
-            header_value = None
+            header_value = null_value
         else:
             raise CorruptRecordError(f"record header value length {size} is negative")
         headers.append((name, header_value))

@@ -784,9 +784,7 @@ class EmbeddedConsumer(Consumer):
     def _decode_into(self, tp: TopicPartition, buf: bytes | memoryview, out: list[Record], max_records: int,
                      aborted_transactions: list[tuple[int, int]] | None = None) -> None:
         position = self._positions[tp]
-        topic, partition = tp
         pos, end = 0, len(buf)
-        new = tuple.__new__
         # read_committed: a producer's batches are dropped from the first offset of one of its
         # aborted transactions up to its next marker (as Kafka clients do).
         aborted = sorted((first, pid) for pid, first in aborted_transactions) if aborted_transactions else []
@@ -808,16 +806,17 @@ class EmbeddedConsumer(Consumer):
                 position = max(position, header.base_offset + header.last_offset_delta + 1)
                 pos += header.size_bytes
                 continue
-            _, records = decode_batch(buf, pos)
+            # Decoded straight into this transport's records (one tuple per record, not two).
+            _, records = decode_batch(buf, pos, record_type=Record, leading_fields=tp, null_header_value=b"")
             pos += header.size_bytes
-            for r in records:
-                if r.offset < position:
-                    continue
-                out.append(new(Record, (topic, partition, r.offset, r.timestamp_ms, r.key, r.value,
-                                        tuple((k, v if v is not None else b"") for k, v in r.headers) if r.headers else ())))
-                position = r.offset + 1
-                if len(out) >= max_records:
-                    break
+            if records and records[0].offset < position:
+                records = [r for r in records if r.offset >= position]  # fetched from inside this batch
+            room = max_records - len(out)
+            if len(records) > room:
+                records = records[:room]
+            if records:
+                out.extend(records)
+                position = records[-1].offset + 1
         self._positions[tp] = position
 
     def assignment(self) -> list[TopicPartition]:

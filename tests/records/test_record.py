@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from typing import NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -126,6 +127,55 @@ def test_extreme_timestamps_round_trip() -> None:
     builder.append(None, None, timestamp_ms=INT64_MIN + 1)
     _, records = decode_batch(builder.build())
     assert [r.timestamp_ms for r in records] == [-1, INT64_MIN + 1]
+
+
+@pytest.mark.parametrize("delta", [63, 64, 8_191, 8_192, 1_048_575, 1_048_576, 1 << 28])
+def test_deltas_at_every_varint_length_edge(delta: int) -> None:
+    """The hot loop inlines 1-, 2- and 3-byte deltas and calls the varint module beyond: each
+    side of each edge (zigzag: +-64, +-8,192, +-1,048,576), for timestamps both ways and offsets."""
+    builder = BatchBuilder(base_offset=100)
+    base_ms = 1 << 42
+    builder.append(b"k", b"a", timestamp_ms=base_ms, offset=100)
+    builder.append(b"k", b"b", timestamp_ms=base_ms + delta, offset=100 + delta)
+    builder.append(b"k", b"c", timestamp_ms=base_ms - delta, offset=100 + delta + 1)
+    builder.append(b"k", b"d", timestamp_ms=base_ms - delta - 1, offset=100 + 2 * delta + 1)
+    _, records = decode_batch(builder.build())
+    assert [(r.offset, r.timestamp_ms, r.value) for r in records] == [
+        (100, base_ms, b"a"),
+        (100 + delta, base_ms + delta, b"b"),
+        (100 + delta + 1, base_ms - delta, b"c"),
+        (100 + 2 * delta + 1, base_ms - delta - 1, b"d"),
+    ]
+
+
+class _Located(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
+
+
+@pytest.mark.parametrize("codec", [Codec.NONE, Codec.GZIP])
+def test_decode_into_a_consumers_own_record_type(codec: Codec) -> None:
+    """What a transport builds in the same pass: its leading fields, then the record's; a null
+    header value given as asked; LogAppendTime applied as for plain records."""
+    builder = BatchBuilder(codec, base_offset=7)
+    builder.append(b"k", b"v", timestamp_ms=5, headers=[("a", None), ("b", b"2")])
+    builder.append(None, None, timestamp_ms=6)
+    batch = bytearray(builder.build())
+    _, records = decode_batch(batch, record_type=_Located, leading_fields=("t", 3), null_header_value=b"")
+    assert records == [
+        _Located("t", 3, 7, 5, b"k", b"v", (("a", b""), ("b", b"2"))),
+        _Located("t", 3, 8, 6, None, None, ()),
+    ]
+    assert all(type(r) is _Located for r in records)
+    set_log_append_time(batch, 0, 99)
+    _, records = decode_batch(batch, record_type=_Located, leading_fields=("t", 3))
+    assert [(r.timestamp_ms, r.headers) for r in records] == [(99, (("a", None), ("b", b"2"))), (99, ())]
+    assert all(type(r) is _Located for r in records)
 
 
 def test_iter_records_over_concatenated_batches() -> None:
