@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,6 @@ from flowbus.state.table import DELETED, MISSING
 from flowbus.state.windowed import NO_CLOSE_MS, WindowClock, WindowedTable, WindowPartition
 from flowbus.state.windows import (
     _SPAN,
-    _U32,
     KIND_ENTRIES,
     KIND_SESSIONS,
     KIND_WINDOW,
@@ -443,30 +442,44 @@ class WindowStep(Step):
         lookup, decode_value = table.lookup, table.value_codec.decode
 
         plain_result = type(agg).result is Aggregation.result  # the aggregate is the result
-        span_at = _SPAN.unpack_from
-        length_at = _U32.unpack_from
+        unpack_span = _SPAN.unpack
+
+        def close_windows(part: WindowPartition, close_ms: int, entries: Iterable[tuple[int, bytes]]) -> None:
+            """Close every window closing at ``close_ms``, in one call: closing is bursty (each
+            user's window ends at once), and per window it was a third of a busy windowed
+            count's time. A window key ends with its span (16 bytes): windows closing together
+            share it, so it is decoded once per distinct span."""
+            pending, born = part.pending, part.born_here
+            pending_get = pending.get
+            closed = 0
+            last_span, start, end = b"", 0, 0
+            try:
+                for _, data_key in entries:
+                    acc = pending_get(data_key, MISSING)  # a window closing soon after it opened
+                    if acc is MISSING or acc is DELETED:
+                        acc = lookup(part, data_key, decode_value)
+                        if acc is MISSING:
+                            continue
+                    if data_key in born:
+                        del pending[data_key]  # opened and closed between two commits: nothing to undo
+                    else:
+                        pending[data_key] = DELETED
+                    closed += 1
+                    if final:
+                        span = data_key[-16:]
+                        if span != last_span:
+                            start, end = unpack_span(span)
+                            last_span = span
+                        value = {"start": start, "end": end, "value": acc if plain_result else result(acc)}
+                        if raw_keys:
+                            sink_send(data_key[5:-16], sink_encode_value(value), start)  # type: ignore[misc]
+                        else:
+                            emit_at(start, decode_key(data_key[5:-16]), value, part.partition)
+            finally:
+                table.closed_windows += closed
 
         def close_window(part: WindowPartition, close_ms: int, data_key: bytes) -> None:
-            pending = part.pending
-            acc = pending.get(data_key, MISSING)  # a window closing soon after it opened
-            if acc is MISSING or acc is DELETED:
-                acc = lookup(part, data_key, decode_value)
-                if acc is MISSING:
-                    return
-            if data_key in part.born_here:
-                del pending[data_key]  # opened and closed between two commits: nothing to undo
-            else:
-                pending[data_key] = DELETED
-            table.closed_windows += 1
-            if final:
-                # split_window_key, inlined (once per closed window)
-                end_of_key = 5 + length_at(data_key, 1)[0]
-                start, end = span_at(data_key, end_of_key)
-                value = {"start": start, "end": end, "value": acc if plain_result else result(acc)}
-                if raw_keys:
-                    sink_send(data_key[5:end_of_key], sink_encode_value(value), start)  # type: ignore[misc]
-                    return
-                emit_at(start, decode_key(data_key[5:end_of_key]), value, part.partition)
+            close_windows(part, close_ms, ((close_ms, data_key),))
 
         def close_sessions(part: WindowPartition, close_ms: int, data_key: bytes) -> None:
             sessions = get(part, data_key)
@@ -517,8 +530,9 @@ class WindowStep(Step):
         # Closing what the watermark passed, and the idle close: shared with the faust-style
         # windowed tables (flowbus.state.window_tables).
         # Tumbling and hopping stores hold windows only: no dispatch on the key's kind.
-        window_clock = WindowClock(table, close_window if isinstance(spec, Tumbling | Hopping) else close_one,
-                                   idle_ms=idle_ms)
+        windows_only = isinstance(spec, Tumbling | Hopping)
+        window_clock = WindowClock(table, close_window if windows_only else close_one, idle_ms=idle_ms,
+                                   close_run=close_windows if windows_only else None)
         window_clock.start(runtime, lambda partition: [TopicPartition(source_topic, partition)])
         close_due, arm = window_clock.close_due, window_clock.arm
         rearm_ms = idle_ms if idle_ms is not None else NO_CLOSE_MS

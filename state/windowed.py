@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import heapq
 import struct
-from itertools import islice
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from itertools import groupby, islice
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from flowbus.context import current_source
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from flowbus.state.base import PartitionDatabase
 
 _TIME = struct.Struct(">qq")
+_CLOSE_TIME = itemgetter(0)  # of a (close_ms, data_key) index entry
 
 NO_CLOSE_MS = TIME_MAX_MS
 """``next_close_ms`` of a partition with nothing to close."""
@@ -461,6 +463,10 @@ class WindowClock:
         close: ``close(part, close_ms, data_key)`` for each due close-index entry, in close-time
             order; it looks the key up and closes what is due (an entry may find nothing).
         idle_ms: idle time before the wall clock moves the watermark; ``None``: event time only.
+        close_run: optionally, ``close_run(part, close_ms, entries)`` closing at once every due
+            entry of one close time (``entries``: its ``(close_ms, data_key)`` pairs, in store-key
+            order), in place of ``close`` for each: what windows closing together share (their
+            span, the output) is then worked out once, not per window.
 
     Example (what a store's owner does):
         >>> clock = WindowClock(table, close_one, idle_ms=5_000)       # doctest: +SKIP
@@ -469,10 +475,16 @@ class WindowClock:
     """
 
     def __init__(
-        self, table: WindowedTable, close: Callable[[WindowPartition, int, bytes], None], *, idle_ms: int | None
+        self,
+        table: WindowedTable,
+        close: Callable[[WindowPartition, int, bytes], None],
+        *,
+        idle_ms: int | None,
+        close_run: Callable[[WindowPartition, int, Iterable[tuple[int, bytes]]], None] | None = None,
     ) -> None:
         self.table = table
         self.close = close
+        self.close_run = close_run
         self.idle_ms = idle_ms
         self.runtime: Runtime | None = None
         self.sources: Callable[[int], list[TopicPartition]] = lambda partition: []
@@ -507,6 +519,16 @@ class WindowClock:
         wall = table.wall_clock
         now_ms = wall.now_ms() if wall is not None else None  # one clock read per closing round
         observe_many = table.close_latency.observe_many
+        close_run = self.close_run
+        if close_run is not None:
+            for close_ms, entries in groupby(due, _CLOSE_TIME):
+                closed_before = table.closed_windows
+                close_run(part, close_ms, entries)
+                if now_ms is not None and table.closed_windows != closed_before:
+                    observe_many(max(now_ms - close_ms, 0) / 1000, table.closed_windows - closed_before)
+            if self.runtime is not None:
+                self.runtime.commit_soon(CLOSE_COMMIT_DELAY_MS)
+            return
         # The latency histogram gets one observation per close time, not per window: due is in
         # close-time order, and windows of one size closing together share their close time.
         run_ms, closed_before = -1, table.closed_windows

@@ -373,6 +373,30 @@ def test_a_window_continues_across_commits(tmp_path: Path) -> None:
     run(app, body)
 
 
+@pytest.mark.parametrize("out_key", ["str", "json"], ids=["same key codec", "another key codec"])
+def test_windows_closing_at_one_time_each_come_out_once(tmp_path: Path, out_key: str) -> None:
+    """Windows closing at the same time are closed in one run: those committed before (read
+    back from the store), those opened since the last commit, one updated on both sides of a
+    commit; each comes out once with its count, and nothing of them stays in the store."""
+    app, events, _ = make_app(tmp_path)
+    out = app.topic("direct", key_type=str) if out_key == "str" else app.topic("direct", key_serializer="json")
+    app.stream(events).tumbling_window(10 * S, grace_ms=2 * S, name="c").count().final().to(out)
+
+    async def body(t: TestContext) -> None:
+        for i in range(20):
+            await t.send(events, 1, key=f"k{i:02d}", partition=0, timestamp_ms=1 * S + i)
+        await t.commit()
+        for i in range(10, 40):
+            await t.send(events, 1, key=f"k{i:02d}", partition=0, timestamp_ms=2 * S + i)
+        await t.send(events, 1, key="k05", partition=0, timestamp_ms=13 * S)  # the watermark passes 12 s
+        expected = [(f"k{i:02d}", 0, 10 * S, 2 if 10 <= i < 20 else 1) for i in range(40)]
+        assert sorted(results_with_keys(t, out)) == expected  # (the topic has two partitions)
+        assert [r.timestamp_ms for r in t.records(out)] == [0] * 40
+        assert dict(app.tables["c"].items()) == {("k05", (10 * S, 20 * S)): 1}
+
+    run(app, body)
+
+
 def test_window_store_is_committed_and_closed_windows_tombstoned(tmp_path: Path) -> None:
     app, events, out = make_app(tmp_path)
     app.stream(events).tumbling_window(10 * S, name="c").count().final().to(out)
