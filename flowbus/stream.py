@@ -186,14 +186,23 @@ class Stream:
         channel = self.channel
         decode_value = self.topic.value_codec.decode
         decode_key_fn = self.topic.key_codec.decode
+        value_bytes_decode = self.topic.value_codec.decode_bytes
+        key_bytes_decode = self.topic.key_codec.decode_bytes
         set_source = current_source.set
         while True:
             record = await channel.next_record()
             channel.in_flight.append(record)
             set_source(record)
             try:
-                key = decode_key_fn(record.key) if decode_key else None
-                value = decode_value(record.value)
+                # The C decoders first, as a dataflow does; on a failure the codec's own decode
+                # says what is wrong (DecodeError).
+                raw_key, raw_value = record.key, record.value
+                try:
+                    key = None if not decode_key or raw_key is None else key_bytes_decode(raw_key)
+                    value = None if raw_value is None else value_bytes_decode(raw_value)
+                except Exception:  # noqa: BLE001 - decoded again below, to raise the codec's error
+                    key = decode_key_fn(raw_key) if decode_key else None
+                    value = decode_value(raw_value)
             except DecodeError as exc:
                 # The hook raises to stop the app; otherwise the record is dead-lettered or logged.
                 self._on_decode_error(exc, [record])

@@ -144,6 +144,35 @@ def test_bad_records_and_agent_errors_follow_the_policy_and_the_agent_keeps_goin
     run(main())
 
 
+@pytest.mark.parametrize("key_type", [str, None], ids=["text keys", "json keys"])
+def test_untyped_values_an_agent_cannot_decode_are_dead_lettered(key_type: Any) -> None:
+    """Agents decode with the C decoders first (orjson, bytes.decode) and ask the codec again
+    only on a failure: a bad value or key still reaches the error policy as a DecodeError."""
+    app = make_app(error_policy="dead_letter")
+    events = app.topic("events", key_type=key_type)
+    seen: list[tuple[Any, Any]] = []
+
+    @app.agent(events)
+    async def agent(stream: flowbus.Stream) -> None:
+        async for key, value in stream.items():
+            seen.append((key, value))
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            await t.send_raw(events, b'{"n": 1}', key=b'"a"')
+            await t.send_raw(events, b"{broken", key=b'"b"')
+            await t.send_raw(events, b'{"n": 3}', key=b"\xff")  # not UTF-8, not JSON
+            await t.send_raw(events, None, key=b'"d"')  # a tombstone: None, not an error
+            await t.commit()
+            key_a, key_d = ('"a"', '"d"') if key_type is str else ("a", "d")
+            assert seen == [(key_a, {"n": 1}), (key_d, None)]
+            dead = t.records(app.dead_letter_topic)
+            assert [(r.key, r.value) for r in dead] == [(b'"b"', b"{broken"), (b"\xff", b'{"n": 3}')]
+            assert all(dict(r.headers)["flowbus.error.type"] == b"DecodeError" for r in dead)
+
+    run(main())
+
+
 def test_stop_policy_stops_without_committing_the_failing_event() -> None:
     app = make_app(error_policy="stop")
     topic = app.topic("in")
