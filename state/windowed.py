@@ -466,7 +466,7 @@ class WindowClock:
         close_run: optionally, ``close_run(part, close_ms, entries)`` closing at once every due
             entry of one close time (``entries``: its ``(close_ms, data_key)`` pairs, in store-key
             order), in place of ``close`` for each: what windows closing together share (their
-            span, the output) is then worked out once, not per window.
+            span) is then worked out once, not per window.
 
     Example (what a store's owner does):
         >>> clock = WindowClock(table, close_one, idle_ms=5_000)       # doctest: +SKIP
