@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from typing import NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +21,7 @@ from flowbus.records import (
 )
 from flowbus.records.header import ATTRIBUTES_POS, RECORD_COUNT_POS
 from flowbus.records.varint import INT64_MAX, INT64_MIN
+from flowbus.transports.base import Record as Located  # what the embedded consumer builds
 
 from .conftest import forge_batch, raw_record, refresh_crc
 
@@ -148,16 +148,6 @@ def test_deltas_at_every_varint_length_edge(delta: int) -> None:
     ]
 
 
-class _Located(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes | None], ...]
-
-
 @pytest.mark.parametrize("codec", [Codec.NONE, Codec.GZIP])
 def test_decode_into_a_consumers_own_record_type(codec: Codec) -> None:
     """What a transport builds in the same pass: its leading fields, then the record's; a null
@@ -166,16 +156,16 @@ def test_decode_into_a_consumers_own_record_type(codec: Codec) -> None:
     builder.append(b"k", b"v", timestamp_ms=5, headers=[("a", None), ("b", b"2")])
     builder.append(None, None, timestamp_ms=6)
     batch = bytearray(builder.build())
-    _, records = decode_batch(batch, record_type=_Located, leading_fields=("t", 3), null_header_value=b"")
+    _, records = decode_batch(batch, record_type=Located, leading_fields=("t", 3), null_header_value=b"")
     assert records == [
-        _Located("t", 3, 7, 5, b"k", b"v", (("a", b""), ("b", b"2"))),
-        _Located("t", 3, 8, 6, None, None, ()),
+        Located("t", 3, 7, 5, b"k", b"v", (("a", b""), ("b", b"2"))),
+        Located("t", 3, 8, 6, None, None, ()),
     ]
-    assert all(type(r) is _Located for r in records)
+    assert all(type(r) is Located for r in records)
     set_log_append_time(batch, 0, 99)
-    _, records = decode_batch(batch, record_type=_Located, leading_fields=("t", 3))
+    _, records = decode_batch(batch, record_type=Located, leading_fields=("t", 3))
     assert [(r.timestamp_ms, r.headers) for r in records] == [(99, (("a", None), ("b", b"2"))), (99, ())]
-    assert all(type(r) is _Located for r in records)
+    assert all(type(r) is Located for r in records)
 
 
 def test_iter_records_over_concatenated_batches() -> None:
