@@ -515,33 +515,25 @@ class WindowClock:
         due = self.table.due(part, part.watermark_ms)
         if not due:
             return
-        close, table = self.close, self.table
+        table = self.table
         wall = table.wall_clock
         now_ms = wall.now_ms() if wall is not None else None  # one clock read per closing round
         observe_many = table.close_latency.observe_many
-        close_run = self.close_run
-        if close_run is not None:
-            for close_ms, entries in groupby(due, _CLOSE_TIME):
-                closed_before = table.closed_windows
-                close_run(part, close_ms, entries)
-                if now_ms is not None and table.closed_windows != closed_before:
-                    observe_many(max(now_ms - close_ms, 0) / 1000, table.closed_windows - closed_before)
-            if self.runtime is not None:
-                self.runtime.commit_soon(CLOSE_COMMIT_DELAY_MS)
-            return
+        close_run = self.close_run if self.close_run is not None else self._close_each
         # The latency histogram gets one observation per close time, not per window: due is in
         # close-time order, and windows of one size closing together share their close time.
-        run_ms, closed_before = -1, table.closed_windows
-        for close_ms, data_key in due:
-            if close_ms != run_ms:
-                if now_ms is not None and table.closed_windows != closed_before:
-                    observe_many(max(now_ms - run_ms, 0) / 1000, table.closed_windows - closed_before)
-                run_ms, closed_before = close_ms, table.closed_windows
-            close(part, close_ms, data_key)
-        if now_ms is not None and table.closed_windows != closed_before:
-            observe_many(max(now_ms - run_ms, 0) / 1000, table.closed_windows - closed_before)
+        for close_ms, entries in groupby(due, _CLOSE_TIME):
+            closed_before = table.closed_windows
+            close_run(part, close_ms, entries)
+            if now_ms is not None and table.closed_windows != closed_before:
+                observe_many(max(now_ms - close_ms, 0) / 1000, table.closed_windows - closed_before)
         if self.runtime is not None:
             self.runtime.commit_soon(CLOSE_COMMIT_DELAY_MS)
+
+    def _close_each(self, part: WindowPartition, close_ms: int, entries: Iterable[tuple[int, bytes]]) -> None:
+        close = self.close
+        for _, data_key in entries:
+            close(part, close_ms, data_key)
 
     def arm(self, part: WindowPartition) -> None:
         """Schedule the idle close of a partition with something to close: one check at a time,
