@@ -280,21 +280,15 @@ class BusySent:
             at = bisect_left(self.sent[p], end)
             if at == len(self.sent[p]):
                 continue
-            if end < self.started_ms + warmup_ms:
-                early_closes.add((p, end))
-                reads = reader.seen.get((key, end))
-                if reads:
-                    early.samples.append(reads[0] - self.sent[p][at])
-                else:
-                    early.missing += 1
-                continue
-            closes.add((p, end))
+            warm = end < self.started_ms + warmup_ms
+            into = early if warm else out
+            (early_closes if warm else closes).add((p, end))
             reads = reader.seen.get((key, end))
             if not reads:
-                out.missing += 1
+                into.missing += 1
                 continue
-            out.repeated += len(reads) - 1
-            out.samples.append(reads[0] - self.sent[p][at])
+            into.repeated += len(reads) - 1
+            into.samples.append(reads[0] - self.sent[p][at])
         out.windows = len(closes)
         early.windows = len(early_closes)
         return out, early
