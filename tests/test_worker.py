@@ -6,6 +6,7 @@ several workers run them concurrently, each in its own task, as separate process
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -400,3 +401,51 @@ def test_backpressure_pauses_the_partition_and_loses_nothing(broker_url: str) ->
 
     asyncio.run(main())
     assert got == list(range(3000))
+
+
+def test_an_exactly_once_output_the_broker_refuses_stops_the_worker_and_commits_nothing(broker_url: str) -> None:
+    """A record the output topic refuses (over its max.message.bytes) cannot commit, ever: the
+    worker must stop with the broker's error naming it, rather than abort and replay the same
+    refusal forever, and read_committed readers see none of that transaction's outputs. (On
+    kafka:// the outputs carry no delivery callback inside a transaction: the refusal surfaces at
+    the commit, and the replay reports each record, so it fails at the flush.)"""
+    from flowbus.transports.errors import ProduceError, TransactionError
+
+    app = App(unique("refused"), broker=broker_url, processing_guarantee="exactly_once", commit_interval_ms=100,
+              topic_partitions=1)
+    src = app.topic(unique("in"), key_type=str)
+    out = app.topic(unique("out"), key_type=str, value_serializer="raw", config={"max.message.bytes": "1000"})
+    app.stream(src).map(lambda size: b"x" * size).to(out)
+
+    async def main() -> BaseException | None:
+        await app.create_topics()
+        for size in (10, 20, 5_000, 30):
+            await src.send(size, key="k")
+        try:
+            await asyncio.wait_for(app.run(), WAIT_S)
+        except (ProduceError, TransactionError) as exc:
+            return exc
+        finally:
+            await app.close()
+        return None
+
+    async def visible() -> list[int]:
+        transport = transport_from_url(broker_url)
+        await transport.start()
+        reader = transport.consumer(unique("reader"), isolation_level="read_committed")
+        reader.subscribe([out.name])
+        values: list[int] = []
+        deadline = time.monotonic() + 2.0  # nothing more is coming: read what there is
+        while time.monotonic() < deadline:
+            values.extend(len(r.value or b"") for r in await reader.poll_batch(1000, 100))
+        await reader.close()
+        await transport.close()
+        return values
+
+    outcome = asyncio.run(main())
+    assert outcome is not None, "the worker went on with an output the broker refuses"
+    assert re.search(r"too large|max\.message\.bytes", str(outcome)), outcome
+    assert app.worker is not None and app.worker.failed_transactions <= 1
+    # Records before the refused one may have committed in an earlier transaction; the one after
+    # it never can.
+    assert set(asyncio.run(visible())) <= {10, 20}

@@ -186,7 +186,9 @@ class Producer(abc.ABC):
     ) -> None:
         """Like :meth:`send` without a future: the hot path of a pipeline sends thousands of records
         per batch and only needs to know, at :meth:`flush`, that all of them arrived. A failed
-        delivery makes the next :meth:`flush` raise :class:`~flowbus.transports.errors.ProduceError`."""
+        delivery makes the next :meth:`flush` raise :class:`~flowbus.transports.errors.ProduceError`;
+        in a transaction a transport may instead let the transaction's commit fail
+        (:class:`~flowbus.transports.errors.TransactionError`), which is what exactly-once needs."""
         self.send(topic, value, key, partition=partition, headers=headers, timestamp_ms=timestamp_ms)
 
     def send_many(

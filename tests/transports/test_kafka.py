@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from flowbus.transports.base import TopicPartition, TopicSpec
-from flowbus.transports.errors import ProduceError
+from flowbus.transports.errors import ProduceError, TransactionError
 from flowbus.transports.kafka import KafkaTransport
 from tests.support.broker_process import BrokerProcess
 
@@ -142,6 +142,71 @@ def test_sender_for_passes_timestamp_headers_and_key_and_reports_failures(broker
         with pytest.raises(ProduceError, match="too large"):
             await producer.flush()
         await consumer.close()
+        await producer.close()
+
+    asyncio.run(main())
+
+
+def test_a_transaction_whose_unreported_records_fail_does_not_commit(broker: BrokerProcess) -> None:
+    """In a transaction, send_soon and sender_for records go without a delivery callback (the
+    client's per-report cost); a refused one must still fail the commit, the records then report
+    their delivery one by one so the next failure names its cause, and a later successful commit
+    goes back to no callback."""
+
+    async def main() -> None:
+        t = KafkaTransport(f"kafka://{broker.bootstrap}?transaction.timeout.ms=10000")
+        name = f"ktf-{time.monotonic_ns()}"
+        small = f"{name}-small"
+        await t.create_topics([TopicSpec(name, 1), TopicSpec(small, 1, config={"max.message.bytes": "1000"})])
+        producer = t.producer(transactional_id=f"tx-{name}")
+        await producer.init_transactions()
+        producer.begin_transaction()
+        producer.sender_for(name)(b"k", b"kept out")
+        producer.sender_for(small)(b"big", b"x" * 5_000)  # over that topic's max.message.bytes
+        await producer.flush()  # no callback: the failure is the transaction's, not the flush's
+        with pytest.raises(TransactionError, match="too large"):
+            await producer.commit_transaction()
+        await producer.abort_transaction()
+        producer.begin_transaction()
+        producer.send_soon(small, b"x" * 5_000, b"big")
+        with pytest.raises(ProduceError, match="too large"):
+            await producer.flush()
+        await producer.abort_transaction()
+        producer.begin_transaction()
+        send = producer.sender_for(name)
+        for i in range(3):
+            send(b"k", b"v%d" % i)
+        await producer.flush()
+        await producer.commit_transaction()
+        assert producer._soon_callback is None, "a successful commit drops the per-record callback again"
+        reader = t.consumer(f"r-{name}", isolation_level="read_committed")
+        reader.subscribe([name])
+        got = []
+        deadline = time.monotonic() + 20
+        while len(got) < 3 and time.monotonic() < deadline:
+            got += await reader.poll_batch(100, 100)
+        assert [r.value for r in got] == [b"v0", b"v1", b"v2"], "only the committed transaction is visible"
+        await reader.close()
+        await producer.close()
+
+    asyncio.run(main())
+
+
+def test_a_flush_that_cannot_finish_stops_at_its_timeout(broker: BrokerProcess) -> None:
+    """The flush waits in short slices until every record is delivered or its time is up: with
+    the broker gone, it gives up at the timeout and says how many records are left."""
+    from tests.support.broker_process import free_port
+
+    async def main() -> None:
+        # Nothing listens there; the records fail after message.timeout.ms, so close() ends.
+        t = KafkaTransport(f"kafka://127.0.0.1:{free_port()}?message.timeout.ms=1000")
+        producer = t.producer()
+        for i in range(5):
+            producer.send_soon("nowhere", b"v%d" % i)
+        started = time.monotonic()
+        with pytest.raises(ProduceError, match="5 records still undelivered after 0.3s"):
+            await producer.flush(timeout_ms=300)
+        assert time.monotonic() - started < 10, "the flush outlived its timeout"
         await producer.close()
 
     asyncio.run(main())
