@@ -454,12 +454,17 @@ def test_main_takes_the_worker_options(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_main_freezes_what_start_up_built_and_unfreezes_on_stop(tmp_path: Path) -> None:
     """``flowbus worker`` (and ``app.main``) moves start-up's objects out of the cyclic
-    collector's reach once the worker has started, and gives them back when it stops (a process
-    that goes on after ``main(argv)``, like this one, is not left with them frozen)."""
+    collector's reach once the worker has started, and collects the young generation less often
+    while it runs; it gives both back when it stops (a process that goes on after ``main(argv)``,
+    like this one, is not left with them frozen or with its thresholds changed)."""
     import gc
     import logging
 
+    from flowbus.cli.worker import YOUNG_COLLECTION_OBJECTS
+
     gc.unfreeze()  # whatever ran before in this process
+    thresholds = gc.get_threshold()
+    assert thresholds[0] != YOUNG_COLLECTION_OBJECTS
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     app = App("main-gc", broker=f"embedded://{tmp_path / 'data'}", state_dir=tmp_path / "state")
@@ -472,6 +477,7 @@ def test_main_freezes_what_start_up_built_and_unfreezes_on_stop(tmp_path: Path) 
                 break
             await asyncio.sleep(0.01)
         seen["frozen"] = gc.get_freeze_count()
+        seen["young"] = gc.get_threshold()[0]
         app.stop()
 
     try:
@@ -482,4 +488,6 @@ def test_main_freezes_what_start_up_built_and_unfreezes_on_stop(tmp_path: Path) 
         root.setLevel(level)
     assert exited.value.code == 0
     assert seen["frozen"] > 0
+    assert seen["young"] == YOUNG_COLLECTION_OBJECTS
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == thresholds
