@@ -21,6 +21,8 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, Literal
 
 import confluent_kafka
@@ -491,6 +493,25 @@ class KafkaProducer(Producer):
             await asyncio.to_thread(self._poller.join)
 
 
+_message_error = confluent_kafka.Message.error
+_message_headers = confluent_kafka.Message.headers
+_message_topic = confluent_kafka.Message.topic
+_message_partition = confluent_kafka.Message.partition
+_message_offset = confluent_kafka.Message.offset
+_message_timestamp = confluent_kafka.Message.timestamp
+_message_key = confluent_kafka.Message.key
+_message_value = confluent_kafka.Message.value
+_second = itemgetter(1)
+_new_tuple = tuple.__new__
+
+
+def _record_headers(headers: list[tuple[str, bytes | None]] | None) -> Headers:
+    """A message's headers as a record's: a tuple, a header without a value as ``b""``."""
+    if not headers:
+        return ()
+    return tuple((k, v if v is not None else b"") for k, v in headers)
+
+
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
@@ -729,26 +750,40 @@ class KafkaConsumer(Consumer):
 
     async def poll_batch(self, max_records: int, timeout_ms: int) -> list[Record]:
         messages = await asyncio.to_thread(self._consume_and_note_ends, max_records, timeout_ms / 1000)
-        out: list[Record] = []
-        append = out.append
-        new_tuple = tuple.__new__
+        if not messages:
+            return []
+        if any(map(_message_error, messages)):
+            messages = self._without_errors(messages)
+        # Column by column: map() calls each C accessor without a Python-level loop, and
+        # tuple.__new__ skips NamedTuple's Python-level constructor. 0.35 -> 0.25 µs a record
+        # against a record-by-record loop (benchmarks.md, eighth session).
+        headers = list(map(_message_headers, messages))
+        return list(map(_new_tuple, repeat(Record), zip(
+            map(_message_topic, messages),
+            map(_message_partition, messages),
+            map(_message_offset, messages),
+            map(_second, map(_message_timestamp, messages)),
+            map(_message_key, messages),
+            map(_message_value, messages),
+            map(_record_headers, headers) if any(headers) else repeat(()),
+        )))
+
+    @staticmethod
+    def _without_errors(messages: list[Any]) -> list[Any]:
+        """``messages`` without the error events among them: a fatal one raises, a partition's
+        end is skipped, any other is logged (transient: a subscribed topic not created yet, a
+        broker restarting; librdkafka retries by itself)."""
+        kept = []
         for m in messages:
             err = m.error()
-            if err is not None:
-                if err.fatal():
-                    raise TransportError(f"consume failed: {err}")
-                if err.code() != KafkaError._PARTITION_EOF:
-                    # Transient (a subscribed topic not created yet, a broker restarting):
-                    # librdkafka retries by itself.
-                    log.warning("consumer: %s", err)
+            if err is None:
+                kept.append(m)
                 continue
-            headers = m.headers()
-            # tuple.__new__ skips NamedTuple's Python-level __new__ (~0.1 µs of this loop's ~0.5 µs a record).
-            append(new_tuple(Record, (
-                m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
-                tuple((k, v if v is not None else b"") for k, v in headers) if headers else (),  # type: ignore[misc,str-unpack]
-            )))
-        return out
+            if err.fatal():
+                raise TransportError(f"consume failed: {err}")
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer: %s", err)
+        return kept
 
     def assignment(self) -> list[TopicPartition]:
         return list(self._assignment)

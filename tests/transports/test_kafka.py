@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -208,5 +209,57 @@ def test_a_flush_that_cannot_finish_stops_at_its_timeout(broker: BrokerProcess) 
             await producer.flush(timeout_ms=300)
         assert time.monotonic() - started < 10, "the flush outlived its timeout"
         await producer.close()
+
+    asyncio.run(main())
+
+
+def test_poll_batch_builds_records_and_skips_error_events(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """poll_batch turns librdkafka's messages into records column by column; error events among
+    them are dropped (a partition's end silently, a transient error with a warning), a fatal one
+    raises; headers keep their order and a header without a value becomes b""."""
+    import logging
+
+    import confluent_kafka
+
+    from flowbus.transports.base import Record
+    from flowbus.transports.errors import TransportError
+    from flowbus.transports.kafka import KafkaConsumer
+    from tests.support.broker_process import free_port
+
+    def message(offset: int, *, error: Any = None, headers: Any = None) -> Any:
+        try:
+            return confluent_kafka.Message(topic="t", partition=2, offset=offset, key=b"k%d" % offset,
+                                           value=b"v%d" % offset, headers=headers, error=error,
+                                           timestamp=(confluent_kafka.TIMESTAMP_CREATE_TIME, 1_000 + offset))
+        except TypeError:
+            pytest.skip("this confluent-kafka cannot make Message objects")
+
+    eof = confluent_kafka.KafkaError(confluent_kafka.KafkaError._PARTITION_EOF)
+    transient = confluent_kafka.KafkaError(confluent_kafka.KafkaError._TRANSPORT)
+    fatal = confluent_kafka.KafkaError(confluent_kafka.KafkaError._FATAL, fatal=True)
+
+    async def main() -> None:
+        consumer = KafkaConsumer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "group.id": "g"})
+        try:
+            batches = [
+                [message(0), message(1, error=eof), message(2, headers=[("a", b"1"), ("b", None)]),
+                 message(3, error=transient), message(4)],
+                [message(5), message(6)],
+                [message(7, error=fatal)],
+            ]
+            monkeypatch.setattr(consumer, "_consume_and_note_ends", lambda n, t: batches.pop(0))
+            with caplog.at_level(logging.WARNING, logger="flowbus.transports.kafka"):
+                got = await consumer.poll_batch(10, 0)
+            assert got == [
+                Record("t", 2, 0, 1_000, b"k0", b"v0", ()),
+                Record("t", 2, 2, 1_002, b"k2", b"v2", (("a", b"1"), ("b", b""))),
+                Record("t", 2, 4, 1_004, b"k4", b"v4", ()),
+            ]
+            assert [r.message for r in caplog.records] == [f"consumer: {transient}"]
+            assert [r.offset for r in await consumer.poll_batch(10, 0)] == [5, 6]
+            with pytest.raises(TransportError, match="consume failed"):
+                await consumer.poll_batch(10, 0)
+        finally:
+            await consumer.close()
 
     asyncio.run(main())
