@@ -34,6 +34,8 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
+from itertools import groupby
+from operator import itemgetter
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +76,8 @@ TRANSACTION_LINGER_MS = 1
 lingering to be sent and acknowledged, and under exactly-once a busy worker commits ten times a
 second. Measured on 200,000 windowed clicks over kafka:// (medians of 6 interleaved runs): the
 commits' flushes took 46 ms in all instead of 84 ms, and the run 295k clicks/s instead of 281k."""
+_TOPIC_PARTITION = itemgetter(0, 1)
+"""A :class:`~flowbus.transports.base.Record`'s (topic, partition): its first two fields."""
 AGENT_RESTARTS_WITHOUT_PROGRESS_MAX = 10
 """An agent that keeps failing outside any event is stopped after this many restarts in a row."""
 
@@ -622,12 +626,11 @@ class Worker:
         count = len(records)
         fenced = self.fenced
         start = 0
-        while start < count:
+        # Runs of one topic partition, found by groupby in C (a Python loop comparing each
+        # record's topic and partition cost ~5% of a word count).
+        for (topic, partition), same in groupby(records, _TOPIC_PARTITION):
+            end = start + len(list(same))
             first = records[start]
-            topic, partition = first.topic, first.partition
-            end = start + 1
-            while end < count and records[end].partition == partition and records[end].topic == topic:
-                end += 1
             run = records if start == 0 and end == count else records[start:end]
             tp = TopicPartition(topic, partition)
             if fenced and tp in fenced:
