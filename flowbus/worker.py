@@ -100,6 +100,8 @@ class Worker:
         self.channels: list[Channel] = []
         self.routes: dict[str, list[list[Channel]]] = {}
         self.heads: dict[str, list[Emit]] = {}
+        self.record_reading_sources: set[str] = set()
+        """Source topics with a dataflow step reading each record (see :meth:`_make_runner`)."""
         self.runners: dict[str, Callable[[list[Record]], None]] = {}
         self.dispatched_next: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
@@ -376,14 +378,23 @@ class Worker:
     def before_commit(self, callback: Callable[[], None]) -> None:
         self.before_commit_hooks.append(callback)
 
-    def add_source(self, topic: Topic, head: Emit) -> None:
+    def add_source(self, topic: Topic, head: Emit, *, reads_record: bool = True) -> None:
         self.heads.setdefault(topic.name, []).append(head)
+        if reads_record:
+            self.record_reading_sources.add(topic.name)
 
     def _build_runners(self) -> None:
         for name, heads in self.heads.items():
-            self.runners[name] = self._make_runner(self.app.topics[name], fan_out(heads))
+            self.runners[name] = self._make_runner(
+                self.app.topics[name], fan_out(heads), per_record=name in self.record_reading_sources
+            )
 
-    def _make_runner(self, topic: Topic, head: Emit) -> Callable[[list[Record]], None]:
+    def _make_runner(self, topic: Topic, head: Emit, *, per_record: bool = True) -> Callable[[list[Record]], None]:
+        """The function running a batch of ``topic`` (records of one partition) through ``head``.
+
+        ``per_record``: the current source is set to each record in turn, for chains with a step
+        reading the record (:attr:`~flowbus.operators.steps.Step.reads_record`); otherwise once, to
+        the run's first record, which tells its topic and partition."""
         decode_key = topic.key_codec.decode
         decode_value = topic.value_codec.decode
         key_bytes_decode = topic.key_codec.decode_bytes
@@ -397,8 +408,11 @@ class Worker:
             # headers for outputs), and None once the run is over, so what runs later in this
             # task (a commit flushing a take) is not taken for part of the last record.
             try:
+                if not per_record:
+                    set_source(records[0])
                 for record in records:
-                    set_source(record)
+                    if per_record:
+                        set_source(record)
                     key, value = record.key, record.value
                     try:
                         try:

@@ -440,9 +440,21 @@ def _compile_child(parent: Dataflow, child: Dataflow, runtime: Runtime, joins: d
     return fan_out([inputs[side] for side in step.sides_of(parent)])
 
 
+def reads_record(node: Dataflow) -> bool:
+    """Whether a step at or below ``node`` reads more of the record being processed than its
+    topic and partition (:attr:`~flowbus.operators.steps.Step.reads_record`)."""
+    stack = [node]
+    while stack:
+        at = stack.pop()
+        if at.step is not None and at.step.reads_record:
+            return True
+        stack.extend(at.children)
+    return False
+
+
 def compile_dataflows(roots: list[Dataflow], runtime: Runtime) -> None:
     """Compose every dataflow and register its head with ``runtime.add_source``."""
     joins: dict[Dataflow, dict[str, Emit]] = {}
     for root in roots:
         assert root.source is not None, "a root dataflow has a source topic"
-        runtime.add_source(root.source, _compile(root, runtime, joins))
+        runtime.add_source(root.source, _compile(root, runtime, joins), reads_record=reads_record(root))

@@ -82,6 +82,8 @@ class State:
 class StatefulStep(Step):
     """``map``/``filter``/``update`` with ``fn(value, state)``."""
 
+    reads_record = False  # the partition only
+
     def __init__(self, kind: str, fn: Callable[[Any, State], Any], table: Table) -> None:
         self.name = f"stateful {kind}"
         self.kind = kind
@@ -124,6 +126,8 @@ class StatefulStep(Step):
 
 class AggregateStep(Step):
     """Folds each record's value into its key's aggregate and passes the new aggregate on."""
+
+    reads_record = False  # the partition only
 
     def __init__(self, kind: str, table: Table, initial: Callable[[], Any], fn: Callable[[Any, Any], Any]) -> None:
         self.name = kind

@@ -141,6 +141,7 @@ class _Collect:
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any, Any]] = []
         self.heads: dict[str, Emit] = {}
+        self.reads_record: dict[str, bool] = {}
 
     def sender(self, topic: Any) -> Emit:
         return lambda key, value: self.sent.append((topic.name, key, value))
@@ -151,8 +152,9 @@ class _Collect:
     def before_commit(self, callback: Any) -> None:
         pass
 
-    def add_source(self, topic: Any, head: Emit) -> None:
+    def add_source(self, topic: Any, head: Emit, *, reads_record: bool = True) -> None:
         self.heads[topic.name] = head
+        self.reads_record[topic.name] = reads_record
 
 
 def test_compiled_chain_is_plain_function_calls() -> None:
@@ -166,6 +168,21 @@ def test_compiled_chain_is_plain_function_calls() -> None:
     for v in (-1, 1, 2):
         head(None, v)
     assert runtime.sent == [("out", None, 2), ("out", None, 4)]
+
+
+def test_a_chain_says_whether_it_reads_the_record_beyond_its_partition() -> None:
+    """A chain of map, filter, flat_map, branch, update and keyed aggregations reads nothing of
+    the current record but its partition, so the worker may set it once per run; one with an
+    output (timestamps and headers) or a window (event time) reads each record."""
+    app = App("reads", broker="memory://")
+    plain, to_topic, windowed = (app.topic(n, key_type=str) for n in ("plain", "to", "windowed"))
+    app.stream(plain).filter(bool).map(str).flat_map(lambda v: [v]).update(print).count(name="c1")
+    app.stream(to_topic).map(str).to(app.topic("out"))
+    app.stream(windowed).tumbling_window(1_000, name="w").count().final()
+    runtime = _Collect()
+    runtime.clock = None  # type: ignore[attr-defined]
+    compile_dataflows(app.dataflows, runtime)
+    assert runtime.reads_record == {"plain": False, "to": True, "windowed": True}
 
 
 def test_undecodable_records_go_to_the_error_policy_as_decode_errors_and_the_rest_flows() -> None:
