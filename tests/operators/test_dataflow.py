@@ -211,3 +211,32 @@ def test_undecodable_records_go_to_the_error_policy_as_decode_errors_and_the_res
             assert messages[0].startswith(b"json decode failed") and messages[-1].startswith(b"not UTF-8")
 
     run(main())
+
+
+def test_a_failing_record_in_a_decoded_run_goes_alone_to_the_error_policy() -> None:
+    """A run whose keys and values all decode is decoded in one pass; a step failing on one of
+    its records sends just that record to the error policy, and the records after it still flow,
+    in order, each output keeping its own record's timestamp."""
+    app = App("one-fails", broker="memory://", error_policy="dead_letter")
+    src = app.topic("in", key_type=str, partitions=1)
+    out = app.topic("out", key_type=str)
+
+    def check(value: int) -> int:
+        if value == 3:
+            raise ValueError("three")
+        return value
+
+    app.stream(src).map(check).to(out)
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            await t.send_many(src, [1, 2, 3, 4, 5])
+            await t.settle()
+            assert t.values(out) == [1, 2, 4, 5]
+            sent = {r.value: r.timestamp_ms for r in t.records(src)}
+            assert [r.timestamp_ms for r in t.records(out)] == [sent[v] for v in (b"1", b"2", b"4", b"5")]
+            dead = t.records(app.dead_letter_topic)
+            assert [r.value for r in dead] == [b"3"]
+            assert dict(dead[0].headers)["flowbus.error.message"] == b"three"
+
+    run(main())
