@@ -21,6 +21,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
         yield process
 
 
+async def poll_until(consumer: Any, count: int, timeout_s: float = 20.0) -> list[Any]:
+    """What ``consumer`` polls until it has ``count`` records or ``timeout_s`` passed."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count and time.monotonic() < deadline:
+        got += await consumer.poll_batch(100, 100)
+    return got
+
+
 def test_topics_produce_consume_commit_and_lag(broker: BrokerProcess) -> None:
     async def main() -> None:
         t = KafkaTransport(f"kafka://{broker.bootstrap}")
@@ -43,10 +52,7 @@ def test_topics_produce_consume_commit_and_lag(broker: BrokerProcess) -> None:
 
         consumer = t.consumer(f"g-{name}")
         consumer.subscribe([name], on_assigned=on_assigned)
-        got = []
-        deadline = time.monotonic() + 20
-        while len(got) < 30 and time.monotonic() < deadline:
-            got += await consumer.poll_batch(100, 100)
+        got = await poll_until(consumer, 30)
         assert len(got) == 30 and sorted(assigned) == [TopicPartition(name, p) for p in range(3)]
         assert got[0].headers == (("h", b"1"),)
         tp = TopicPartition(name, got[0].partition)
@@ -74,10 +80,7 @@ def test_transactions_commit_offsets_and_records_atomically(broker: BrokerProces
         await plain.flush()
         consumer = t.consumer(f"g-{src}", isolation_level="read_committed")
         consumer.subscribe([src])
-        got = []
-        deadline = time.monotonic() + 20
-        while len(got) < 5 and time.monotonic() < deadline:
-            got += await consumer.poll_batch(100, 100)
+        got = await poll_until(consumer, 5)
         assert len(got) == 5
         producer = t.producer(transactional_id=f"tx-{time.monotonic_ns()}")
         await producer.init_transactions()
@@ -93,10 +96,7 @@ def test_transactions_commit_offsets_and_records_atomically(broker: BrokerProces
         assert (await consumer.committed([tp]))[tp] == 5
         reader = t.consumer(f"r-{dst}", isolation_level="read_committed")
         reader.subscribe([dst])
-        out = []
-        deadline = time.monotonic() + 20
-        while len(out) < 5 and time.monotonic() < deadline:
-            out += await reader.poll_batch(100, 100)
+        out = await poll_until(reader, 5)
         assert [r.value for r in out] == [b"out-%d" % i for i in range(5)]
         for c in (consumer, reader):
             await c.close()
@@ -126,10 +126,7 @@ def test_sender_for_passes_timestamp_headers_and_key_and_reports_failures(broker
         assert producer.records_sent_by_topic[name] == 17
         consumer = t.consumer(None)
         consumer.assign([TopicPartition(name, p) for p in range(3)])
-        got = []
-        deadline = time.monotonic() + 20
-        while len(got) < 17 and time.monotonic() < deadline:
-            got += await consumer.poll_batch(100, 100)
+        got = await poll_until(consumer, 17)
         sent = sorted((r for r in got if r.value not in (b"ref", b"now")), key=lambda r: r.timestamp_ms)
         assert [r.value for r in sent] == [b"v%d" % i for i in range(12)]
         assert [r.timestamp_ms for r in sent] == [1_600_000_000_000 + i for i in range(12)]
@@ -182,10 +179,7 @@ def test_a_transaction_whose_unreported_records_fail_does_not_commit(broker: Bro
         assert producer._soon_callback is None, "a successful commit drops the per-record callback again"
         reader = t.consumer(f"r-{name}", isolation_level="read_committed")
         reader.subscribe([name])
-        got = []
-        deadline = time.monotonic() + 20
-        while len(got) < 3 and time.monotonic() < deadline:
-            got += await reader.poll_batch(100, 100)
+        got = await poll_until(reader, 3)
         assert [r.value for r in got] == [b"v0", b"v1", b"v2"], "only the committed transaction is visible"
         await reader.close()
         await producer.close()
