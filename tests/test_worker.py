@@ -403,7 +403,9 @@ def test_backpressure_pauses_the_partition_and_loses_nothing(broker_url: str) ->
     assert got == list(range(3000))
 
 
-def test_an_exactly_once_output_the_broker_refuses_stops_the_worker_and_commits_nothing(broker_url: str) -> None:
+def test_an_exactly_once_output_the_broker_refuses_stops_the_worker_and_commits_nothing(
+    broker_url: str, tmp_path: Path
+) -> None:
     """A record the output topic refuses (over its max.message.bytes) cannot commit, ever: the
     worker must stop with the broker's error naming it, rather than abort and replay the same
     refusal forever, and read_committed readers see none of that transaction's outputs. (On
@@ -412,7 +414,7 @@ def test_an_exactly_once_output_the_broker_refuses_stops_the_worker_and_commits_
     from flowbus.transports.errors import ProduceError, TransactionError
 
     app = App(unique("refused"), broker=broker_url, processing_guarantee="exactly_once", commit_interval_ms=100,
-              topic_partitions=1)
+              topic_partitions=1, state_dir=tmp_path / "state")
     src = app.topic(unique("in"), key_type=str)
     out = app.topic(unique("out"), key_type=str, value_serializer="raw", config={"max.message.bytes": "1000"})
     app.stream(src).map(lambda size: b"x" * size).to(out)
