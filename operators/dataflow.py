@@ -45,7 +45,7 @@ from flowbus.operators.steps import (
     UpdateStep,
     fan_out,
 )
-from flowbus.operators.stateful import AggregateStep, StatefulStep
+from flowbus.operators.stateful import AggregateStep, StatefulStep, add_one
 from flowbus.operators.windowed import _APP_DEFAULT, WindowDefinition, definition
 from flowbus.serializers import Serializer
 from flowbus.state.table import Table
@@ -100,7 +100,7 @@ class Dataflow:
     # -- keyed aggregations (Kafka Streams: groupByKey().count() ... .toStream()) ------------
     def count(self, *, name: str | None = None) -> Dataflow:
         """Count records per key in table ``name``; passes each new count on."""
-        return self._aggregate("count", name, lambda: 0, lambda total, _value: total + 1)
+        return self._aggregate("count", name, lambda: 0, add_one)
 
     def sum(self, fn: Callable[[Any], Any] | None = None, *, name: str | None = None) -> Dataflow:
         """Sum ``fn(value)`` (the value itself by default) per key; passes each new sum on."""
