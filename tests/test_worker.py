@@ -135,6 +135,58 @@ def test_bad_records_are_dead_lettered(broker_url: str) -> None:
     assert ok == [1, 2]
 
 
+def test_a_dataflow_reading_keys_and_values_only_sends_its_failing_records_alone_to_the_policy(
+    broker_url: str,
+) -> None:
+    """A chain that reads only keys and values takes a polled run's two columns, without a
+    record being made for each message; a record that fails (undecodable, or refused by a step)
+    in the middle of a run still reaches the error policy as itself (its own offset and bytes),
+    and the records around it flow in order."""
+    app = App(unique("columns"), broker=broker_url, error_policy="dead_letter", commit_interval_ms=100)
+    src = app.topic(unique("in"), key_type=str, value_type=int, partitions=1)
+    seen: list[tuple[int, int]] = []
+
+    def check(value: int) -> int:
+        if value == 13:
+            raise ValueError("thirteen")
+        return value
+
+    app.stream(src).map(check).count(name="counts").update(lambda n: None)
+    app.stream(src).filter(lambda v: v != 13).update(lambda v: seen.append(v))
+    raws = [b"%d" % i for i in range(10, 20)]
+    raws[5] = b"not json"  # offset 5; offset 3 holds 13
+
+    async def main() -> None:
+        producer_app = App(unique("producer"), broker=broker_url)
+        producer_app.topic(src.name, partitions=1)
+        await producer_app.create_topics()
+        producer = await producer_app.ensure_producer()
+        for raw in raws:  # all in the log before the worker polls: one run of ten
+            producer.send_soon(src.name, raw, b"k")
+        await producer.flush()
+        await producer_app.close()
+        worker = asyncio.create_task(app.run())
+        await wait_until(lambda: len(seen) == 8, "the eight records the filter passes")
+        app.stop()
+        await worker
+        transport = transport_from_url(broker_url)
+        await transport.start()
+        reader = transport.consumer(unique("reader"))
+        reader.subscribe([app.dead_letter_topic.name])
+        dead: list[Any] = []
+        deadline = time.monotonic() + WAIT_S
+        while len(dead) < 2 and time.monotonic() < deadline:
+            dead += await reader.poll_batch(100, 100)
+        await reader.close()
+        await transport.close()
+        # One decode serves both chains: the undecodable record is dead-lettered once.
+        assert sorted((dict(r.headers)["flowbus.source.offset"], r.value) for r in dead) == [
+            (b"3", b"13"), (b"5", b"not json")]
+
+    asyncio.run(main())
+    assert seen == [10, 11, 12, 14, 16, 17, 18, 19]
+
+
 def test_a_second_worker_takes_half_the_partitions_without_loss_or_duplicates(broker_url: str) -> None:
     app_id = unique("grp")
     topic_name = unique("in")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from flowbus.metrics.histogram import DELAY_BOUNDS_S, LATENCY_BOUNDS_S, LatencyHistogram
-from flowbus.transports.base import Record
+from flowbus.transports.base import Record, RecordRun
 
 
 class TopicEvents:
@@ -37,11 +37,18 @@ class TopicEvents:
 
     def ran(self, records: Sequence[Record], seconds: float) -> None:
         """A dataflow processed ``records`` (one partition's run) in ``seconds``."""
-        count = len(records)
+        self.ran_span(len(records), records[0].timestamp_ms, records[-1].timestamp_ms, seconds)
+
+    def ran_run(self, run: RecordRun, seconds: float) -> None:
+        """A dataflow processed ``run`` in ``seconds``."""
+        self.ran_span(run.count, run.first_timestamp_ms, run.last_timestamp_ms, seconds)
+
+    def ran_span(self, count: int, first_ms: int, last_ms: int, seconds: float) -> None:
+        """``count`` events, timestamped from ``first_ms`` to ``last_ms``, processed in ``seconds``:
+        the first half's end-to-end latency counted from the first timestamp, the rest's from the
+        last."""
         self.processing.observe_many(seconds / count, count)
         now_ms = self.now_ms()
-        first_ms = records[0].timestamp_ms
-        last_ms = records[-1].timestamp_ms
         half = count // 2
         if first_ms >= 0 and half:
             self.end_to_end.observe_many(max(now_ms - first_ms, 0) / 1000, half)

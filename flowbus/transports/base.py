@@ -24,6 +24,8 @@ import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Literal, NamedTuple, Protocol
 
@@ -59,6 +61,112 @@ class Record(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
+
+
+# A Record is a tuple: its fields by index, read in C.
+_KEY = itemgetter(4)
+_VALUE = itemgetter(5)
+_TOPIC_PARTITION = itemgetter(0, 1)
+
+
+class RecordRun:
+    """Records of one partition that one poll returned one after the other, in offset order.
+
+    The worker hands a polled batch on run by run. A dataflow whose steps read only keys and
+    values takes the two columns (:meth:`keys_values`); agents and steps that read the record
+    (timestamp, headers, offset) take :meth:`records`. A transport whose client hands out its
+    own message objects (confluent-kafka) builds the columns straight from them and a
+    :class:`Record` per message only when asked: building the records cost more than the
+    word-count dataflow's whole aggregation (~0.2 µs a record; benchmarks.md, ninth session).
+
+    Args:
+        tp: the topic partition.
+        count: how many records (at least 1).
+        first_offset: the first record's offset.
+        next_offset: the last record's offset + 1.
+        first_timestamp_ms: the first record's timestamp (``-1``: none).
+        last_timestamp_ms: the last record's.
+        records: the records, if the transport made them.
+        columns: the keys and the values, if the transport made them.
+        build: makes the records (and :meth:`record` one of them) from ``source``, for a
+            transport that gave ``columns`` only.
+        source: what ``build`` reads: the client's messages of this run.
+    """
+
+    __slots__ = ("_build", "_columns", "_records", "_source", "count", "first_offset", "first_timestamp_ms",
+                 "last_timestamp_ms", "next_offset", "tp")
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        count: int,
+        first_offset: int,
+        next_offset: int,
+        first_timestamp_ms: int,
+        last_timestamp_ms: int,
+        *,
+        records: list[Record] | None = None,
+        columns: tuple[list[bytes | None], list[bytes | None]] | None = None,
+        build: Callable[[Sequence[object]], list[Record]] | None = None,
+        source: Sequence[object] = (),
+    ) -> None:
+        if records is None and (columns is None or build is None):
+            raise ValueError("a RecordRun needs its records, or its columns and a way to build the records")
+        self.tp = tp
+        self.count = count
+        self.first_offset = first_offset
+        self.next_offset = next_offset
+        self.first_timestamp_ms = first_timestamp_ms
+        self.last_timestamp_ms = last_timestamp_ms
+        self._records = records
+        self._columns = columns
+        self._build = build
+        self._source = source
+
+    @classmethod
+    def of_records(cls, records: list[Record]) -> RecordRun:
+        """A run of ``records`` (non-empty, one partition, in offset order)."""
+        first, last = records[0], records[-1]
+        return cls(TopicPartition(first.topic, first.partition), len(records), first.offset, last.offset + 1,
+                   first.timestamp_ms, last.timestamp_ms, records=records)
+
+    def records(self) -> list[Record]:
+        """The records, made once on first use when the transport gave only the columns."""
+        records = self._records
+        if records is None:
+            assert self._build is not None
+            records = self._records = self._build(self._source)
+        return records
+
+    def record(self, index: int) -> Record:
+        """Record ``index`` of the run (its first is 0), without making the others."""
+        if self._records is not None:
+            return self._records[index]
+        assert self._build is not None
+        return self._build(self._source[index:index + 1])[0]
+
+    def keys_values(self) -> tuple[list[bytes | None], list[bytes | None]]:
+        """The raw keys and the raw values, index for index with :meth:`records`."""
+        columns = self._columns
+        if columns is None:
+            records = self.records()
+            columns = self._columns = (list(map(_KEY, records)), list(map(_VALUE, records)))
+        return columns
+
+    def __repr__(self) -> str:
+        return f"RecordRun({self.tp.topic}[{self.tp.partition}] {self.first_offset}..{self.next_offset - 1})"
+
+
+def runs_of(records: list[Record]) -> list[RecordRun]:
+    """``records`` (a polled batch) cut into runs of one partition each."""
+    runs: list[RecordRun] = []
+    start = 0
+    count = len(records)
+    for _, same in groupby(records, _TOPIC_PARTITION):
+        end = start + sum(1 for _ in same)
+        runs.append(RecordRun.of_records(records if start == 0 and end == count else records[start:end]))
+        start = end
+    return runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +407,14 @@ class Consumer(abc.ABC):
         Rebalance callbacks run inside this call, before it returns records of new partitions.
         Records of one partition come in offset order.
         """
+
+    async def poll_runs(self, max_records: int, timeout_ms: int) -> list[RecordRun]:
+        """:meth:`poll_batch`, cut into runs of one partition (the worker's loop polls this way).
+
+        A transport overrides it when it can give a run's keys and values without making a
+        :class:`Record` per message."""
+        records = await self.poll_batch(max_records, timeout_ms)
+        return runs_of(records) if records else []
 
     @abc.abstractmethod
     def assignment(self) -> list[TopicPartition]:

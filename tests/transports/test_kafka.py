@@ -257,3 +257,84 @@ def test_poll_batch_builds_records_and_skips_error_events(monkeypatch: pytest.Mo
             await consumer.close()
 
     asyncio.run(main())
+
+
+def test_poll_runs_cuts_by_partition_and_topic_and_makes_records_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """poll_runs gives runs of one topic partition with their keys and values; two topics'
+    partitions of the same number one after the other are two runs; a run's records, made on
+    demand, are what poll_batch makes of the same messages; error events are left out."""
+    import confluent_kafka
+
+    from flowbus.transports.base import Record
+    from flowbus.transports.kafka import KafkaConsumer
+    from tests.support.broker_process import free_port
+
+    def message(topic: str, partition: int, offset: int, *, error: Any = None, headers: Any = None) -> Any:
+        try:
+            return confluent_kafka.Message(topic=topic, partition=partition, offset=offset, key=b"k%d" % offset,
+                                           value=b"v%d" % offset, headers=headers, error=error,
+                                           timestamp=(confluent_kafka.TIMESTAMP_CREATE_TIME, 1_000 + offset))
+        except TypeError:
+            pytest.skip("this confluent-kafka cannot make Message objects")
+
+    eof = confluent_kafka.KafkaError(confluent_kafka.KafkaError._PARTITION_EOF)
+    batch = [message("a", 0, 7), message("a", 0, 8, headers=[("h", b"1")]), message("b", 0, 3),
+             message("b", 0, 4, error=eof), message("b", 1, 5), message("a", 0, 9)]
+
+    async def main() -> None:
+        consumer = KafkaConsumer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "group.id": "g"})
+        try:
+            consumer.subscribe(["a", "b"])
+            monkeypatch.setattr(consumer, "_consume_and_note_ends", lambda n, t: list(batch))
+            runs = await consumer.poll_runs(10, 0)
+            assert [(r.tp, r.count, r.first_offset, r.next_offset) for r in runs] == [
+                (TopicPartition("a", 0), 2, 7, 9), (TopicPartition("b", 0), 1, 3, 4),
+                (TopicPartition("b", 1), 1, 5, 6), (TopicPartition("a", 0), 1, 9, 10)]
+            assert [(r.first_timestamp_ms, r.last_timestamp_ms) for r in runs][0] == (1_007, 1_008)
+            assert runs[0].keys_values() == ([b"k7", b"k8"], [b"v7", b"v8"])
+            assert runs[0].record(1) == Record("a", 0, 8, 1_008, b"k8", b"v8", (("h", b"1"),))
+            whole = [record for run in runs for record in run.records()]
+            assert whole == await consumer.poll_batch(10, 0)
+            assert runs[0].records() is runs[0].records(), "made once"
+            consumer.subscribe(["a"])  # one topic: no topic comparison, one run per partition
+            monkeypatch.setattr(consumer, "_consume_and_note_ends", lambda n, t: [message("a", 0, 1), message("a", 0, 2)])
+            assert [(r.tp, r.count) for r in await consumer.poll_runs(10, 0)] == [(TopicPartition("a", 0), 2)]
+        finally:
+            await consumer.close()
+
+    asyncio.run(main())
+
+
+def test_poll_runs_against_the_broker(broker: BrokerProcess) -> None:
+    """Runs polled from a real broker over two topics hold each record once, in offset order per
+    partition, with the keys, values, timestamps and headers that were sent."""
+    async def main() -> None:
+        t = KafkaTransport(f"kafka://{broker.bootstrap}")
+        names = [f"kr-{i}-{time.monotonic_ns()}" for i in range(2)]
+        await t.create_topics([TopicSpec(name, 2) for name in names])
+        producer = t.producer()
+        now_ms = int(time.time() * 1000)  # recent: the broker's retention deletes old records
+        for i in range(200):
+            producer.send(names[i % 2], b"v%d" % i, b"k%d" % (i % 9), timestamp_ms=now_ms + i, headers=(("i", b"%d" % i),))
+        await producer.flush()
+        consumer = t.consumer(f"g-{names[0]}")
+        consumer.subscribe(names)
+        runs: list[Any] = []
+        deadline = time.monotonic() + 20
+        while sum(r.count for r in runs) < 200 and time.monotonic() < deadline:
+            runs += await consumer.poll_runs(50, 100)
+        records = [record for run in runs for record in run.records()]
+        assert sorted(int(r.value[1:]) for r in records) == list(range(200))
+        for run in runs:
+            got = run.records()
+            assert {(r.topic, r.partition) for r in got} == {run.tp}
+            assert [r.offset for r in got] == list(range(run.first_offset, run.next_offset))
+            assert run.keys_values() == ([r.key for r in got], [r.value for r in got])
+            assert (run.first_timestamp_ms, run.last_timestamp_ms) == (got[0].timestamp_ms, got[-1].timestamp_ms)
+        for r in records:
+            i = int(r.value[1:])
+            assert (r.topic, r.key, r.timestamp_ms, r.headers) == (names[i % 2], b"k%d" % (i % 9), now_ms + i, (("i", b"%d" % i),))
+        await consumer.close()
+        await producer.close()
+
+    asyncio.run(main())
