@@ -151,13 +151,23 @@ class AggregateStep(Step):
         encoded: dict[Any, bytes] = {}
         counting = fn is add_one  # count(): adds one, no call of initial() and fn() per record
 
+        # The partition of the last source looked up: a run of one partition shares one source.
+        last_source: Any = MISSING
+        last_part: TablePartition | None = None
+
         def aggregate_step(key: Any, value: Any) -> None:
+            nonlocal last_source, last_part
             # locate(), inlined for the common case: a key seen before, its partition ready.
             key_bytes = encoded.get(key) if type(key) is str else None
             part = None
             if key_bytes is not None:
                 source = get_source()
-                part = parts.get(source.partition) if source is not None else None
+                if source is last_source:
+                    part = last_part  # ready: nothing changes a partition within a run
+                elif source is not None:
+                    part = parts.get(source.partition)
+                    if part is not None and part.ready:
+                        last_source, last_part = source, part
             if part is None or not part.ready:
                 part, key_bytes = locate(key)
                 if type(key) is str:

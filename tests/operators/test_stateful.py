@@ -45,6 +45,30 @@ def test_count_sum_reduce_aggregate_emit_each_new_value(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_count_over_runs_of_several_partitions_keeps_each_key_in_its_own_partition(tmp_path: Path) -> None:
+    """One poll brings runs of several partitions; the aggregation looks a run's table partition
+    up once, and each key's count still lands in (and is changelogged from) its own partition."""
+    app = make_app(tmp_path)
+    words = app.topic("words", key_type=str)
+    app.stream(words).count(name="per-word")
+    keys = [f"w{i % 40}" for i in range(600)]
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            for key in keys:
+                await t.send(words, 1, key=key, settle=False)
+            await t.settle()
+            await t.commit()
+            source = {r.key: r.partition for r in t.records(words)}
+            assert len(set(source.values())) == 3
+            changelog = t.records("agg-per-word-changelog")
+            assert {r.key: (r.partition, r.value) for r in changelog} == {k: (p, b"15") for k, p in source.items()}
+            table = app.tables["per-word"]
+            assert dict(table.items()) == {f"w{i}": 15 for i in range(40)}
+
+    asyncio.run(main())
+
+
 def test_group_by_then_count_keeps_state_on_the_repartition_topic(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     clicks = app.topic("clicks")
