@@ -89,12 +89,15 @@ class RecordRun:
         records: the records, if the transport made them.
         columns: the keys and the values, if the transport made them.
         build: makes the records (and :meth:`record` one of them) from ``source``, for a
-            transport that gave ``columns`` only.
-        source: what ``build`` reads: the client's messages of this run.
+            transport that did not give ``records``.
+        build_columns: makes the keys and the values from ``source``, for a transport that gave
+            neither ``records`` nor ``columns`` (each is made only if asked: agents take the
+            records, most dataflows the columns).
+        source: what ``build`` and ``build_columns`` read: the client's messages of this run.
     """
 
-    __slots__ = ("_build", "_columns", "_records", "_source", "count", "first_offset", "first_timestamp_ms",
-                 "last_timestamp_ms", "next_offset", "tp")
+    __slots__ = ("_build", "_build_columns", "_columns", "_records", "_source", "count", "first_offset",
+                 "first_timestamp_ms", "last_timestamp_ms", "next_offset", "tp")
 
     def __init__(
         self,
@@ -108,10 +111,11 @@ class RecordRun:
         records: list[Record] | None = None,
         columns: tuple[list[bytes | None], list[bytes | None]] | None = None,
         build: Callable[[Sequence[object]], list[Record]] | None = None,
+        build_columns: Callable[[Sequence[object]], tuple[list[bytes | None], list[bytes | None]]] | None = None,
         source: Sequence[object] = (),
     ) -> None:
-        if records is None and (columns is None or build is None):
-            raise ValueError("a RecordRun needs its records, or its columns and a way to build the records")
+        if records is None and build is None:
+            raise ValueError("a RecordRun needs its records, or a way to build them")
         self.tp = tp
         self.count = count
         self.first_offset = first_offset
@@ -121,6 +125,7 @@ class RecordRun:
         self._records = records
         self._columns = columns
         self._build = build
+        self._build_columns = build_columns
         self._source = source
 
     @classmethod
@@ -149,8 +154,11 @@ class RecordRun:
         """The raw keys and the raw values, index for index with :meth:`records`."""
         columns = self._columns
         if columns is None:
-            records = self.records()
-            columns = self._columns = (list(map(_KEY, records)), list(map(_VALUE, records)))
+            if self._records is None and self._build_columns is not None:
+                columns = self._columns = self._build_columns(self._source)
+            else:
+                records = self.records()
+                columns = self._columns = (list(map(_KEY, records)), list(map(_VALUE, records)))
         return columns
 
     def __repr__(self) -> str:

@@ -506,14 +506,18 @@ _second = itemgetter(1)
 _new_tuple = tuple.__new__
 
 
+def _columns_of(messages: Sequence[Any]) -> tuple[list[bytes | None], list[bytes | None]]:
+    """The keys and the values of confluent-kafka messages."""
+    return list(map(_message_key, messages)), list(map(_message_value, messages))
+
+
 def _run_of(messages: Sequence[Any], build: Callable[[Sequence[Any]], list[Record]]) -> RecordRun:
-    """A run of consecutive messages of one topic partition: columns now, records if asked."""
+    """A run of consecutive messages of one topic partition; its columns or its records are made
+    from the messages when asked."""
     first, last = messages[0], messages[-1]
     return RecordRun(
         TopicPartition(first.topic(), first.partition()), len(messages), first.offset(), last.offset() + 1,
-        first.timestamp()[1], last.timestamp()[1],
-        columns=(list(map(_message_key, messages)), list(map(_message_value, messages))),
-        build=build, source=messages,
+        first.timestamp()[1], last.timestamp()[1], build=build, build_columns=_columns_of, source=messages,
     )
 
 

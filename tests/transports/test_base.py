@@ -42,6 +42,28 @@ def test_a_run_given_columns_makes_its_records_once_and_one_record_alone() -> No
     assert "t[3] 5..8" in repr(run)
 
 
-def test_a_run_needs_its_records_or_its_columns_and_a_builder() -> None:
+def test_a_run_given_builders_makes_only_what_is_asked() -> None:
+    source = [record("t", 1, offset) for offset in range(3)]
+    made: list[str] = []
+
+    def build(part: object) -> list[Record]:
+        made.append("records")
+        return list(part)  # type: ignore[call-overload]
+
+    def build_columns(part: object) -> tuple[list[bytes | None], list[bytes | None]]:
+        made.append("columns")
+        return [r.key for r in part], [r.value for r in part]  # type: ignore[attr-defined]
+
+    for_agents = RecordRun(TopicPartition("t", 1), 3, 0, 3, 100, 102, build=build, build_columns=build_columns,
+                           source=source)
+    assert for_agents.records() == source and made == ["records"]
+    assert for_agents.keys_values() == ([b"k0", b"k1", b"k2"], [b"v0", b"v1", b"v2"]) and made == ["records"]
+    made.clear()
+    for_dataflows = RecordRun(TopicPartition("t", 1), 3, 0, 3, 100, 102, build=build, build_columns=build_columns,
+                              source=source)
+    assert for_dataflows.keys_values()[0] == [b"k0", b"k1", b"k2"] and made == ["columns"]
+
+
+def test_a_run_needs_its_records_or_a_builder() -> None:
     with pytest.raises(ValueError, match="needs its records"):
         RecordRun(TopicPartition("t", 0), 1, 0, 1, -1, -1, columns=([b"k"], [b"v"]))
