@@ -171,7 +171,7 @@ def runs_of(records: list[Record]) -> list[RecordRun]:
     start = 0
     count = len(records)
     for _, same in groupby(records, _TOPIC_PARTITION):
-        end = start + sum(1 for _ in same)
+        end = start + len(list(same))
         runs.append(RecordRun.of_records(records if start == 0 and end == count else records[start:end]))
         start = end
     return runs

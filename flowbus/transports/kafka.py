@@ -795,14 +795,14 @@ class KafkaConsumer(Consumer):
         # librdkafka hands out each fetched partition's messages together: group by the
         # partition number (ints, compared in C), then split a run that spans two topics.
         for _, same in groupby(map(_message_partition, messages)):
-            end = start + sum(1 for _ in same)
+            end = start + len(list(same))
             part = messages if start == 0 and end == count else messages[start:end]
             if self._single_topic or len(set(map(_message_topic, part))) == 1:
                 runs.append(_run_of(part, build))
             else:
                 at = 0
                 for _, same_topic in groupby(map(_message_topic, part)):
-                    upto = at + sum(1 for _ in same_topic)
+                    upto = at + len(list(same_topic))
                     runs.append(_run_of(part[at:upto], build))
                     at = upto
             start = end
