@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flowbus.context import current_source
-from flowbus.operators.steps import Emit, Runtime, Step
+from flowbus.operators.steps import Emit, Runtime, Step, value_sink
 from flowbus.state.errors import PartitionNotOwnedError
 from flowbus.state.table import DELETED, MISSING, Table, TablePartition
 
@@ -150,6 +150,7 @@ class AggregateStep(Step):
         # Key bytes of recent keys: a key is encoded once, not once per record (emptied when full).
         encoded: dict[Any, bytes] = {}
         counting = fn is add_one  # count(): adds one, no call of initial() and fn() per record
+        to_value = value_sink(nxt)  # an update() ending the chain: called with the aggregate directly
 
         # The partition of the last source looked up: a run of one partition shares one source.
         last_source: Any = MISSING
@@ -183,6 +184,9 @@ class AggregateStep(Step):
             else:
                 result = fn(initial() if current is MISSING else current, value)
             pending[key_bytes] = result
-            nxt(key, result)
+            if to_value is None:
+                nxt(key, result)
+            else:
+                to_value(result)
 
         return aggregate_step

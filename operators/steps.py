@@ -48,6 +48,13 @@ def direct_sink(nxt: Emit) -> DirectSink | None:
     return sink if isinstance(sink, DirectSink) else None
 
 
+def value_sink(nxt: Emit) -> Callable[[Any], Any] | None:
+    """The user's function when ``nxt`` is an ``update()`` ending its chain: a step before it may
+    call that function with the value itself, one Python frame fewer per record (~35 ns of a
+    ~470 ns word-count chain, measured alone)."""
+    return getattr(nxt, "value_only", None)
+
+
 def _drop(key: Any, value: Any) -> None:
     """Where values go after the last step of a branch that sends nowhere."""
 
@@ -160,6 +167,7 @@ class UpdateStep(Step):
             def last_update_step(key: Any, value: Any) -> None:
                 fn(value)
 
+            last_update_step.value_only = fn  # type: ignore[attr-defined]  # see value_sink()
             return last_update_step
 
         def update_step(key: Any, value: Any) -> None:

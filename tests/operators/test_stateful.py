@@ -69,6 +69,28 @@ def test_a_count_over_runs_of_several_partitions_keeps_each_key_in_its_own_parti
     asyncio.run(main())
 
 
+def test_an_update_ending_the_chain_after_an_aggregation_gets_each_new_aggregate(tmp_path: Path) -> None:
+    """The aggregation calls a chain-ending update's function with the new aggregate directly;
+    an update in the middle of a chain still passes the key and value on."""
+    app = make_app(tmp_path)
+    words = app.topic("words", key_type=str)
+    totals = app.topic("totals", key_type=str)
+    last: list[int] = []
+    middle: list[int] = []
+    app.stream(words).count(name="n").update(last.append)
+    app.stream(words).sum(lambda v: v, name="s").update(middle.append).to(totals)
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            for value in (3, 4, 5):
+                await t.send(words, value, key="a", settle=False)
+            await t.settle()
+            assert last == [1, 2, 3]
+            assert middle == [3, 7, 12] and t.items(totals) == [("a", 3), ("a", 7), ("a", 12)]
+
+    asyncio.run(main())
+
+
 def test_group_by_then_count_keeps_state_on_the_repartition_topic(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     clicks = app.topic("clicks")
