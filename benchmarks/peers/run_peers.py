@@ -331,11 +331,14 @@ def summarize(runs: list[Run], peers: list[str]) -> None:
         print(f"  {peer:7s}  median {statistics.median(rates):10.1f} ev/s  range {min(rates):.1f} - {max(rates):.1f}"
               f"  ({len(ok)} runs of {ok[0].events} events{f', {failed} failed' if failed else ''});"
               f"  wall median {statistics.median(walls):.1f}s")
-    ours = [r.events_per_s for r in runs if r.peer == "flowbus" and r.ok]
-    for peer in peers:
-        theirs = [r.events_per_s for r in runs if r.peer == peer and r.ok]
-        if peer != "flowbus" and ours and theirs:
-            print(f"  flowbus / {peer}: {statistics.median(ours) / statistics.median(theirs):.1f}x (medians)")
+    # Each flowbus form against each other framework (the agent on a table is faust's program,
+    # the dataflow count() is the shape of Quix's and Kafka Streams').
+    for form in ("flowbus", "flowbus-dataflow"):
+        ours = [r.events_per_s for r in runs if r.peer == form and r.ok]
+        for peer in peers:
+            theirs = [r.events_per_s for r in runs if r.peer == peer and r.ok]
+            if not peer.startswith("flowbus") and ours and theirs:
+                print(f"  {form} / {peer}: {statistics.median(ours) / statistics.median(theirs):.1f}x (medians)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,3 +83,12 @@ def test_flowbus_windows_emits_each_window_once_and_exact(
     found = run_window_peers.compare(truth, run_window_peers.read_results(broker.bootstrap, out), last_start)
     assert found == {"windows": len(truth), "exact": len(truth), "wrong": 0, "repeated": 0, "missing": 0,
                      "extra": 0}
+
+
+def test_the_summary_gives_each_flowbus_form_against_each_other_framework(capsys: pytest.CaptureFixture[str]) -> None:
+    runs = [run_peers.Run(peer, 0, True, rate) for peer, rate in
+            (("flowbus", 300.0), ("flowbus-dataflow", 1_000.0), ("faust", 5.0), ("quix", 100.0))]
+    run_peers.summarize(runs, ["flowbus", "flowbus-dataflow", "faust", "quix"])
+    ratios = [line.strip() for line in capsys.readouterr().out.splitlines() if "x (medians)" in line]
+    assert ratios == ["flowbus / faust: 60.0x (medians)", "flowbus / quix: 3.0x (medians)",
+                      "flowbus-dataflow / faust: 200.0x (medians)", "flowbus-dataflow / quix: 10.0x (medians)"]
