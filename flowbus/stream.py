@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from flowbus.topic import Topic
 
 DEFAULT_MAX_BUFFERED_EVENTS = 10_000
+#: An agent's finished events are counted into the worker's stats in groups of at most this many...
+STATS_GROUP_EVENTS = 1_000
+#: ...or of at most this long (so an end-to-end latency is measured at most this late).
+STATS_GROUP_S = 0.005
 """Default limit of a channel's buffer; above it the worker pauses the partitions feeding it."""
 
 
@@ -189,34 +193,54 @@ class Stream:
         value_bytes_decode = self.topic.value_codec.decode_bytes
         key_bytes_decode = self.topic.key_codec.decode_bytes
         set_source = current_source.set
-        while True:
-            record = await channel.next_record()
-            channel.in_flight.append(record)
-            set_source(record)
-            try:
-                # The C decoders first, as a dataflow does; on a failure the codec's own decode
-                # says what is wrong (DecodeError).
-                raw_key, raw_value = record.key, record.value
+        stats = channel.stats
+        # Processing times and timestamps of finished events, counted into the stats in groups:
+        # before the stream waits for records, every STATS_GROUP_EVENTS events, and at least
+        # every STATS_GROUP_S (so an end-to-end latency, measured when its group is counted, is
+        # late by at most that).
+        durations_s: list[float] = []
+        stamps_ms: list[int] = []
+        group_started_s = ended_s = 0.0
+        try:
+            while True:
+                if durations_s and (len(durations_s) >= STATS_GROUP_EVENTS or not (channel.pending and channel.gate_open)
+                                    or ended_s - group_started_s >= STATS_GROUP_S):
+                    stats.processed_each(durations_s, stamps_ms)  # type: ignore[union-attr]
+                    durations_s = []
+                    stamps_ms = []
+                record = await channel.next_record()
+                channel.in_flight.append(record)
+                set_source(record)
                 try:
-                    key = None if not decode_key or raw_key is None else key_bytes_decode(raw_key)
-                    value = None if raw_value is None else value_bytes_decode(raw_value)
-                except Exception:  # noqa: BLE001 - decoded again below, to raise the codec's error
-                    key = decode_key_fn(raw_key) if decode_key else None
-                    value = decode_value(raw_value)
-            except DecodeError as exc:
-                # The hook raises to stop the app; otherwise the record is dead-lettered or logged.
-                self._on_decode_error(exc, [record])
+                    # The C decoders first, as a dataflow does; on a failure the codec's own decode
+                    # says what is wrong (DecodeError).
+                    raw_key, raw_value = record.key, record.value
+                    try:
+                        key = None if not decode_key or raw_key is None else key_bytes_decode(raw_key)
+                        value = None if raw_value is None else value_bytes_decode(raw_value)
+                    except Exception:  # noqa: BLE001 - decoded again below, to raise the codec's error
+                        key = decode_key_fn(raw_key) if decode_key else None
+                        value = decode_value(raw_value)
+                except DecodeError as exc:
+                    # The hook raises to stop the app; otherwise the record is dead-lettered or logged.
+                    self._on_decode_error(exc, [record])
+                    channel.in_flight.clear()
+                    channel.ack(record)
+                    continue
+                item = make(record, key, value)
+                started_s = perf_counter()
+                yield item
+                ended_s = perf_counter()
                 channel.in_flight.clear()
                 channel.ack(record)
-                continue
-            item = make(record, key, value)
-            started_s = perf_counter()
-            yield item
-            channel.in_flight.clear()
-            channel.ack(record)
-            stats = channel.stats
-            if stats is not None:
-                stats.processed_one(perf_counter() - started_s, record.timestamp_ms)
+                if stats is not None:
+                    if not durations_s:
+                        group_started_s = ended_s
+                    durations_s.append(ended_s - started_s)
+                    stamps_ms.append(record.timestamp_ms)
+        finally:
+            if durations_s and stats is not None:
+                stats.processed_each(durations_s, stamps_ms)
 
     async def take(self, max_events: int, within_s: float) -> AsyncIterator[list[Any]]:
         """Lists of up to ``max_events`` values, each list emitted at most ``within_s`` (app clock)

@@ -6,6 +6,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+import flowbus.stream as stream_module
 from flowbus import App
 
 
@@ -41,3 +44,39 @@ def test_a_yield_keeps_the_key_of_the_event_in_hand(tmp_path: Path) -> None:
             assert t.items(batched) == [(None, [1, 2])], "a take list may mix keys: none"
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("group_s", [stream_module.STATS_GROUP_S, 0.0])
+def test_an_agent_counts_its_events_into_the_stats_in_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              group_s: float) -> None:
+    """Every finished event is counted (processing time and end-to-end latency), in groups: at
+    most STATS_GROUP_EVENTS events, or STATS_GROUP_S seconds, behind while a backlog is worked
+    through, and none behind once the stream waits for records."""
+    monkeypatch.setattr(stream_module, "STATS_GROUP_S", group_s)
+    app = App("grouped-stats", state_dir=tmp_path, max_poll_records=5_000)
+    clicks = app.topic("clicks", partitions=1)
+    behind: list[int] = []
+    worker: list[Any] = []
+
+    @app.agent(clicks)
+    async def count(stream):  # type: ignore[no-untyped-def]
+        async for index in stream:
+            events = worker[0].stats.topics["clicks"]
+            assert events.processing.count == events.end_to_end.count
+            behind.append(index - events.processing.count)
+
+    async def main() -> None:
+        async with app.test_context() as t:
+            worker.append(t.worker)
+            for index in range(2_500):
+                await t.send(clicks, index, settle=False)
+            await t.settle()
+            events = t.worker.stats.topics["clicks"]
+            assert events.processing.count == events.end_to_end.count == 2_500
+
+    asyncio.run(main())
+    assert len(behind) == 2_500
+    if group_s:
+        assert max(behind) <= stream_module.STATS_GROUP_EVENTS and max(behind) > 1
+    else:
+        assert max(behind) == 0

@@ -55,11 +55,14 @@ class TopicEvents:
         if last_ms >= 0:
             self.end_to_end.observe_many(max(now_ms - last_ms, 0) / 1000, count - half)
 
-    def processed_one(self, seconds: float, timestamp_ms: int) -> None:
-        """An agent finished one event, after ``seconds`` on it."""
-        self.processing.observe(seconds)
-        if timestamp_ms >= 0:
-            self.end_to_end.observe(max(self.now_ms() - timestamp_ms, 0) / 1000)
+    def processed_each(self, seconds: list[float], timestamps_ms: list[int]) -> None:
+        """Agent events finished, event ``i`` after ``seconds[i]`` on it, with record timestamp
+        ``timestamps_ms[i]``; their end-to-end latency counts to now. An agent's stream hands
+        its events over in groups (see :func:`flowbus.stream.Stream`): an observation per event
+        cost ~0.5 µs of an agent's ~3.4 µs per event."""
+        self.processing.observe_each(seconds)
+        now_ms = self.now_ms()
+        self.end_to_end.observe_each([max(now_ms - ts, 0) / 1000 for ts in timestamps_ms if ts >= 0])
 
     def processed_many(self, seconds: float, records: Sequence[Record]) -> None:
         """An agent finished a list of events (``stream.take``) after ``seconds`` on it."""

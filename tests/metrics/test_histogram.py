@@ -33,3 +33,13 @@ def test_cumulative_counts_match_the_observations(observations: list[tuple[float
         for (le, running), bound in zip(cumulative, bounds, strict=False):
             assert float(le) == bound
             assert running == sum(c for s, c in observations if s <= bound)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), max_size=60))
+def test_observe_each_counts_as_one_observe_per_value(values: list[float]) -> None:
+    one_by_one, grouped = LatencyHistogram(), LatencyHistogram()
+    for seconds in values:
+        one_by_one.observe(seconds)
+    grouped.observe_each(values)
+    assert grouped.bucket_counts == one_by_one.bucket_counts and grouped.count == one_by_one.count
+    assert abs(grouped.sum_s - one_by_one.sum_s) <= 1e-9 * max(1.0, one_by_one.sum_s)
