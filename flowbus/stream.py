@@ -26,11 +26,12 @@ if TYPE_CHECKING:
     from flowbus.topic import Topic
 
 DEFAULT_MAX_BUFFERED_EVENTS = 10_000
-#: An agent's finished events are counted into the worker's stats in groups of at most this many...
-STATS_GROUP_EVENTS = 1_000
-#: ...or of at most this long (so an end-to-end latency is measured at most this late).
-STATS_GROUP_S = 0.005
 """Default limit of a channel's buffer; above it the worker pauses the partitions feeding it."""
+STATS_GROUP_EVENTS = 1_000
+"""An agent's finished events are counted into the worker's stats in groups of at most this
+many, or of at most STATS_GROUP_S seconds, and before its stream waits for records."""
+STATS_GROUP_S = 0.005
+"""See STATS_GROUP_EVENTS: an end-to-end latency is measured at most this late."""
 
 
 class Event:

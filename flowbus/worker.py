@@ -76,7 +76,6 @@ TRANSACTION_LINGER_MS = 1
 lingering to be sent and acknowledged, and under exactly-once a busy worker commits ten times a
 second. Measured on 200,000 windowed clicks over kafka:// (medians of 6 interleaved runs): the
 commits' flushes took 46 ms in all instead of 84 ms, and the run 295k clicks/s instead of 281k."""
-"""A :class:`~flowbus.transports.base.Record`'s (topic, partition): its first two fields."""
 AGENT_RESTARTS_WITHOUT_PROGRESS_MAX = 10
 """An agent that keeps failing outside any event is stopped after this many restarts in a row."""
 
