@@ -50,7 +50,7 @@ def direct_sink(nxt: Emit) -> DirectSink | None:
 
 def value_sink(nxt: Emit) -> Callable[[Any], Any] | None:
     """The user's function when ``nxt`` is an ``update()`` ending its chain: a step before it may
-    call that function with the value itself, one Python frame fewer per record (~35 ns of a
+    call that function with the value itself, one Python frame fewer per record (~23 ns of a
     ~470 ns word-count chain, measured alone)."""
     return getattr(nxt, "value_only", None)
 
