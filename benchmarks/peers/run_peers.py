@@ -8,9 +8,13 @@ word), then runs each peer app (faust_wordcount.py, quix_wordcount.py) --runs ti
 that every run reads the topic from the start with empty state. --faust-events N makes faust
 process only its first N events (spread over the 4 partitions), as it is ~20x slower than Quix.
 
+The default is 1,000,000 events (faust: the first 100,000; its rate is flat). flowbus's dataflow
+counts 200,000 events in ~0.2 s, too short a span to time on a shared host: three such runs
+took 0.18 to 0.27 s; over a million both frameworks run long enough to include periodic commits.
+
     python benchmarks/peers/run_peers.py --python /tmp/peers-venv/bin/python
     python benchmarks/peers/run_peers.py --python /tmp/peers-venv/bin/python --events 20000 --runs 1
-    python benchmarks/peers/run_peers.py --python /tmp/peers-venv/bin/python --events 1000000 --faust-events 100000
+    python benchmarks/peers/run_peers.py --python /tmp/peers-venv/bin/python --events 200000 --faust-events 200000
 
 This script needs flowbus and confluent-kafka (both environments have them): it starts the broker
 with its own python, so run it with the python whose flowbus you want to measure. The peer apps run
@@ -50,6 +54,8 @@ SCRIPTS = {
 #: Options per peer: flowbus-dataflow is the same script counting with ``app.stream(...).count()``.
 SCRIPT_ARGS: dict[str, tuple[str, ...]] = {"flowbus-dataflow": ("--form", "dataflow")}
 TOPIC = "words"
+EVENTS_DEFAULT = 1_000_000
+FAUST_EVENTS_DEFAULT = 100_000
 PARTITIONS = 4
 RESULT = re.compile(r"events_per_s=([0-9.]+|inf) events=(\d+) seconds=([0-9.]+)")
 DISTINCT = re.compile(r"distinct_words=(\d+)")
@@ -85,10 +91,11 @@ class Run:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=200_000, help="events in the topic; Quix processes all of them")
+    parser.add_argument("--events", type=int, default=EVENTS_DEFAULT,
+                        help="events in the topic; flowbus and Quix process all of them")
     parser.add_argument("--faust-events", type=int, default=None,
-                        help="events faust processes, at most --events (default: --events); faust is ~20x slower "
-                             "than Quix here, so e.g. 20000 keeps a long run short")
+                        help=f"events faust processes, at most --events (default: {FAUST_EVENTS_DEFAULT:,}); faust "
+                             "is ~20x slower than Quix here, and its rate is flat")
     parser.add_argument("--words", type=int, default=10_000, help="distinct words")
     parser.add_argument("--runs", type=int, default=3, help="runs of each peer, interleaved")
     parser.add_argument("--peers", default="flowbus,faust,quix",
@@ -106,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not args.peers:
         parser.error(f"--peers: unknown {unknown}; choose from {sorted(SCRIPTS)}")
     if args.faust_events is None:
-        args.faust_events = args.events
+        args.faust_events = FAUST_EVENTS_DEFAULT
     if args.events < 1 or args.faust_events < 1 or args.runs < 1 or args.words < 1:
         parser.error("--events, --faust-events, --runs and --words must be at least 1")
     args.faust_events = min(args.faust_events, args.events)

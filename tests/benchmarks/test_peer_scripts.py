@@ -92,3 +92,10 @@ def test_the_summary_gives_each_flowbus_form_against_each_other_framework(capsys
     ratios = [line.strip() for line in capsys.readouterr().out.splitlines() if "x (medians)" in line]
     assert ratios == ["flowbus / faust: 60.0x (medians)", "flowbus / quix: 3.0x (medians)",
                       "flowbus-dataflow / faust: 200.0x (medians)", "flowbus-dataflow / quix: 10.0x (medians)"]
+
+
+def test_the_driver_defaults_to_a_million_events_and_faust_to_its_first_hundred_thousand() -> None:
+    defaults = run_peers.parse_args([])
+    assert (defaults.events, defaults.faust_events) == (1_000_000, 100_000)
+    small = run_peers.parse_args(["--events", "20000"])
+    assert (small.events, small.faust_events) == (20_000, 20_000)
