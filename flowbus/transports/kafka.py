@@ -770,24 +770,23 @@ class KafkaConsumer(Consumer):
                 known[tp] = low if self._offset_reset in ("earliest", "smallest", "beginning") else high
         return {tp: known[tp] for tp in partitions if tp in known}
 
-    async def poll_batch(self, max_records: int, timeout_ms: int) -> list[Record]:
+    async def _poll_messages(self, max_records: int, timeout_ms: int) -> list[Any]:
+        """librdkafka's messages of one poll, without its error events (see :meth:`_without_errors`)."""
         messages = await asyncio.to_thread(self._consume_and_note_ends, max_records, timeout_ms / 1000)
-        if not messages:
-            return []
-        if any(map(_message_error, messages)):
+        if messages and any(map(_message_error, messages)):
             messages = self._without_errors(messages)
-        return self._records_of(messages)
+        return messages
+
+    async def poll_batch(self, max_records: int, timeout_ms: int) -> list[Record]:
+        messages = await self._poll_messages(max_records, timeout_ms)
+        return self._records_of(messages) if messages else []
 
     async def poll_runs(self, max_records: int, timeout_ms: int) -> list[RecordRun]:
         """The polled messages cut into runs of one partition, each with its keys and values;
         a run makes its records from its messages only if asked (see :class:`RecordRun`)."""
-        messages = await asyncio.to_thread(self._consume_and_note_ends, max_records, timeout_ms / 1000)
+        messages = await self._poll_messages(max_records, timeout_ms)
         if not messages:
             return []
-        if any(map(_message_error, messages)):
-            messages = self._without_errors(messages)
-            if not messages:
-                return []
         runs: list[RecordRun] = []
         build = self._records_of
         count = len(messages)
